@@ -9,7 +9,7 @@ cd "$ROOT"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 APT_PKGS=(docker.io podman crun uidmap mmdebstrap openssh-server openssh-client iproute2 iptables
-          prometheus docker-registry gcc libc6-dev curl git rsync procps util-linux)
+          prometheus docker-registry gcc libc6-dev curl git rsync procps util-linux shellcheck)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

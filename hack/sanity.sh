@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# ansible-test sanity, offline-safe:
+#  - ansible-test wants the collection at ansible_collections/<ns>/<name>/ inside a git work tree: copy the tracked
+#    and untracked-not-ignored files there (fast, rsync) and make it a git repo of its own;
+#  - ansible-test bootstraps pip in each sanity venv with a get-pip script downloaded from ansible's CI file server,
+#    which this machine cannot reach: a stand-in that bootstraps pip with ensurepip is put in ansible-test's cache.
+# Extra arguments go to `ansible-test sanity` (e.g. --test validate-modules).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=env.sh
+source "$ROOT/hack/env.sh"
+PY=$ROOT/.venv/bin/python
+PYVER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+pipver=$("$PY" - <<'PY'
+import inspect, re
+from ansible_test._internal import python_requirements as pr
+m = re.search(r"pip='([0-9.]+)'", inspect.getsource(pr))
+print(m.group(1) if m else "")
+PY
+)
+cache=~/.ansible/test/cache/get_pip_${pipver//./_}.py
+if [[ -n "$pipver" && ! -s "$cache" ]]; then
+  mkdir -p "$(dirname "$cache")"
+  cat > "$cache" <<'PY'
+# Offline stand-in for get-pip.py (gpufleet hack/sanity.sh): bootstrap pip with ensurepip, then let that pip install
+# the requested packages (pip==X setuptools wheel ...) from the configured index.
+import subprocess
+import sys
+
+subprocess.check_call([sys.executable, "-m", "ensurepip", "--upgrade", "--default-pip"])
+args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
+if args:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args])
+PY
+fi
+
+DEST=$ROOT/.build/sanity/ansible_collections/gpufleet/vllm
+mkdir -p "$DEST"
+(cd "$ROOT" && git ls-files -co --exclude-standard -z) | rsync -a --delete --from0 --files-from=- "$ROOT/" "$DEST/"
+# rsync --files-from does not delete files that left the list: rebuild the copy's file set from the list.
+(cd "$ROOT" && git ls-files -co --exclude-standard) | sort > "$DEST/../.wanted"
+(cd "$DEST" && find . -type f ! -path './.git/*' | sed 's|^\./||' | sort) | comm -13 "$DEST/../.wanted" - | (cd "$DEST" && xargs -r rm -f)
+rm -f "$DEST/../.wanted"
+cd "$DEST"
+[[ -d .git ]] || git init -q
+git add -A >/dev/null
+ansible-test sanity --python "$PYVER" --requirements --color no "$@"
