@@ -1,0 +1,246 @@
+# Copyright (c) gpufleet maintainers
+# Apache License 2.0 (see LICENSE)
+"""Action plugin gpufleet.vllm.fleet_plan: gathers every host's GPU facts, labels and existing placements from
+hostvars, runs the pure placement (module_utils/placement.py) on the controller and returns the plan.
+Documentation: plugins/modules/fleet_plan.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.plugins.action import ActionBase
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import HOST_FIELDS, validate_host_vars
+from ansible_collections.gpufleet.vllm.plugins.module_utils.placement import fleet_plan
+from ansible_collections.gpufleet.vllm.plugins.modules.fleet_plan import ARGUMENT_SPEC
+
+STATE_VERSION = 1
+
+
+def _plain(value: Any) -> Any:
+    """Templated hostvars → plain Python (dict/list/str/int/...), so the pure code never sees lazy containers."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def gpus_from_facts(hostvars: Mapping[str, Any], var: str) -> list[dict[str, Any]] | None:
+    """The host's GPU list: ``ansible_facts[var]`` or the host var ``var``; a dict with a ``gpus`` key is unwrapped.
+
+    None when the host has no GPU facts at all (gpu_facts did not run there).
+    """
+    facts = hostvars.get("ansible_facts") or {}
+    value = facts.get(var) if isinstance(facts, Mapping) else None
+    if value is None:
+        value = hostvars.get(var)
+    if isinstance(value, Mapping) and "gpus" in value:
+        value = value["gpus"]
+    if value is None:
+        return None
+    return [dict(g) for g in value if isinstance(g, Mapping) and g.get("index") is not None]
+
+
+def existing_from_info(host: str, info: Any) -> list[dict[str, Any]]:
+    """Existing placements from a registered vllm_deployment_info result (or its ``deployments`` list)."""
+    if isinstance(info, Mapping):
+        info = info.get("deployments")
+    out = []
+    for item in info or []:
+        if not isinstance(item, Mapping):
+            continue
+        labels = item.get("labels") or {}
+        name = item.get("name") or labels.get("gpufleet.deployment")
+        if not name:
+            continue
+        name = re.sub(r"^gpufleet-", "", str(name)) if item.get("name") is None else str(name)
+        gpus = item.get("gpus")
+        if gpus is None:
+            gpus = labels.get("gpufleet.gpus")
+        if isinstance(gpus, str):
+            gpus = [g for g in re.split(r"[,\s]+", gpus) if g]
+        port = item.get("port")
+        if port is None:
+            port = labels.get("gpufleet.port")
+        entry: dict[str, Any] = {"host": host, "name": name, "gpus": list(gpus or []), "port": port}
+        if item.get("replica") is not None and item.get("deployment") is not None:
+            entry.update(deployment=item["deployment"], replica=item["replica"])
+        out.append(entry)
+    return out
+
+
+def used_ports_from_facts(hostvars: Mapping[str, Any]) -> list[int]:
+    """Ports in use on the host from community.general.listen_ports_facts' ``tcp_listen`` (when gathered)."""
+    ports: set[int] = set()
+    facts = hostvars.get("ansible_facts") or {}
+    for entry in (facts.get("tcp_listen") if isinstance(facts, Mapping) else None) or []:
+        if isinstance(entry, Mapping) and str(entry.get("port", "")).isdigit():
+            ports.add(int(entry["port"]))
+    return sorted(ports)
+
+
+def read_state(path: str | None) -> list[dict[str, Any]]:
+    if not path or not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise GpufleetError(f"state_path {path}: cannot read it ({err}); fix or delete the file") from err
+    if not isinstance(data, Mapping) or data.get("version") != STATE_VERSION:
+        raise GpufleetError(f"state_path {path}: not a gpufleet placement file (version {STATE_VERSION}); delete it")
+    return [dict(p) for p in data.get("placements") or [] if isinstance(p, Mapping)]
+
+
+def write_state(path: str, assignments: list[dict[str, Any]]) -> bool:
+    """Write the placements atomically; True when the file content changed."""
+    placements = [
+        {k: a[k] for k in ("deployment", "replica", "host", "gpus", "gpu_uuids", "port")} for a in assignments
+    ]
+    text = json.dumps({"version": STATE_VERSION, "placements": placements}, indent=2, sort_keys=True) + "\n"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == text:
+                return False
+    except OSError:
+        pass
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".gpufleet-placements-")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+def diff_lines(entries: list[dict[str, Any]], errors: list[dict[str, Any]] | None = None) -> str:
+    """One sorted line per placement (``chat-0: gpu-a gpus=0 port=8000``), then unschedulable deployments."""
+    lines = []
+    for e in entries:
+        name = e.get("name") or f"{e.get('deployment')}-{e.get('replica')}"
+        gpus = ",".join(str(g) for g in e.get("gpus") or [])
+        lines.append(f"{name}: {e.get('host')} gpus={gpus} port={e.get('port')}")
+    lines.sort()
+    lines.extend(f"# unschedulable: {err['message']}" for err in errors or [])
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def gather(
+    task_vars: Mapping[str, Any], args: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(hosts for the placement, existing placements, unreachable hosts) from hostvars and the task's arguments."""
+    all_hostvars = task_vars.get("hostvars") or {}
+    names = args.get("hosts")
+    if names is None:
+        names = list(task_vars.get("ansible_play_hosts_all") or [])
+    active = set(task_vars.get("ansible_play_hosts") or names)
+    forced = set(args.get("unreachable") or [])
+    unreachable = sorted({h for h in names if h not in active or h in forced})
+
+    raw_vars = {}
+    per_host: dict[str, dict[str, Any]] = {}
+    for name in names:
+        hv = all_hostvars.get(name) or {}
+        raw_vars[name] = {k: _plain(hv.get(k)) for k in HOST_FIELDS if hv.get(k) is not None}
+        gpus = _plain(gpus_from_facts(hv, args["gpu_facts_var"]))
+        per_host[name] = {
+            "reachable": name not in unreachable,
+            "gpus": gpus or [],
+            "used_ports": used_ports_from_facts(hv),
+            "_hv": hv,
+        }
+    host_vars = validate_host_vars(raw_vars)
+    hosts: dict[str, dict[str, Any]] = {}
+    for name, info in per_host.items():
+        norm = host_vars[name]
+        hosts[name] = {
+            "reachable": info["reachable"],
+            "gpus": info["gpus"],
+            "used_ports": sorted(set(info["used_ports"]) | set(norm["used_ports"])),
+            "labels": norm["labels"],
+            "reservations": norm["reservations"],
+            "allowed_model_dirs": norm["allowed_model_dirs"],
+            "runtime": norm["runtime"],
+            "models_root": norm["models_root"],
+        }
+
+    if args.get("existing") is not None:
+        existing = [_plain(dict(e)) for e in args["existing"]]
+    else:
+        existing = []
+        for name, info in per_host.items():
+            if info["reachable"]:
+                existing.extend(existing_from_info(name, _plain(info["_hv"].get(args["existing_var"]))))
+    # Unreachable hosts report nothing: their last known placements come from the state file.
+    known = {e.get("host") for e in existing}
+    for placement in read_state(args.get("state_path")):
+        if placement.get("host") in unreachable and placement.get("host") not in known:
+            existing.append(placement)
+    return hosts, existing, unreachable
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+    _supports_async = False
+
+    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        del tmp
+        validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        args = dict(validation.validated_parameters)
+        task_vars = task_vars or {}
+        try:
+            hosts, existing, unreachable = gather(task_vars, args)
+            deployments = [dict(d) for d in _plain(args["deployments"])]
+            for dep in deployments:
+                size = (args.get("model_sizes") or {}).get(dep.get("name"))
+                if size is not None and dep.get("model_size_bytes") is None:
+                    dep["model_size_bytes"] = size
+            planned = fleet_plan(
+                hosts,
+                deployments,
+                existing,
+                prune=args["prune"],
+                move_from_unreachable=args["move_from_unreachable"],
+            )
+        except GpufleetError as err:
+            result.update(failed=True, msg=str(err), **err.details)
+            return result
+
+        errors = planned.pop("errors")
+        warnings = planned.pop("warnings")
+        # changed = the plan changes the fleet (something starts, moves or stops); the task itself touches nothing.
+        summary = planned["summary"]
+        fleet_changes = summary["create"] + summary["update"] + summary["move"] + summary["remove"]
+        result.update(changed=fleet_changes > 0, plan=planned, errors=errors, unreachable_hosts=unreachable)
+        if warnings:
+            result["warnings"] = warnings
+        if self._task.diff:
+            result["diff"] = {
+                "before_header": "placements now",
+                "after_header": "placements planned",
+                "before": diff_lines(existing),
+                "after": diff_lines(planned["assignments"], errors),
+            }
+        if errors and args["fail_on_unschedulable"]:
+            result.update(failed=True, msg="\n".join(e["message"] for e in errors))
+            return result
+        if args.get("state_path") and not self._task.check_mode and not errors:
+            write_state(args["state_path"], planned["assignments"])
+        return result

@@ -1,0 +1,243 @@
+#!/usr/bin/python
+# Copyright (c) gpufleet maintainers
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: fleet_plan
+short_description: Place every replica of the declared vLLM deployments on the GPU hosts of the inventory
+version_added: 0.1.0
+description:
+  - "Runs on the controller (it is an action plugin; run it once, with C(run_once: true)). It validates
+    O(deployments) (C(gpufleet_deployments)) and the C(gpufleet_*) host vars, then picks a host, GPU indices and a
+    port for each replica from every host's GPU facts (C(gpufleet.vllm.gpu_facts)) and the managed containers that
+    already run (C(gpufleet.vllm.vllm_deployment_info))."
+  - Placement is stable; existing placements stay where they are while they still fit, so a re-run moves nothing.
+    C(spread) spreads replicas over hosts, C(binpack) fills hosts. A GPU serves one deployment unless both allow
+    C(gpu_sharing). VRAM need is estimated as weights x 1.2 + 2 GiB (+ LoRA), split over the replica's GPUs, and
+    checked against the deployment's C(gpu_memory_utilization) x total and against free memory.
+  - "Unschedulable deployments fail the task with one line each that says why for every host, for example
+    C(chat-70b: 0/3 hosts fit — gpu-a: 2 GPUs free, needs 4; gpu-b: selector zone=eu1 not matched; gpu-c: unreachable)."
+  - The result is consumed by the C(deployments) role. RV(plan.hosts[<host>]) lists the container specs the host
+    must run (C(container) holds the C(gpufleet.vllm.vllm_container) arguments) and RV(plan.remove[<host>]) the
+    managed containers to remove there. Secret values are never part of the result; look them up in
+    C(gpufleet_deployments) by C(deployment).
+  - The inventory schema is documented in C(docs/inventory.md) of the collection.
+author:
+  - gpufleet maintainers (@gpufleet)
+extends_documentation_fragment:
+  - gpufleet.vllm.attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - The module changes nothing; check mode returns the same plan. O(state_path) is not written in check mode.
+      - It reports C(changed) when the plan changes the fleet (a replica is created, updated, moved or removed), so
+        C(--check --diff) shows the fleet-wide change and a converged fleet reports no change.
+  diff_mode:
+    support: full
+    details:
+      - "Returns the placements before and after, one line per replica (C(<deployment>-<replica>: <host> gpus=<ids> port=<port>))."
+  idempotent:
+    support: full
+options:
+  deployments:
+    description:
+      - The declared deployments, normally C({{ gpufleet_deployments }}). See C(docs/inventory.md) for every field.
+      - Wrong fields fail the task with one message that lists each problem, before any host is touched.
+    type: list
+    elements: dict
+    required: true
+  hosts:
+    description:
+      - The GPU hosts to place on. Defaults to C(ansible_play_hosts_all).
+      - A host that is not in C(ansible_play_hosts) (it failed or was unreachable earlier in the play) is unreachable
+        for the plan; its placements are kept and reported unless O(move_from_unreachable).
+    type: list
+    elements: str
+  unreachable:
+    description:
+      - Hosts to treat as unreachable in addition to those missing from C(ansible_play_hosts).
+    type: list
+    elements: str
+    default: []
+  existing:
+    description:
+      - The managed placements that exist now, as a list of C({host, name, gpus, port}) (C(name) is
+        C(<deployment>-<replica>)) or C({host, deployment, replica, gpus, port}).
+      - When not set, they are read from each host's O(existing_var).
+    type: list
+    elements: dict
+  existing_var:
+    description:
+      - Name of the host variable holding the registered result of C(gpufleet.vllm.vllm_deployment_info); its
+        C(deployments) list (entries with C(name), C(gpus), C(port), or their C(gpufleet.*) labels) is the existing
+        placement on that host.
+    type: str
+    default: gpufleet_deployment_info
+  gpu_facts_var:
+    description:
+      - Name of the fact (under C(ansible_facts)) or host variable holding the host's GPU list from
+        C(gpufleet.vllm.gpu_facts) (entries with C(index), C(uuid), C(name), C(memory_total_mib),
+        C(memory_free_mib), C(memory_used_mib)). A dict with a C(gpus) key is accepted too.
+    type: str
+    default: gpus
+  model_sizes:
+    description:
+      - Size on disk in bytes of each deployment's model, by deployment name, for the VRAM estimate (for example
+        from C(gpufleet.vllm.model_sync) results). A C(model_size_bytes) set on the deployment wins.
+    type: dict
+    default: {}
+  prune:
+    description:
+      - Remove managed containers of deployments that are no longer declared (listed in RV(plan.remove)).
+        Without it they are kept, their GPUs stay taken, and they are reported in RV(plan.undeclared).
+    type: bool
+    default: false
+  move_from_unreachable:
+    description:
+      - Re-place replicas whose host is unreachable on other hosts (a deployment's own C(move_from_unreachable)
+        wins). Without it they are kept where they are and reported.
+    type: bool
+    default: false
+  fail_on_unschedulable:
+    description:
+      - Fail the task when a deployment cannot be placed. With V(false) the errors are returned and the plan holds
+        what could be placed.
+    type: bool
+    default: true
+  state_path:
+    description:
+      - A JSON file on the controller where the plan's placements are saved after each run (not in check mode).
+        Placements of hosts that are unreachable now are read back from it, so they are kept instead of being
+        silently placed again elsewhere.
+    type: path
+seealso:
+  - module: gpufleet.vllm.gpu_facts
+  - module: gpufleet.vllm.vllm_deployment_info
+  - module: gpufleet.vllm.vllm_container
+"""
+
+EXAMPLES = r"""
+- name: Plan the fleet (once, on the controller)
+  gpufleet.vllm.fleet_plan:
+    deployments: "{{ gpufleet_deployments }}"
+    prune: "{{ gpufleet_prune | default(false) }}"
+    state_path: "{{ playbook_dir }}/.gpufleet/placements.json"
+  run_once: true
+  register: gpufleet_plan
+
+- name: Run what this host must run
+  gpufleet.vllm.vllm_container:
+    name: "{{ item.container.name }}"
+    runtime: "{{ item.container.runtime }}"
+    model: "{{ item.container.model }}"
+    port: "{{ item.container.port }}"
+    gpus: "{{ item.container.gpus }}"
+    tensor_parallel_size: "{{ item.container.tensor_parallel_size }}"
+    gpu_memory_utilization: "{{ item.container.gpu_memory_utilization }}"
+    secret_env: "{{ (gpufleet_deployments | selectattr('name', 'equalto', item.deployment) | first).secret_env | default({}) }}"
+  loop: "{{ gpufleet_plan.plan.hosts[inventory_hostname] }}"
+  loop_control:
+    label: "{{ item.name }}"
+
+- name: Placement with explicit inputs (no facts needed), e.g. to preview a change
+  gpufleet.vllm.fleet_plan:
+    hosts: [gpu-a, gpu-b]
+    deployments:
+      - name: chat
+        model: Qwen/Qwen2.5-0.5B-Instruct
+        replicas: 2
+        placement: spread
+    existing:
+      - {host: gpu-a, name: chat-0, gpus: [0], port: 8000}
+  check_mode: true
+  run_once: true
+"""
+
+RETURN = r"""
+plan:
+  description: The placement.
+  returned: always
+  type: dict
+  contains:
+    hosts:
+      description:
+        - Per host (every host has a key), the replicas it must run, sorted by name. Each has C(name)
+          (C(<deployment>-<replica>)), C(deployment), C(replica), C(action) (C(create), C(keep), C(update) = same
+          host with other GPUs or port, C(move) = from another host), C(previous), C(host), C(gpus), C(gpu_uuids),
+          C(port), C(vllm_version), C(image), C(model_source), C(model_sync) (the C(gpufleet.vllm.model_sync) arguments
+          without the token), C(serve_for), C(secret_env_keys), C(api_key_set),
+          C(hf_token_set), C(vram_per_gpu_mib) and C(container), the C(gpufleet.vllm.vllm_container) arguments
+          without secrets.
+      type: dict
+      sample: {"gpu-a": [{"name": "chat-0", "deployment": "chat", "replica": 0, "action": "create", "gpus": [0],
+               "port": 8000, "container": {"name": "chat-0", "gpus": [0], "port": 8000, "model": "org/chat"}}]}
+    remove:
+      description:
+        - "Per host, managed containers to remove, with C(name), C(deployment), C(replica), C(gpus), C(port) and
+          C(reason) (C(state: absent), C(scaled down to 1 replica), C(moved: host unreachable), C(no longer fits: ...))."
+        - Remove these before starting new replicas on the same host; they may free the GPUs and ports those use.
+      type: dict
+      sample: {"gpu-b": [{"name": "chat-2", "deployment": "chat", "replica": 2, "reason": "scaled down to 2 replicas"}]}
+    assignments:
+      description: Every placed replica, sorted by deployment and replica (same entries as in RV(plan.hosts) minus C(container)).
+      type: list
+      elements: dict
+    removals:
+      description: Every removal, sorted (same entries as in RV(plan.remove)).
+      type: list
+      elements: dict
+    undeclared:
+      description: Managed containers of deployments no longer declared, kept because O(prune) is off.
+      type: list
+      elements: dict
+    estimates:
+      description: The VRAM estimate per deployment (C(known), C(source), C(weights_bytes), C(total_mib), C(per_gpu_mib)).
+      type: dict
+    summary:
+      description: Counts of C(create), C(keep), C(update), C(move), C(remove), C(undeclared), C(unschedulable).
+      type: dict
+      sample: {"create": 2, "keep": 5, "update": 0, "move": 0, "remove": 1, "undeclared": 0, "unschedulable": 0}
+errors:
+  description: One entry per unschedulable deployment with C(deployment), C(message), C(missing_replicas) and C(hosts) (the reason per host).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - deployment: chat-70b
+      message: "chat-70b: 0/3 hosts fit — gpu-a: 2 GPUs free, needs 4; gpu-b: selector zone=eu1 not matched; gpu-c: unreachable"
+      missing_replicas: [0]
+unreachable_hosts:
+  description: The hosts the plan treated as unreachable.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+ARGUMENT_SPEC = dict(
+    deployments=dict(type="list", elements="dict", required=True),
+    hosts=dict(type="list", elements="str"),
+    unreachable=dict(type="list", elements="str", default=[]),
+    existing=dict(type="list", elements="dict"),
+    existing_var=dict(type="str", default="gpufleet_deployment_info"),
+    gpu_facts_var=dict(type="str", default="gpus"),
+    model_sizes=dict(type="dict", default={}),
+    prune=dict(type="bool", default=False),
+    move_from_unreachable=dict(type="bool", default=False),
+    fail_on_unschedulable=dict(type="bool", default=True),
+    state_path=dict(type="path"),
+)
+
+
+def main() -> None:
+    # The work happens in the action plugin of the same name on the controller; this only serves the docs and sanity.
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module.fail_json(msg="gpufleet.vllm.fleet_plan runs as an action plugin on the controller; it cannot run on a host")
+
+
+if __name__ == "__main__":
+    main()
