@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Simulated GPU hosts (network namespaces with sshd, dockerd and fake GPUs) reached by Ansible over SSH.
+# up: sim/hosts/hosts.sh up (a second run only checks: < 1 s); down: stops only what it started.
+set -euo pipefail
+H=$(cd "$(dirname "${BASH_SOURCE[0]}")/../hosts" && pwd)
+case "$1" in
+  up) "$H/hosts.sh" up ;;
+  down) "$H/hosts.sh" down ;;
+esac
