@@ -1,0 +1,254 @@
+"""Pure logic of the vLLM stand-in (sim/standin): argv per flag table, LoRA specs, metrics text, model resolution."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+STANDIN = Path(__file__).resolve().parents[3] / "sim" / "standin"
+sys.path.insert(0, str(STANDIN))
+
+from standin import argv, hub, tables  # noqa: E402
+from standin.metrics import Metrics  # noqa: E402
+
+DEV = STANDIN / "dev_tables"
+REAL = Path(__file__).resolve().parents[3] / "plugins" / "module_utils" / "vllm_flag_tables"
+
+
+@pytest.fixture(params=["dev_tables", "generated"])
+def tdir(request) -> Path:
+    """Each table source on its own: the provisional tables and, once they exist, the generated ones."""
+    d = DEV if request.param == "dev_tables" else REAL
+    if not tables.available(d):
+        pytest.skip(f"no tables in {d}")
+    return d
+
+
+def need(tdir: Path, *versions: str) -> None:
+    missing = [v for v in versions if v not in tables.available(tdir)]
+    if missing:
+        pytest.skip(f"{tdir.name} has no table for {', '.join(missing)} yet")
+
+
+def newest(tdir: Path) -> str:
+    return list(tables.available(tdir))[-1]
+
+
+def has(table: dict, flag: str) -> bool:
+    return any(flag in a.get("option_strings", []) for a in table["actions"])
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("2048", 2048), ("32k", 32000), ("32K", 32768), ("25.6k", 25600), ("1m", 1000000), ("1M", 1048576)],
+)
+def test_human_readable_int(text, value):
+    assert argv.human_readable_int(text) == value
+
+
+def test_human_readable_int_rejects_garbage():
+    with pytest.raises(ValueError):
+        argv.human_readable_int("lots")
+
+
+def test_normalize_underscores_like_flexible_argument_parser():
+    assert argv.normalize(["--max_model_len", "10", "--gpu_memory_utilization=0.5", "-tp", "a_b"]) == [
+        "--max-model-len", "10", "--gpu-memory-utilization=0.5", "-tp", "a_b"]  # fmt: skip
+
+
+def test_tables_available_and_unknown_version_falls_back(tdir):
+    need(tdir, "0.10.2")
+    assert tables.load("99.0.0", tdir)["version"] == newest(tdir)
+    assert tables.load("0.10.2", tdir)["version"] == "0.10.2"
+
+
+def test_generated_tables_win_over_provisional(tmp_path):
+    gen, dev = tmp_path / "gen", tmp_path / "dev"
+    gen.mkdir(), dev.mkdir()
+    (gen / "v0_10_2.py").write_text('TABLE = {"version": "0.10.2", "generated": "real", "actions": []}')
+    (dev / "v0_10_2.py").write_text('TABLE = {"version": "0.10.2", "generated": "dev", "actions": []}')
+    (dev / "v0_8_5.py").write_text('TABLE = {"version": "0.8.5", "generated": "dev", "actions": []}')
+    assert list(tables.available([gen, dev])) == ["0.8.5", "0.10.2"]
+    assert tables.load("0.10.2", [gen, dev])["generated"] == "real"
+    assert tables.load("0.8.5", [gen, dev])["generated"] == "dev"
+
+
+def test_parse_serve_positional_and_types(tdir):
+    need(tdir, "0.10.2")
+    t = tables.load("0.10.2", tdir)
+    ns, warnings = argv.parse(t, ["org/m", "--max_model_len", "4k", "--served-model-name", "a", "b", "-tp", "2"])
+    assert ns.model == "org/m"
+    assert ns.max_model_len == 4000
+    assert ns.served_model_name == ["a", "b"]
+    assert ns.tensor_parallel_size == 2
+    assert warnings == []
+
+
+def test_unknown_flag_exits_2_with_argparse_message(tdir, capsys):
+    need(tdir, "0.10.2")
+    t = tables.load("0.10.2", tdir)
+    with pytest.raises(SystemExit) as e:
+        argv.parse(t, ["org/m", "--no-such-flag", "1"])
+    assert e.value.code == 2
+    assert "vllm serve: error: unrecognized arguments: --no-such-flag 1" in capsys.readouterr().err
+
+
+def test_bad_choice_and_bad_number_exit_2(tdir, capsys):
+    need(tdir, "0.10.2")
+    t = tables.load("0.10.2", tdir)
+    for bad in (["--dtype", "float7"], ["--port", "http"]):
+        with pytest.raises(SystemExit) as e:
+            argv.parse(t, ["org/m", *bad])
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --dtype: invalid choice: 'float7'" in err
+    assert "argument --port: invalid int value: 'http'" in err
+
+
+def test_swap_space_differs_between_versions(tdir):
+    need(tdir, "0.10.2")
+    old, new = tables.load("0.10.2", tdir), tables.load(newest(tdir), tdir)
+    assert has(old, "--swap-space")
+    ns, _ = argv.parse(old, ["m", "--swap-space", "4"])
+    assert ns.swap_space == 4.0
+    if not has(new, "--swap-space"):
+        with pytest.raises(SystemExit):
+            argv.parse(new, ["m", "--swap-space", "4"])
+
+
+def test_boolean_optional_both_forms(tdir):
+    need(tdir, "0.10.2")
+    t = tables.load("0.10.2", tdir)
+    assert argv.parse(t, ["m", "--enable-prefix-caching"])[0].enable_prefix_caching is True
+    assert argv.parse(t, ["m", "--no-enable-prefix-caching"])[0].enable_prefix_caching is False
+    assert argv.parse(t, ["m"])[0].enable_prefix_caching is None
+
+
+def test_model_option_per_entrypoint_and_version(tdir):
+    need(tdir, "0.8.5", "0.10.2")
+    t10 = tables.load("0.10.2", tdir)
+    with pytest.raises(argv.ModelOptionRefused):
+        argv.parse(t10, ["--model", "m"], "serve")
+    ns, _ = argv.parse(tables.load("0.8.5", tdir), ["--model", "m"], "api_server")
+    assert ns.model == "m"
+    with pytest.raises(SystemExit):  # the module entrypoint has no positional model
+        argv.parse(tables.load("0.8.5", tdir), ["m"], "api_server")
+    if tables.version_key(newest(tdir)) >= (0, 11):
+        ns, warnings = argv.parse(tables.load(newest(tdir), tdir), ["--model", "m"], "serve")
+        assert ns.model == "m" and "--model" in warnings[0]
+
+
+def test_default_model_per_version(tdir):
+    need(tdir, "0.8.5", "0.10.2")
+    assert argv.parse(tables.load("0.8.5", tdir), [], "api_server")[0].model == "facebook/opt-125m"
+    assert argv.parse(tables.load("0.10.2", tdir), [])[0].model == "Qwen/Qwen3-0.6B"
+
+
+def test_dotted_json_and_rules(tdir):
+    need(tdir, "0.10.2")
+    t = tables.load("0.10.2", tdir)
+    ns, _ = argv.parse(t, ["m", "--compilation-config.level", "3", "--compilation-config.cudagraph_mode=FULL"])
+    assert ns.compilation_config == {"level": 3, "cudagraph_mode": "FULL"}
+    assert argv.parse(t, ["m", "-O3"])[0].compilation_config == 3
+    ns, _ = argv.parse(t, ["m", "--enable-auto-tool-choice"])
+    assert "--enable-auto-tool-choice requires --tool-call-parser" in argv.check_rules(t, ns, "serve")
+    ns, _ = argv.parse(t, ["m", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
+    assert argv.check_rules(t, ns, "serve") is None
+
+
+def test_lora_modules_forms():
+    got = argv.lora_modules(["a=/l/a", json.dumps({"name": "b", "path": "/l/b", "base_model_name": "x"})], "base")
+    assert got == [{"name": "a", "path": "/l/a", "base_model_name": "base"},
+                   {"name": "b", "path": "/l/b", "base_model_name": "x"}]  # fmt: skip
+    with pytest.raises(ValueError):
+        argv.lora_modules(["justaname"], "base")
+
+
+def test_metrics_names_per_version():
+    m = Metrics("0.10.2", "tiny")
+    m.start()
+    m.finish(prompt=5, gen=7, ttft=0.01, e2e=0.4, reason="length")
+    text = m.render()
+    assert 'vllm:generation_tokens_total{engine="0",model_name="tiny"} 7.0' in text
+    assert 'vllm:request_success_total{finished_reason="length",engine="0",model_name="tiny"} 1.0' in text
+    assert 'vllm:e2e_request_latency_seconds_bucket{engine="0",model_name="tiny",le="0.5"} 1.0' in text
+    assert 'vllm:e2e_request_latency_seconds_bucket{engine="0",model_name="tiny",le="0.3"} 0.0' in text
+    assert "vllm:kv_cache_usage_perc{" in text
+    old = Metrics("0.8.5", "tiny").render()
+    assert 'vllm:gpu_cache_usage_perc{model_name="tiny"}' in old
+    assert "vllm:kv_cache_usage_perc" not in old
+    assert "vllm:gpu_cache_usage_perc" not in Metrics("0.33.0", "tiny").render()
+
+
+# --- model resolution against a tiny local hub
+
+
+class _Hub(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        if self.path == "/org/ok/resolve/main/config.json":
+            body = b'{"architectures": ["X"], "max_position_embeddings": 1024}'
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", "a" * 40)
+            self.send_header("ETag", '"abc123"')
+        elif self.path.startswith("/org/gated/"):
+            body = b"{}"
+            self.send_response(401)
+            self.send_header("X-Error-Code", "GatedRepo")
+        else:
+            body = b"{}"
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.server_address[1]}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    yield tmp_path / "hf" / "hub"
+    srv.shutdown()
+
+
+def test_hub_download_then_cache(fake_hub, monkeypatch):
+    r = hub.resolve("org/ok")
+    assert r.downloaded and r.config["architectures"] == ["X"]
+    assert (fake_hub / "models--org--ok" / "snapshots" / ("a" * 40) / "config.json").is_file()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    again = hub.resolve("org/ok")
+    assert not again.downloaded and again.config["max_position_embeddings"] == 1024
+
+
+def test_hub_errors(fake_hub, monkeypatch):
+    with pytest.raises(hub.HubError) as gated:
+        hub.resolve("org/gated")
+    assert gated.value.exc_type.endswith("GatedRepoError")
+    assert "401 Client Error" in gated.value.text and "Cannot access gated repo" in gated.value.text
+    with pytest.raises(hub.HubError) as missing:
+        hub.resolve("org/missing")
+    assert "Repository Not Found for url" in missing.value.text
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(hub.HubError) as offline:
+        hub.resolve("org/other")
+    assert offline.value.exc_type.endswith("LocalEntryNotFoundError")
+
+
+def test_local_dir_needs_config_json(tmp_path):
+    with pytest.raises(hub.HubError) as e:
+        hub.resolve(str(tmp_path))
+    assert "Invalid repository ID or local directory specified" in e.value.text
+    (tmp_path / "config.json").write_text("{}")
+    assert hub.resolve(str(tmp_path)).local
