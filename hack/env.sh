@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the hack/ scripts and the tests: the project's venv and collection path.
 GPUFLEET_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export GPUFLEET_ROOT

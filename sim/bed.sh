@@ -9,7 +9,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 # shellcheck source=../hack/env.sh
 source "$ROOT/hack/env.sh"
 action=${1:-up}
-mapfile -t steps < <(ls "$HERE"/steps.d/*.sh 2>/dev/null | sort)
+mapfile -t steps < <(find "$HERE/steps.d" -maxdepth 1 -name "*.sh" | sort)
 [[ "$action" == down ]] && mapfile -t steps < <(printf '%s\n' "${steps[@]}" | sort -r)
 for s in "${steps[@]}"; do
   [[ -n "$s" ]] || continue

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare podman for the test bed (idempotent):
 #  - a containers.conf drop-in with explicit ulimits: this sandbox lacks CAP_SYS_RESOURCE and every `podman run`
-#    otherwise fails with "error setting rlimit type 7";
+#    otherwise fails with "error setting rlimit type 7"; and runc as the OCI runtime (crun refuses hybrid cgroups);
 #  - a CDI spec /etc/cdi/nvidia.yaml (kind nvidia.com/gpu, devices 0..N-1 and all) whose device nodes are
 #    stand-in character devices, so `--device nvidia.com/gpu=1` works as on a host with the NVIDIA toolkit.
 # GPUFLEET_CDI_GPUS (default 4) sets N.
@@ -16,6 +16,11 @@ cat > /etc/containers/containers.conf.d/50-gpufleet-testbed.conf <<'CONF'
 # gpufleet test bed: this sandbox cannot raise rlimits (no CAP_SYS_RESOURCE), so pin them explicitly.
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+
+# Debian's default OCI runtime for podman 4.3 is crun, which refuses this machine's hybrid cgroup layout
+# ("cgroups in hybrid mode not supported"); runc (installed with docker.io) works.
+[engine]
+runtime = "runc"
 CONF
 
 # Stand-in device nodes: character devices with /dev/null's numbers.
