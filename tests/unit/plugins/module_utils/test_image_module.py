@@ -1,0 +1,159 @@
+"""vllm_image's state machine with a fake engine (pull policies, check mode, diff, derived no-op) and the
+classification of engine/registry error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ansible_collections.gpufleet.vllm.plugins.module_utils import image_engine as ie
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ensure_image
+
+ID_A = "sha256:" + "a" * 64
+ID_B = "sha256:" + "b" * 64
+
+
+class FakeEngine:
+    runtime = "docker"
+
+    def __init__(self, images: dict[str, str] | None = None, registry: dict[str, str] | None = None):
+        self.images = dict(images or {})  # ref -> id
+        self.registry = dict(registry or {})  # ref -> id
+        self.calls: list[tuple] = []
+
+    def inspect(self, ref):
+        self.calls.append(("inspect", ref))
+        i = self.images.get(ref)
+        return {"Id": i, "RepoDigests": [f"{ref.rsplit(':', 1)[0]}@sha256:{'d' * 64}"]} if i else None
+
+    def pull(self, repo, tag, auth):
+        self.calls.append(("pull", repo, tag, auth))
+        ref = f"{repo}:{tag}"
+        if ref not in self.registry:
+            raise ie.pull_error(ref, "manifest unknown: manifest unknown")
+        self.images[ref] = self.registry[ref]
+
+    def build(self, ctx, tag):
+        self.calls.append(("build", tag, (Path(ctx) / "Dockerfile").read_text()))
+        self.images[tag] = "sha256:" + "c" * 64
+        return ["Step 1/4 : FROM x", "Successfully built"]
+
+
+def run(params, engine, check=False):
+    p = {"repository": "vllm/vllm-openai", "pull": "missing", **params}
+    return ensure_image(p, check, lambda: engine)
+
+
+def test_missing_pulls_once_then_noop():
+    e = FakeEngine(registry={"vllm/vllm-openai:v0.10.2": ID_A})
+    r, w = run({"version": "0.10.2"}, e)
+    assert r["changed"] is True and r["image_id"] == ID_A and w == []
+    assert r["diff"]["before"]["image_id"] is None and r["diff"]["after"]["image_id"] == ID_A
+    e.calls.clear()
+    r, _ = run({"version": "0.10.2"}, e)
+    assert r["changed"] is False and r["actions"] == []
+    assert [c[0] for c in e.calls] == ["inspect"]
+
+
+def test_always_changed_only_when_id_changes():
+    e = FakeEngine(images={"vllm/vllm-openai:v0.10.2": ID_A}, registry={"vllm/vllm-openai:v0.10.2": ID_A})
+    r, _ = run({"version": "0.10.2", "pull": "always"}, e)
+    assert r["changed"] is False and ("pull", "vllm/vllm-openai", "v0.10.2", None) in e.calls
+    e.registry["vllm/vllm-openai:v0.10.2"] = ID_B
+    r, _ = run({"version": "0.10.2", "pull": "always"}, e)
+    assert r["changed"] is True and r["diff"]["before"]["image_id"] == ID_A and r["diff"]["after"]["image_id"] == ID_B
+
+
+def test_never_fails_when_absent_and_never_pulls():
+    e = FakeEngine(registry={"vllm/vllm-openai:v0.10.2": ID_A})
+    with pytest.raises(GpufleetError) as err:
+        run({"version": "0.10.2", "pull": "never"}, e)
+    assert err.value.details["failure_class"] == "not_present"
+    assert not [c for c in e.calls if c[0] == "pull"]
+
+
+def test_check_mode_touches_nothing():
+    e = FakeEngine(registry={"vllm/vllm-openai:v0.10.2": ID_A})
+    r, _ = run({"version": "0.10.2"}, e, check=True)
+    assert r["changed"] is True and r["actions"] == ["pull vllm/vllm-openai:v0.10.2"]
+    assert [c[0] for c in e.calls] == ["inspect"]
+
+
+def test_check_mode_always_with_image_present_is_not_a_change():
+    e = FakeEngine(images={"vllm/vllm-openai:v0.10.2": ID_A})
+    r, _ = run({"version": "0.10.2", "pull": "always"}, e, check=True)
+    assert r["changed"] is False and r["actions"][0].startswith("pull vllm/vllm-openai:v0.10.2")
+
+
+def test_bad_input_fails_before_the_engine_is_created():
+    def factory():
+        raise AssertionError("engine created")
+
+    for params in ({"version": "0.10"}, {"version": "0.10.2", "extra_pip_packages": ["a b"]}):
+        with pytest.raises(GpufleetError):
+            ensure_image({"repository": "vllm/vllm-openai", "pull": "missing", **params}, False, factory)
+
+
+def test_credentials_passed_with_server_address():
+    e = FakeEngine(registry={"reg.example.com:5000/v/o:v0.10.2": ID_A})
+    run(
+        {
+            "version": "0.10.2",
+            "repository": "reg.example.com:5000/v/o",
+            "registry_username": "u",
+            "registry_password": "p",
+        },
+        e,
+    )
+    pulls = [c for c in e.calls if c[0] == "pull"]
+    assert pulls[0][3] == {"username": "u", "password": "p", "serveraddress": "reg.example.com:5000"}
+    with pytest.raises(GpufleetError, match="registry_password is not"):
+        run({"version": "0.10.2", "registry_username": "u"}, FakeEngine())
+
+
+def test_derived_build_then_noop(tmp_path: Path):
+    plug = tmp_path / "p.py"
+    plug.write_text("x = 1\n")
+    e = FakeEngine(images={"vllm/vllm-openai:v0.10.2": ID_A})
+    params = {"version": "0.10.2", "extra_pip_packages": ["b==1", "a==2"], "plugins": [str(plug)]}
+    check, _ = run(params, e, check=True)
+    assert check["changed"] is True and check["actions"][0].startswith(f"build {check['image']} FROM")
+    assert not [c for c in e.calls if c[0] == "build"]
+    r, _ = run(params, e)
+    assert r["changed"] is True and r["derived"] is True and r["image"] == check["image"]
+    assert r["packages"] == ["a==2", "b==1"] and r["plugins"] == ["p.py"]
+    (build,) = [c for c in e.calls if c[0] == "build"]
+    assert build[2].startswith("FROM vllm/vllm-openai:v0.10.2\n")
+    e.calls.clear()
+    r2, _ = run({**params, "extra_pip_packages": ["a==2", "b==1"]}, e)
+    assert r2["changed"] is False and r2["image"] == r["image"] and r2["actions"] == []
+    assert not [c for c in e.calls if c[0] == "build"]
+
+
+def test_derived_check_mode_with_base_missing():
+    e = FakeEngine(registry={"vllm/vllm-openai:v0.10.2": ID_A})
+    r, _ = run({"version": "0.10.2", "extra_pip_packages": ["a==1"]}, e, check=True)
+    assert r["changed"] is True and r["image"] is None and len(r["actions"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("message", "cls"),
+    [
+        (
+            'Get "https://127.0.0.1:5009/v2/": dial tcp 127.0.0.1:5009: connect: connection refused',
+            "registry_unreachable",
+        ),
+        ("Get https://registry-1.docker.io/v2/: net/http: TLS handshake timeout", "registry_unreachable"),
+        ("dial tcp: lookup nohost.invalid: no such host", "registry_unreachable"),
+        ("unauthorized: authentication required", "unauthorized"),
+        ("Head https://r/v2/x/manifests/1: no basic auth credentials", "unauthorized"),
+        ("manifest for r/x:1 not found: manifest unknown: manifest unknown", "not_found"),
+        ("pull access denied for x, repository does not exist or may require 'docker login'", "not_found"),
+        ("something else entirely", "pull_failed"),
+    ],
+)
+def test_classify_pull_error(message, cls):
+    assert ie.classify_pull_error(message) == cls
+    err = ie.pull_error("r/x:1", message)
+    assert "r/x:1" in str(err) and err.details["failure_class"] == cls
