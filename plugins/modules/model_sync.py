@@ -1,0 +1,346 @@
+#!/usr/bin/python
+# Copyright (c) gpufleet maintainers
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: model_sync
+short_description: Put validated model weights on a host, atomically, and do nothing when they are already there
+description:
+  - Fetches model weights from the Hugging Face hub (through C(huggingface_hub), honouring E(HF_ENDPOINT),
+    E(HF_HUB_OFFLINE) and C(hf_xet) when installed), from a local checkpoint directory, or from an http(s) file or
+    archive, into O(models_root)/O(name). The result's RV(path) is what C(gpufleet.vllm.vllm_container) mounts.
+  - Downloads land in a staging directory on the same filesystem (O(models_root)/.gpufleet/staging/), are
+    validated, then swapped in with one rename; the installed version stays untouched until then, and is kept if
+    anything fails. A killed run leaves the installed model intact; the next run resumes the staging directory.
+  - The free space is checked from the remote sizes plus a margin before any byte is written.
+  - A per-model lock (flock on O(models_root)/.gpufleet/locks/NAME.lock) keeps two runs on one host apart.
+  - A manifest in O(models_root)/.gpufleet/manifests/NAME.json (source, resolved commit, file names, sizes, mtimes)
+    makes a re-run with the same source answer C(changed=false) without hashing or downloading.
+  - Progress (state, bytes_done, bytes_total) is written to O(models_root)/.gpufleet/status/NAME.json while it
+    runs, for the status playbook and the node agent; the module works under C(async)/C(poll).
+version_added: 0.1.0
+author:
+  - gpufleet maintainers (@gpufleet)
+requirements:
+  - huggingface_hub (for O(source=hf))
+  - docker (Python SDK, optional, for the in-use check of O(state=absent))
+extends_documentation_fragment:
+  - gpufleet.vllm.attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reports what would be downloaded or copied and how many bytes, without writing anything.
+  diff_mode:
+    support: full
+    details:
+      - Old and new commit and file list.
+  idempotent:
+    support: full
+options:
+  name:
+    description:
+      - Directory name of the model under O(models_root).
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) syncs the model; V(absent) removes it (refused while a running gpufleet-managed container
+        mounts it, unless O(force=true)).
+    type: str
+    choices: [present, absent]
+    default: present
+  source:
+    description:
+      - Where the weights come from. Required with O(state=present).
+    type: str
+    choices: [hf, local, url]
+  models_root:
+    description:
+      - Directory that holds the models.
+    type: path
+    default: /var/lib/gpufleet/models
+  repo_id:
+    description:
+      - Hub repo (C(ORG/NAME)). Required with O(source=hf).
+    type: str
+  revision:
+    description:
+      - Branch, tag or commit of the hub repo. Resolved to a commit sha, which is returned and recorded.
+    type: str
+    default: main
+  token:
+    description:
+      - Hub token for gated or private repos. Never logged. Defaults to E(HF_TOKEN).
+    type: str
+  hf_endpoint:
+    description:
+      - Hub URL. Defaults to E(HF_ENDPOINT), else U(https://huggingface.co).
+    type: str
+  allow_patterns:
+    description:
+      - Only hub files matching one of these glob patterns are fetched.
+    type: list
+    elements: str
+  ignore_patterns:
+    description:
+      - Hub files matching one of these glob patterns are skipped.
+      - When not given, C(original/*) and C(.gitattributes) are skipped and, for repos with safetensors weights, the duplicate weight
+        formats (C(*.bin), C(*.pt), C(*.pth), C(*.msgpack), C(*.h5)) too.
+    type: list
+    elements: str
+  max_workers:
+    description:
+      - Parallel file downloads from the hub.
+    type: int
+    default: 8
+  download_backend:
+    description:
+      - How hub files are fetched. The revision and the file list always come from C(huggingface_hub).
+      - V(auto) and V(huggingface_hub) use C(huggingface_hub)'s C(snapshot_download) (with C(hf_xet) or
+        C(hf_transfer) when installed).
+      - V(builtin) fetches the plain C(/resolve/) URLs in parallel with large reads, resuming partial files
+        (proxies from the environment are honoured; the token is not forwarded on redirects). It can be faster on
+        plain HTTP mirrors; files on xet storage still go through C(huggingface_hub).
+    type: str
+    choices: [auto, builtin, huggingface_hub]
+    default: auto
+  src:
+    description:
+      - Checkpoint directory for O(source=local). Must lie under one of O(allowed_dirs) after resolving symlinks;
+        C(..) components and symlinks leading outside are refused.
+    type: path
+  allowed_dirs:
+    description:
+      - Directories a local checkpoint may come from (the allowlist).
+    type: list
+    elements: path
+    default: []
+  link:
+    description:
+      - With O(source=local), use the checkpoint in place (O(models_root)/O(name) becomes a symlink to it)
+        instead of copying it (hard links are used where the filesystem allows).
+    type: bool
+    default: false
+  url:
+    description:
+      - http(s) URL of a file (e.g. a C(.gguf)) or an archive (C(.tar), C(.tar.gz), C(.tgz), C(.zip)) for
+        O(source=url). Archives with absolute paths, C(..), links pointing outside or device files are refused.
+        A URL without O(checksum) is treated as immutable (use O(force) to fetch it again).
+    type: str
+  checksum:
+    description:
+      - Expected C(sha256:<hex>) of the file at O(url).
+    type: str
+  validate:
+    description:
+      - Check the model before swapping it in (config.json parses, tokenizer present, index-listed shards present
+        with the right size, shard sets complete, safetensors headers parse; a single C(.gguf) is accepted).
+    type: bool
+    default: true
+  require_tokenizer:
+    description:
+      - Whether validation requires tokenizer files.
+    type: bool
+    default: true
+  force:
+    description:
+      - Fetch again even when the manifest says the model is in sync; with O(state=absent), remove even when a
+        running container mounts it.
+    type: bool
+    default: false
+  lock_timeout:
+    description:
+      - Seconds to wait for another run on the same model to finish.
+    type: int
+    default: 600
+notes:
+  - Requires C(huggingface_hub) on the target for O(source=hf), and the C(docker) SDK for the in-use check of
+    O(state=absent) (skipped when no docker daemon answers).
+"""
+
+EXAMPLES = r"""
+- name: Llama weights from the hub, pinned to a tag
+  gpufleet.vllm.model_sync:
+    name: llama-3.1-8b
+    source: hf
+    repo_id: meta-llama/Llama-3.1-8B-Instruct
+    revision: main
+    token: "{{ hf_token }}"
+  register: model
+
+- name: A checkpoint that already sits on the host, used in place
+  gpufleet.vllm.model_sync:
+    name: my-finetune
+    source: local
+    src: /data/checkpoints/my-finetune
+    allowed_dirs: [/data/checkpoints]
+    link: true
+
+- name: A GGUF file from an internal server
+  gpufleet.vllm.model_sync:
+    name: qwen-gguf
+    source: url
+    url: https://models.internal/qwen2.5-7b-q4_k_m.gguf
+    checksum: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+
+- name: Long download observed through async
+  gpufleet.vllm.model_sync:
+    name: big
+    source: hf
+    repo_id: org/big-model
+  async: 7200
+  poll: 10
+
+- name: Remove a model nobody serves any more
+  gpufleet.vllm.model_sync:
+    name: old-model
+    state: absent
+"""
+
+RETURN = r"""
+path:
+  description: Directory of the model on the host (what vllm_container mounts).
+  returned: always
+  type: str
+  sample: /var/lib/gpufleet/models/llama-3.1-8b
+source:
+  description: The source kind (V(hf), V(local), V(url)), or V(none) for O(state=absent).
+  returned: always
+  type: str
+revision:
+  description: The requested hub revision.
+  returned: always
+  type: str
+commit:
+  description: The commit sha the revision resolved to (hub source), else null.
+  returned: always
+  type: str
+  sample: 1c2fbd64d08c0dd4c6cbd50331369cad10102c4a
+files:
+  description: Relative names of the model's files.
+  returned: always
+  type: list
+  elements: str
+size_bytes:
+  description: Total size of the model's files.
+  returned: always
+  type: int
+changed:
+  description: Whether the model was (or in check mode would be) fetched, replaced or removed.
+  returned: always
+  type: bool
+validation:
+  description: Validation report (ok, format, problems, files_checked, weight_bytes), null when skipped.
+  returned: always
+  type: dict
+download_backend:
+  description: How the hub files were (or would be) fetched, see O(download_backend).
+  returned: source hf, when changed
+  type: str
+  sample: builtin
+would_download:
+  description: Hub files a real run would fetch.
+  returned: in check mode, source hf, when changed
+  type: list
+  elements: str
+download_bytes:
+  description: Bytes a real run would download.
+  returned: in check mode, source hf or url, when changed
+  type: int
+free_bytes:
+  description: Free bytes under models_root.
+  returned: in check mode, source hf, when changed
+  type: int
+would_copy:
+  description: Files a real run would copy from the local source.
+  returned: in check mode, source local, when changed
+  type: list
+  elements: str
+copy_bytes:
+  description: Bytes a real run would copy from the local source.
+  returned: in check mode, source local, when changed
+  type: int
+copy:
+  description: How many files were hard-linked and copied from the local source.
+  returned: source local, when copied
+  type: dict
+src:
+  description: The resolved local source directory.
+  returned: source local, when changed
+  type: str
+link:
+  description: Whether the local source is used in place.
+  returned: source local, when changed
+  type: bool
+url:
+  description: The URL fetched.
+  returned: source url, when changed
+  type: str
+sha256:
+  description: sha256 of the fetched file.
+  returned: source url, when fetched
+  type: str
+mounted_by:
+  description: Running managed containers that mount the model.
+  returned: state absent, when present
+  type: list
+  elements: str
+msg:
+  description: One line on what happened.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.model_sync import DEFAULT_ROOT, sync
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            source=dict(type="str", choices=["hf", "local", "url"]),
+            models_root=dict(type="path", default=DEFAULT_ROOT),
+            repo_id=dict(type="str"),
+            revision=dict(type="str", default="main"),
+            token=dict(type="str", no_log=True, fallback=(env_fallback, ["HF_TOKEN"])),
+            hf_endpoint=dict(type="str"),
+            allow_patterns=dict(type="list", elements="str"),
+            ignore_patterns=dict(type="list", elements="str"),
+            max_workers=dict(type="int", default=8),
+            download_backend=dict(type="str", default="auto", choices=["auto", "builtin", "huggingface_hub"]),
+            src=dict(type="path"),
+            allowed_dirs=dict(type="list", elements="path", default=[]),
+            link=dict(type="bool", default=False),
+            url=dict(type="str"),
+            checksum=dict(type="str"),
+            validate=dict(type="bool", default=True),
+            require_tokenizer=dict(type="bool", default=True),
+            force=dict(type="bool", default=False),
+            lock_timeout=dict(type="int", default=600),
+        ),
+        required_if=[
+            ("state", "present", ["source"]),
+            ("source", "hf", ["repo_id"]),
+            ("source", "local", ["src"]),
+            ("source", "url", ["url"]),
+        ],
+        supports_check_mode=True,
+    )
+    try:
+        result = sync(module.params, check_mode=module.check_mode)
+    except GpufleetError as err:
+        module.fail_json(msg=str(err), **err.details)
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
