@@ -1,0 +1,168 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Why a vLLM server did not come up: a failure class and one line a person can act on, from its log tail.
+
+``classify(log_lines, exit_code=None, timed_out=False)`` -> ``(failure_class, hint)``. Classes: gpu_oom,
+kv_cache_too_small, no_gpu, hf_auth, model_not_found, port_conflict, bad_args, timeout, unknown.
+``mask(lines, secrets)`` replaces every secret value (and bearer tokens / hf_ tokens) by ``********``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MASK = "********"
+TAIL_LINES = 300
+
+FAILURE_CLASSES = (
+    "gpu_oom",
+    "kv_cache_too_small",
+    "no_gpu",
+    "hf_auth",
+    "model_not_found",
+    "port_conflict",
+    "bad_args",
+    "timeout",
+    "unknown",
+)
+
+# (class, patterns, hint). Checked in this order: the first class with a matching line wins. hf_auth precedes
+# model_not_found because huggingface_hub's "not found" text also mentions gated repos, and both end in vLLM's
+# "Invalid repository ID" ValueError.
+_RULES: list[tuple[str, list[str], str]] = [
+    (
+        "gpu_oom",
+        [r"OutOfMemoryError", r"CUDA out of memory", r"CUDA error: out of memory", r"HIP out of memory"],
+        "CUDA out of memory while loading; lower gpu_memory_utilization or max_model_len, or add GPUs "
+        "(tensor_parallel_size)",
+    ),
+    (
+        "kv_cache_too_small",
+        [
+            r"larger than the available KV cache memory",
+            r"No available memory for the cache blocks",
+            r"KV cache is needed",
+            r"max seq len .* is larger than the maximum number of tokens that can be stored in KV cache",
+        ],
+        "not enough GPU memory left for the KV cache at this max_model_len; lower max_model_len, raise "
+        "gpu_memory_utilization, or add GPUs",
+    ),
+    (
+        "no_gpu",
+        [
+            r"Failed to infer device type",
+            r"No CUDA GPUs are available",
+            r"could not select device driver",
+            r"Found no NVIDIA driver on your system",
+            r"CUDA driver initialization failed",
+            r"libcuda\.so.*cannot open shared object",
+            r"unresolvable CDI devices",
+        ],
+        "the container sees no GPU; check the gpus option, the NVIDIA container toolkit (docker) or the CDI spec "
+        "(podman, /etc/cdi)",
+    ),
+    (
+        "hf_auth",
+        [
+            r"GatedRepoError",
+            r"Cannot access gated repo",
+            r"401 Client Error",
+            r"403 Client Error",
+            r"Access to model .* is restricted",
+            r"Invalid (user token|credentials)",
+        ],
+        "the Hugging Face hub refused access; pass hf_token with a token that has accepted the model's licence, "
+        "or sync the model to the host with gpufleet.vllm.model_sync",
+    ),
+    (
+        "model_not_found",
+        [
+            r"Repository Not Found",
+            r"RepositoryNotFoundError",
+            r"Revision Not Found",
+            r"Invalid repository ID or local directory",
+            r"does not appear to have a file named config\.json",
+            r"LocalEntryNotFoundError",
+        ],
+        "model not found; check model (hub id or a host path with config.json) and revision",
+    ),
+    (
+        "port_conflict",
+        [r"Address already in use", r"\[Errno 98\]", r"address already in use"],
+        "the port is already in use on the host; pick another port or stop what listens there",
+    ),
+    (
+        "bad_args",
+        [
+            r"error: unrecognized arguments",
+            r"error: argument ",
+            r"invalid choice",
+            r"error: the following arguments are required",
+            r"requires --",
+            r"ValueError: With `vllm serve`, you should provide the model as a positional argument",
+        ],
+        "vLLM refused its arguments; check the engine options and extra_args against this vLLM version",
+    ),
+]
+_COMPILED = [(cls, [re.compile(p) for p in pats], hint) for cls, pats, hint in _RULES]
+_HINTS = {rule[0]: rule[2] for rule in _RULES}
+_HINTS["timeout"] = (
+    "the server was not ready within wait_timeout; raise wait_timeout (first starts download and compile)"
+)
+_HINTS["unknown"] = "the server failed; read log_tail"
+
+_ERRORISH = re.compile(r"(Error|Exception|error:|ERROR|Traceback|FATAL)")
+_TOKEN_PATTERNS = [
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),
+    re.compile(r"(?i)((?:api[_-]?key|token|password|secret)['\"]?\s*[=:]\s*['\"]?)[^\s'\",}]{4,}"),
+]
+
+
+def hint_for(failure_class: str) -> str:
+    return _HINTS.get(failure_class, _HINTS["unknown"])
+
+
+def _last_error_line(lines: list[str]) -> str | None:
+    for line in reversed(lines):
+        s = line.strip()
+        if s and _ERRORISH.search(s) and not s.startswith("File ") and not s.startswith("Traceback"):
+            return s[:300]
+    return None
+
+
+def classify(log_lines: Iterable[str], exit_code: int | None = None, timed_out: bool = False) -> tuple[str, str]:
+    """Failure class and a one-line hint ``"<class>: <what happened>; <what to do>"`` from the log tail."""
+    lines = [ln for chunk in log_lines for ln in str(chunk).splitlines()][-TAIL_LINES:]
+    for cls, pats, hint in _COMPILED:
+        for line in lines:
+            if any(p.search(line) for p in pats):
+                return cls, f"{cls}: {hint}"
+    if exit_code == 2:
+        return "bad_args", f"bad_args: {_HINTS['bad_args']}"
+    if timed_out:
+        return "timeout", f"timeout: {_HINTS['timeout']}"
+    last = _last_error_line(lines)
+    detail = f" (last error: {last})" if last else ""
+    code = f" with exit code {exit_code}" if exit_code not in (None, 0) else ""
+    return "unknown", f"unknown: the server stopped{code}{detail}; read log_tail"
+
+
+def mask(lines: Iterable[str], secrets: Iterable[str | None] = ()) -> list[str]:
+    """Lines with every secret value and anything token-shaped replaced by ``********``."""
+    values = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+    out = []
+    for line in lines:
+        for v in values:
+            line = line.replace(v, MASK)
+        for pat in _TOKEN_PATTERNS:
+            line = pat.sub(lambda m: (m.group(1) if m.groups() else "") + MASK, line)
+        out.append(line)
+    return out
+
+
+def tail(text: str | bytes, n: int = TAIL_LINES) -> list[str]:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return text.splitlines()[-n:]

@@ -1,0 +1,119 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The container label schema of gpufleet-managed vLLM deployments (INTERFACES §4).
+
+One place for the keys: vllm_container writes them, vllm_deployment_info and the node agent read them. Labels never
+hold secret values: the manifest and the spec carry env *keys* and salted value hashes only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PREFIX = "gpufleet."
+MANAGED = "gpufleet.managed"
+DEPLOYMENT = "gpufleet.deployment"
+PORT = "gpufleet.port"
+CONFIG_HASH = "gpufleet.config-hash"
+VLLM_VERSION = "gpufleet.vllm-version"
+MODEL = "gpufleet.model"
+GPUS = "gpufleet.gpus"
+MANIFEST = "gpufleet.manifest"
+SERVE_UNTIL = "gpufleet.serve-until"
+# Not in the minimal schema but part of ours: the normalized spec (for --diff) and the endpoint.
+SPEC = "gpufleet.spec"
+HOST = "gpufleet.host"
+SLEEP_MODE = "gpufleet.sleep-mode"
+API_KEY_SET = "gpufleet.api-key"
+
+CONTAINER_PREFIX = "gpufleet-"
+PREVIOUS_SUFFIX = "-previous"
+
+
+def container_name(name: str) -> str:
+    """Container name of deployment ``name``."""
+    return f"{CONTAINER_PREFIX}{name}"
+
+
+def previous_name(name: str) -> str:
+    """Name the running container gets while its replacement starts (kept for rollback)."""
+    return f"{CONTAINER_PREFIX}{name}{PREVIOUS_SUFFIX}"
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def build(
+    *,
+    name: str,
+    port: int,
+    host: str,
+    config_hash: str,
+    vllm_version: str | None,
+    model: str,
+    gpus: list[str],
+    manifest: dict[str, Any],
+    spec: dict[str, Any],
+    serve_until: str | None = None,
+    sleep_mode: bool = False,
+    api_key: bool = False,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """All labels of a deployment's container (``extra`` = user labels, which may not use the gpufleet. prefix)."""
+    labels = {k: str(v) for k, v in (extra or {}).items() if not k.startswith(PREFIX)}
+    labels.update(
+        {
+            MANAGED: "true",
+            DEPLOYMENT: name,
+            PORT: str(port),
+            HOST: host,
+            CONFIG_HASH: config_hash,
+            VLLM_VERSION: vllm_version or "unknown",
+            MODEL: model,
+            GPUS: ",".join(gpus),
+            MANIFEST: _dump(manifest),
+            SPEC: _dump(spec),
+            SLEEP_MODE: "true" if sleep_mode else "false",
+            API_KEY_SET: "true" if api_key else "false",
+        }
+    )
+    if serve_until:
+        labels[SERVE_UNTIL] = serve_until
+    return labels
+
+
+def is_managed(labels: dict[str, str] | None) -> bool:
+    return bool(labels) and labels.get(MANAGED) == "true" and bool(labels.get(DEPLOYMENT))
+
+
+def _json_or_none(raw: str | None) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def parse(labels: dict[str, str] | None) -> dict[str, Any]:
+    """Typed view of a container's gpufleet labels (missing keys -> None); works on any container's labels."""
+    labels = labels or {}
+    port = labels.get(PORT)
+    gpus = labels.get(GPUS)
+    return {
+        "managed": labels.get(MANAGED) == "true",
+        "name": labels.get(DEPLOYMENT),
+        "port": int(port) if port and port.isdigit() else None,
+        "host": labels.get(HOST),
+        "config_hash": labels.get(CONFIG_HASH),
+        "vllm_version": labels.get(VLLM_VERSION),
+        "model": labels.get(MODEL),
+        "gpus": [g for g in gpus.split(",") if g] if gpus else [],
+        "manifest": _json_or_none(labels.get(MANIFEST)),
+        "spec": _json_or_none(labels.get(SPEC)),
+        "serve_until": labels.get(SERVE_UNTIL),
+        "sleep_mode": labels.get(SLEEP_MODE) == "true",
+        "api_key": labels.get(API_KEY_SET) == "true",
+    }

@@ -1,0 +1,211 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The small engine adapter vllm_container talks to: docker (docker SDK) or podman (podman CLI).
+
+Adapters only move data; they never decide. Comparison is by the config-hash label (container_spec), so nothing
+here has to re-read engine fields faithfully except state, exit code, restart count, labels and logs.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+
+
+def raw_http(
+    target: str | tuple[str, int],
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 60.0,
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 request (Connection: close) over a unix socket path or (host, port): (status, body).
+
+    The standard library's http.client pulls in email and ssl; a no-op converge only needs a few small GETs, and
+    this keeps its start-up cheap. Raises OSError when nothing answers.
+    """
+    if isinstance(target, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(target)
+        host = "localhost"
+    else:
+        sock = socket.create_connection(target, timeout=timeout)
+        host = f"[{target[0]}]:{target[1]}" if ":" in target[0] else f"{target[0]}:{target[1]}"
+    try:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close", "User-Agent: gpufleet"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body is not None or method in ("POST", "PUT"):
+            lines.append(f"Content-Length: {len(body or b'')}")
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    head, _sep, payload = raw.partition(b"\r\n\r\n")
+    head_lines = head.decode("latin-1").split("\r\n")
+    parts = head_lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise OSError(f"not an HTTP response from {target}")
+    hdrs = {k.strip().lower(): v.strip() for k, _c, v in (h.partition(":") for h in head_lines[1:])}
+    if "chunked" in hdrs.get("transfer-encoding", "").lower():
+        out, rest = [], payload
+        while rest:
+            size_line, _sep, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0] or b"0", 16)
+            if size == 0:
+                break
+            out.append(rest[:size])
+            rest = rest[size + 2 :]
+        payload = b"".join(out)
+    elif "content-length" in hdrs and hdrs["content-length"].isdigit():
+        payload = payload[: int(hdrs["content-length"])]
+    return int(parts[1]), payload
+
+
+@dataclass
+class ContainerState:
+    id: str
+    name: str
+    status: str  # created | running | paused | restarting | exited | dead | removing
+    running: bool
+    exit_code: int | None
+    restart_count: int
+    labels: dict[str, str]
+    image_id: str = ""
+    image: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    oom_killed: bool = False
+    pid: int | None = None
+
+
+@dataclass
+class ImageInfo:
+    id: str
+    entrypoint: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    repo_digests: list[str] = field(default_factory=list)
+
+    @property
+    def vllm_version(self) -> str | None:
+        return self.labels.get("org.opencontainers.image.version") or self.env.get("VLLM_VERSION")
+
+    @property
+    def digest(self) -> str | None:
+        return self.repo_digests[0].split("@", 1)[1] if self.repo_digests and "@" in self.repo_digests[0] else None
+
+
+@dataclass
+class CreateSpec:
+    name: str
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    mounts: list[tuple[str, str, str]]
+    gpus: list[str]
+    network: str
+    ipc: str | None
+    shm_size: str | None
+    restart_policy: str
+    labels: dict[str, str]
+    port: int
+    host: str
+
+
+class Runtime:
+    """Interface of an engine adapter."""
+
+    name = "abstract"
+
+    def container(self, name: str) -> ContainerState | None:
+        raise NotImplementedError
+
+    def image(self, ref: str) -> ImageInfo | None:
+        raise NotImplementedError
+
+    def create(self, spec: CreateSpec) -> str:
+        raise NotImplementedError
+
+    def start(self, cid: str) -> None:
+        raise NotImplementedError
+
+    def stop(self, cid: str, timeout: int) -> None:
+        raise NotImplementedError
+
+    def remove(self, cid: str) -> None:
+        raise NotImplementedError
+
+    def rename(self, cid: str, new_name: str) -> None:
+        raise NotImplementedError
+
+    def pause(self, cid: str) -> None:
+        raise NotImplementedError
+
+    def unpause(self, cid: str) -> None:
+        raise NotImplementedError
+
+    def logs(self, cid: str, tail: int = 300) -> list[str]:
+        raise NotImplementedError
+
+    def follow(self, cid: str) -> Iterator[str]:
+        """Log lines as they come (from the container's start); ends when the container stops."""
+        raise NotImplementedError
+
+    def list_managed(self) -> list[ContainerState]:
+        raise NotImplementedError
+
+    def pids(self, cid: str) -> list[int]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def get_runtime(kind: str, docker_host: str | None = None) -> Runtime:
+    if kind == "docker":
+        from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_docker import DockerRuntime
+
+        return DockerRuntime(docker_host)
+    if kind == "podman":
+        from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_podman import PodmanRuntime
+
+        return PodmanRuntime()
+    raise GpufleetError(f"unknown runtime {kind!r}; use docker or podman")
+
+
+def state_from_inspect(data: dict[str, Any]) -> ContainerState:
+    """Docker-shaped inspect JSON (docker and podman both produce it) -> ContainerState."""
+    st = data.get("State") or {}
+    cfg = data.get("Config") or {}
+    status = str(st.get("Status") or "").lower()
+    if status == "configured":
+        status = "created"
+    if status == "stopped":
+        status = "exited"
+    return ContainerState(
+        id=data.get("Id") or data.get("ID") or "",
+        name=str(data.get("Name") or "").lstrip("/"),
+        status=status,
+        running=bool(st.get("Running")) and not st.get("Paused"),
+        exit_code=st.get("ExitCode"),
+        restart_count=int(data.get("RestartCount") or 0),
+        labels=dict(cfg.get("Labels") or {}),
+        image_id=str(data.get("Image") or ""),
+        image=str(cfg.get("Image") or ""),
+        started_at=st.get("StartedAt"),
+        finished_at=st.get("FinishedAt"),
+        oom_killed=bool(st.get("OOMKilled")),
+        pid=st.get("Pid") or None,
+    )

@@ -1,0 +1,161 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Podman adapter through the podman CLI.
+
+Why the CLI and not podman's Docker-compatible API: the API needs a ``podman system service`` running (no systemd
+socket unit on many GPU hosts), and podman 4.3's compat endpoint has no way to ask for CDI devices except through
+HostConfig.Devices path strings, while ``podman create --device nvidia.com/gpu=N`` is the documented CDI path.
+Secrets never appear on podman's command line: env values travel in podman's own environment (``--env KEY``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.labels import MANAGED
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
+    ContainerState,
+    CreateSpec,
+    ImageInfo,
+    Runtime,
+    state_from_inspect,
+)
+
+CDI_KIND = "nvidia.com/gpu"
+
+
+def create_args(spec: CreateSpec) -> list[str]:
+    """``podman create`` arguments (env keys only: values come from podman's environment)."""
+    args = ["create", "--name", spec.name]
+    for k, v in sorted(spec.labels.items()):
+        args += ["--label", f"{k}={v}"]
+    for k in sorted(spec.env):
+        args += ["--env", k]
+    for s, d, m in spec.mounts:
+        args += ["--volume", f"{s}:{d}:{m}"]
+    for g in spec.gpus:
+        args += ["--device", f"{CDI_KIND}={g}"]
+    args += ["--network", spec.network]
+    if spec.network != "host":
+        bind = "" if spec.host in ("0.0.0.0", "") else spec.host
+        args += ["--publish", f"{bind}:{spec.port}:{spec.port}" if bind else f"{spec.port}:{spec.port}"]
+    if spec.ipc:
+        args += ["--ipc", spec.ipc]
+    if spec.shm_size:
+        args += ["--shm-size", spec.shm_size]
+    args += ["--restart", spec.restart_policy or "no"]
+    args += [spec.image, *spec.command]
+    return args
+
+
+class PodmanRuntime(Runtime):
+    name = "podman"
+
+    def __init__(self, binary: str | None = None) -> None:
+        self.bin = binary or shutil.which("podman") or ""
+        if not self.bin:
+            raise GpufleetError("podman is not installed on the target (runtime=podman)")
+
+    def _run(self, args: list[str], what: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+        full_env = None
+        if env:
+            full_env = dict(os.environ)
+            full_env.update(env)
+        r = subprocess.run([self.bin, *args], capture_output=True, text=True, env=full_env, check=False)
+        if check and r.returncode != 0:
+            raise GpufleetError(f"podman {what} failed: {(r.stderr or r.stdout).strip()[-2000:]}")
+        return r.stdout
+
+    def _inspect(self, kind: str, ref: str) -> dict | None:
+        r = subprocess.run([self.bin, kind, "inspect", ref], capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            err = r.stderr.lower()
+            if "no such" in err or "not known" in err or "unknown" in err or "not found" in err:
+                return None
+            raise GpufleetError(f"podman {kind} inspect {ref} failed: {r.stderr.strip()}")
+        data = json.loads(r.stdout or "[]")
+        return data[0] if data else None
+
+    def container(self, name: str) -> ContainerState | None:
+        d = self._inspect("container", name)
+        return state_from_inspect(d) if d else None
+
+    def image(self, ref: str) -> ImageInfo | None:
+        d = self._inspect("image", ref)
+        if not d:
+            return None
+        cfg = d.get("Config") or {}
+        env = dict(e.split("=", 1) for e in cfg.get("Env") or [] if "=" in e)
+        iid = d["Id"] if str(d["Id"]).startswith("sha256:") else f"sha256:{d['Id']}"
+        return ImageInfo(
+            id=iid,
+            entrypoint=list(cfg.get("Entrypoint") or []),
+            env=env,
+            labels=dict(cfg.get("Labels") or d.get("Labels") or {}),
+            repo_digests=list(d.get("RepoDigests") or []),
+        )
+
+    def create(self, spec: CreateSpec) -> str:
+        return self._run(create_args(spec), "create", env=spec.env).strip()
+
+    def start(self, cid: str) -> None:
+        self._run(["start", cid], "start")
+
+    def stop(self, cid: str, timeout: int) -> None:
+        self._run(["stop", "--time", str(timeout), cid], "stop")
+
+    def remove(self, cid: str) -> None:
+        self._run(["rm", "--force", "--ignore", cid], "rm")
+
+    def rename(self, cid: str, new_name: str) -> None:
+        self._run(["rename", cid, new_name], "rename")
+
+    def pause(self, cid: str) -> None:
+        self._run(["pause", cid], "pause")
+
+    def unpause(self, cid: str) -> None:
+        self._run(["unpause", cid], "unpause")
+
+    def logs(self, cid: str, tail: int = 300) -> list[str]:
+        r = subprocess.run(
+            [self.bin, "logs", "--tail", str(tail), cid],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
+        return r.stdout.splitlines() if r.returncode == 0 else []
+
+    def follow(self, cid: str) -> Iterator[str]:
+        p = subprocess.Popen(
+            [self.bin, "logs", "--follow", cid],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        try:
+            assert p.stdout
+            for line in p.stdout:
+                yield line.rstrip("\n")
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+    def list_managed(self) -> list[ContainerState]:
+        out = self._run(["ps", "--all", "--filter", f"label={MANAGED}=true", "--format", "json"], "ps")
+        ids = [c.get("Id") or c.get("ID") for c in json.loads(out or "[]")]
+        if not ids:
+            return []
+        data = json.loads(self._run(["container", "inspect", *ids], "inspect") or "[]")
+        return [state_from_inspect(d) for d in data]
+
+    def pids(self, cid: str) -> list[int]:
+        r = subprocess.run([self.bin, "top", cid, "hpid"], capture_output=True, text=True, check=False)
+        return [int(x) for x in r.stdout.split() if x.isdigit()]

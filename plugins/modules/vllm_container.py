@@ -1,0 +1,522 @@
+#!/usr/bin/python
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vllm_container
+short_description: Run exactly one declared vLLM server in a container, idempotently, or say precisely why not
+description:
+  - Converges one vLLM OpenAI-compatible server, container C(gpufleet-NAME), on docker or podman.
+  - The normalized spec (image id, argv list, env keys and salted value hashes, sorted mounts, GPU ids, network, IPC,
+    restart policy, labels) is hashed into the C(gpufleet.config-hash) label. Same hash means C(changed=false)
+    without touching the container; a different hash recreates it. Engine fields are never re-read for comparison,
+    so env order, image digests or how the engine reports device requests never cause a spurious change.
+  - Pre-checks run before anything is touched (port bound by something else, GPU ids not on the host,
+    tensor x pipeline parallel size not equal to the number of GPUs, C(gpu_memory_utilization) above the free
+    memory of a GPU, model path missing or without config.json, image absent, unknown vLLM flags).
+  - A replacement never loses the working server. The old container is stopped and kept as
+    C(gpufleet-NAME-previous) until the new one answers C(/health) and C(/v1/models); if the new one fails, it is
+    removed and the old one renamed back and started, and the module fails with the failure class and rollback.
+  - Failures are classified from the last 300 log lines (C(gpu_oom), C(kv_cache_too_small), C(no_gpu), C(hf_auth),
+    C(model_not_found), C(port_conflict), C(bad_args), C(timeout), C(unknown)) with one actionable line and the
+    masked log tail.
+  - Secrets (O(api_key), O(hf_token), O(secret_env)) enter the container as environment only, never as arguments,
+    labels or manifest values.
+  - A reproducibility manifest (no secret values) is written to O(manifest_dir)/NAME.json and returned.
+version_added: 0.1.0
+author:
+  - gpufleet maintainers (@gpufleet)
+extends_documentation_fragment:
+  - gpufleet.vllm.attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Computes the same plan as a real run and returns it in RV(actions) without touching anything.
+  diff_mode:
+    support: full
+    details:
+      - Old and new normalized spec, secrets masked, sorted.
+  idempotent:
+    support: full
+options:
+  api_key:
+    description:
+      - API key clients must present; passed as E(VLLM_API_KEY) in the environment, never as an argument.
+    type: str
+  chat_template:
+    description:
+      - C(--chat-template).
+    type: str
+  compile_cache_dir:
+    description:
+      - Host directory whose NAME subdirectory holds vLLM's compile cache (C(/root/.cache/vllm)), so restarts skip torch.compile.
+    type: path
+    default: /var/lib/gpufleet/vllm-cache
+  cpu_offload_gb:
+    description:
+      - C(--cpu-offload-gb).
+    type: float
+  docker_host:
+    description:
+      - Docker daemon URL. Defaults to E(DOCKER_HOST), else C(unix:///var/run/docker.sock).
+    type: str
+  dtype:
+    description:
+      - C(--dtype).
+    type: str
+    choices: [auto, half, float16, bfloat16, float, float32]
+  enable_auto_tool_choice:
+    description:
+      - C(--enable-auto-tool-choice).
+    type: bool
+  enable_chunked_prefill:
+    description:
+      - C(--enable-chunked-prefill).
+    type: bool
+  enable_prefix_caching:
+    description:
+      - C(--enable-prefix-caching).
+    type: bool
+  enforce_eager:
+    description:
+      - C(--enforce-eager).
+    type: bool
+  env:
+    description:
+      - Environment variables. Values are compared through salted hashes; a removed key recreates the container.
+    type: dict
+    default: {}
+  extra_args:
+    description:
+      - Further vLLM arguments, appended last so they win over the typed options.
+    type: list
+    elements: str
+    default: []
+  generation_config:
+    description:
+      - C(--generation-config).
+    type: str
+  gpu_memory_utilization:
+    description:
+      - C(--gpu-memory-utilization) (vLLM default 0.9); checked against the free memory of each selected GPU.
+    type: float
+  gpus:
+    description:
+      - "GPU indices or UUIDs (C(GPU-...)) given to the container, or V(all). Docker: one device request with exactly these ids; podman: CDI devices C(nvidia.com/gpu=ID). Compared as a set. None gives no GPU."
+    type: list
+    elements: str
+  hf_cache_dir:
+    description:
+      - Host directory mounted at the image's Hugging Face cache (C(/root/.cache/huggingface)); created when missing.
+    type: path
+    default: /var/lib/gpufleet/hf-cache
+  hf_token:
+    description:
+      - Hugging Face token; passed as E(HF_TOKEN) in the environment only.
+    type: str
+  host:
+    description:
+      - Address vLLM binds (C(--host)). A non-loopback address without O(api_key) gives a warning.
+    type: str
+    default: 0.0.0.0
+  image:
+    description:
+      - vLLM image (e.g. from C(gpufleet.vllm.vllm_image)). Must already be present; compared by image id, so a re-tagged image recreates the container. Required unless O(state=absent).
+    type: str
+  ipc:
+    description:
+      - IPC mode; V(host) gives vLLM's shared-memory tensor parallelism what it needs. Set to V(private) with O(shm_size) to avoid it.
+    type: str
+    default: host
+  kv_cache_dtype:
+    description:
+      - C(--kv-cache-dtype).
+    type: str
+  labels:
+    description:
+      - Extra container labels (keys may not start with C(gpufleet.)).
+    type: dict
+    default: {}
+  lora_modules:
+    description:
+      - LoRA adapters, each mounted read-only at its path; renders C(--enable-lora --lora-modules NAME=PATH ...).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Adapter name clients request.
+        type: str
+        required: true
+      path:
+        description: Adapter directory on the host.
+        type: path
+        required: true
+  manifest_dir:
+    description:
+      - Directory of the reproducibility manifests on the host.
+    type: path
+    default: /var/lib/gpufleet/manifests
+  max_lora_rank:
+    description:
+      - C(--max-lora-rank).
+    type: int
+  max_loras:
+    description:
+      - C(--max-loras).
+    type: int
+  max_model_len:
+    description:
+      - C(--max-model-len).
+    type: int
+  max_num_batched_tokens:
+    description:
+      - C(--max-num-batched-tokens).
+    type: int
+  max_num_seqs:
+    description:
+      - C(--max-num-seqs).
+    type: int
+  model:
+    description:
+      - "Model to serve: an absolute host path (from C(gpufleet.vllm.model_sync)), mounted read-only at the same path, or a hub id. Required unless O(state=absent)."
+    type: str
+  mounts:
+    description:
+      - Extra bind mounts C(SRC:DEST[:ro|rw]). Compared as a set.
+    type: list
+    elements: str
+    default: []
+  name:
+    description:
+      - Deployment name; the container is named C(gpufleet-NAME), the manifest NAME.json.
+    type: str
+    required: true
+  network:
+    description:
+      - Network mode; V(host) (default) or a network name (the port is then published on O(host)).
+    type: str
+    default: host
+  pipeline_parallel_size:
+    description:
+      - C(--pipeline-parallel-size).
+    type: int
+  port:
+    description:
+      - Port vLLM listens on (C(--port)).
+    type: int
+    default: 8000
+  prechecks:
+    description:
+      - Run the pre-checks (port, GPU ids, TP x PP, memory, model path) before creating a container.
+    type: bool
+    default: true
+  quantization:
+    description:
+      - C(--quantization).
+    type: str
+  reasoning_parser:
+    description:
+      - C(--reasoning-parser).
+    type: str
+  restart_policy:
+    description:
+      - Engine restart policy.
+    type: str
+    default: unless-stopped
+    choices: ["no", on-failure, always, unless-stopped]
+  revision:
+    description:
+      - C(--revision).
+    type: str
+  runtime:
+    description:
+      - Container engine. V(docker) uses the docker SDK; V(podman) the podman CLI (GPUs as CDI devices C(nvidia.com/gpu=N)).
+    type: str
+    default: docker
+    choices: [docker, podman]
+  secret_env:
+    description:
+      - Secret environment variables (never logged, never in labels or the manifest; only their keys are recorded).
+    type: dict
+    default: {}
+  seed:
+    description:
+      - C(--seed).
+    type: int
+  serve_for:
+    description:
+      - Serve for this long (C(90m), C(2h), C(1d)); sets the C(gpufleet.serve-until) label the node agent acts on. Not part of the comparison.
+    type: str
+  served_model_name:
+    description:
+      - "C(--served-model-name): names the API serves the model under."
+    type: list
+    elements: str
+  shm_size:
+    description:
+      - Size of /dev/shm (e.g. V(16g)) when O(ipc) is not V(host).
+    type: str
+  sleep_level:
+    description:
+      - vLLM sleep level for O(state=paused) (1 offloads weights to CPU, 2 discards them).
+    type: int
+    default: 1
+    choices: [1, 2]
+  sleep_mode:
+    description:
+      - Enable vLLM sleep mode (C(--enable-sleep-mode), E(VLLM_SERVER_DEV_MODE=1)); O(state=paused) then frees GPU memory through C(/sleep).
+    type: bool
+    default: false
+  state:
+    description:
+      - "V(started): the declared server runs and answers (created, recreated or started as needed)."
+      - "V(stopped): the container exists with this configuration but is stopped."
+      - "V(paused): the server is put to sleep (O(sleep_mode=true): vLLM C(/sleep), GPU memory freed, wakes in seconds) or frozen by the engine (otherwise)."
+      - "V(absent): container and manifest removed."
+      - "V(restarted): like V(started), then always restarted."
+    type: str
+    default: started
+    choices: [started, stopped, paused, absent, restarted]
+  stop_timeout:
+    description:
+      - Seconds the server gets to stop before it is killed.
+    type: int
+    default: 30
+  swap_space:
+    description:
+      - C(--swap-space).
+    type: float
+  tensor_parallel_size:
+    description:
+      - C(--tensor-parallel-size). With O(pipeline_parallel_size), must multiply to the number of O(gpus).
+    type: int
+  tokenizer:
+    description:
+      - C(--tokenizer).
+    type: str
+  tool_call_parser:
+    description:
+      - C(--tool-call-parser).
+    type: str
+  trust_remote_code:
+    description:
+      - C(--trust-remote-code).
+    type: bool
+  validate_args:
+    description:
+      - Validate the argv against the image's vLLM version flag table before touching anything.
+    type: bool
+    default: true
+  vllm_version:
+    description:
+      - vLLM version of the image, when its C(org.opencontainers.image.version) label or E(VLLM_VERSION) is missing or wrong.
+    type: str
+  wait:
+    description:
+      - Wait until C(/health) and C(/v1/models) answer after a start.
+    type: bool
+    default: true
+  wait_timeout:
+    description:
+      - Seconds to wait for readiness (first starts download and compile).
+    type: int
+    default: 1800
+requirements:
+  - docker (Python SDK) on the target for O(runtime=docker); the podman CLI for O(runtime=podman).
+notes:
+  - Podman is driven through its CLI (C(podman create/start/inspect/logs)); GPUs are CDI devices, so a CDI spec for
+    C(nvidia.com/gpu) must exist (C(nvidia-ctk cdi generate)).
+  - vLLM arguments are rendered from the typed options in one table; O(extra_args) come last and win.
+"""
+
+EXAMPLES = r"""
+- name: Serve a synced model on GPUs 0 and 1
+  gpufleet.vllm.vllm_container:
+    name: llama
+    image: vllm/vllm-openai:v0.10.2
+    model: /var/lib/gpufleet/models/llama-3.1-8b
+    served_model_name: [llama-3.1-8b]
+    gpus: [0, 1]
+    tensor_parallel_size: 2
+    max_model_len: 8192
+    port: 8000
+    api_key: "{{ vault_vllm_api_key }}"
+
+- name: Put it to sleep (frees GPU memory) and wake it up later
+  gpufleet.vllm.vllm_container:
+    name: llama
+    image: vllm/vllm-openai:v0.10.2
+    model: /var/lib/gpufleet/models/llama-3.1-8b
+    gpus: [0, 1]
+    tensor_parallel_size: 2
+    sleep_mode: true
+    state: paused
+
+- name: Podman with CDI GPUs, a hub model and a token
+  gpufleet.vllm.vllm_container:
+    name: qwen
+    runtime: podman
+    image: docker.io/vllm/vllm-openai:v0.10.2
+    model: Qwen/Qwen3-0.6B
+    gpus: [2]
+    hf_token: "{{ vault_hf_token }}"
+    extra_args: [--max-num-seqs, "64"]
+
+- name: Remove it
+  gpufleet.vllm.vllm_container:
+    name: llama
+    state: absent
+"""
+
+RETURN = r"""
+changed:
+  description: Whether the container (or its manifest) was, or in check mode would be, changed.
+  returned: always
+  type: bool
+actions:
+  description: What was done (or would be done in check mode), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: ["stop gpufleet-llama and keep it as gpufleet-llama-previous until the new one is ready", "create gpufleet-llama"]
+container_name:
+  description: Name of the container.
+  returned: always
+  type: str
+  sample: gpufleet-llama
+container_id:
+  description: Id of the container (absent in check mode before creation).
+  returned: when the container exists
+  type: str
+state:
+  description: The state reached.
+  returned: always
+  type: str
+config_hash:
+  description: sha256 of the normalized spec (the C(gpufleet.config-hash) label).
+  returned: unless O(state=absent)
+  type: str
+spec:
+  description: The normalized spec, env values as short salted hashes and secret values masked.
+  returned: unless O(state=absent)
+  type: dict
+changed_keys:
+  description: Top-level spec keys that differ from the current container.
+  returned: unless O(state=absent)
+  type: list
+  elements: str
+changed_env_keys:
+  description: Env keys added, removed or changed (values never shown).
+  returned: when an existing container is replaced
+  type: list
+  elements: str
+argv:
+  description: The vLLM arguments (no secrets).
+  returned: unless O(state=absent)
+  type: list
+  elements: str
+endpoint:
+  description: Base URL of the server as seen from the host.
+  returned: unless O(state=absent)
+  type: str
+  sample: http://127.0.0.1:8000
+vllm_version:
+  description: vLLM version of the image.
+  returned: unless O(state=absent)
+  type: str
+ready:
+  description: Whether the server answered /health and /v1/models.
+  returned: when waited
+  type: bool
+phase:
+  description: Start-up phase reached (starting, downloading, loading_weights, compiling, capturing_graphs, ready).
+  returned: when waited
+  type: str
+models:
+  description: Model ids /v1/models lists.
+  returned: when ready
+  type: list
+  elements: str
+readiness:
+  description: Readiness wait details (ready, phase, waited_s, models, failure_class, hint, exit_code, health_ok_at, ready_at epoch times).
+  returned: when a start was waited for
+  type: dict
+health_ok_at:
+  description: Epoch time of the first successful /health (for the benchmark of the return delay).
+  returned: when a start was waited for
+  type: float
+replaced:
+  description: Whether an existing container was replaced.
+  returned: when replaced
+  type: bool
+manifest:
+  description: The reproducibility manifest (no secret values; env keys only).
+  returned: unless O(state=absent)
+  type: dict
+manifest_path:
+  description: Where the manifest is written on the host.
+  returned: unless O(state=absent)
+  type: str
+failure_class:
+  description: Failure class when the server did not come up or a pre-check failed on a port.
+  returned: failure
+  type: str
+  sample: gpu_oom
+hint:
+  description: One line saying what failed and what to do.
+  returned: failure
+  type: str
+log_tail:
+  description: Last log lines of the failed server, secrets masked.
+  returned: failure
+  type: list
+  elements: str
+rolled_back:
+  description: Whether the previous container was restored after the new one failed.
+  returned: failure
+  type: bool
+rollback_ready:
+  description: Whether the restored container answers again.
+  returned: failure after a rollback
+  type: bool
+precheck:
+  description: Names of the failed pre-checks.
+  returned: pre-check failure
+  type: list
+  elements: str
+problems:
+  description: Messages of the failed pre-checks.
+  returned: pre-check failure
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils.container import Deployment
+from ansible_collections.gpufleet.vllm.plugins.module_utils.container_spec import argument_spec
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import get_runtime
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        supports_check_mode=True,
+        required_if=[("state", s, ("image", "model")) for s in ("started", "stopped", "paused", "restarted")],
+    )
+    try:
+        runtime = get_runtime(module.params["runtime"], module.params["docker_host"])
+        result = Deployment(module.params, runtime, module.check_mode, module.warn).run()
+    except GpufleetError as e:
+        module.fail_json(msg=str(e), **e.details)
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+#!/usr/bin/python
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vllm_deployment_info
+short_description: List the gpufleet-managed vLLM deployments on a host, from container labels alone
+description:
+  - Reads every container labelled C(gpufleet.managed=true) (see C(gpufleet.vllm.vllm_container)) and reports its
+    deployment name, state, phase, health, endpoint, model, GPUs, image, uptime, restart count, last failure class
+    and manifest. Nothing is kept on the controller, so the answer survives daemon and controller restarts.
+version_added: 0.1.0
+author:
+  - gpufleet maintainers (@gpufleet)
+extends_documentation_fragment:
+  - gpufleet.vllm.attributes
+  - gpufleet.vllm.attributes.INFO_MODULE
+options:
+  name:
+    description:
+      - Only this deployment.
+    type: str
+  runtime:
+    description:
+      - Container engine to ask.
+    type: str
+    choices: [docker, podman]
+    default: docker
+  docker_host:
+    description:
+      - Docker daemon URL. Defaults to E(DOCKER_HOST), else C(unix:///var/run/docker.sock).
+    type: str
+  probe:
+    description:
+      - Ask each running server's C(/health) (and C(/is_sleeping) with sleep mode) for RV(deployments[].health).
+    type: bool
+    default: true
+  classify_failures:
+    description:
+      - For stopped deployments with a non-zero exit code, classify the failure from the log tail.
+    type: bool
+    default: true
+requirements:
+  - docker (Python SDK) on the target for O(runtime=docker); the podman CLI for O(runtime=podman).
+"""
+
+EXAMPLES = r"""
+- name: What runs here
+  gpufleet.vllm.vllm_deployment_info:
+  register: info
+
+- name: One deployment on podman
+  gpufleet.vllm.vllm_deployment_info:
+    name: llama
+    runtime: podman
+"""
+
+RETURN = r"""
+deployments:
+  description: One entry per deployment, sorted by name.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Deployment name.
+      type: str
+    container_name:
+      description: Container name.
+      type: str
+    container_id:
+      description: Container id.
+      type: str
+    state:
+      description: V(running), V(paused) (sleeping or frozen), V(stopped), V(restarting), V(created).
+      type: str
+    phase:
+      description: V(ready), V(starting), V(sleeping), V(stopped), V(failed).
+      type: str
+    health:
+      description: V(ok), V(unhealthy), V(sleeping) or V(unknown) (not probed or not running).
+      type: str
+    endpoint:
+      description: Base URL of the server as seen from the host.
+      type: str
+    port:
+      description: Port.
+      type: int
+    model:
+      description: Model path or hub id.
+      type: str
+    gpus:
+      description: GPU ids.
+      type: list
+      elements: str
+    image:
+      description: Image reference.
+      type: str
+    image_id:
+      description: Image id.
+      type: str
+    vllm_version:
+      description: vLLM version.
+      type: str
+    config_hash:
+      description: Config hash label.
+      type: str
+    started_at:
+      description: Start time from the engine.
+      type: str
+    uptime_s:
+      description: Seconds since start (running only).
+      type: float
+    restart_count:
+      description: Engine restart count.
+      type: int
+    exit_code:
+      description: Last exit code.
+      type: int
+    last_failure_class:
+      description: Failure class of the last exit (non-zero exits only).
+      type: str
+    serve_until:
+      description: The serve-until label, when set.
+      type: str
+    manifest:
+      description: The reproducibility manifest from the label.
+      type: dict
+    previous:
+      description: Whether a C(-previous) container (a replacement in progress or interrupted) exists.
+      type: bool
+"""
+
+import datetime
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils import failures
+from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
+from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import get_runtime
+
+
+def _uptime(started: str | None) -> float | None:
+    if not started or started.startswith("0001"):
+        return None
+    s = started.replace("Z", "+00:00")
+    if "." in s:  # trim nanoseconds to microseconds for fromisoformat
+        head, rest = s.split(".", 1)
+        frac = "".join(c for c in rest if c.isdigit())[:6]
+        tz = rest[len("".join(c for c in rest if c.isdigit())) :]
+        s = f"{head}.{frac}{tz}"
+    try:
+        t = datetime.datetime.fromisoformat(s.split(" m=")[0].replace(" +0000 UTC", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=datetime.timezone.utc)
+    return round((datetime.datetime.now(datetime.timezone.utc) - t).total_seconds(), 1)
+
+
+def describe(rt, st, probe: bool, classify: bool) -> dict:
+    lab = lb.parse(st.labels)
+    endpoint = rd.base_url(lab["host"], lab["port"]) if lab["port"] else None
+    state = {"exited": "stopped", "dead": "stopped"}.get(st.status, st.status)
+    if st.running:
+        state = "running"
+    health, phase = "unknown", {"running": "starting", "paused": "paused"}.get(state, "stopped")
+    if st.running and probe and endpoint:
+        code = rd.http(endpoint + "/health", timeout=2.0)[0]
+        health = "ok" if code == 200 else "unhealthy"
+        phase = "ready" if code == 200 else "starting"
+        if code == 200 and lab["sleep_mode"] and rd.is_sleeping(endpoint, None):
+            health, phase, state = "sleeping", "sleeping", "paused"
+        if code != 200:
+            phase = rd.phase_of(rt.logs(st.id, failures.TAIL_LINES))
+            phase = "starting" if phase == "ready" else phase
+    last_failure = None
+    if not st.running and st.exit_code not in (None, 0) and classify:
+        last_failure = failures.classify(rt.logs(st.id, failures.TAIL_LINES), exit_code=st.exit_code)[0]
+        phase = "failed"
+    return {
+        "name": lab["name"],
+        "container_name": st.name,
+        "container_id": st.id,
+        "state": state,
+        "phase": phase,
+        "health": health,
+        "endpoint": endpoint,
+        "port": lab["port"],
+        "model": lab["model"],
+        "gpus": lab["gpus"],
+        "image": st.image,
+        "image_id": st.image_id,
+        "vllm_version": lab["vllm_version"],
+        "config_hash": lab["config_hash"],
+        "started_at": st.started_at,
+        "uptime_s": _uptime(st.started_at) if st.running else None,
+        "restart_count": st.restart_count,
+        "exit_code": st.exit_code,
+        "last_failure_class": last_failure,
+        "serve_until": lab["serve_until"],
+        "manifest": lab["manifest"],
+        "previous": False,
+    }
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str"},
+            "runtime": {"type": "str", "default": "docker", "choices": ["docker", "podman"]},
+            "docker_host": {"type": "str"},
+            "probe": {"type": "bool", "default": True},
+            "classify_failures": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        rt = get_runtime(p["runtime"], p["docker_host"])
+        containers = rt.list_managed()
+    except GpufleetError as e:
+        module.fail_json(msg=str(e), **e.details)
+    out: dict[str, dict] = {}
+    previous = set()
+    for st in containers:
+        name = lb.parse(st.labels)["name"]
+        if not name or (p["name"] and name != p["name"]):
+            continue
+        if st.name == lb.previous_name(name):
+            previous.add(name)
+            continue
+        if st.name != lb.container_name(name):
+            continue
+        out[name] = describe(rt, st, p["probe"], p["classify_failures"])
+    for name in previous:
+        if name in out:
+            out[name]["previous"] = True
+    module.exit_json(changed=False, deployments=[out[k] for k in sorted(out)])
+
+
+if __name__ == "__main__":
+    main()

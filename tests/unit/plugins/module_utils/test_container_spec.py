@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_collections.gpufleet.vllm.plugins.module_utils import container_spec as cs
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+
+ROOT = Path(__file__).resolve().parents[4]
+
+
+def params(**kw):
+    p = {o.name: o.default for o in cs.OPTIONS}
+    p.update(name="t", image="img", model="/models/m", port=18000)
+    p.update(kw)
+    return p
+
+
+def spec_hash(**kw):
+    spec, _, _ = cs.normalized_spec(params(**kw), "sha256:1")
+    return cs.config_hash(spec)
+
+
+def test_argv_positional_and_option_modes():
+    p = params(served_model_name=["a", "b"], tensor_parallel_size=2, gpu_memory_utilization=0.85)
+    argv = cs.build_argv(p, "positional")
+    assert argv[:5] == ["/models/m", "--host", "0.0.0.0", "--port", "18000"]
+    assert argv[5:] == ["--served-model-name", "a", "b", "--tensor-parallel-size", "2",
+                        "--gpu-memory-utilization", "0.85"]  # fmt: skip
+    assert cs.build_argv(p, "option")[:2] == ["--model", "/models/m"]
+    assert cs.model_mode(["python3", "-m", "vllm.entrypoints.openai.api_server"]) == "option"
+    assert cs.model_mode(["vllm", "serve"]) == "positional"
+
+
+def test_argv_booleans_lora_sleep_and_extra_args_last():
+    p = params(
+        enforce_eager=True,
+        trust_remote_code=False,
+        enable_prefix_caching=False,
+        enable_chunked_prefill=True,
+        lora_modules=[{"name": "z", "path": "/l/z/"}, {"name": "a", "path": "/l/a"}],
+        sleep_mode=True,
+        extra_args=["--max-model-len", "99"],
+    )
+    argv = cs.build_argv(p)
+    assert "--enforce-eager" in argv and "--trust-remote-code" not in argv
+    assert "--no-enable-prefix-caching" in argv and "--enable-chunked-prefill" in argv
+    i = argv.index("--lora-modules")
+    assert argv[i - 1] == "--enable-lora" and argv[i + 1 : i + 3] == ["a=/l/a", "z=/l/z"]
+    assert "--enable-sleep-mode" in argv
+    assert argv[-2:] == ["--max-model-len", "99"]
+
+
+def test_hash_stable_against_order_and_trailing_slash():
+    a = spec_hash(env={"A": "1", "B": "2"}, gpus=["1", "0"], mounts=["/x:/x:ro", "/y:/y"], model="/models/m/")
+    b = spec_hash(env={"B": "2", "A": "1"}, gpus=[0, 1], mounts=["/y:/y:rw", "/x:/x:ro"], model="/models/m")
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"env": {}},  # a removed env var recreates
+        {"env": {"A": "2"}},
+        {"api_key": "other"},
+        {"secret_env": {"S": "y"}},
+        {"gpus": ["0", "2"]},
+        {"max_model_len": 4096},
+        {"extra_args": ["--seed", "1"]},
+        {"mounts": []},
+        {"ipc": "private", "shm_size": "8g"},
+        {"restart_policy": "no"},
+        {"port": 18001},
+    ],
+)
+def test_each_relevant_change_changes_hash(change):
+    base = dict(env={"A": "1"}, api_key="k", secret_env={"S": "x"}, gpus=["0", "1"], mounts=["/x:/x:ro"])
+    assert spec_hash(**base) != spec_hash(**{**base, **change})
+
+
+def test_ignored_options_do_not_change_hash():
+    base = spec_hash()
+    assert base == spec_hash(wait=False, wait_timeout=5, state="stopped", serve_for="2h", stop_timeout=1)
+
+
+def test_image_compared_by_id_not_reference():
+    p = params()
+    s1, _, _ = cs.normalized_spec(p, "sha256:1")
+    s2, _, _ = cs.normalized_spec({**p, "image": "registry/x@sha256:ffff"}, "sha256:1")
+    assert cs.config_hash(s1) == cs.config_hash(s2)
+
+
+def test_secrets_only_in_env_never_in_spec_or_argv():
+    p = params(api_key="canary-key-1", hf_token="canary-hf-2", secret_env={"DB_PASS": "canary-db-3"}, env={"X": "1"})
+    spec, env, secret = cs.normalized_spec(p, "sha256:1")
+    assert env["VLLM_API_KEY"] == "canary-key-1" and env["HF_TOKEN"] == "canary-hf-2"
+    assert secret == {"VLLM_API_KEY", "HF_TOKEN", "DB_PASS"}
+    dumped = json.dumps(spec) + json.dumps(cs.masked_spec(spec)) + json.dumps(cs.diff(None, spec))
+    assert "canary" not in dumped
+    assert cs.masked_spec(spec)["env"]["DB_PASS"] == cs.MASK
+
+
+def test_hash_is_salted_with_deployment_name():
+    assert cs.value_hash("a", "K", "v") != cs.value_hash("b", "K", "v")
+
+
+def test_diff_sorted_masked_and_names_changed_keys():
+    s1, _, _ = cs.normalized_spec(params(api_key="one", env={"B": "1", "A": "1"}), "sha256:1")
+    s2, _, _ = cs.normalized_spec(params(api_key="two", env={"A": "1"}, max_model_len=5), "sha256:1")
+    d = cs.diff(s1, s2)
+    assert d["changed_keys"] == ["argv", "env"]
+    assert list(d["before"]["env"]) == ["A", "B", "VLLM_API_KEY"]
+    assert d["before"]["env"]["VLLM_API_KEY"] == d["after"]["env"]["VLLM_API_KEY"] == cs.MASK
+    assert cs.changed_env_keys(s1, s2) == ["B", "VLLM_API_KEY"]
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(GpufleetError):
+        cs.gpus_of({"gpus": ["all", "0"]})
+    with pytest.raises(GpufleetError):
+        cs.gpus_of({"gpus": ["gpu0"]})
+    with pytest.raises(GpufleetError):
+        cs.parse_mount("relative:/x")
+    with pytest.raises(GpufleetError):
+        cs.env_of({"env": {"A": None}})
+    assert cs.env_of({"env": {"B": True, "N": 3}})[0] == {"B": "true", "N": "3"}
+
+
+def test_mounts_model_lora_caches():
+    m = cs.mounts_of(params(lora_modules=[{"name": "a", "path": "/l/a"}], model="hub/id"))
+    assert ("/l/a", "/l/a", "ro") in m
+    assert ("/var/lib/gpufleet/vllm-cache/t", cs.COMPILE_CACHE_IN_CONTAINER, "rw") in m
+    assert not any(d == "hub/id" for _, d, _ in m)
+
+
+def _doc_options(module: str) -> dict:
+    text = (ROOT / "plugins" / "modules" / f"{module}.py").read_text()
+    doc = text.split('DOCUMENTATION = r"""', 1)[1].split('"""', 1)[0]
+    return yaml.safe_load(doc)["options"]
+
+
+def test_module_documentation_matches_argument_spec():
+    """One table: the module's documented options are exactly the argument spec (names, types, defaults...)."""
+    doc = _doc_options("vllm_container")
+    spec = cs.argument_spec()
+    assert set(doc) == set(spec)
+    for name, s in spec.items():
+        d = doc[name]
+        assert d["type"] == s["type"], name
+        assert d.get("default") == s.get("default"), name
+        assert d.get("elements") == s.get("elements"), name
+        assert d.get("choices") == s.get("choices"), name
+        assert d.get("required", False) == s.get("required", False), name
+    for secret in ("api_key", "hf_token", "secret_env"):
+        assert spec[secret]["no_log"] is True

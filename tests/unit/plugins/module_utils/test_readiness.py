@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+
+import pytest
+from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import ContainerState, Runtime
+
+
+def test_phase_only_moves_forward():
+    lines = [
+        "Starting to load model /m...",
+        "Capturing CUDA graphs (mixed prefill-decode): 100%",
+        "Loading weights took",
+    ]
+    assert rd.phase_of(lines) == "capturing_graphs"
+    assert rd.phase_of(["INFO Application startup complete."], "compiling") == "ready"
+    assert rd.phase_of([], "downloading") == "downloading"
+
+
+def test_base_url():
+    assert rd.base_url("0.0.0.0", 1) == "http://127.0.0.1:1"
+    assert rd.base_url("::1", 2) == "http://[::1]:2"
+    assert rd.base_url("10.0.0.5", 3) == "http://10.0.0.5:3"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    ready_at = 0.0
+    key = "k"
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        if time.monotonic() < self.ready_at:
+            self.send_response(503)
+            self.end_headers()
+            return
+        if self.path == "/health":
+            self.send_response(200)
+            self.end_headers()
+        elif self.path == "/v1/models":
+            ok = self.headers.get("Authorization") == f"Bearer {self.key}"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(b'{"data":[{"id":"m"}]}' if ok else b"{}")
+
+
+class _Rt(Runtime):
+    def __init__(self, lines, running=True, exit_code=None):
+        self.lines, self.running, self.exit_code = lines, running, exit_code
+
+    def container(self, name):
+        return ContainerState("id", "c", "running" if self.running else "exited", self.running, self.exit_code, 0, {})
+
+    def logs(self, cid, tail=300):
+        return self.lines[-tail:]
+
+    def follow(self, cid):
+        yield from self.lines
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+
+
+def test_ready_when_health_and_models_answer(server):
+    _Handler.ready_at = time.monotonic() + 0.3
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    out = rd.wait_ready(_Rt(["Loading weights took 1s"]), "id", base, "k", timeout=10)
+    assert out.ready and out.models == ["m"] and out.phase == "ready" and out.health_ok_at
+
+
+def test_wrong_api_key_never_ready_times_out(server):
+    _Handler.ready_at = 0
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    out = rd.wait_ready(_Rt(["Capturing CUDA graphs"]), "id", base, "wrong", timeout=0.5)
+    assert not out.ready and out.failure_class == "timeout" and out.phase == "capturing_graphs"
+
+
+def test_exit_is_classified_and_secret_masked():
+    lines = ["INFO non-default args: {'api_key': 'canary-xyz'}", "torch.OutOfMemoryError: CUDA out of memory."]
+    out = rd.wait_ready(_Rt(lines, running=False, exit_code=1), "id", "http://127.0.0.1:9", None, 30, ["canary-xyz"])
+    assert not out.ready and out.failure_class == "gpu_oom" and out.exit_code == 1
+    assert "canary-xyz" not in "\n".join(out.log_tail)
+    assert out.waited_s < 10
+
+
+def test_unknown_failure_hint_is_masked_too():
+    lines = ["RuntimeError: could not use token canary-tok-123 for the engine"]
+    out = rd.wait_ready(
+        _Rt(lines, running=False, exit_code=1), "id", "http://127.0.0.1:9", None, 30, ["canary-tok-123"]
+    )
+    assert out.failure_class == "unknown" and "could not use token" in out.hint
+    assert "canary-tok-123" not in out.hint + "\n".join(out.log_tail)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import CreateSpec, ImageInfo, state_from_inspect
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_podman import create_args
+
+
+def test_state_from_docker_and_podman_inspect():
+    docker = {"Id": "abc", "Name": "/gpufleet-x", "RestartCount": 2, "Image": "sha256:1",
+              "State": {"Status": "exited", "Running": False, "ExitCode": 1, "OOMKilled": True},
+              "Config": {"Labels": {"gpufleet.managed": "true"}, "Image": "img"}}  # fmt: skip
+    st = state_from_inspect(docker)
+    assert (st.name, st.status, st.running, st.exit_code, st.restart_count, st.oom_killed) == (
+        "gpufleet-x", "exited", False, 1, 2, True)  # fmt: skip
+    podman = {"Id": "d", "Name": "gpufleet-y", "State": {"Status": "configured", "Running": False}, "Config": {}}
+    assert state_from_inspect(podman).status == "created"
+    paused = {"Id": "p", "Name": "z", "State": {"Status": "paused", "Running": True, "Paused": True}, "Config": {}}
+    assert not state_from_inspect(paused).running
+
+
+def test_image_info_version_and_digest():
+    img = ImageInfo(id="sha256:1", env={"VLLM_VERSION": "0.8.5"}, repo_digests=["r/x@sha256:ab"])
+    assert img.vllm_version == "0.8.5" and img.digest == "sha256:ab"
+    assert ImageInfo(id="x", labels={"org.opencontainers.image.version": "0.10.2"}).vllm_version == "0.10.2"
+
+
+def test_podman_create_args_cdi_and_no_secret_values():
+    spec = CreateSpec(name="gpufleet-x", image="img", command=["/m", "--port", "1"],
+                      env={"VLLM_API_KEY": "canary-1", "A": "b"}, mounts=[("/m", "/m", "ro")], gpus=["0", "GPU-u"],
+                      network="bridge", ipc="host", shm_size=None, restart_policy="unless-stopped",
+                      labels={"gpufleet.managed": "true"}, port=1, host="127.0.0.1")  # fmt: skip
+    args = create_args(spec)
+    assert "canary-1" not in " ".join(args)
+    assert args[args.index("--env") + 1] == "A"
+    assert "nvidia.com/gpu=0" in args and "nvidia.com/gpu=GPU-u" in args
+    assert "127.0.0.1:1:1" in args
+    assert args[-4:] == ["img", "/m", "--port", "1"]
+
+
+def _serve_once(tmp_path, response: bytes, unix: bool):
+    import socket
+    import threading
+
+    if unix:
+        path = str(tmp_path / "s.sock")
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        target = path
+    else:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        target = ("127.0.0.1", srv.getsockname()[1])
+    srv.listen(1)
+    seen = {}
+
+    def handle():
+        conn, _addr = srv.accept()
+        seen["request"] = conn.recv(65536)
+        conn.sendall(response)
+        conn.close()
+        srv.close()
+
+    threading.Thread(target=handle, daemon=True).start()
+    return target, seen
+
+
+def test_raw_http_content_length_and_chunked(tmp_path):
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import raw_http
+
+    target, seen = _serve_once(tmp_path, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}extra", unix=True)
+    assert raw_http(target, "GET", "/v1.41/containers/x/json") == (200, b"{}")
+    assert seen["request"].startswith(b"GET /v1.41/containers/x/json HTTP/1.1\r\n")
+    chunked = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnot \r\n5\r\nfound\r\n0\r\n\r\n"
+    target, seen = _serve_once(tmp_path, chunked, unix=False)
+    assert raw_http(target, "POST", "/sleep?level=1", {"Authorization": "Bearer k"}) == (404, b"not found")
+    assert b"Authorization: Bearer k\r\n" in seen["request"] and b"Content-Length: 0\r\n" in seen["request"]

@@ -1,0 +1,237 @@
+"""The vllm_container state machine against an in-memory engine: plans, check mode, rollback, pre-checks."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+from ansible_collections.gpufleet.vllm.plugins.module_utils import container as ct
+from ansible_collections.gpufleet.vllm.plugins.module_utils import container_spec as cs
+from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import ContainerState, ImageInfo, Runtime
+
+_real_port_in_use = ct.port_in_use
+
+
+class FakeRuntime(Runtime):
+    name = "fake"
+
+    def __init__(self):
+        self.c: dict[str, dict] = {}  # id -> {name, status, labels, env}
+        self.calls: list[str] = []
+
+    def _find(self, ref):
+        for cid, c in self.c.items():
+            if cid == ref or c["name"] == ref:
+                return cid
+        return None
+
+    def container(self, name):
+        cid = self._find(name)
+        if cid is None:
+            return None
+        c = self.c[cid]
+        return ContainerState(cid, c["name"], c["status"], c["status"] == "running", c.get("exit"), 0, c["labels"])
+
+    def image(self, ref):
+        return ImageInfo(
+            id="sha256:img", entrypoint=["vllm", "serve"], labels={"org.opencontainers.image.version": "0.10.2"}
+        )
+
+    def create(self, spec):
+        cid = uuid.uuid4().hex
+        self.c[cid] = {"name": spec.name, "status": "created", "labels": spec.labels, "env": spec.env}
+        self.calls.append("create")
+        return cid
+
+    def start(self, cid):
+        self.calls.append("start")
+        self.c[self._find(cid)]["status"] = "running"
+
+    def stop(self, cid, timeout):
+        self.calls.append("stop")
+        self.c[self._find(cid)]["status"] = "exited"
+
+    def remove(self, cid):
+        self.calls.append("remove")
+        self.c.pop(self._find(cid), None)
+
+    def rename(self, cid, new_name):
+        self.calls.append("rename")
+        self.c[self._find(cid)]["name"] = new_name
+
+    def logs(self, cid, tail=300):
+        return []
+
+
+@pytest.fixture
+def rt(monkeypatch, tmp_path):
+    r = FakeRuntime()
+
+    def wait_ready(runtime, cid, base, api_key, timeout, secrets=None, follow=True):
+        c = runtime.c[cid]
+        if c["env"].get("FAIL"):
+            c["status"] = "exited"
+            return rd.Outcome(False, "loading_weights", 0.1, failure_class="gpu_oom", hint="gpu_oom: x", exit_code=1)
+        return rd.Outcome(True, "ready", 0.1, models=["m"], health_ok_at=1.0)
+
+    monkeypatch.setattr(rd, "wait_ready", wait_ready)
+    monkeypatch.setattr(rd, "models", lambda base, key: ["m"])
+    monkeypatch.setattr(ct, "port_in_use", lambda host, port: False)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    r.tmp = tmp_path
+    return r
+
+
+def P(rt, **kw):
+    p = {o.name: o.default for o in cs.OPTIONS}
+    p.update(
+        name="t", image="img", model=str(rt.tmp / "model"), port=18000, host="127.0.0.1",
+        manifest_dir=str(rt.tmp / "manifests"), hf_cache_dir=str(rt.tmp / "hf"), compile_cache_dir=str(rt.tmp / "cc"),
+    )  # fmt: skip
+    p.update(kw)
+    return p
+
+
+def facts(*gpus):
+    return lambda: (list(gpus), None)
+
+
+def GPU(i, total=80000, free=80000):
+    return {"index": i, "uuid": f"GPU-{i}", "name": "H100", "memory_total_mib": total, "memory_free_mib": free}
+
+
+def run(rt, check=False, gf=None, **kw):
+    return ct.Deployment(P(rt, **kw), rt, check, gpu_facts_fn=gf or facts(GPU(0), GPU(1))).run()
+
+
+def test_create_noop_change_and_check_mode_agree(rt):
+    pred = run(rt, check=True, gpus=["0"])
+    assert pred["changed"] and rt.calls == []
+    real = run(rt, gpus=["0"])
+    assert real["changed"] and real["actions"][: len(pred["actions"])] == pred["actions"]
+    assert run(rt, check=True, gpus=["0"])["changed"] is False
+    calls = list(rt.calls)
+    noop = run(rt, gpus=["0"])
+    assert noop["changed"] is False and rt.calls == calls
+    pred = run(rt, check=True, gpus=["0"], env={"A": "1"})
+    assert pred["changed"] and rt.calls == calls
+    real = run(rt, gpus=["0"], env={"A": "1"})
+    assert real["changed"] and real["changed_keys"] == ["env"] and real["changed_env_keys"] == ["A"]
+    # Removing the env var recreates too.
+    assert run(rt, gpus=["0"])["changed"]
+    assert [c["name"] for c in rt.c.values()] == ["gpufleet-t"]
+
+
+def test_failed_replacement_rolls_back(rt):
+    run(rt, gpus=["0"])
+    old = rt._find("gpufleet-t")
+    with pytest.raises(GpufleetError) as e:
+        run(rt, gpus=["0"], env={"FAIL": "1"})
+    d = e.value.details
+    assert d["failure_class"] == "gpu_oom" and d["rolled_back"] is True and d["rollback_ready"] is True
+    assert list(rt.c) == [old] and rt.c[old]["name"] == "gpufleet-t" and rt.c[old]["status"] == "running"
+
+
+def test_first_start_failure_keeps_stopped_container(rt):
+    with pytest.raises(GpufleetError) as e:
+        run(rt, gpus=["0"], env={"FAIL": "1"})
+    assert e.value.details["rolled_back"] is False
+    assert [c["status"] for c in rt.c.values()] == ["exited"]
+
+
+@pytest.mark.parametrize(
+    "kw,gf,check",
+    [
+        ({"gpus": ["0"], "tensor_parallel_size": 2}, None, "tp_mismatch"),
+        ({"gpus": ["7"]}, None, "gpu_not_found"),
+        ({"gpus": ["0"], "gpu_memory_utilization": 0.9}, facts(GPU(0, free=40000)), "gpu_memory"),
+        ({"gpus": ["0"], "model": "/nonexistent/model"}, None, "model_missing"),
+    ],
+)
+def test_prechecks_fail_before_touching_anything(rt, kw, gf, check):
+    with pytest.raises(GpufleetError) as e:
+        run(rt, gf=gf, **kw)
+    assert check in e.value.details["precheck"] and rt.calls == []
+
+
+def test_port_conflict_precheck(rt, monkeypatch):
+    monkeypatch.setattr(ct, "port_in_use", _real_port_in_use)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        with pytest.raises(GpufleetError) as e:
+            run(rt, gpus=["0"], port=s.getsockname()[1])
+        assert e.value.details["failure_class"] == "port_conflict" and rt.calls == []
+    finally:
+        s.close()
+
+
+def test_replacement_ignores_its_own_port_and_memory(rt):
+    run(rt, gpus=["0"], gpu_memory_utilization=0.8)
+    # The old container holds 0.8 of GPU 0: it counts as free for its replacement.
+    r = run(rt, gf=facts(GPU(0, free=16000)), gpus=["0"], gpu_memory_utilization=0.8, max_model_len=100)
+    assert r["changed"] and r["replaced"]
+
+
+def test_absent_and_stopped(rt):
+    run(rt, gpus=["0"])
+    r = run(rt, state="stopped", gpus=["0"])
+    assert r["changed"] and r["actions"] == ["stop gpufleet-t"]
+    assert not run(rt, state="stopped", gpus=["0"])["changed"]
+    assert run(rt, state="absent", check=True)["changed"] and rt.c
+    r = run(rt, state="absent")
+    assert r["changed"] and not rt.c and not (rt.tmp / "manifests" / "t.json").exists()
+    assert not run(rt, state="absent")["changed"]
+
+
+def test_leftover_previous_is_restored(rt):
+    run(rt, gpus=["0"])
+    rt.rename("gpufleet-t", "gpufleet-t-previous")  # as if a run died mid-replacement
+    r = run(rt, gpus=["0"])
+    assert "rename leftover gpufleet-t-previous back to gpufleet-t" in r["actions"]
+    assert [c["name"] for c in rt.c.values()] == ["gpufleet-t"]
+
+
+def test_manifest_written_and_secret_free(rt):
+    r = run(rt, gpus=["0"], api_key="canary-k", secret_env={"S": "canary-s"})
+    text = (rt.tmp / "manifests" / "t.json").read_text()
+    assert "canary" not in text and '"VLLM_API_KEY"' in text and r["manifest"]["env_keys"] == ["S", "VLLM_API_KEY"]
+    labels = next(iter(rt.c.values()))["labels"]
+    assert "canary" not in str(labels)
+
+
+def test_engine_pause_is_idempotent_and_check_mode_agrees(rt, monkeypatch):
+    def pause(cid):
+        rt.c[rt._find(cid)]["status"] = "paused"
+
+    def unpause(cid):
+        rt.c[rt._find(cid)]["status"] = "running"
+
+    monkeypatch.setattr(rt, "pause", pause, raising=False)
+    monkeypatch.setattr(rt, "unpause", unpause, raising=False)
+    run(rt, gpus=["0"])
+    assert run(rt, check=True, gpus=["0"], state="paused")["changed"]
+    assert run(rt, gpus=["0"], state="paused")["changed"]
+    assert run(rt, check=True, gpus=["0"], state="paused")["changed"] is False
+    assert run(rt, gpus=["0"], state="paused")["changed"] is False
+    assert run(rt, check=True, gpus=["0"])["changed"] and run(rt, gpus=["0"])["changed"]
+    assert next(iter(rt.c.values()))["status"] == "running"
+
+
+def test_sleep_mode_check_mode_agrees(rt, monkeypatch):
+    asleep = {"v": False}
+    monkeypatch.setattr(rd, "is_sleeping", lambda base, key: asleep["v"])
+    monkeypatch.setattr(rd, "sleep", lambda base, key, level: asleep.update(v=True) or True)
+    monkeypatch.setattr(rd, "wake_up", lambda base, key: asleep.update(v=False) or True)
+    run(rt, gpus=["0"], sleep_mode=True)
+    assert run(rt, check=True, gpus=["0"], sleep_mode=True, state="paused")["changed"] and not asleep["v"]
+    assert run(rt, gpus=["0"], sleep_mode=True, state="paused")["changed"] and asleep["v"]
+    assert run(rt, check=True, gpus=["0"], sleep_mode=True, state="paused")["changed"] is False
+    assert run(rt, check=True, gpus=["0"], sleep_mode=True)["changed"] and asleep["v"]
+    assert run(rt, gpus=["0"], sleep_mode=True)["changed"] and not asleep["v"]
+    assert run(rt, gpus=["0"], sleep_mode=True)["changed"] is False
