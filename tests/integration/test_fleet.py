@@ -1,0 +1,378 @@
+"""The fleet playbooks over real SSH on the simulated GPU hosts (gpu-a: 2 x A100, gpu-b: 4 x L40S, gpu-c: 1 x H100).
+
+One scenario, in order (each test builds on the fleet the previous one left): first converge, idempotent second run,
+check mode with diff, a flag change rolled out host by host, scale up and down, a failing deployment (rollback,
+summary, exit code), an unreachable host, prune, status and stop. Each test writes its own inventory
+(the bed's host inventory + group_vars with the deployments under test) and runs ansible-playbook as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.multihost]
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / ".build" / "fleet"
+CANARY = "fleet-canary-7f3c9a1e5b"  # a secret value that must never show up anywhere
+BYSTANDER = "bystander-fleet-test"  # an unmanaged container that no playbook may touch
+BASE_IMAGE = "gpufleet/bed-base:bookworm"
+
+
+def chat(replicas: int = 2, max_model_len: int = 2048, env: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": "chat",
+        "model": str(MODELS / "models" / "tiny-chat"),
+        "vllm_version": "0.10.2",
+        "replicas": replicas,
+        "placement": "spread",
+        "port": 8000,
+        "served_model_name": ["tiny-chat"],
+        "engine_options": {"max_model_len": max_model_len},
+        "env": {"VLLM_LOGGING_LEVEL": "INFO", **(env or {})},
+        "secret_env": {"FLEET_CANARY": CANARY},
+    }
+
+
+def tp_model() -> dict[str, Any]:
+    return {
+        "name": "tp-model",
+        "model": str(MODELS / "models" / "tp-model"),
+        "vllm_version": "0.10.2",
+        "tensor_parallel_size": 2,
+        "selector": {"zone": "eu1"},
+        "port": 8100,
+        "api_key": CANARY + "-key",
+    }
+
+
+class Fleet:
+    """Runs the collection's playbooks against the simulated hosts with a per-test inventory."""
+
+    def __init__(self, sim_hosts: Any, workdir: Path) -> None:
+        self.sim = sim_hosts
+        self.workdir = workdir
+        self.artifacts = workdir / "artifacts"
+        self.env = dict(sim_hosts.env)
+        self.env.update(ANSIBLE_PIPELINING="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_SSH_TIMEOUT="5")
+        self.base_inventory = yaml.safe_load(Path(sim_hosts.inventory).read_text())
+        self.inventory = workdir / "inventory"
+
+    def write_inventory(
+        self, deployments: list[dict[str, Any]], address_override: dict[str, str] | None = None
+    ) -> None:
+        inv = json.loads(json.dumps(self.base_inventory))
+        for host, addr in (address_override or {}).items():
+            inv["all"]["children"]["gpu_hosts"]["hosts"][host]["ansible_host"] = addr
+        if self.inventory.exists():
+            shutil.rmtree(self.inventory)
+        (self.inventory / "group_vars" / "all").mkdir(parents=True)
+        (self.inventory / "hosts.yml").write_text(yaml.safe_dump(inv))
+        (self.inventory / "group_vars" / "all" / "fleet.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "gpufleet_allowed_model_dirs": [str(MODELS)],
+                    "gpufleet_artifacts_dir": str(self.artifacts),
+                    "gpufleet_wait_timeout": 120,
+                    "gpufleet_deployments": deployments,
+                }
+            )
+        )
+
+    def play(self, playbook: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+        cmd = ["ansible-playbook", "-i", str(self.inventory), str(ROOT / "playbooks" / playbook), *args]
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
+        proc.stdout = proc.stdout + proc.stderr
+        return proc
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.artifacts / "converge-summary.json").read_text())
+
+    def docker(self, host: str) -> Any:
+        import docker
+
+        return docker.DockerClient(base_url=self.sim.docker_host(host))
+
+    def managed(self) -> dict[str, dict[str, Any]]:
+        """Every managed container on every host: name -> {host, id, status, args, labels, env}."""
+        out = {}
+        for host in self.sim.names:
+            for c in self.docker(host).containers.list(all=True, filters={"label": "gpufleet.managed=true"}):
+                out[c.name] = {
+                    "host": host,
+                    "id": c.id,
+                    "status": c.status,
+                    "args": list(c.attrs["Args"]),
+                    "labels": dict(c.labels),
+                    "env": list(c.attrs["Config"]["Env"] or []),
+                }
+        return out
+
+
+def recap(stdout: str) -> dict[str, dict[str, int]]:
+    out = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+(ok=.*)$", stdout, re.M):
+        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return out
+
+
+def replicas(summary: dict[str, Any], deployment: str) -> list[dict[str, Any]]:
+    return summary["deployments"][deployment]["replicas"]
+
+
+def get(url: str, key: str | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+
+
+@pytest.fixture(scope="module")
+def fleet(sim_hosts: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    subprocess.run([str(ROOT / "sim" / "steps.d" / "70-fleet.sh"), "up"], check=True, capture_output=True)
+    f = Fleet(sim_hosts, tmp_path_factory.mktemp("fleet"))
+    # Start from a fleet without managed containers, plus one unmanaged container on gpu-a.
+    f.write_inventory([])
+    proc = f.play("stop.yml", "-e", "all=true", "-e", "state=absent")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    client = f.docker("gpu-a")
+    for c in client.containers.list(all=True, filters={"name": BYSTANDER}):
+        c.remove(force=True)
+    client.containers.run(BASE_IMAGE, ["sleep", "3600"], name=BYSTANDER, detach=True, labels={"purpose": "test"})
+    yield f
+    for c in client.containers.list(all=True, filters={"name": BYSTANDER}):
+        c.remove(force=True)
+    f.write_inventory([])
+    f.play("stop.yml", "-e", "all=true", "-e", "state=absent")
+
+
+def assert_bystander_untouched(fleet: Fleet) -> None:
+    c = fleet.docker("gpu-a").containers.get(BYSTANDER)
+    assert c.status == "running"
+
+
+def test_schema_error_before_any_host_is_touched(fleet: Fleet) -> None:
+    bad = chat()
+    bad.update(replicas="two", placement="pack")
+    fleet.write_inventory([bad, {"model": "org/model"}])
+    proc = fleet.play("converge.yml")
+    assert proc.returncode != 0
+    assert "chat: replicas: must be an integer >= 0, got 'two'" in proc.stdout
+    assert "chat: placement: must be one of spread, binpack, got 'pack'" in proc.stdout
+    assert "gpufleet_deployments[1]: name: is required" in proc.stdout
+    assert "Gather GPU facts" not in proc.stdout  # nothing ran on a host
+    assert CANARY not in proc.stdout
+
+
+def test_first_converge(fleet: Fleet) -> None:
+    fleet.write_inventory([chat(), tp_model()])
+    proc = fleet.play("converge.yml", "-v")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    summary = fleet.summary()
+    assert summary["ok"] is True and summary["counts"]["changed"] == 3, summary["counts"]
+    # Spread: the two chat replicas on two hosts; the TP=2 model on two GPUs of an eu1 host.
+    chat_rows = replicas(summary, "chat")
+    assert len({r["host"] for r in chat_rows}) == 2
+    tp = replicas(summary, "tp-model")[0]
+    assert tp["host"] in ("gpu-a", "gpu-b") and len(tp["gpus"]) == 2
+    for row in [*chat_rows, tp]:
+        assert row["status"] == "changed" and row["action"] == "create"
+        key = CANARY + "-key" if row["deployment"] == "tp-model" else None
+        status = get(row["endpoint"] + "/v1/models", key)[0]
+        assert status == 200, row
+    # GPUs of one host are never shared between replicas.
+    taken = [(r["host"], g) for r in [*chat_rows, tp] for g in r["gpus"]]
+    assert len(taken) == len(set(taken))
+    assert "DEPLOYMENT" in proc.stdout and "OK: changed=3" in proc.stdout
+    # The secret canary never leaves the vault: not in the output, the summary, labels or argv.
+    assert CANARY not in proc.stdout
+    assert CANARY not in (fleet.artifacts / "converge-summary.json").read_text()
+    managed = fleet.managed()
+    assert set(managed) == {"gpufleet-chat-0", "gpufleet-chat-1", "gpufleet-tp-model-0"}
+    for c in managed.values():
+        assert CANARY not in json.dumps(c["labels"]) and CANARY not in " ".join(c["args"])
+    assert_bystander_untouched(fleet)
+
+
+def test_second_run_changes_nothing(fleet: Fleet) -> None:
+    before = {n: c["id"] for n, c in fleet.managed().items()}
+    proc = fleet.play("converge.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    per_host = recap(proc.stdout)
+    assert set(per_host) == {"gpu-a", "gpu-b", "gpu-c"}
+    assert all(c["changed"] == 0 and c["failed"] == 0 for c in per_host.values()), per_host
+    counts = fleet.summary()["counts"]
+    assert (counts["ok"], counts["changed"], counts["failed"]) == (3, 0, 0), counts
+    assert {n: c["id"] for n, c in fleet.managed().items()} == before
+
+
+def test_check_mode_shows_the_change_and_touches_nothing(fleet: Fleet) -> None:
+    before = fleet.managed()
+    fleet.write_inventory([chat(max_model_len=1024), tp_model()])
+    proc = fleet.play("converge.yml", "--check", "--diff")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    # vllm_container's diff: the flag that changes, old and new.
+    assert re.search(r'^-\s+"2048",?$', proc.stdout, re.M) and re.search(r'^\+\s+"1024",?$', proc.stdout, re.M)
+    summary = fleet.summary()
+    assert summary["check_mode"] is True
+    assert [r["status"] for r in replicas(summary, "chat")] == ["changed", "changed"]
+    assert replicas(summary, "tp-model")[0]["status"] == "ok"
+    after = fleet.managed()
+    assert {n: (c["id"], c["args"]) for n, c in after.items()} == {n: (c["id"], c["args"]) for n, c in before.items()}
+
+
+def test_flag_change_rolls_out_host_by_host(fleet: Fleet) -> None:
+    before = fleet.managed()
+    proc = fleet.play("converge.yml", "-e", "gpufleet_serial=1")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    after = fleet.managed()
+    for name in ("gpufleet-chat-0", "gpufleet-chat-1"):
+        assert after[name]["id"] != before[name]["id"]
+        assert after[name]["args"][after[name]["args"].index("--max-model-len") + 1] == "1024"
+    assert after["gpufleet-tp-model-0"]["id"] == before["gpufleet-tp-model-0"]["id"]
+    # One batch per host: the summary is written after each batch, the table once at the end.
+    assert proc.stdout.count("Write the converge summary") == 3
+    assert proc.stdout.count("OK: changed=2, ok=1") == 1
+
+
+def test_scale_up_and_down(fleet: Fleet) -> None:
+    fleet.write_inventory([chat(replicas=3, max_model_len=1024), tp_model()])
+    proc = fleet.play("converge.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    rows = replicas(fleet.summary(), "chat")
+    assert [r["action"] for r in rows] == ["keep", "keep", "create"]
+    assert len({r["host"] for r in rows}) == 3  # spread over all three hosts
+    assert "gpufleet-chat-2" in fleet.managed()
+
+    fleet.write_inventory([chat(replicas=2, max_model_len=1024), tp_model()])
+    proc = fleet.play("converge.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    summary = fleet.summary()
+    assert [(r["name"], r["status"]) for r in summary["removed"]] == [("chat-2", "removed")]
+    assert "gpufleet-chat-2" not in fleet.managed()
+
+
+def test_failing_deployment_is_rolled_back_and_stops_the_run(fleet: Fleet) -> None:
+    before = fleet.managed()
+    fleet.write_inventory([chat(max_model_len=1024, env={"STANDIN_FAIL": "oom"}), tp_model()])
+    proc = fleet.play("converge.yml", "-e", "gpufleet_serial=1")
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    summary = fleet.summary()
+    assert summary["ok"] is False
+    rows = {r["name"]: r for r in replicas(summary, "chat")}
+    failed = [r for r in rows.values() if r["status"] == "failed"]
+    assert len(failed) == 1, rows
+    row = failed[0]
+    assert row["failure_class"] == "gpu_oom" and row["rolled_back"] is True and row["failed_step"] == "vllm_container"
+    assert "CUDA out of memory" in row["hint"]
+    # The run stopped after the failing batch: the other chat replica was not touched.
+    others = [r for r in rows.values() if r["status"] != "failed"]
+    assert [r["status"] for r in others] == ["not_run"]
+    after = fleet.managed()
+    assert after[f"gpufleet-{others[0]['name']}"]["id"] == before[f"gpufleet-{others[0]['name']}"]["id"]
+    # The rolled back replica is the old container, serving again.
+    assert after[f"gpufleet-{row['name']}"]["id"] == before[f"gpufleet-{row['name']}"]["id"]
+    status = get(f"http://{fleet.sim.address(row['host'])}:8000/v1/models")[0]
+    assert status == 200
+    assert "FAILED" in proc.stdout and "gpu_oom" in proc.stdout
+    assert CANARY not in proc.stdout
+
+
+def test_unreachable_host_is_reported_and_its_replicas_kept(fleet: Fleet) -> None:
+    placed = {r["name"]: r["host"] for r in replicas(fleet.summary(), "chat")}
+    lost = placed["chat-1"]
+    fleet.write_inventory([chat(max_model_len=1024), tp_model()], address_override={lost: "10.213.37.250"})
+    proc = fleet.play("converge.yml")
+    assert proc.returncode == 4, proc.stdout[-3000:]  # ansible-playbook's exit code for unreachable hosts
+    summary = fleet.summary()
+    assert summary["unreachable_hosts"] == [lost]
+    rows = {r["name"]: r for r in replicas(summary, "chat")}
+    assert rows["chat-1"]["host"] == lost and rows["chat-1"]["status"] == "unreachable"  # kept, not moved
+    assert rows["chat-0"]["status"] in ("ok", "changed")
+    assert f"{lost} is unreachable; its placement is kept" in proc.stdout
+
+
+def test_prune_removes_only_undeclared_managed_deployments(fleet: Fleet) -> None:
+    fleet.write_inventory([chat(max_model_len=1024)])
+    proc = fleet.play("converge.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert [u["deployment"] for u in fleet.summary()["undeclared"]] == ["tp-model"]
+    assert "gpufleet-tp-model-0" in fleet.managed()
+
+    fleet.write_inventory([chat(max_model_len=1024)])
+    proc = fleet.play("converge.yml", "-e", "gpufleet_prune=true")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert [r["name"] for r in fleet.summary()["removed"]] == ["tp-model-0"]
+    assert set(fleet.managed()) == {"gpufleet-chat-0", "gpufleet-chat-1"}
+    assert_bystander_untouched(fleet)
+
+
+def test_status_and_stop(fleet: Fleet) -> None:
+    rows = replicas(fleet.summary(), "chat")
+    # One chat completion so that the status shows requests and tokens.
+    body = json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
+    req = urllib.request.Request(
+        rows[0]["endpoint"] + "/v1/chat/completions", data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    time.sleep(1)
+    proc = fleet.play("status.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "TOK/S" in proc.stdout and "LAST FAILURE" in proc.stdout
+    report = json.loads((fleet.artifacts / "status.json").read_text())
+    by_name = {r["name"]: r for r in report["rows"]}
+    assert set(by_name) == {"chat-0", "chat-1"}
+    first = by_name[rows[0]["name"]]
+    assert first["state"] == "running" and first["phase"] == "ready" and first["requests"] == 1
+    assert first["generation_tokens"] > 0 and first["tokens_per_s"] > 0
+    assert first["endpoint"] == rows[0]["endpoint"]
+
+    # Redeploy chat-0 from the manifest vllm_container wrote on its host, on gpu-c under another name and port.
+    manifest = (
+        ROOT / ".build" / "hosts" / rows[0]["host"] / "fs" / "var" / "lib" / "gpufleet" / "manifests" / "chat-0.json"
+    )
+    assert rows[0]["name"] == "chat-0" and manifest.exists()
+    copy = fleet.workdir / "chat-0.json"
+    shutil.copy(manifest, copy)
+    proc = fleet.play(
+        "redeploy.yml",
+        "-e",
+        f"manifest={copy}",
+        "--limit",
+        "gpu-c",
+        "-e",
+        '{"overrides": {"name": "chat-repro", "port": 8300}}',
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "gpufleet-chat-repro serves at" in proc.stdout and CANARY not in proc.stdout
+    repro = fleet.managed()["gpufleet-chat-repro"]
+    assert repro["host"] == "gpu-c" and repro["status"] == "running"
+    original = fleet.managed()["gpufleet-chat-0"]["args"]
+    assert repro["args"][repro["args"].index("--max-model-len") + 1] == original[original.index("--max-model-len") + 1]
+    assert get(f"http://{fleet.sim.address('gpu-c')}:8300/v1/models")[0] == 200
+
+    # Stop one replica by name; then remove every managed one. The unmanaged container survives both.
+    proc = fleet.play("stop.yml", "-e", "names=chat-0")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    managed = fleet.managed()
+    assert managed["gpufleet-chat-0"]["status"] == "exited" and managed["gpufleet-chat-1"]["status"] == "running"
+    proc = fleet.play("stop.yml", "-e", "all=true", "-e", "state=absent")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert fleet.managed() == {}
+    assert_bystander_untouched(fleet)
+    proc = fleet.play("stop.yml")
+    assert proc.returncode != 0 and "say what to stop" in proc.stdout

@@ -1,0 +1,264 @@
+"""Static checks of the fleet part (no test bed needed): the role's files kept in step with each other and with
+vllm_container, the inventories validate, the playbooks parse, and the pure report functions
+(plugins/module_utils/fleet_report.py) behave."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_collections.gpufleet.vllm.plugins.module_utils import fleet_report as fr
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import validate_deployments
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLE = ROOT / "roles" / "deployments"
+SECRETS = {"api_key", "hf_token", "secret_env"}
+
+
+def vllm_container_options() -> set[str]:
+    from ansible_collections.gpufleet.vllm.plugins.module_utils import container_spec
+
+    return set(container_spec.argument_spec())
+
+
+def test_container_task_passes_every_vllm_container_option() -> None:
+    task = yaml.safe_load((ROLE / "tasks" / "_container.yml").read_text())[0]
+    passed = set(task["gpufleet.vllm.vllm_container"])
+    assert passed == vllm_container_options(), "tasks/_container.yml must list every vllm_container option once"
+    # Secrets come from the deployment, never from the plan (which has none).
+    for key in SECRETS:
+        assert "_gpufleet_secrets" in task["gpufleet.vllm.vllm_container"][key]
+
+
+def test_engine_options_allowlist_names_real_options() -> None:
+    allowed = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["_gpufleet_container_options"]
+    assert len(allowed) == len(set(allowed))
+    assert set(allowed) <= vllm_container_options()
+    # Placement-owned and secret options are not engine options.
+    assert not set(allowed) & (SECRETS | {"name", "state", "runtime", "image", "model", "port", "gpus"})
+
+
+def test_defaults_and_argument_specs_in_step() -> None:
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    documented = {k for spec in specs.values() for k in spec.get("options", {})}
+    assert set(defaults) == documented
+    for spec in specs.values():
+        for key, opt in spec.get("options", {}).items():
+            if "default" in opt:
+                assert opt["default"] == defaults[key], key
+    # Every tasks file an entry point names exists.
+    for entry in specs:
+        assert (ROLE / "tasks" / f"{entry}.yml").exists(), entry
+
+
+@pytest.mark.parametrize("inventory", ["sim", "example"])
+def test_inventory_deployments_validate(inventory: str) -> None:
+    files = sorted((ROOT / "inventories" / inventory / "group_vars").rglob("*.yml"))
+    deployments = None
+    for f in files:
+        text = f.read_text()
+        if text.startswith("$ANSIBLE_VAULT"):
+            continue
+        data = yaml.safe_load(text) or {}
+        deployments = data.get("gpufleet_deployments", deployments)
+    assert deployments, f"inventories/{inventory} declares no gpufleet_deployments"
+    # Templated paths are checked as the absolute paths they render to.
+    rendered = yaml.safe_load(yaml.safe_dump(deployments).replace("{{ gpufleet_sim_root }}", str(ROOT)))
+    names = [d["name"] for d in validate_deployments(rendered)]
+    assert len(names) == len(deployments)
+
+
+def test_example_vault_is_encrypted() -> None:
+    vault = ROOT / "inventories" / "example" / "group_vars" / "gpu_hosts" / "vault.yml"
+    assert vault.read_text().startswith("$ANSIBLE_VAULT;1.1;AES256")
+
+
+@pytest.mark.parametrize("playbook", ["converge", "status", "stop", "redeploy"])
+def test_playbook_syntax(playbook: str, ansible_env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        ["ansible-playbook", "--syntax-check", "-i", "localhost,", str(ROOT / "playbooks" / f"{playbook}.yml")],
+        env=ansible_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _plan() -> dict:
+    spec = {
+        "deployment": "chat",
+        "replica": 0,
+        "name": "chat-0",
+        "host": "gpu-a",
+        "gpus": [0],
+        "gpu_uuids": ["GPU-a0"],
+        "port": 8000,
+        "action": "create",
+        "image": None,
+        "vllm_version": "0.10.2",
+        "container": {"name": "chat-0"},
+    }
+    spec1 = dict(spec, replica=1, name="chat-1", host="gpu-b", container={"name": "chat-1"})
+    spec2 = dict(spec, replica=2, name="chat-2", host="gpu-c", container={"name": "chat-2"})
+    return {
+        "hosts": {"gpu-a": [spec], "gpu-b": [spec1], "gpu-c": [spec2]},
+        "remove": {"gpu-a": [{"name": "old-0", "deployment": "old", "replica": 0, "reason": "state: absent"}]},
+        "undeclared": [],
+    }
+
+
+def test_converge_summary_from_registered_results() -> None:
+    plan = _plan()
+    failed_item = plan["hosts"]["gpu-a"][0]
+    results = {
+        "gpu-a": {
+            "address": "10.0.0.1",
+            "removed": {"results": [{"item": plan["remove"]["gpu-a"][0], "changed": True}]},
+            "synced": {"results": [{"item": failed_item, "changed": False, "path": "/m"}]},
+            "images": {"results": [{"item": [None, "0.10.2"], "changed": False, "image": "vllm/vllm-openai:v0.10.2"}]},
+            "containers": {
+                "results": [
+                    {
+                        "_gpufleet_item": failed_item,
+                        "failed": True,
+                        "changed": True,
+                        "failure_class": "gpu_oom",
+                        "hint": "gpu_oom: CUDA out of memory",
+                        "msg": "gpu_oom: CUDA out of memory; rolled back",
+                        "rolled_back": True,
+                    }
+                ]
+            },
+        },
+        "gpu-b": {
+            "address": "10.0.0.2",
+            "removed": {"skipped": True, "results": []},
+            "synced": {"results": [{"item": plan["hosts"]["gpu-b"][0], "failed": True, "msg": "no config.json"}]},
+            "images": {"results": [{"item": [None, "0.10.2"], "image": "x"}]},
+            "containers": {"results": [{"_gpufleet_item": plan["hosts"]["gpu-b"][0], "skipped": True}]},
+        },
+        "gpu-c": None,  # its batch never ran
+    }
+    summary = fr.converge_summary(plan, results, unreachable=[])
+    rows = {r["name"]: r for r in summary["deployments"]["chat"]["replicas"]}
+    assert rows["chat-0"]["status"] == "failed" and rows["chat-0"]["failure_class"] == "gpu_oom"
+    assert rows["chat-0"]["rolled_back"] is True and rows["chat-0"]["failed_step"] == "vllm_container"
+    assert rows["chat-1"]["status"] == "failed" and rows["chat-1"]["failed_step"] == "model_sync"
+    assert rows["chat-1"]["hint"] == "no config.json"
+    assert rows["chat-2"]["status"] == "not_run"
+    assert summary["removed"][0]["status"] == "removed"
+    assert summary["ok"] is False and summary["deployments"]["chat"]["status"] == "failed"
+    assert summary["failed_hosts"] == {"gpu-a": ["chat-0"], "gpu-b": ["chat-1"]}
+    table = fr.converge_table(summary)
+    assert table[0].split() == ["DEPLOYMENT", "REPLICA", "HOST", "GPUS", "ENDPOINT", "ACTION", "STATUS", "FAILURE"]
+    assert any(line.startswith("FAILED:") for line in table)
+    assert any("chat replica 0 on gpu-a: gpu_oom" in line for line in table)
+
+
+def test_converge_summary_ok_and_unreachable() -> None:
+    plan = _plan()
+    plan["remove"] = {}
+    ok = {
+        h: {
+            "address": f"10.0.0.{i}",
+            "containers": {"results": [{"_gpufleet_item": plan["hosts"][h][0], "changed": False, "endpoint": "x"}]},
+        }
+        for i, h in enumerate(["gpu-a", "gpu-b"])
+    }
+    summary = fr.converge_summary(plan, ok, unreachable=["gpu-c"])
+    rows = {r["name"]: r for r in summary["deployments"]["chat"]["replicas"]}
+    assert rows["chat-0"]["status"] == "ok" and rows["chat-0"]["endpoint"] == "http://10.0.0.0:8000"
+    assert rows["chat-2"]["status"] == "unreachable"
+    assert summary["unreachable_hosts"] == ["gpu-c"] and summary["ok"] is False
+    summary = fr.converge_summary({**plan, "hosts": {k: v for k, v in plan["hosts"].items() if k != "gpu-c"}}, ok)
+    assert summary["ok"] is True and summary["counts"]["ok"] == 2
+
+
+def test_parse_metrics_and_status_report() -> None:
+    text = "\n".join(
+        [
+            "# HELP vllm:request_success_total Count of successfully processed requests.",
+            'vllm:request_success_total{finished_reason="stop",model_name="m"} 3.0',
+            'vllm:request_success_total{finished_reason="length",model_name="m"} 2.0',
+            'vllm:generation_tokens_total{model_name="m"} 500.0',
+            'vllm:num_requests_running{model_name="m"} 1.0',
+        ]
+    )
+    assert fr.parse_metrics(text) == {"requests": 5.0, "generation_tokens": 500.0, "running": 1.0}
+    infos = {
+        "gpu-a": {
+            "deployments": [
+                {
+                    "name": "chat-0",
+                    "state": "running",
+                    "phase": "ready",
+                    "uptime_s": 100.0,
+                    "endpoint": "http://127.0.0.1:8000",
+                    "model": "/m/tiny",
+                    "gpus": ["0"],
+                }
+            ]
+        }
+    }
+    report = fr.status_report(infos, {"gpu-a": {"chat-0": text}}, addresses={"gpu-a": "10.0.0.1"})
+    row = report["rows"][0]
+    assert (row["deployment"], row["requests"], row["tokens_per_s"]) == ("chat", 5, 5.0)
+    assert row["endpoint"] == "http://10.0.0.1:8000"
+    table = fr.status_table(report)
+    assert "TOK/S" in table[0] and re.search(r"chat-0\s+tiny\s+0\s+running", table[2])
+
+
+def test_manifest_params() -> None:
+    manifest = {
+        "name": "chat-0",
+        "model": "/m",
+        "image": "vllm/vllm-openai:v0.10.2",
+        "engine_args": {"max_model_len": 1024},
+        "gpus": [{"id": "1"}],
+        "port": 8000,
+        "env_keys": ["A"],
+    }
+    params = fr.manifest_params(manifest)
+    assert params["gpus"] == ["1"] and params["max_model_len"] == 1024 and params["port"] == 8000
+    with pytest.raises(GpufleetError):
+        fr.manifest_params({"name": "x"})
+
+
+def _module_options(names: set[str], env: dict[str, str]) -> dict[str, set[str]]:
+    import json
+
+    proc = subprocess.run(
+        ["ansible-doc", "--json", "-t", "module", *sorted(f"gpufleet.vllm.{n}" for n in names)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    docs = json.loads(proc.stdout)
+    return {k.split(".")[-1]: set(v["doc"].get("options") or {}) for k, v in docs.items()}
+
+
+def test_role_and_playbooks_use_only_existing_module_options(ansible_env: dict[str, str]) -> None:
+    """Every gpufleet.vllm.* call in the role names options the module documents (catches renamed options)."""
+    calls: list[tuple[str, str, set[str]]] = []
+    for path in sorted((ROLE / "tasks").glob("*.yml")):
+        for task in yaml.safe_load(path.read_text()) or []:
+            for key, args in task.items():
+                if key.startswith("gpufleet.vllm.") and isinstance(args, (dict, type(None))):
+                    calls.append((path.name, key.split(".")[-1], set(args or {})))
+    assert {call[1] for call in calls} >= {
+        "fleet_plan",
+        "gpu_facts",
+        "vllm_deployment_info",
+        "model_sync",
+        "vllm_image",
+    }
+    options = _module_options({call[1] for call in calls}, ansible_env)
+    for path, module, used in calls:
+        assert used <= options[module], f"{path}: {module} has no option(s) {sorted(used - options[module])}"
