@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmark of gpufleet.vllm.model_sync, side by side in one run, against the fake hub on loopback.
 
 1. First sync of a ~2 GB model (model_sync process: resolve, free-space check, download with huggingface_hub,

@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Placement speed: 1,000 hosts x 8 GPUs x 500 deployments (goal < 1 s): a fresh plan, the stable re-run, and the
 error path (nothing fits: every deployment gets its per-host reasons).
 

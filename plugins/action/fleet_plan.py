@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin gpufleet.vllm.fleet_plan: gathers every host's GPU facts, labels and existing placements from
 hostvars, runs the pure placement (module_utils/placement.py) on the controller and returns the plan.
 Documentation: plugins/modules/fleet_plan.py."""

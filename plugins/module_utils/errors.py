@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The one error type module_utils raise for bad input or an unusable host.
 
 A module catches it in ``main()`` and calls ``module.fail_json(msg=str(err), **err.details)``: the message says what

@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Schema of the fleet inventory: ``gpufleet_deployments`` (group vars) and the ``gpufleet_*`` host vars.
 
 ``validate_deployments()`` and ``validate_host_vars()`` check everything first and raise ONE ``GpufleetError`` that

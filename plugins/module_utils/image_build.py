@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Derived vLLM images: extra pip packages and plugin files on top of a base image, tagged by content.
 
 The tag is ``<derived_repository>:<base tag>-<hash16>`` where the hash covers the base image id, the sorted

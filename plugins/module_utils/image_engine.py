@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Image operations on an engine (inspect, pull, build) through the docker SDK — the one engine-specific place of
 vllm_image, to be merged into the per-engine adapters of ``runtime_docker`` / ``runtime_podman``.
 

@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The state machine of gpufleet.vllm.vllm_image: resolve the reference, pull by policy, build the derived image.
 
 ``ensure_image(params, check_mode, engine_factory)`` returns the module result (without ``warnings``, which are

@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """vLLM version -> image tag, the newest-release lookup (GitHub releases API, cached), image reference parsing.
 
 Resolution table (``resolve_tag``):

@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filesystem side of model sync: layout under the models root, per-model lock, free-space check, staging,
 atomic swap, manifest, progress status file, safe local copy and safe archive extraction.
 

@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Hugging Face hub source for model sync, through huggingface_hub (HF_ENDPOINT, HF_HUB_OFFLINE, hf_xet honoured).
 
 huggingface_hub is imported lazily: a no-op re-sync resolves the revision with one small stdlib request (or none

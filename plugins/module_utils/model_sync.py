@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The state machine of gpufleet.vllm.model_sync: put validated model weights at <models_root>/<name>, atomically,
 and answer changed=false cheaply when they are already there.
 
@@ -281,8 +281,7 @@ def _sync_local(p: dict[str, Any], root: str, name: str, dest: str, check_mode: 
         )
     else:
         noop = not p.get("force") and _manifest_noop(manifest, ident, dest)
-    if noop:
-        assert manifest is not None
+    if noop and manifest is not None:  # a no-op always has a manifest; the test narrows the type
         return _noop_result(dest, p, manifest)
     base = _result(dest, "local", files=sorted(files), size_bytes=total, changed=True, src=src, link=link)
     base["diff"] = _diff(manifest, None, list(files))
@@ -328,8 +327,7 @@ def _sync_url(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bo
     expected = urlsrc.parse_checksum(p.get("checksum"))
     ident = _identity(p)
     manifest = fs.read_manifest(root, name)
-    if not p.get("force") and _manifest_noop(manifest, ident, dest):
-        assert manifest is not None
+    if manifest is not None and not p.get("force") and _manifest_noop(manifest, ident, dest):
         return _noop_result(dest, p, manifest)
     size = urlsrc.remote_size(url)
     archive = fs.archive_kind(fname) is not None

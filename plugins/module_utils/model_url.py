@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """URL source for model sync: one http(s) file (e.g. a .gguf) or an archive (.tar, .tar.gz, .tgz, .zip), with an
 optional `sha256:<hex>` checksum, resumed with a Range request after an interruption."""
 

@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Validation of a model directory before it is swapped in: what vLLM needs to load it.
 
 `validate_model_dir(path)` returns a report dict; `check_model_dir(path)` raises GpufleetError listing every missing

@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Placement: which host, GPUs and port each replica of each declared deployment gets.
 
 ``plan(hosts, deployments, existing)`` is a pure function (no I/O), run once on the controller by the

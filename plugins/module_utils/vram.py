@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """VRAM estimate for one vLLM deployment, the heuristic GPUStack uses for its scheduler.
 
     total = weights x 1.2 + 2 GiB (+ LoRA adapters)        per GPU = total / (tensor x pipeline parallel size)

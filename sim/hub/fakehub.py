@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A loopback stand-in for the Hugging Face hub that the real huggingface_hub client talks to via HF_ENDPOINT.
 
 Serves the repos that sim/hub/make_repo.py writes under a hub root (re-read on change, so tests can add commits

@@ -1,5 +1,5 @@
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Generate model repos for the fake Hugging Face hub (sim/hub/fakehub.py).
 
 Layout of a hub root (all plain files, so a running fakehub sees changes at once)::

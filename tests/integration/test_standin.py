@@ -145,7 +145,7 @@ def _table_has(version: str, flag: str) -> bool:
 
 
 def test_gpu_request_reaches_the_container(served):
-    c, _ = served
+    c, _url = served
     environ = c.exec_run(["cat", "/proc/1/environ"]).output.decode()
     assert "NVIDIA_VISIBLE_DEVICES=1" in environ.split("\0")
     c.reload()
@@ -173,7 +173,7 @@ def test_health_and_startup_log(served):
 
 
 def test_api_key_required_on_v1(served):
-    _, url = served
+    _c, url = served
     r = requests.get(f"{url}/v1/models", timeout=5)
     assert r.status_code == 401
     assert r.json() == {"error": "Unauthorized"}
@@ -182,7 +182,7 @@ def test_api_key_required_on_v1(served):
 
 
 def test_models_lists_lora_with_parent(served):
-    _, url = served
+    _c, url = served
     data = requests.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5).json()["data"]
     by_id = {m["id"]: m for m in data}
     assert by_id["tiny"]["parent"] is None
@@ -193,7 +193,7 @@ def test_models_lists_lora_with_parent(served):
 
 
 def test_completions_and_metrics(served):
-    _, url = served
+    _c, url = served
     h = {"Authorization": f"Bearer {API_KEY}"}
     r1 = requests.post(
         f"{url}/v1/completions", headers=h, json={"model": "tiny", "prompt": "Hello there", "max_tokens": 7}
@@ -223,7 +223,7 @@ def test_completions_and_metrics(served):
 
 
 def test_sleep_mode(served):
-    _, url = served
+    _c, url = served
     assert requests.get(f"{url}/is_sleeping", timeout=5).json() == {"is_sleeping": False}
     assert requests.post(f"{url}/sleep?level=1", timeout=5).status_code == 200
     assert requests.get(f"{url}/is_sleeping", timeout=5).json() == {"is_sleeping": True}
@@ -232,7 +232,7 @@ def test_sleep_mode(served):
 
 
 def test_swap_space_accepted_by_0_10_2(served):
-    c, _ = served
+    c, _url = served
     if not _table_has("0.10.2", "--swap-space"):
         pytest.skip("the 0.10.2 table has no --swap-space")
     assert "'swap_space': 4.0" in c.logs().decode()
@@ -240,7 +240,7 @@ def test_swap_space_accepted_by_0_10_2(served):
 
 def test_sigterm_stops_cleanly(served):
     """Runs last among the `served` tests (file order): docker stop → graceful shutdown, exit 0, not killed."""
-    c, _ = served
+    c, _url = served
     c.stop(timeout=10)
     c.reload()
     assert c.status == "exited"
@@ -343,7 +343,7 @@ def test_podman_cdi_gpu(podman_images, standin_model_dir):
     run = subprocess.run(
         ["podman", "run", "-d", "--name", name, "--device", "nvidia.com/gpu=1", "--network", "host",
          "-v", f"{standin_model_dir}:/models/tiny:ro", podman_images["0.10.2"], "/models/tiny", "--port", str(port)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
     try:
         if "cgroups in hybrid mode not supported" in run.stderr:
@@ -358,14 +358,20 @@ def test_podman_cdi_gpu(podman_images, standin_model_dir):
             except requests.ConnectionError:
                 time.sleep(0.05)
         else:
-            pytest.fail(subprocess.run(["podman", "logs", name], capture_output=True, text=True).stdout[-3000:])
-        env = subprocess.run(["podman", "exec", name, "cat", "/proc/1/environ"], capture_output=True, text=True).stdout
+            pytest.fail(
+                subprocess.run(["podman", "logs", name], capture_output=True, text=True, check=False).stdout[-3000:]
+            )
+        env = subprocess.run(
+            ["podman", "exec", name, "cat", "/proc/1/environ"], capture_output=True, text=True, check=False
+        ).stdout
         assert "NVIDIA_VISIBLE_DEVICES=1" in env.split("\0")
         subprocess.run(["podman", "stop", "-t", "10", name], capture_output=True, check=True)
-        state = subprocess.run(["podman", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True, text=True)
+        state = subprocess.run(
+            ["podman", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True, text=True, check=False
+        )
         assert state.stdout.strip() == "0"
     finally:
-        subprocess.run(["podman", "rm", "-f", name], capture_output=True)
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True, check=False)
 
 
 # --- hub ids through HF_ENDPOINT (the fake hub of sim/hub)

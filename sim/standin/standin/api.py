@@ -59,7 +59,7 @@ def count_tokens(text: str) -> int:
 
 def fake_text(seed: str, n: int) -> str:
     rnd = random.Random(hashlib.sha256(seed.encode()).digest())
-    return " " + " ".join(rnd.choice(WORDS) for _ in range(n))
+    return " " + " ".join(rnd.choice(WORDS) for _i in range(n))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -108,7 +108,7 @@ class Handler(BaseHTTPRequestHandler):
         if not keys or not path.startswith("/v1") or self.command == "OPTIONS":
             return True
         auth = self.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
+        scheme, _sep, token = auth.partition(" ")
         if scheme.lower() != "bearer":
             return False
         return any(hmac.compare_digest(token.encode(), k.encode()) for k in keys)
@@ -148,7 +148,7 @@ class Handler(BaseHTTPRequestHandler):
                            ("POST", "/v1/unload_lora_adapter"): self.unload_lora})  # fmt: skip
         fn = routes.get((method, path))
         if fn is None:
-            if any(p == path for (_, p) in routes):
+            if any(p == path for (_m, p) in routes):
                 self._json(405, {"detail": "Method Not Allowed"})
             else:
                 self._json(404, {"detail": "Not Found"})
@@ -373,7 +373,7 @@ def _refuse_until_ready(srv: Server) -> None:
     srv.socket.settimeout(0.05)
     while not srv._refuse_stop.is_set():
         try:
-            conn, _ = srv.socket.accept()
+            conn, _addr = srv.socket.accept()
         except (TimeoutError, OSError):
             continue
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -239,7 +239,9 @@ class Standin:
             )
 
         # --- engine core
-        elog = lambda where, msg: log.info(where, msg, who="engine")  # noqa: E731
+        def elog(where: str, msg: str) -> None:
+            log.info(where, msg, who="engine")
+
         elog("core.py:654", "Waiting for init message from front-end.")
         elog("core.py:76", f"Initializing a V1 LLM engine (v{self.version}) with config: model='{model}', "
              f"speculative_config=None, tokenizer='{model}', dtype={argv.get(ns, 'dtype', 'auto')}, "

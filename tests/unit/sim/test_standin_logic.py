@@ -114,7 +114,7 @@ def test_swap_space_differs_between_versions(tdir):
     need(tdir, "0.10.2")
     old, new = tables.load("0.10.2", tdir), tables.load(newest(tdir), tdir)
     assert has(old, "--swap-space")
-    ns, _ = argv.parse(old, ["m", "--swap-space", "4"])
+    ns, _warnings = argv.parse(old, ["m", "--swap-space", "4"])
     assert ns.swap_space == 4.0
     if not has(new, "--swap-space"):
         with pytest.raises(SystemExit):
@@ -134,7 +134,7 @@ def test_model_option_per_entrypoint_and_version(tdir):
     t10 = tables.load("0.10.2", tdir)
     with pytest.raises(argv.ModelOptionRefused):
         argv.parse(t10, ["--model", "m"], "serve")
-    ns, _ = argv.parse(tables.load("0.8.5", tdir), ["--model", "m"], "api_server")
+    ns, _warnings = argv.parse(tables.load("0.8.5", tdir), ["--model", "m"], "api_server")
     assert ns.model == "m"
     with pytest.raises(SystemExit):  # the module entrypoint has no positional model
         argv.parse(tables.load("0.8.5", tdir), ["m"], "api_server")
@@ -152,12 +152,12 @@ def test_default_model_per_version(tdir):
 def test_dotted_json_and_rules(tdir):
     need(tdir, "0.10.2")
     t = tables.load("0.10.2", tdir)
-    ns, _ = argv.parse(t, ["m", "--compilation-config.level", "3", "--compilation-config.cudagraph_mode=FULL"])
+    ns, _warnings = argv.parse(t, ["m", "--compilation-config.level", "3", "--compilation-config.cudagraph_mode=FULL"])
     assert ns.compilation_config == {"level": 3, "cudagraph_mode": "FULL"}
     assert argv.parse(t, ["m", "-O3"])[0].compilation_config == 3
-    ns, _ = argv.parse(t, ["m", "--enable-auto-tool-choice"])
+    ns, _warnings = argv.parse(t, ["m", "--enable-auto-tool-choice"])
     assert "--enable-auto-tool-choice requires --tool-call-parser" in argv.check_rules(t, ns, "serve")
-    ns, _ = argv.parse(t, ["m", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
+    ns, _warnings = argv.parse(t, ["m", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
     assert argv.check_rules(t, ns, "serve") is None
 
 

@@ -51,17 +51,17 @@ def test_missing_pulls_once_then_noop():
     assert r["changed"] is True and r["image_id"] == ID_A and w == []
     assert r["diff"]["before"]["image_id"] is None and r["diff"]["after"]["image_id"] == ID_A
     e.calls.clear()
-    r, _ = run({"version": "0.10.2"}, e)
+    r, _warnings = run({"version": "0.10.2"}, e)
     assert r["changed"] is False and r["actions"] == []
     assert [c[0] for c in e.calls] == ["inspect"]
 
 
 def test_always_changed_only_when_id_changes():
     e = FakeEngine(images={"vllm/vllm-openai:v0.10.2": ID_A}, registry={"vllm/vllm-openai:v0.10.2": ID_A})
-    r, _ = run({"version": "0.10.2", "pull": "always"}, e)
+    r, _warnings = run({"version": "0.10.2", "pull": "always"}, e)
     assert r["changed"] is False and ("pull", "vllm/vllm-openai", "v0.10.2", None) in e.calls
     e.registry["vllm/vllm-openai:v0.10.2"] = ID_B
-    r, _ = run({"version": "0.10.2", "pull": "always"}, e)
+    r, _warnings = run({"version": "0.10.2", "pull": "always"}, e)
     assert r["changed"] is True and r["diff"]["before"]["image_id"] == ID_A and r["diff"]["after"]["image_id"] == ID_B
 
 
@@ -75,14 +75,14 @@ def test_never_fails_when_absent_and_never_pulls():
 
 def test_check_mode_touches_nothing():
     e = FakeEngine(registry={"vllm/vllm-openai:v0.10.2": ID_A})
-    r, _ = run({"version": "0.10.2"}, e, check=True)
+    r, _warnings = run({"version": "0.10.2"}, e, check=True)
     assert r["changed"] is True and r["actions"] == ["pull vllm/vllm-openai:v0.10.2"]
     assert [c[0] for c in e.calls] == ["inspect"]
 
 
 def test_check_mode_always_with_image_present_is_not_a_change():
     e = FakeEngine(images={"vllm/vllm-openai:v0.10.2": ID_A})
-    r, _ = run({"version": "0.10.2", "pull": "always"}, e, check=True)
+    r, _warnings = run({"version": "0.10.2", "pull": "always"}, e, check=True)
     assert r["changed"] is False and r["actions"][0].startswith("pull vllm/vllm-openai:v0.10.2")
 
 
@@ -117,23 +117,23 @@ def test_derived_build_then_noop(tmp_path: Path):
     plug.write_text("x = 1\n")
     e = FakeEngine(images={"vllm/vllm-openai:v0.10.2": ID_A})
     params = {"version": "0.10.2", "extra_pip_packages": ["b==1", "a==2"], "plugins": [str(plug)]}
-    check, _ = run(params, e, check=True)
+    check, _warnings = run(params, e, check=True)
     assert check["changed"] is True and check["actions"][0].startswith(f"build {check['image']} FROM")
     assert not [c for c in e.calls if c[0] == "build"]
-    r, _ = run(params, e)
+    r, _warnings = run(params, e)
     assert r["changed"] is True and r["derived"] is True and r["image"] == check["image"]
     assert r["packages"] == ["a==2", "b==1"] and r["plugins"] == ["p.py"]
     (build,) = [c for c in e.calls if c[0] == "build"]
     assert build[2].startswith("FROM vllm/vllm-openai:v0.10.2\n")
     e.calls.clear()
-    r2, _ = run({**params, "extra_pip_packages": ["a==2", "b==1"]}, e)
+    r2, _warnings = run({**params, "extra_pip_packages": ["a==2", "b==1"]}, e)
     assert r2["changed"] is False and r2["image"] == r["image"] and r2["actions"] == []
     assert not [c for c in e.calls if c[0] == "build"]
 
 
 def test_derived_check_mode_with_base_missing():
     e = FakeEngine(registry={"vllm/vllm-openai:v0.10.2": ID_A})
-    r, _ = run({"version": "0.10.2", "extra_pip_packages": ["a==1"]}, e, check=True)
+    r, _warnings = run({"version": "0.10.2", "extra_pip_packages": ["a==1"]}, e, check=True)
     assert r["changed"] is True and r["image"] is None and len(r["actions"]) == 2
 
 
