@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import errno
 import os
-import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import gpu as _gpu
 from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
 from ansible_collections.gpufleet.vllm.plugins.module_utils import manifest as mf
 from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils.duration import parse_duration
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
     ContainerState,
@@ -43,14 +43,6 @@ class Plan:
     @property
     def changed(self) -> bool:
         return bool(self.actions)
-
-
-def parse_duration(text: str) -> datetime.timedelta:
-    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", str(text))
-    if not m:
-        raise GpufleetError(f"serve_for {text!r} is not a duration like 90m, 2h or 1d")
-    n, unit = int(m.group(1)), m.group(2) or "s"
-    return datetime.timedelta(seconds=n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
 
 
 def gpu_facts() -> tuple[list[dict[str, Any]] | None, str | None]:
@@ -100,6 +92,7 @@ class Deployment:
         self.secrets += [str(v) for v in (params.get("secret_env") or {}).values() if v not in (None, "")]
         self._facts: list[dict[str, Any]] | None = None
         self._facts_loaded = False
+        self.serve_for: datetime.timedelta | None = None  # parsed in run(), before anything is touched
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _act(self, action: str) -> None:
@@ -119,9 +112,7 @@ class Deployment:
         return rd.base_url(self.p.get("host"), self.p["port"])
 
     def _image(self) -> ImageInfo:
-        ref = self.p.get("image")
-        if not ref:
-            raise GpufleetError("image is required unless state=absent")
+        ref = self.p["image"]
         img = self.rt.image(ref)
         if img is None:
             raise GpufleetError(
@@ -133,6 +124,17 @@ class Deployment:
     # ------------------------------------------------------------------------------------------------ entry
     def run(self) -> dict[str, Any]:
         state = self.p["state"]
+        by_name = not self.p.get("image") and not self.p.get("model")
+        if state != "absent":
+            # Checked before anything is touched (both are needed to converge the declared configuration).
+            if by_name and state == "started":
+                raise GpufleetError("image and model are required for state=started")
+            if not by_name and not (self.p.get("image") and self.p.get("model")):
+                raise GpufleetError(
+                    "give image and model together (to converge the declared server), or neither (state stopped, "
+                    "paused or restarted then act on the existing container by name)"
+                )
+            self.serve_for = parse_duration(self.p.get("serve_for"))
         cur = self.rt.container(self.cname)
         prev = self.rt.container(self.pname)
         if prev is not None:
@@ -148,9 +150,9 @@ class Deployment:
                 cur = prev
         if state == "absent":
             return self._absent(cur)
+        if by_name:
+            return self._by_name(cur)
         self._host_warning()
-        if not self.p.get("model"):
-            raise GpufleetError("model is required unless state=absent")
         img = self._image()
         mode = cs.model_mode(img.entrypoint)
         spec, env, _secret_keys = cs.normalized_spec(self.p, img.id, mode)
@@ -218,16 +220,63 @@ class Deployment:
             self._act(f"create {self.cname} (not started)")
             if not self.check_mode:
                 self.result["container_id"] = self.rt.create(self._create_spec())
-        elif cur.running or cur.status in ("paused", "restarting"):
+        else:
+            self._stop_existing(cur)
+        self.result["state"] = "stopped"
+
+    def _stop_existing(self, cur: ContainerState) -> None:
+        """Stop the container as it is (unpaused first when the engine froze it); nothing when not running."""
+        self.result["container_id"] = cur.id
+        if cur.running or cur.status in ("paused", "restarting"):
             self._act(f"stop {self.cname}")
             if not self.check_mode:
                 if cur.status == "paused":
                     self.rt.unpause(cur.id)
                 self.rt.stop(cur.id, self.p["stop_timeout"])
-            self.result["container_id"] = cur.id
-        else:
-            self.result["container_id"] = cur.id
-        self.result["state"] = "stopped"
+
+    def _by_name(self, cur: ContainerState | None) -> dict[str, Any]:
+        """state stopped, paused or restarted without image and model: act on the existing managed container as it
+        is (like community.docker.docker_container), never recreate it. Its port, host and sleep mode come from its
+        labels; the configuration is not compared and the manifest is left as it is."""
+        state = self.p["state"]
+        if cur is None:
+            raise GpufleetError(
+                f"container {self.cname} does not exist: state={state} without image and model acts on an existing "
+                "container only; give image and model to create it"
+            )
+        lab = lb.parse(cur.labels)
+        if not lab["managed"]:
+            raise GpufleetError(f"container {self.cname} is not managed by gpufleet (no gpufleet.managed=true label)")
+        self.p = dict(self.p, host=lab["host"] or self.p.get("host"), port=lab["port"] or self.p["port"])
+        self.p["sleep_mode"] = lab["sleep_mode"]
+        before = "started" if cur.running else ("paused" if cur.status == "paused" else "stopped")
+        spec = lab["spec"] or {}
+        self.result.update(
+            config_hash=lab["config_hash"],
+            spec=cs.masked_spec(spec) if spec else {},
+            endpoint=self.base,
+            vllm_version=lab["vllm_version"],
+            argv=list(spec.get("argv") or []),
+            manifest=lab["manifest"] or {},
+            changed_keys=[],
+        )
+        if self.p.get("manifest_dir"):
+            self.result["manifest_path"] = os.path.join(self.p["manifest_dir"], f"{self.name}.json")
+        if state == "stopped":
+            self._stop_existing(cur)
+            self.result["state"] = "stopped"
+        elif state == "restarted":
+            self._restart(cur)
+            self.result["state"] = "started"
+        else:  # paused
+            self._ensure_running(cur)
+            self._pause()
+        after = self.result["state"]
+        self.result["diff"] = {
+            "before": {"state": before if self.result["changed"] else after},
+            "after": {"state": after},
+        }
+        return self.result
 
     def _ensure_running(self, cur: ContainerState) -> None:
         self.result["container_id"] = cur.id
@@ -398,8 +447,8 @@ class Deployment:
         c = self.ctx
         spec = c["spec"]
         serve_until = None
-        if self.p.get("serve_for"):
-            until = datetime.datetime.now(datetime.timezone.utc) + parse_duration(self.p["serve_for"])
+        if self.serve_for is not None:
+            until = datetime.datetime.now(datetime.timezone.utc) + self.serve_for
             serve_until = until.strftime("%Y-%m-%dT%H:%M:%SZ")
         manifest = self._build_manifest()
         self.result["manifest"] = manifest

@@ -116,7 +116,7 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option("stop_timeout", "int", default=30),
     Option("sleep_mode", "bool", default=False, comparison="argv"),
     Option("sleep_level", "int", default=1, choices=(1, 2)),
-    Option("serve_for", "str"),
+    Option("serve_for", "raw"),  # module_utils/duration.py: a bare number is hours, 90m / 2h / 1d, infinite
     Option("manifest_dir", "path", default="/var/lib/gpufleet/manifests"),
     Option("validate_args", "bool", default=True),
     Option("vllm_version", "str"),

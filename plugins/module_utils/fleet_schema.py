@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils.duration import FORMAT as DURATION_FORMAT
+from ansible_collections.gpufleet.vllm.plugins.module_utils.duration import INFINITE, duration_hours
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.vram import DTYPE_BYTES
 
@@ -184,20 +186,13 @@ def parse_port_range(value: Any) -> tuple[int, int] | None:
 
 
 def parse_serve_for(value: Any) -> float | str | None:
-    """Hours as a positive number (``12``, ``"1.5"``, ``"12h"``) or ``"infinite"``; None if malformed."""
-    if value is None:
-        return "infinite"
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("infinite", "inf", "forever"):
-            return "infinite"
-        text = text.removesuffix("h")
-        hours = _as_float(text)
-    else:
-        hours = _as_float(value)
-    if hours is None or hours <= 0:
+    """Hours (float) or ``"infinite"`` (also for null); None if malformed. The format is the one of
+    plugins/module_utils/duration.py, shared with vllm_container: a bare number is hours, ``90m``/``2h``/``1d``."""
+    try:
+        hours = duration_hours(value)
+    except GpufleetError:
         return None
-    return hours
+    return INFINITE if hours is None else hours
 
 
 def normalize_model(value: Any, who: str, problems: _Problems) -> dict[str, Any] | None:
@@ -545,7 +540,7 @@ def validate_deployment(dep: Any, position: int, problems: _Problems) -> dict[st
 
     serve_for = parse_serve_for(dep.get("serve_for"))
     if serve_for is None:
-        problems.add(who, "serve_for", "must be a positive number of hours or 'infinite'", dep.get("serve_for"))
+        problems.add(who, "serve_for", f"must be {DURATION_FORMAT}", dep.get("serve_for"))
         serve_for = "infinite"
     out["serve_for"] = serve_for
     return out

@@ -84,6 +84,23 @@ def build(
     return labels
 
 
+def selected(name: str, names: list[str] | None) -> bool:
+    """Whether the deployment key ``name`` (the vllm_container ``name``) is chosen by ``names``.
+
+    Each entry of ``names`` is a replica name (``chat-1``: that one, exactly) or a deployment name (``chat``: itself
+    and every replica ``chat-<N>``). None or an empty list chooses every name.
+    """
+    if not names:
+        return True
+    for wanted in names:
+        if name == wanted:
+            return True
+        suffix = name[len(wanted) + 1 :] if name.startswith(f"{wanted}-") else ""
+        if suffix.isdigit() and suffix.isascii():
+            return True
+    return False
+
+
 def is_managed(labels: dict[str, str] | None) -> bool:
     return bool(labels) and labels.get(MANAGED) == "true" and bool(labels.get(DEPLOYMENT))
 

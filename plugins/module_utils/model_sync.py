@@ -85,11 +85,18 @@ def _diff(before: dict[str, Any] | None, commit: str | None, files: list[str]) -
     return {"before": b, "after": {"commit": commit, "files": sorted(files)}}
 
 
+def model_path(models_root: str | None, name: str) -> str:
+    """Where model_sync puts model ``name`` under ``models_root`` (its ``path`` result): ``<models_root>/<name>``.
+
+    Pure, so the controller (placement) can tell a container the path before the model is synced."""
+    return os.path.join(os.path.abspath(models_root or DEFAULT_ROOT), fs.check_name(name))
+
+
 def sync(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     """Run model_sync with module parameters `p`; return the module result (raises GpufleetError)."""
     name = fs.check_name(p["name"])
-    root = os.path.abspath(p.get("models_root") or DEFAULT_ROOT)
-    dest = os.path.join(root, name)
+    dest = model_path(p.get("models_root"), name)
+    root = os.path.dirname(dest)
     if p.get("state", "present") == "absent":
         return absent(root, name, force=bool(p.get("force")), check_mode=check_mode)
     source = p["source"]

@@ -31,12 +31,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import vram
+from ansible_collections.gpufleet.vllm.plugins.module_utils.duration import INFINITE, format_duration
 from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import (
+    DEFAULT_MODELS_ROOT,
     _gpu_ref,
     _Problems,
     normalize_reservations,
     validate_deployments,
 )
+from ansible_collections.gpufleet.vllm.plugins.module_utils.model_sync import model_path
 
 GROUP_REASONS_ABOVE = 12  # more hosts than this: the message groups hosts by reason
 REPLICA_NAME_RE = re.compile(r"^(?P<deployment>.+)-(?P<replica>\d+)$")
@@ -857,13 +860,11 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
     stay in ``gpufleet_deployments``; the role looks them up by ``deployment``).
     """
     model = dep["model"] or {}
-    models_root = host.get("models_root") or "/var/lib/gpufleet/models"
-    if model.get("source") == "local":
-        model_arg = model["path"]
-    elif model.get("source") == "hf":
-        model_arg = model["repo_id"]
-    else:
-        model_arg = f"{models_root}/{dep['name']}"
+    models_root = host.get("models_root") or DEFAULT_MODELS_ROOT
+    # hf and url models are brought onto the host by model_sync, at the path it computes: the container serves that
+    # path (no hub id, no revision: model_sync pinned the revision). Local models are served from where they are.
+    synced_here = model.get("source") in ("hf", "url")
+    model_arg = model.get("path") if model.get("source") == "local" else model_path(models_root, dep["name"])
     container: dict[str, Any] = dict(dep["engine_options"])
     container.update(
         name=assignment["name"],
@@ -880,14 +881,15 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         lora_modules=[{"name": m["name"], "path": m["path"]} for m in dep["lora_modules"]],
         env=dict(dep["env"]),
     )
+    # One duration format for the inventory and vllm_container (module_utils/duration.py): passed as is.
     serve_for = dep["serve_for"]
-    container["serve_for"] = serve_for if isinstance(serve_for, str) else f"{serve_for:g}"
+    container["serve_for"] = format_duration(None if serve_for == INFINITE else serve_for)
+    # The image is vllm_image's business (it resolves vllm_version to an image); vllm_container reads the version
+    # from the image's label, so the deployment's vllm_version (e.g. "latest") is never a container argument.
     if dep["image"]:
         container["image"] = dep["image"]
-    else:
-        container["vllm_version"] = dep["vllm_version"]
-    if model.get("source") == "hf" and "revision" not in container:
-        container["revision"] = model["revision"]
+    if synced_here:
+        container.pop("revision", None)
     sync: dict[str, Any] = {"name": dep["name"], "source": model.get("source"), "models_root": models_root}
     if model.get("source") == "hf":
         sync.update(repo_id=model["repo_id"], revision=model["revision"])
@@ -909,6 +911,7 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         "image": dep["image"],
         "model_source": dict(model),
         "model_sync": sync,
+        "model_path": model_arg,
         "serve_for": dep["serve_for"],
         "secret_env_keys": sorted(dep["secret_env"]),
         "api_key_set": dep["api_key"] is not None,

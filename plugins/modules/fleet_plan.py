@@ -168,12 +168,16 @@ plan:
           (C(<deployment>-<replica>)), C(deployment), C(replica), C(action) (C(create), C(keep), C(update) = same
           host with other GPUs or port, C(move) = from another host), C(previous), C(host), C(gpus), C(gpu_uuids),
           C(port), C(vllm_version), C(image), C(model_source), C(model_sync) (the C(gpufleet.vllm.model_sync) arguments
-          without the token), C(serve_for), C(secret_env_keys), C(api_key_set),
-          C(hf_token_set), C(vram_per_gpu_mib) and C(container), the C(gpufleet.vllm.vllm_container) arguments
-          without secrets.
+          without the token), C(model_path) (what the container serves; for hub and URL models the path model_sync
+          returns, C(<gpufleet_models_root>/<deployment>), for local models their path), C(serve_for),
+          C(secret_env_keys), C(api_key_set), C(hf_token_set), C(vram_per_gpu_mib) and C(container), the
+          C(gpufleet.vllm.vllm_container) arguments without secrets and without C(image) unless the deployment
+          names one (C(gpufleet.vllm.vllm_image) resolves C(vllm_version) to an image; the container reads the
+          version from the image's label).
       type: dict
       sample: {"gpu-a": [{"name": "chat-0", "deployment": "chat", "replica": 0, "action": "create", "gpus": [0],
-               "port": 8000, "container": {"name": "chat-0", "gpus": [0], "port": 8000, "model": "org/chat"}}]}
+               "port": 8000, "container": {"name": "chat-0", "gpus": [0], "port": 8000,
+               "model": "/var/lib/gpufleet/models/chat"}}]}
     remove:
       description:
         - "Per host, managed containers to remove, with C(name), C(deployment), C(replica), C(gpus), C(port) and

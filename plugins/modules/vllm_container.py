@@ -124,7 +124,8 @@ options:
     default: 0.0.0.0
   image:
     description:
-      - vLLM image (e.g. from C(gpufleet.vllm.vllm_image)). Must already be present; compared by image id, so a re-tagged image recreates the container. Required unless O(state=absent).
+      - vLLM image (e.g. from C(gpufleet.vllm.vllm_image)). Must already be present; compared by image id, so a re-tagged image recreates the container.
+      - Required with O(model) for O(state=started). For O(state=stopped), O(state=paused) and O(state=restarted) give both or neither (neither acts on the existing container by name, see O(state)).
     type: str
   ipc:
     description:
@@ -181,7 +182,8 @@ options:
     type: int
   model:
     description:
-      - "Model to serve: an absolute host path (from C(gpufleet.vllm.model_sync)), mounted read-only at the same path, or a hub id. Required unless O(state=absent)."
+      - "Model to serve: an absolute host path (from C(gpufleet.vllm.model_sync)), mounted read-only at the same path, or a hub id."
+      - Required with O(image) for O(state=started); for the other states give both or neither (see O(state)).
     type: str
   mounts:
     description:
@@ -248,8 +250,9 @@ options:
     type: int
   serve_for:
     description:
-      - Serve for this long (C(90m), C(2h), C(1d)); sets the C(gpufleet.serve-until) label the node agent acts on. Not part of the comparison.
-    type: str
+      - Serve for this long; sets the C(gpufleet.serve-until) label the node agent acts on. Not part of the comparison.
+      - "The same format as C(serve_for) in the fleet inventory: a bare number is B(hours) (V(12), V(1.5)); a number with a unit C(m) (minutes), C(h) (hours) or C(d) (days) (V(90m), V(2h), V(1d)); V(infinite) or null means no expiry (no label)."
+    type: raw
   served_model_name:
     description:
       - "C(--served-model-name): names the API serves the model under."
@@ -272,11 +275,12 @@ options:
     default: false
   state:
     description:
-      - "V(started): the declared server runs and answers (created, recreated or started as needed)."
+      - "V(started): the declared server runs and answers (created, recreated or started as needed). Needs O(image) and O(model)."
       - "V(stopped): the container exists with this configuration but is stopped."
       - "V(paused): the server is put to sleep (O(sleep_mode=true): vLLM C(/sleep), GPU memory freed, wakes in seconds) or frozen by the engine (otherwise)."
-      - "V(absent): container and manifest removed."
+      - "V(absent): container and manifest removed. Needs only O(name)."
       - "V(restarted): like V(started), then always restarted."
+      - "By name: with V(stopped), V(paused) or V(restarted) and neither O(image) nor O(model) given, the module acts on the existing managed container C(gpufleet-NAME) as it is, like C(community.docker.docker_container) does: it is stopped, paused or restarted without comparing or recreating anything (its port, host and sleep mode come from its labels; the other spec options are ignored and the manifest is left as it is). The container must exist and carry C(gpufleet.managed=true), else the module fails and touches nothing. Check mode reports the same actions; the diff shows the state before and after."
     type: str
     default: started
     choices: [started, stopped, paused, absent, restarted]
@@ -364,6 +368,11 @@ EXAMPLES = r"""
     gpus: [2]
     hf_token: "{{ vault_hf_token }}"
     extra_args: [--max-num-seqs, "64"]
+
+- name: Stop it, by name (the configuration is left as it is; start it again with the full spec)
+  gpufleet.vllm.vllm_container:
+    name: llama
+    state: stopped
 
 - name: Remove it
   gpufleet.vllm.vllm_container:
@@ -506,7 +515,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(),
         supports_check_mode=True,
-        required_if=[("state", s, ("image", "model")) for s in ("started", "stopped", "paused", "restarted")],
+        required_if=[("state", "started", ("image", "model"))],
     )
     try:
         runtime = get_runtime(module.params["runtime"], module.params["docker_host"])

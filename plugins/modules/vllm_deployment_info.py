@@ -20,8 +20,17 @@ extends_documentation_fragment:
 options:
   name:
     description:
-      - Only this deployment.
+      - Only this deployment (the exact vllm_container O(gpufleet.vllm.vllm_container#module:name)).
+      - Mutually exclusive with O(names).
     type: str
+  names:
+    description:
+      - Only these. Each entry is a replica name (V(chat-1), that one) or a deployment name (V(chat), the
+        container named so and every replica C(chat-N)). Names are matched exactly, never as patterns.
+      - Empty (the default) lists every managed deployment. Mutually exclusive with O(name).
+    type: list
+    elements: str
+    default: []
   runtime:
     description:
       - Container engine to ask.
@@ -55,6 +64,10 @@ EXAMPLES = r"""
   gpufleet.vllm.vllm_deployment_info:
     name: llama
     runtime: podman
+
+- name: Every replica of chat (chat-0, chat-1, ...) and the replica tp-model-1
+  gpufleet.vllm.vllm_deployment_info:
+    names: [chat, tp-model-1]
 """
 
 RETURN = r"""
@@ -212,12 +225,14 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "name": {"type": "str"},
+            "names": {"type": "list", "elements": "str", "default": []},
             "runtime": {"type": "str", "default": "docker", "choices": ["docker", "podman"]},
             "docker_host": {"type": "str"},
             "probe": {"type": "bool", "default": True},
             "classify_failures": {"type": "bool", "default": True},
         },
         supports_check_mode=True,
+        mutually_exclusive=[("name", "names")],
     )
     p = module.params
     try:
@@ -229,7 +244,7 @@ def main() -> None:
     previous = set()
     for st in containers:
         name = lb.parse(st.labels)["name"]
-        if not name or (p["name"] and name != p["name"]):
+        if not name or (p["name"] and name != p["name"]) or not lb.selected(name, p["names"]):
             continue
         if st.name == lb.previous_name(name):
             previous.add(name)

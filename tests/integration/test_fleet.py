@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -376,3 +377,52 @@ def test_status_and_stop(fleet: Fleet) -> None:
     assert_bystander_untouched(fleet)
     proc = fleet.play("stop.yml")
     assert proc.returncode != 0 and "say what to stop" in proc.stdout
+
+
+def test_hub_model_is_served_from_the_path_model_sync_produced(
+    fleet: Fleet, model_gen: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A hub model: model_sync brings it to <gpufleet_models_root>/<deployment> on the host and the container serves
+    exactly that path (the plan says so up front; the role only fills in the image), without --revision."""
+    root = tmp_path_factory.mktemp("fleet-hub")
+    model_gen.make_repo(root / "hub", "org/tiny-hub", tags=["v1"])
+    port_file = root / "port"
+    # The fake hub listens on the controller's address on the hosts' bridge, where the hosts reach it.
+    args = ["--root", str(root / "hub"), "--host", fleet.sim.gateway, "--port", "0", "--port-file", str(port_file)]
+    hub = subprocess.Popen(
+        [sys.executable, str(ROOT / "sim" / "hub" / "fakehub.py"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not port_file.exists() and time.monotonic() < deadline and hub.poll() is None:
+            time.sleep(0.05)
+        assert port_file.exists(), "the fake hub did not start"
+        dep = {
+            "name": "hubchat",
+            "model": {"repo_id": "org/tiny-hub", "revision": "v1"},
+            "vllm_version": "0.10.2",
+            "port": 8400,
+            "selector": {"zone": "us1"},
+            "serve_for": 12,
+        }
+        fleet.write_inventory([dep])
+        group_vars = fleet.inventory / "group_vars" / "all" / "fleet.yml"
+        data = yaml.safe_load(group_vars.read_text())
+        data["gpufleet_hf_endpoint"] = f"http://{fleet.sim.gateway}:{port_file.read_text().strip()}"
+        group_vars.write_text(yaml.safe_dump(data))
+        proc = fleet.play("converge.yml")
+        assert proc.returncode == 0, proc.stdout[-5000:]
+        c = fleet.managed()["gpufleet-hubchat-0"]
+        assert c["host"] == "gpu-c" and c["status"] == "running"
+        assert "/var/lib/gpufleet/models/hubchat" in c["args"] and "org/tiny-hub" not in c["args"]
+        assert "--revision" not in c["args"]
+        assert c["labels"]["gpufleet.vllm-version"] == "0.10.2"
+        assert "gpufleet.serve-until" in c["labels"]
+        again = fleet.play("converge.yml")
+        assert again.returncode == 0 and recap(again.stdout)["gpu-c"]["changed"] == 0, again.stdout[-3000:]
+    finally:
+        hub.terminate()
+        hub.wait()
+        fleet.play("stop.yml", "-e", "names=hubchat", "-e", "state=absent")

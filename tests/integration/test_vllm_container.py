@@ -193,6 +193,52 @@ def test_stopped_restarted_absent(ansible_run, base):
     assert r["changed"] is False
 
 
+def test_stopped_and_restarted_by_name_act_on_the_existing_container(ansible_run, base):
+    """Only name + state: the running container is stopped / restarted as it is, never recreated (its options differ
+    from the module defaults, which would otherwise mean a new config hash)."""
+    b = {**base, "max_model_len": 2048, "env": {"MY_FLAG": "1"}}
+    assert ansible_run.run("vllm_container", b)["ready"]
+    first = inspect("docker", cname(b))
+    by_name = {"name": b["name"], "manifest_dir": b["manifest_dir"], "stop_timeout": 5}
+    pred = ansible_run.run("vllm_container", {**by_name, "state": "stopped"}, check=True, diff=True)
+    assert pred["_rc"] == 0 and pred["changed"] and pred["actions"] == [f"stop {cname(b)}"], pred["_output"]
+    assert '-    "state": "started"' in pred["_output"] and '+    "state": "stopped"' in pred["_output"]
+    assert inspect("docker", cname(b))["State"]["Running"]
+    r = ansible_run.run("vllm_container", {**by_name, "state": "stopped"})
+    assert r["_rc"] == 0 and r["actions"] == pred["actions"] and r["endpoint"].endswith(f":{b['port']}")
+    stopped = inspect("docker", cname(b))
+    assert stopped["Id"] == first["Id"] and not stopped["State"]["Running"]
+    assert ansible_run.run("vllm_container", {**by_name, "state": "stopped"})["changed"] is False
+    r = ansible_run.run("vllm_container", {**by_name, "state": "restarted"})
+    assert r["_rc"] == 0 and r["changed"] and r["ready"], r["_output"]
+    assert inspect("docker", cname(b))["Id"] == first["Id"] and models(b).json()["data"][0]["max_model_len"] == 2048
+    # The full spec converges again without a recreate (same configuration).
+    assert ansible_run.run("vllm_container", b)["changed"] is False
+    # A name that has no container: nothing to act on, a clear error.
+    r = ansible_run.run("vllm_container", {**by_name, "name": b["name"] + "-none", "state": "stopped"})
+    assert r["_rc"] != 0 and "does not exist" in r["_output"]
+
+
+def test_deployment_info_names_select_deployments_and_replicas(ansible_run, base):
+    n = base["name"]
+    assert ansible_run.run("vllm_container", {**base, "name": f"{n}-0", "wait": False})["changed"]
+    assert ansible_run.run("vllm_container", {**base, "name": f"{n}-1", "port": base["port"] + 1, "wait": False})[
+        "changed"
+    ]
+
+    def names(sel):
+        r = ansible_run.run("vllm_deployment_info", {"names": sel, "probe": False})
+        return [d["name"] for d in r["deployments"]]
+
+    try:
+        assert names([n]) == [f"{n}-0", f"{n}-1"]
+        assert names([f"{n}-1"]) == [f"{n}-1"]
+        assert names([n[:-1]]) == []
+    finally:
+        for name in (f"{n}-0", f"{n}-1"):
+            ansible_run.run("vllm_container", {"name": name, "state": "absent", "manifest_dir": base["manifest_dir"]})
+
+
 def test_secret_canary_never_leaks(ansible_run, base):
     b = {**base, "api_key": CANARY_KEY, "hf_token": CANARY_HF, "secret_env": {"DB_PASSWORD": CANARY_ENV}}
     r = ansible_run.run("vllm_container", b, diff=True)

@@ -242,16 +242,26 @@ def test_port_and_range_exclusive():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, "infinite"), ("infinite", "infinite"), (12, 12.0), ("1.5", 1.5), ("24h", 24.0), ("INF", "infinite")],
+    [
+        (None, "infinite"),
+        ("infinite", "infinite"),
+        ("Infinite", "infinite"),
+        (12, 12.0),
+        ("1.5", 1.5),
+        ("24h", 24.0),
+        ("90m", 1.5),
+        ("1d", 24.0),
+    ],
 )
 def test_serve_for(value, expected):
     assert parse_serve_for(value) == expected
 
 
-@pytest.mark.parametrize("value", [0, -1, "soon", [1], True])
+@pytest.mark.parametrize("value", [0, -1, "soon", [1], True, "inf", "30s"])
 def test_bad_serve_for(value):
     assert any(
-        "serve_for: must be a positive number of hours or 'infinite'" in p
+        "serve_for: must be a positive number of hours (12, 1.5), a number with a unit m, h or d (90m, 2h, 1d), "
+        "or 'infinite'" in p
         for p in problems_of([one_raw(serve_for=value)])
     )
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
 
 
@@ -46,3 +47,20 @@ def test_names_and_managed():
     assert not lb.is_managed({"gpufleet.managed": "true"})
     assert not lb.is_managed(None)
     assert lb.parse({})["port"] is None and lb.parse({lb.MANIFEST: "{broken"})["manifest"] is None
+
+
+@pytest.mark.parametrize(
+    ("names", "chosen"),
+    [
+        (None, ["chat", "chat-0", "chat-1", "chat-x", "chatbot-0", "tp-model-0"]),
+        ([], ["chat", "chat-0", "chat-1", "chat-x", "chatbot-0", "tp-model-0"]),
+        (["chat"], ["chat", "chat-0", "chat-1"]),  # the deployment: itself and every replica <name>-<N>
+        (["chat-1"], ["chat-1"]),  # one replica
+        (["chat-1", "tp-model"], ["chat-1", "tp-model-0"]),
+        (["tp"], []),  # a prefix is not a deployment name
+        (["chat.", "c.*"], []),  # no pattern matching
+    ],
+)
+def test_selected_by_deployment_or_replica_name(names, chosen):
+    keys = ["chat", "chat-0", "chat-1", "chat-x", "chatbot-0", "tp-model-0"]
+    assert [k for k in keys if lb.selected(k, names)] == chosen

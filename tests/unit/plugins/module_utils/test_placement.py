@@ -639,8 +639,9 @@ def test_fleet_plan_per_host_container_specs():
         "name": spec["name"],
         "state": "started",
         "runtime": "podman",
-        "model": "org/chat",
-        "revision": "v2",
+        # model_sync brings the hub model to <models_root of gpu-a>/<deployment>: the container serves that path
+        # (no hub id, no revision), and the image comes from vllm_image (no vllm_version argument).
+        "model": "/srv/m/chat",
         "served_model_name": ["chat"],
         "port": 8000,
         "gpus": spec["gpus"],
@@ -651,8 +652,8 @@ def test_fleet_plan_per_host_container_specs():
         "lora_modules": [{"name": "sql", "path": "/l/sql"}],
         "env": {"A": "1"},
         "serve_for": "infinite",
-        "vllm_version": "latest",
     }
+    assert spec["model_path"] == "/srv/m/chat" and spec["vllm_version"] == "latest"
     assert spec["model_sync"] == {
         "name": "chat",
         "source": "hf",
@@ -664,7 +665,7 @@ def test_fleet_plan_per_host_container_specs():
     assert spec["api_key_set"] is True
     assert "s3cret" not in repr(out) and "k3y" not in repr(out)
     blob = next(s for h in out["hosts"].values() for s in h if s["deployment"] == "blob")
-    assert blob["container"]["model"].endswith("/blob")
+    assert blob["container"]["model"] == blob["model_path"] == blob["model_sync"]["models_root"] + "/blob"
     assert blob["container"]["serve_for"] == "1.5"
     assert blob["container"]["image"] == "vllm/vllm-openai:v0.10.2"
     assert "vllm_version" not in blob["container"]
@@ -713,3 +714,31 @@ def test_removal_on_an_unreachable_host_is_listed_and_warned():
     ]
     assert result["warnings"] == ["chat-1: a is unreachable; its removal waits until it is back"]
     assert placed(result) == {"chat-0": ("b", [0], 8000)}
+
+
+def test_container_spec_serves_the_path_model_sync_produces(tmp_path):
+    """hf and url models: the container gets exactly the path model_sync returns on that host (its models root),
+    no hub id and no revision; a local model is served from its own path; vllm_version never reaches the container;
+    serve_for is handed over in the one duration format vllm_container reads (module_utils/duration.py)."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils import model_sync
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.duration import parse_duration
+
+    root = tmp_path / "models"
+    hosts = {"a": {**host(4), "models_root": str(root) + "/"}}
+    deps = [
+        dep("hub", model={"repo_id": "org/hub", "revision": "v1"}, engine_options={"revision": "v1"}, serve_for=12),
+        dep("blob", model="https://x/blob.tar", serve_for="90m", vllm_version="latest", port=8001),
+        dep("loc", model="/data/loc", serve_for="infinite", port=8002),
+    ]
+    specs = {s["deployment"]: s for s in fleet_plan(hosts, deps)["hosts"]["a"]}
+    for name in ("hub", "blob"):
+        c = specs[name]["container"]
+        assert c["model"] == str(root / name) == specs[name]["model_path"]
+        assert "revision" not in c and "vllm_version" not in c and "image" not in c
+        # What model_sync itself computes for these arguments (check mode touches nothing).
+        sync_args = dict(specs[name]["model_sync"])
+        assert model_sync.model_path(sync_args["models_root"], sync_args["name"]) == c["model"]
+    assert specs["loc"]["container"]["model"] == "/data/loc"
+    assert parse_duration(specs["hub"]["container"]["serve_for"]).total_seconds() == 12 * 3600
+    assert parse_duration(specs["blob"]["container"]["serve_for"]).total_seconds() == 90 * 60
+    assert parse_duration(specs["loc"]["container"]["serve_for"]) is None

@@ -235,3 +235,75 @@ def test_sleep_mode_check_mode_agrees(rt, monkeypatch):
     assert run(rt, check=True, gpus=["0"], sleep_mode=True)["changed"] and asleep["v"]
     assert run(rt, gpus=["0"], sleep_mode=True)["changed"] and not asleep["v"]
     assert run(rt, gpus=["0"], sleep_mode=True)["changed"] is False
+
+
+def by_name(rt, state, check=False, **kw):
+    """vllm_container with only name and state (no image, no model): acts on the existing container by name."""
+    return run(rt, check=check, state=state, image=None, model=None, **kw)
+
+
+def test_stopped_by_name_without_spec_options(rt, monkeypatch):
+    run(rt, gpus=["0"], port=18001)
+    cid = rt._find("gpufleet-t")
+    calls = list(rt.calls)
+    # Check mode predicts the stop and touches nothing; the diff shows the state before and after.
+    pred = by_name(rt, "stopped", check=True)
+    assert pred["changed"] and pred["actions"] == ["stop gpufleet-t"] and rt.calls == calls
+    assert pred["diff"] == {"before": {"state": "started"}, "after": {"state": "stopped"}}
+    real = by_name(rt, "stopped")
+    assert real["actions"] == pred["actions"] and rt.calls == [*calls, "stop"]
+    # Same container (not recreated, whatever the module's defaults say), its endpoint from its labels.
+    assert rt._find("gpufleet-t") == cid and rt.c[cid]["status"] == "exited"
+    assert real["endpoint"].endswith(":18001") and real["container_id"] == cid and real["state"] == "stopped"
+    again = by_name(rt, "stopped")
+    assert again["changed"] is False and again["diff"]["before"] == again["diff"]["after"] == {"state": "stopped"}
+    assert by_name(rt, "stopped", check=True)["changed"] is False
+    # Restarted by name: stop if running, then start, on the same container.
+    r = by_name(rt, "restarted")
+    assert r["changed"] and rt.c[cid]["status"] == "running" and rt._find("gpufleet-t") == cid
+    # Paused by name (engine freeze: the container was created without sleep mode).
+    monkeypatch.setattr(rt, "pause", lambda c: rt.c[rt._find(c)].update(status="paused"), raising=False)
+    monkeypatch.setattr(rt, "unpause", lambda c: rt.c[rt._find(c)].update(status="running"), raising=False)
+    assert by_name(rt, "paused", check=True)["changed"] and rt.c[cid]["status"] == "running"
+    assert by_name(rt, "paused")["changed"] and rt.c[cid]["status"] == "paused"
+    assert by_name(rt, "paused")["changed"] is False
+    assert by_name(rt, "stopped")["changed"] and rt.c[cid]["status"] == "exited"
+    # The declared configuration converges again afterwards, without a recreate (same hash).
+    r = run(rt, gpus=["0"], port=18001)
+    assert r["actions"] == ["start gpufleet-t"] and rt._find("gpufleet-t") == cid
+
+
+def test_by_name_needs_an_existing_managed_container(rt):
+    with pytest.raises(GpufleetError, match="does not exist"):
+        by_name(rt, "stopped")
+    rt.c["x"] = {"name": "gpufleet-t", "status": "running", "labels": {"other": "1"}, "env": {}}
+    with pytest.raises(GpufleetError, match="not managed by gpufleet"):
+        by_name(rt, "stopped")
+    assert rt.calls == [] and rt.c["x"]["status"] == "running"
+
+
+@pytest.mark.parametrize("kw", [{"image": None}, {"model": None}])
+def test_image_and_model_go_together(rt, kw):
+    with pytest.raises(GpufleetError, match="give image and model together"):
+        run(rt, state="stopped", **kw)
+    with pytest.raises(GpufleetError, match="required for state=started"):
+        run(rt, image=None, model=None)
+    assert rt.calls == []
+
+
+def test_serve_for_bare_number_is_hours_and_infinite_sets_no_label(rt):
+    import datetime
+
+    from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
+
+    run(rt, gpus=["0"], serve_for="12")
+    until = lb.parse(next(iter(rt.c.values()))["labels"])["serve_until"]
+    left = datetime.datetime.strptime(until, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    left -= datetime.datetime.now(datetime.timezone.utc)
+    assert datetime.timedelta(hours=11, minutes=58) < left <= datetime.timedelta(hours=12)
+    run(rt, state="absent")
+    run(rt, gpus=["0"], serve_for="infinite")
+    assert lb.parse(next(iter(rt.c.values()))["labels"])["serve_until"] is None
+    with pytest.raises(GpufleetError, match="is not a duration"):
+        run(rt, gpus=["0"], serve_for="30s", env={"A": "1"})
+    assert len(rt.c) == 1 and rt.calls[-1] == "start"  # refused before anything was touched
