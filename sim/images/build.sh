@@ -55,14 +55,12 @@ build_base() {
   rm -f "$tar"
 }
 
-# The flag-table modules the stand-in parses argv with, merged into one directory: the generated tables
-# (plugins/module_utils/vllm_flag_tables) win; a provisional one (sim/standin/dev_tables) fills a version not
-# generated yet. Prints the directory.
+# The flag-table modules the stand-in parses argv with (the generated tables of
+# plugins/module_utils/vllm_flag_tables), copied into one directory. Prints the directory.
 tables_dir() {
   local out=$WORK/tables f
   rm -rf "$out"
   mkdir -p "$out"
-  cp "$HERE/../standin/dev_tables"/v[0-9]*.py "$out/"
   for f in "$ROOT/plugins/module_utils/vllm_flag_tables"/v[0-9]*.py; do
     [[ -f "$f" ]] && cp "$f" "$out/"
   done
@@ -137,7 +135,7 @@ build_standin() {
       cp "$tdir"/v[0-9]*.py "$ctx/tables/"
       prepared=1
     fi
-    log "building $tag ($(head -c 300 "$tdir/v${v//./_}.py" | grep -q 'Provisional' && echo provisional || echo generated) table)"
+    log "building $tag"
     standin_dockerfile "$v" "$hash" >"$ctx/Dockerfile"
     DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$ctx" >/dev/null 2>"$WORK/build.err" || {
       cat "$WORK/build.err" >&2

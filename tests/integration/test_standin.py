@@ -254,7 +254,7 @@ def test_sigterm_stops_cleanly(served):
 def test_unknown_flag_exits_2(failures):
     rc, logs = failures["unknown_flag"]
     assert rc == 2
-    assert "vllm serve: error: unrecognized arguments: --no-such-flag 3" in logs
+    assert "vllm: error: unrecognized arguments: --no-such-flag 3" in logs  # the top-level parser reports it
 
 
 def test_swap_space_refused_by_newest(failures):
@@ -313,6 +313,55 @@ def test_tool_choice_needs_parser(failures):
     rc, logs = failures["tool_choice"]
     assert rc == 1
     assert "--enable-auto-tool-choice requires --tool-call-parser" in logs
+
+
+@pytest.fixture(scope="module")
+def flag_runs(runs, standin_images):
+    """Argv per image, started together without a GPU: an argv the parser accepts gets past it and fails later for
+    want of a GPU (exit 1), one it refuses exits 2 with argparse's message."""
+    new, v10, old = standin_images["0.33.0"], standin_images["0.10.2"], standin_images["0.8.5"]
+    m = "/models/tiny"
+    cases = {
+        # 0.33.0: --disable-x is listed under `negative`, --no-enable-x under `hidden_options`
+        "new_on_off": (new, [m, "--disable-expert-parallel", "--no-enable-prefix-caching", "-ep"]),
+        "new_types": (new, [m, "--moe-backend", "Deep-Gemm", "--max-model-len", "auto", "-O3"]),
+        "new_no_disable": (new, [m, "--no-disable-expert-parallel"]),
+        "new_model_not_first": (new, ["--port", "8001", m, "--served-model-name", "x"]),
+        "v10_disable": (v10, [m, "--disable-prefix-caching"]),
+        "v10_dotted": (v10, [m, "--compilation-config.level", "3", "--no-enable-prefix-caching"]),
+        # 0.8.5's api_server entrypoint: no positional model (missing_dests), prompt adapters as name=path
+        "old_positional": (old, [m]),
+        "old_prompt_adapters": (old, ["--model", m, "--prompt-adapters", "a=/p", "--quantization", "None"]),
+    }
+    started = {k: runs.run(image, args, gpus=None) for k, (image, args) in cases.items()}
+    return {k: wait_exit(c) for k, c in started.items()}
+
+
+@pytest.mark.parametrize("case", ["new_on_off", "new_types", "v10_dotted", "old_prompt_adapters"])
+def test_flags_the_table_accepts_pass_the_parser(flag_runs, case):
+    rc, logs = flag_runs[case]
+    assert rc == 1, logs[-2000:]
+    assert "RuntimeError: Failed to infer device type" in logs
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("new_no_disable", "vllm: error: unrecognized arguments: --no-disable-expert-parallel"),
+        ("v10_disable", "vllm: error: unrecognized arguments: --disable-prefix-caching"),
+        ("old_positional", "api_server.py: error: unrecognized arguments: /models/tiny"),
+    ],
+)
+def test_flags_the_table_lacks_exit_2(flag_runs, case, message):
+    rc, logs = flag_runs[case]
+    assert rc == 2, logs[-2000:]
+    assert message in logs
+
+
+def test_newest_wants_the_model_first_with_served_model_name(flag_runs):
+    rc, logs = flag_runs["new_model_not_first"]
+    assert rc == 1
+    assert "ValueError: `model` should be provided as the first positional argument" in logs
 
 
 def test_0_8_5_entrypoint_and_metric_names(runs, standin_images):

@@ -106,11 +106,12 @@ class Standin:
         table = tables.load(self.version)
         try:
             ns, warnings = argv.parse(table, args, self.entrypoint)
-        except argv.ModelOptionRefused as e:
+        except argv.StartRefused as e:  # FlexibleArgumentParser's ValueError (--model, model not first)
+            where = f"{PKG}/utils/argparse_utils.py" if self.v >= (0, 11) else f"{PKG}/utils/__init__.py"
             self.log.raw(traceback_text(
                 [("/usr/local/bin/vllm", 10, "<module>", "sys.exit(main())"),
                  (f"{PKG}/entrypoints/cli/main.py", 46, "main", "args = parser.parse_args()"),
-                 (f"{PKG}/utils/__init__.py", 1797, "parse_args", "raise ValueError(")],
+                 (where, 1797, "parse_args", "raise ValueError(")],
                 f"ValueError: {e}"), who="", stream=sys.stderr)  # fmt: skip
             return 1
         model = ns.model
@@ -200,6 +201,8 @@ class Standin:
         arch = (config.get("architectures") or ["LlamaForCausalLM"])[0]
         mml_cfg = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
         max_model_len = int(argv.get(ns, "max_model_len", mml_cfg))
+        if max_model_len == -1:  # 0.3x: --max-model-len auto / -1 = derived from the model
+            max_model_len = mml_cfg
         if max_model_len > mml_cfg and not _truthy("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
             return self._api_exit(
                 f"ValueError: User-specified max_model_len ({max_model_len}) is greater than the derived "

@@ -1,8 +1,7 @@
 """Find and load the vLLM flag tables (data modules `v<major>_<minor>_<patch>.py` holding `TABLE`).
 
-Search order: STANDIN_TABLES (one directory); else the image's /opt/standin/tables; else, in a checkout, the
-generated tables (plugins/module_utils/vllm_flag_tables) merged over the provisional ones (sim/standin/dev_tables):
-a generated table always wins for its version, a provisional one fills a version not generated yet.
+Search order: STANDIN_TABLES (one directory); else the image's /opt/standin/tables (copied there by
+sim/images/build.sh); else, in a checkout, the generated tables in plugins/module_utils/vllm_flag_tables.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from typing import Any
 _NAME = re.compile(r"^v(\d+)_(\d+)_(\d+)\.py$")
 _HERE = Path(__file__).resolve().parent
 REAL_DIR = _HERE.parents[2] / "plugins" / "module_utils" / "vllm_flag_tables"
-DEV_DIR = _HERE.parent / "dev_tables"
 IMAGE_DIR = _HERE.parent / "tables"
 
 
@@ -40,7 +38,7 @@ def default_dirs() -> list[Path]:
         return [Path(os.environ["STANDIN_TABLES"])]
     if _in_dir(IMAGE_DIR):
         return [IMAGE_DIR]
-    return [REAL_DIR, DEV_DIR]
+    return [REAL_DIR]
 
 
 def available(dirs: Path | list[Path] | None = None) -> dict[str, Path]:

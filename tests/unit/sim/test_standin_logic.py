@@ -16,31 +16,7 @@ sys.path.insert(0, str(STANDIN))
 from standin import argv, hub, tables  # noqa: E402
 from standin.metrics import Metrics  # noqa: E402
 
-DEV = STANDIN / "dev_tables"
 REAL = Path(__file__).resolve().parents[3] / "plugins" / "module_utils" / "vllm_flag_tables"
-
-
-@pytest.fixture(params=["dev_tables", "generated"])
-def tdir(request) -> Path:
-    """Each table source on its own: the provisional tables and, once they exist, the generated ones."""
-    d = DEV if request.param == "dev_tables" else REAL
-    if not tables.available(d):
-        pytest.skip(f"no tables in {d}")
-    return d
-
-
-def need(tdir: Path, *versions: str) -> None:
-    missing = [v for v in versions if v not in tables.available(tdir)]
-    if missing:
-        pytest.skip(f"{tdir.name} has no table for {', '.join(missing)} yet")
-
-
-def newest(tdir: Path) -> str:
-    return list(tables.available(tdir))[-1]
-
-
-def has(table: dict, flag: str) -> bool:
-    return any(flag in a.get("option_strings", []) for a in table["actions"])
 
 
 @pytest.mark.parametrize(
@@ -52,35 +28,39 @@ def test_human_readable_int(text, value):
 
 
 def test_human_readable_int_rejects_garbage():
-    with pytest.raises(ValueError):
-        argv.human_readable_int("lots")
+    for bad in ("lots", "1.5K", "2t"):
+        with pytest.raises((ValueError, argv.argparse.ArgumentTypeError)):
+            argv.human_readable_int(bad)
 
 
-def test_normalize_underscores_like_flexible_argument_parser():
-    assert argv.normalize(["--max_model_len", "10", "--gpu_memory_utilization=0.5", "-tp", "a_b"]) == [
-        "--max-model-len", "10", "--gpu-memory-utilization=0.5", "-tp", "a_b"]  # fmt: skip
+def test_normalize_like_flexible_argument_parser():
+    assert argv.normalize(["--max_model_len", "10", "--gpu_memory_utilization=0.5", "-tp", "a_b", "--hf_overrides.a_b"]) == [
+        "--max-model-len", "10", "--gpu-memory-utilization=0.5", "-tp", "a_b", "--hf-overrides.a_b"]  # fmt: skip
+    new = {"underscore_names": True, "dotted_json": True, "O_shorthand": "--optimization-level"}
+    assert argv.normalize(["-O3", "-O", "2", "-O=1"], new) == [
+        "--optimization-level", "3", "--optimization-level", "2", "--optimization-level", "1"]  # fmt: skip
+    mid = {"underscore_names": True, "dotted_json": True, "O_shorthand": "-O"}
+    assert argv.normalize(["-O3", "-O", "2"], mid) == ["-O.level=3", "-O.level", "2"]
+    assert argv.expand_dotted(["m", "-O.level", "3", "--a.b.c=x", "--a.d", "1"]) == [
+        "m", "-O", '{"level": 3}', "--a", '{"b": {"c": "x"}, "d": 1}']  # fmt: skip
 
 
-def test_tables_available_and_unknown_version_falls_back(tdir):
-    need(tdir, "0.10.2")
-    assert tables.load("99.0.0", tdir)["version"] == newest(tdir)
-    assert tables.load("0.10.2", tdir)["version"] == "0.10.2"
+def test_tables_available_and_unknown_version_falls_back():
+    assert list(tables.available(REAL)) == ["0.8.5", "0.10.2", "0.33.0"]
+    assert tables.load("99.0.0", REAL)["version"] == "0.33.0"
+    assert tables.load("0.11.0", REAL)["version"] == "0.10.2"  # the newest table not newer than it
+    assert tables.load("0.10.2", REAL)["version"] == "0.10.2"
 
 
-def test_generated_tables_win_over_provisional(tmp_path):
-    gen, dev = tmp_path / "gen", tmp_path / "dev"
-    gen.mkdir(), dev.mkdir()
-    (gen / "v0_10_2.py").write_text('TABLE = {"version": "0.10.2", "generated": "real", "actions": []}')
-    (dev / "v0_10_2.py").write_text('TABLE = {"version": "0.10.2", "generated": "dev", "actions": []}')
-    (dev / "v0_8_5.py").write_text('TABLE = {"version": "0.8.5", "generated": "dev", "actions": []}')
-    assert list(tables.available([gen, dev])) == ["0.8.5", "0.10.2"]
-    assert tables.load("0.10.2", [gen, dev])["generated"] == "real"
-    assert tables.load("0.8.5", [gen, dev])["generated"] == "dev"
+def test_stand_in_table_dir_override(tmp_path, monkeypatch):
+    (tmp_path / "v0_10_2.py").write_text('TABLE = {"version": "0.10.2", "generated": "mine", "actions": []}')
+    monkeypatch.setenv("STANDIN_TABLES", str(tmp_path))
+    assert list(tables.available()) == ["0.10.2"]
+    assert tables.load("0.33.0")["generated"] == "mine"
 
 
-def test_parse_serve_positional_and_types(tdir):
-    need(tdir, "0.10.2")
-    t = tables.load("0.10.2", tdir)
+def test_parse_serve_positional_and_types():
+    t = tables.load("0.10.2", REAL)
     ns, warnings = argv.parse(t, ["org/m", "--max_model_len", "4k", "--served-model-name", "a", "b", "-tp", "2"])
     assert ns.model == "org/m"
     assert ns.max_model_len == 4000
@@ -89,76 +69,19 @@ def test_parse_serve_positional_and_types(tdir):
     assert warnings == []
 
 
-def test_unknown_flag_exits_2_with_argparse_message(tdir, capsys):
-    need(tdir, "0.10.2")
-    t = tables.load("0.10.2", tdir)
-    with pytest.raises(SystemExit) as e:
-        argv.parse(t, ["org/m", "--no-such-flag", "1"])
-    assert e.value.code == 2
-    assert "vllm serve: error: unrecognized arguments: --no-such-flag 1" in capsys.readouterr().err
-
-
-def test_bad_choice_and_bad_number_exit_2(tdir, capsys):
-    need(tdir, "0.10.2")
-    t = tables.load("0.10.2", tdir)
-    for bad in (["--dtype", "float7"], ["--port", "http"]):
-        with pytest.raises(SystemExit) as e:
-            argv.parse(t, ["org/m", *bad])
-        assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "argument --dtype: invalid choice: 'float7'" in err
-    assert "argument --port: invalid int value: 'http'" in err
-
-
-def test_swap_space_differs_between_versions(tdir):
-    need(tdir, "0.10.2")
-    old, new = tables.load("0.10.2", tdir), tables.load(newest(tdir), tdir)
-    assert has(old, "--swap-space")
+def test_swap_space_differs_between_versions():
+    old, new = tables.load("0.10.2", REAL), tables.load("0.33.0", REAL)
     ns, _warnings = argv.parse(old, ["m", "--swap-space", "4"])
     assert ns.swap_space == 4.0
-    if not has(new, "--swap-space"):
-        with pytest.raises(SystemExit):
-            argv.parse(new, ["m", "--swap-space", "4"])
+    with pytest.raises(SystemExit):
+        argv.parse(new, ["m", "--swap-space", "4"])
 
 
-def test_boolean_optional_both_forms(tdir):
-    need(tdir, "0.10.2")
-    t = tables.load("0.10.2", tdir)
+def test_boolean_optional_both_forms():
+    t = tables.load("0.10.2", REAL)
     assert argv.parse(t, ["m", "--enable-prefix-caching"])[0].enable_prefix_caching is True
     assert argv.parse(t, ["m", "--no-enable-prefix-caching"])[0].enable_prefix_caching is False
     assert argv.parse(t, ["m"])[0].enable_prefix_caching is None
-
-
-def test_model_option_per_entrypoint_and_version(tdir):
-    need(tdir, "0.8.5", "0.10.2")
-    t10 = tables.load("0.10.2", tdir)
-    with pytest.raises(argv.ModelOptionRefused):
-        argv.parse(t10, ["--model", "m"], "serve")
-    ns, _warnings = argv.parse(tables.load("0.8.5", tdir), ["--model", "m"], "api_server")
-    assert ns.model == "m"
-    with pytest.raises(SystemExit):  # the module entrypoint has no positional model
-        argv.parse(tables.load("0.8.5", tdir), ["m"], "api_server")
-    if tables.version_key(newest(tdir)) >= (0, 11):
-        ns, warnings = argv.parse(tables.load(newest(tdir), tdir), ["--model", "m"], "serve")
-        assert ns.model == "m" and "--model" in warnings[0]
-
-
-def test_default_model_per_version(tdir):
-    need(tdir, "0.8.5", "0.10.2")
-    assert argv.parse(tables.load("0.8.5", tdir), [], "api_server")[0].model == "facebook/opt-125m"
-    assert argv.parse(tables.load("0.10.2", tdir), [])[0].model == "Qwen/Qwen3-0.6B"
-
-
-def test_dotted_json_and_rules(tdir):
-    need(tdir, "0.10.2")
-    t = tables.load("0.10.2", tdir)
-    ns, _warnings = argv.parse(t, ["m", "--compilation-config.level", "3", "--compilation-config.cudagraph_mode=FULL"])
-    assert ns.compilation_config == {"level": 3, "cudagraph_mode": "FULL"}
-    assert argv.parse(t, ["m", "-O3"])[0].compilation_config == 3
-    ns, _warnings = argv.parse(t, ["m", "--enable-auto-tool-choice"])
-    assert "--enable-auto-tool-choice requires --tool-call-parser" in argv.check_rules(t, ns, "serve")
-    ns, _warnings = argv.parse(t, ["m", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
-    assert argv.check_rules(t, ns, "serve") is None
 
 
 def test_lora_modules_forms():
