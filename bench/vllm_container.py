@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of gpufleet.vllm.vllm_container, side by side with community.docker.docker_container, in one run.
 
 1. No-op converge time: the same server (image, argv, env, GPU device request, mounts, host network, ipc, restart
@@ -120,7 +119,7 @@ def playbook(path: Path, task: dict, loops: int) -> None:
 def run_playbook(path: Path, env: dict[str, str], verbose: bool = False) -> tuple[float, str]:
     t0 = time.perf_counter()
     cmd = ["ansible-playbook", "-i", "localhost,", str(path), *(["-v"] if verbose else [])]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"{path.name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-2000:]}")
@@ -147,7 +146,7 @@ def payloads(pbs: dict[str, Path], env: dict[str, str], work: Path) -> dict[str,
 def time_payload(payload: Path) -> tuple[float, dict]:
     py = str(ROOT / ".venv" / "bin" / "python")
     t0 = time.perf_counter()
-    r = subprocess.run([py, str(payload)], capture_output=True, text=True)
+    r = subprocess.run([py, str(payload)], capture_output=True, text=True, check=False)
     dt = time.perf_counter() - t0
     return dt, json.loads(r.stdout)
 
@@ -199,7 +198,7 @@ def main() -> None:
         one: dict[str, list[float]] = {"ours": [], "cd": []}
         per_task: dict[str, list[float]] = {"ours": [], "cd": []}
         flaps = {"ours": 0, "cd": 0}
-        for _ in range(a.rounds):
+        for _round in range(a.rounds):
             for k in bodies:
                 t1, out1 = run_playbook(pb[(k, 1)], env)
                 tn, outn = run_playbook(pb[(k, a.n)], env)
@@ -226,7 +225,7 @@ def main() -> None:
         playbook(ping, {"ansible.builtin.ping": {}}, 1)
         pls = payloads({**{k: pb[(k, 1)] for k in bodies}, "floor": ping}, env, work)
         mod: dict[str, list[float]] = {"ours": [], "cd": [], "floor": []}
-        for _ in range(a.n * a.rounds):
+        for _round in range(a.n * a.rounds):
             for k, pl in pls.items():
                 dt, res = time_payload(pl)
                 if res.get("changed"):
@@ -254,13 +253,13 @@ def main() -> None:
         start.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "connection": "local",
                                       "tasks": [body]}]))  # fmt: skip
         module_delays, user_delays = [], []
-        for _ in range(a.starts):
+        for _start in range(a.starts):
             run_playbook(absent, env)
             first: dict = {}
             stop = threading.Event()
             th = threading.Thread(target=prober, args=(PORT_OURS, stop, first), daemon=True)
             th.start()
-            _, out = run_playbook(start, env, verbose=True)
+            out = run_playbook(start, env, verbose=True)[1]
             t_exit = time.time()
             stop.set()
             th.join()
@@ -280,9 +279,11 @@ def main() -> None:
               f"(runs: {', '.join(f'{d * 1000:.0f}' for d in module_delays)} ms; goal <= 500 ms)")  # fmt: skip
         print(f"first /health -> ansible-playbook exit: median {statistics.median(user_delays) * 1000:.0f} ms")
     finally:
-        subprocess.run(["docker", "rm", "-f", "gpufleet-bench-ours", "gpufleet-bench-cd"], capture_output=True)
+        subprocess.run(
+            ["docker", "rm", "-f", "gpufleet-bench-ours", "gpufleet-bench-cd"], capture_output=True, check=False
+        )
         (OUT / "vllm_container.json").write_text(json.dumps(results, indent=2) + "\n")
-        subprocess.run(["rm", "-rf", str(work)])
+        subprocess.run(["rm", "-rf", str(work)], check=False)
 
 
 if __name__ == "__main__":

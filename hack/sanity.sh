@@ -37,9 +37,11 @@ fi
 
 DEST=$ROOT/.build/sanity/ansible_collections/gpufleet/vllm
 mkdir -p "$DEST"
-(cd "$ROOT" && git ls-files -co --exclude-standard -z) | rsync -a --delete --from0 --files-from=- "$ROOT/" "$DEST/"
-# rsync --files-from does not delete files that left the list: rebuild the copy's file set from the list.
-(cd "$ROOT" && git ls-files -co --exclude-standard) | sort > "$DEST/../.wanted"
+# The files to copy: tracked and untracked-not-ignored ones that exist (a deletion not yet committed is still listed).
+(cd "$ROOT" && git ls-files -co --exclude-standard | while IFS= read -r f; do if [[ -e "$f" || -L "$f" ]]; then printf '%s\n' "$f"; fi; done) \
+  | sort -u > "$DEST/../.wanted"
+rsync -a --files-from="$DEST/../.wanted" "$ROOT/" "$DEST/"
+# Drop files of the copy that left the list.
 (cd "$DEST" && find . -type f ! -path './.git/*' | sed 's|^\./||' | sort) | comm -13 "$DEST/../.wanted" - | (cd "$DEST" && xargs -r rm -f)
 rm -f "$DEST/../.wanted"
 cd "$DEST"

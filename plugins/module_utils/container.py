@@ -30,8 +30,16 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
     ImageInfo,
     Runtime,
 )
+from ansible_collections.gpufleet.vllm.plugins.module_utils.vllm_args import check_argv
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _bad_args(e: GpufleetError) -> GpufleetError:
+    """A vllm_args error as the module reports it: ``bad_args: <message>`` with failure_class bad_args."""
+    details = dict(e.details)
+    details.setdefault("failure_class", "bad_args")
+    return GpufleetError(f"bad_args: {e.msg}", **details)
 
 
 @dataclass
@@ -155,12 +163,29 @@ class Deployment:
         self._host_warning()
         img = self._image()
         mode = cs.model_mode(img.entrypoint)
-        spec, env, _secret_keys = cs.normalized_spec(self.p, img.id, mode)
+        version = self.p.get("vllm_version") or img.vllm_version
+        try:
+            # validate_args: typed options map to the flags of this vLLM version; one it lacks is bad_args here,
+            # before anything is touched (check mode included).
+            spec, env, secret_keys = cs.normalized_spec(
+                self.p, img.id, mode, check_version=bool(self.p.get("validate_args")), vllm_version=version
+            )
+        except GpufleetError as e:
+            if e.details.get("failure_class") == "bad_args":
+                raise _bad_args(e) from e
+            raise
         h = cs.config_hash(spec)
         cur_l = lb.parse(cur.labels) if cur else None
         same = bool(cur and cur_l and cur_l["config_hash"] == h)
-        version = self.p.get("vllm_version") or img.vllm_version
-        self.ctx = {"img": img, "mode": mode, "spec": spec, "env": env, "hash": h, "version": version}
+        self.ctx = {
+            "img": img,
+            "mode": mode,
+            "spec": spec,
+            "env": env,
+            "secret_keys": secret_keys,
+            "hash": h,
+            "version": version,
+        }
         self.result.update(
             config_hash=h,
             spec=cs.masked_spec(spec),
@@ -647,20 +672,19 @@ class Deployment:
         return out
 
     def _validate_argv(self) -> None:
+        """The whole argv (typed options + extra_args) against the flag table of the deployment's vLLM version
+        (vllm_args, issue 9): bad_args before anything is created or started. validate_args: false skips it."""
         if not self.p.get("validate_args"):
             return
-        try:  # imported here: only a create needs the flag tables (helper "flags", issue 9)
-            from ansible_collections.gpufleet.vllm.plugins.module_utils.vllm_args import check_argv as _check_argv
-        except Exception as e:  # absent or broken: the module still works, with a warning
-            self.warn(f"argv not validated: plugins/module_utils/vllm_args.py is not available ({e})")
-            return
-        entry = "api_server" if self.ctx["mode"] == "option" else "serve"
-        # The single call site of the flag-table validation (helper "flags", issue 9).
+        c = self.ctx
         try:
-            warnings = _check_argv(self.ctx["spec"]["argv"], self.ctx["version"], entrypoint=entry)
+            warnings = check_argv(
+                c["spec"]["argv"],
+                c["version"],
+                entrypoint=cs.entrypoint_of(c["mode"]),
+                env=cs.argv_check_env(c["env"], c["secret_keys"]),
+            )
         except GpufleetError as e:
-            details = dict(e.details)
-            details.setdefault("failure_class", "bad_args")
-            raise GpufleetError(f"bad_args: {e.msg}", **details) from e
-        for w in warnings or []:
+            raise _bad_args(e) from e
+        for w in warnings:
             self.warn(str(w))

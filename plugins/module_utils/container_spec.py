@@ -22,6 +22,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 
 SPEC_VERSION = 1
@@ -162,33 +163,61 @@ def model_mode(entrypoint: list[str] | None) -> str:
     return "option" if "api_server" in joined else "positional"
 
 
-def engine_argv(params: dict[str, Any]) -> list[str]:
-    """The typed engine options rendered as vLLM flags, in table order."""
+def entrypoint_of(mode: str) -> str:
+    """The vllm_args entrypoint of a model mode: ``serve`` (positional model) or ``api_server`` (``--model``)."""
+    return "api_server" if mode == "option" else "serve"
+
+
+def engine_argv(
+    params: dict[str, Any],
+    *,
+    check_version: bool = False,
+    vllm_version: str | None = None,
+    entrypoint: str = "serve",
+) -> list[str]:
+    """The typed engine options rendered as vLLM flags, in table order.
+
+    With ``check_version`` each flag is the one of ``vllm_version``'s flag table (vllm_args.flag_for; an unknown
+    version uses the newest table): an option that version does not have raises GpufleetError (failure class
+    bad_args) naming the version, the releases that have it and the replacement. Without it (validate_args: false)
+    the flags of ENGINE_OPTIONS are used as they are.
+    """
     argv: list[str] = []
     for o in ENGINE_OPTIONS:
         v = params.get(o.name)
         if v is None:
             continue
-        assert o.flag
+        if not o.flag:  # internal invariant: every engine option declares its flag
+            raise RuntimeError(f"engine option {o.name} has no vLLM flag in ENGINE_OPTIONS")
+        flag = vllm_args.flag_for(o.name, vllm_version, entrypoint) if check_version else o.flag
         if o.kind == "store_true":
             if v:
-                argv.append(o.flag)
+                argv.append(flag)
         elif o.kind == "boolean_optional":
-            argv.append(o.flag if v else "--no-" + o.flag[2:])
+            argv.append(flag if v else "--no-" + flag[2:])
         elif o.kind == "nargs":
             if v:
-                argv += [o.flag, *[str(x) for x in v]]
+                argv += [flag, *[str(x) for x in v]]
         else:
-            argv += [o.flag, _fmt(v)]
+            argv += [flag, _fmt(v)]
     return argv
 
 
-def build_argv(params: dict[str, Any], mode: str = "positional") -> list[str]:
-    """The container command: model, host/port, engine options, LoRA, sleep mode, then extra_args (they win)."""
+def build_argv(
+    params: dict[str, Any],
+    mode: str = "positional",
+    *,
+    check_version: bool = False,
+    vllm_version: str | None = None,
+) -> list[str]:
+    """The container command: model, host/port, engine options, LoRA, sleep mode, then extra_args (they win).
+
+    ``check_version``/``vllm_version``: map the typed options to the flags of that vLLM version (engine_argv).
+    """
     model = normalize_model(params["model"])
     argv = [model] if mode == "positional" else ["--model", model]
     argv += ["--host", str(params.get("host") or "0.0.0.0"), "--port", str(params["port"])]
-    argv += engine_argv(params)
+    argv += engine_argv(params, check_version=check_version, vllm_version=vllm_version, entrypoint=entrypoint_of(mode))
     loras = params.get("lora_modules") or []
     if loras:
         argv += ["--enable-lora", "--lora-modules"]
@@ -232,6 +261,12 @@ def env_of(params: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
     if params.get("sleep_mode"):
         env["VLLM_SERVER_DEV_MODE"] = "1"
     return dict(sorted(env.items())), secret_keys
+
+
+def argv_check_env(env: dict[str, str], secret_keys: set[str]) -> dict[str, str]:
+    """The part of the container env the argv check may look at (vllm_args rules such as --grpc-port needing
+    VLLM_USE_RUST_FRONTEND=1): the VLLM_* variables, never a secret value (VLLM_API_KEY, secret_env)."""
+    return {k: v for k, v in env.items() if k.startswith("VLLM_") and k not in secret_keys}
 
 
 def value_hash(salt: str, key: str, value: str) -> str:
@@ -287,16 +322,24 @@ def gpus_of(params: dict[str, Any]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------- spec
 def normalized_spec(
-    params: dict[str, Any], image_id: str, mode: str = "positional"
+    params: dict[str, Any],
+    image_id: str,
+    mode: str = "positional",
+    *,
+    check_version: bool = False,
+    vllm_version: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, str], set[str]]:
-    """(normalized spec, real env, secret keys). The spec holds no secret value: env values are salted hashes."""
+    """(normalized spec, real env, secret keys). The spec holds no secret value: env values are salted hashes.
+
+    ``check_version``/``vllm_version``: the typed options become the flags of that vLLM version (build_argv).
+    """
     env, secret_keys = env_of(params)
     name = params["name"]
     spec = {
         "spec_version": SPEC_VERSION,
         "runtime": params.get("runtime") or "docker",
         "image_id": image_id,
-        "argv": build_argv(params, mode),
+        "argv": build_argv(params, mode, check_version=check_version, vllm_version=vllm_version),
         "env": {k: value_hash(name, k, v) for k, v in env.items()},
         "secret_env_keys": sorted(secret_keys),
         "mounts": [f"{s}:{d}:{m}" for s, d, m in mounts_of(params)],

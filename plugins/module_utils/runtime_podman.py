@@ -140,7 +140,8 @@ class PodmanRuntime(Runtime):
             errors="replace",
         )
         try:
-            assert p.stdout
+            if p.stdout is None:  # cannot happen with stdout=PIPE; keeps the type checker and sanity happy
+                raise RuntimeError(f"{self.bin} logs --follow {cid}: no stdout pipe")
             for line in p.stdout:
                 yield line.rstrip("\n")
         finally:

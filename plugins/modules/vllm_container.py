@@ -105,7 +105,8 @@ options:
     type: float
   gpus:
     description:
-      - "GPU indices or UUIDs (C(GPU-...)) given to the container, or V(all). Docker: one device request with exactly these ids; podman: CDI devices C(nvidia.com/gpu=ID). Compared as a set. None gives no GPU."
+      - "GPU indices or UUIDs (C(GPU-...)) given to the container, or V(all). Docker: one device request with exactly these ids; podman: CDI devices
+        C(nvidia.com/gpu=ID). Compared as a set. None gives no GPU."
     type: list
     elements: str
   hf_cache_dir:
@@ -125,7 +126,8 @@ options:
   image:
     description:
       - vLLM image (e.g. from C(gpufleet.vllm.vllm_image)). Must already be present; compared by image id, so a re-tagged image recreates the container.
-      - Required with O(model) for O(state=started). For O(state=stopped), O(state=paused) and O(state=restarted) give both or neither (neither acts on the existing container by name, see O(state)).
+      - Required with O(model) for O(state=started). For O(state=stopped), O(state=paused) and O(state=restarted) give both or neither (neither acts on
+        the existing container by name, see O(state)).
     type: str
   ipc:
     description:
@@ -251,7 +253,8 @@ options:
   serve_for:
     description:
       - Serve for this long; sets the C(gpufleet.serve-until) label the node agent acts on. Not part of the comparison.
-      - "The same format as C(serve_for) in the fleet inventory: a bare number is B(hours) (V(12), V(1.5)); a number with a unit C(m) (minutes), C(h) (hours) or C(d) (days) (V(90m), V(2h), V(1d)); V(infinite) or null means no expiry (no label)."
+      - "The same format as C(serve_for) in the fleet inventory: a bare number is B(hours) (V(12), V(1.5)); a number with a unit C(m) (minutes), C(h)
+        (hours) or C(d) (days) (V(90m), V(2h), V(1d)); V(infinite) or null means no expiry (no label)."
     type: raw
   served_model_name:
     description:
@@ -280,7 +283,11 @@ options:
       - "V(paused): the server is put to sleep (O(sleep_mode=true): vLLM C(/sleep), GPU memory freed, wakes in seconds) or frozen by the engine (otherwise)."
       - "V(absent): container and manifest removed. Needs only O(name)."
       - "V(restarted): like V(started), then always restarted."
-      - "By name: with V(stopped), V(paused) or V(restarted) and neither O(image) nor O(model) given, the module acts on the existing managed container C(gpufleet-NAME) as it is, like C(community.docker.docker_container) does: it is stopped, paused or restarted without comparing or recreating anything (its port, host and sleep mode come from its labels; the other spec options are ignored and the manifest is left as it is). The container must exist and carry C(gpufleet.managed=true), else the module fails and touches nothing. Check mode reports the same actions; the diff shows the state before and after."
+      - "By name: with V(stopped), V(paused) or V(restarted) and neither O(image) nor O(model) given, the module acts on the existing managed container
+        C(gpufleet-NAME) as it is, like C(community.docker.docker_container) does: it is stopped, paused or restarted without comparing or recreating
+        anything (its port, host and sleep mode come from its labels; the other spec options are ignored and the manifest is left as it is). The
+        container must exist and carry C(gpufleet.managed=true), else the module fails and touches nothing. Check mode reports the same actions; the
+        diff shows the state before and after."
     type: str
     default: started
     choices: [started, stopped, paused, absent, restarted]
@@ -312,6 +319,10 @@ options:
   validate_args:
     description:
       - Validate the argv against the image's vLLM version flag table before touching anything.
+      - "With V(true) the typed engine options map to the flags of that version: an option the version no longer has
+        (e.g. O(swap_space) on vLLM 0.33.0), an unknown or removed flag in O(extra_args), a missing value or a bad
+        choice fails with failure class C(bad_args), in check mode too. An unknown version (nightly, a commit)
+        is checked against the newest table, with a warning. V(false) leaves the argv to vLLM."
     type: bool
     default: true
   vllm_version:

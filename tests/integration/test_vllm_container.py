@@ -97,7 +97,7 @@ FAILURES = [
 ]
 
 
-@pytest.mark.parametrize("change,cls", FAILURES, ids=[c for _, c in FAILURES])
+@pytest.mark.parametrize("change,cls", FAILURES, ids=[c for _change, c in FAILURES])
 def test_failure_classes(ansible_run, base, change, cls):
     r = ansible_run.run("vllm_container", {**base, **change})
     assert r["_rc"] != 0, r["_output"]
@@ -142,9 +142,22 @@ def test_prechecks_tp_model_image(ansible_run, base, tmp_path):
 def test_unknown_extra_flag_refused_before_anything(ansible_run, base):
     r = ansible_run.run("vllm_container", {**base, "extra_args": ["--no-such-flag"]})
     assert r["_rc"] != 0 and r["failure_class"] == "bad_args", r["msg"]
-    if "argv not validated" in r["_output"]:
-        pytest.skip("plugins/module_utils/vllm_args.py not available: refused by vLLM at start instead")
+    assert "--no-such-flag is not a flag of vLLM 0.10.2" in r["msg"] and r["table_version"] == "0.10.2", r["msg"]
     assert inspect("docker", cname(base)) is None
+
+
+def test_typed_option_removed_in_the_image_version_is_refused_before_anything(ansible_run, base, standin_images):
+    """swap_space maps to --swap-space on the 0.10.2 image; the 0.33.0 image has no such flag: a clear bad_args error
+    naming the version and what replaced it, in check mode too, before anything is created."""
+    ok = ansible_run.run("vllm_container", {**base, "swap_space": 4}, check=True)
+    assert ok["_rc"] == 0 and "--swap-space" in ok["argv"], ok["_output"]
+    new = {**base, "image": standin_images["0.33.0"], "swap_space": 4}
+    for check in (True, False):
+        r = ansible_run.run("vllm_container", new, check=check)
+        assert r["_rc"] != 0 and r["failure_class"] == "bad_args", r["_output"]
+        assert r["msg"].startswith("bad_args: option swap_space (--swap-space) does not exist in vLLM 0.33.0"), r["msg"]
+        assert "--gpu-memory-utilization" in r["msg"] and "\n" not in r["msg"]
+        assert inspect("docker", cname(base)) is None
 
 
 def test_rollback_keeps_old_server_answering(ansible_run, base):

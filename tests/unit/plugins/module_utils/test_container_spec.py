@@ -19,7 +19,7 @@ def params(**kw):
 
 
 def spec_hash(**kw):
-    spec, _, _ = cs.normalized_spec(params(**kw), "sha256:1")
+    spec = cs.normalized_spec(params(**kw), "sha256:1")[0]
     return cs.config_hash(spec)
 
 
@@ -87,8 +87,8 @@ def test_ignored_options_do_not_change_hash():
 
 def test_image_compared_by_id_not_reference():
     p = params()
-    s1, _, _ = cs.normalized_spec(p, "sha256:1")
-    s2, _, _ = cs.normalized_spec({**p, "image": "registry/x@sha256:ffff"}, "sha256:1")
+    s1 = cs.normalized_spec(p, "sha256:1")[0]
+    s2 = cs.normalized_spec({**p, "image": "registry/x@sha256:ffff"}, "sha256:1")[0]
     assert cs.config_hash(s1) == cs.config_hash(s2)
 
 
@@ -107,8 +107,8 @@ def test_hash_is_salted_with_deployment_name():
 
 
 def test_diff_sorted_masked_and_names_changed_keys():
-    s1, _, _ = cs.normalized_spec(params(api_key="one", env={"B": "1", "A": "1"}), "sha256:1")
-    s2, _, _ = cs.normalized_spec(params(api_key="two", env={"A": "1"}, max_model_len=5), "sha256:1")
+    s1 = cs.normalized_spec(params(api_key="one", env={"B": "1", "A": "1"}), "sha256:1")[0]
+    s2 = cs.normalized_spec(params(api_key="two", env={"A": "1"}, max_model_len=5), "sha256:1")[0]
     d = cs.diff(s1, s2)
     assert d["changed_keys"] == ["argv", "env"]
     assert list(d["before"]["env"]) == ["A", "B", "VLLM_API_KEY"]
@@ -132,7 +132,39 @@ def test_mounts_model_lora_caches():
     m = cs.mounts_of(params(lora_modules=[{"name": "a", "path": "/l/a"}], model="hub/id"))
     assert ("/l/a", "/l/a", "ro") in m
     assert ("/var/lib/gpufleet/vllm-cache/t", cs.COMPILE_CACHE_IN_CONTAINER, "rw") in m
-    assert not any(d == "hub/id" for _, d, _ in m)
+    assert not any(d == "hub/id" for _src, d, _mode in m)
+
+
+def test_typed_options_map_to_the_flags_of_the_chosen_version():
+    """Per-version mapping (issue 9): the same flags where the version has them, so hashes do not move; an option
+    the version lacks is a bad_args error naming the version, the releases that have it and the replacement."""
+    p = params(swap_space=4, max_model_len=2048, enforce_eager=True, enable_prefix_caching=False)
+    static = cs.build_argv(p)
+    assert cs.build_argv(p, check_version=True, vllm_version="0.10.2") == static
+    assert cs.build_argv(p, "option", check_version=True, vllm_version="0.8.5") == cs.build_argv(p, "option")
+    assert "--swap-space" in static and "--no-enable-prefix-caching" in static
+    with pytest.raises(GpufleetError) as e:
+        cs.normalized_spec(p, "sha256:1", check_version=True, vllm_version="0.33.0")
+    msg = str(e.value)
+    assert msg.startswith("option swap_space (--swap-space) does not exist in vLLM 0.33.0"), msg
+    assert "vLLM 0.8.5, 0.10.2 have it" in msg and "--gpu-memory-utilization" in msg  # where it went
+    assert e.value.details["failure_class"] == "bad_args" and e.value.details["vllm_version"] == "0.33.0"
+    # validate_args: false renders the declared flags without looking at the version
+    assert cs.build_argv(p, vllm_version="0.33.0") == static
+    # an unknown version (nightly) is mapped with the newest table
+    with pytest.raises(GpufleetError, match=r"checked against the table of vLLM 0\.33\.0"):
+        cs.build_argv(p, check_version=True, vllm_version="nightly")
+    ok = params(max_model_len=2048)
+    assert cs.build_argv(ok, check_version=True, vllm_version="0.33.0") == cs.build_argv(ok)
+
+
+def test_argv_check_env_never_holds_secrets():
+    env, secret = cs.env_of(
+        params(env={"VLLM_USE_RUST_FRONTEND": "1", "OTHER": "x"}, secret_env={"VLLM_SECRET": "s"}, api_key="k")
+    )
+    assert env["VLLM_API_KEY"] == "k" and env["VLLM_SECRET"] == "s"
+    assert cs.argv_check_env(env, secret) == {"VLLM_USE_RUST_FRONTEND": "1"}
+    assert cs.entrypoint_of("option") == "api_server" and cs.entrypoint_of("positional") == "serve"
 
 
 def _doc_options(module: str) -> dict:

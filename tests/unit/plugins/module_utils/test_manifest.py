@@ -14,7 +14,7 @@ def _params(**kw):
 
 
 def _manifest(p):
-    spec, env, _ = cs.normalized_spec(p, "sha256:1")
+    spec, env, _secret_keys = cs.normalized_spec(p, "sha256:1")
     return mf.build(
         p,
         argv=spec["argv"],
@@ -53,8 +53,8 @@ def test_manifest_feeds_back_into_params():
     back = mf.params_from_manifest(_manifest(p))
     assert back["image"] == "vllm/vllm-openai@sha256:abcd"
     again = {**_params(), **back}
-    s1, _, _ = cs.normalized_spec(p, "sha256:1")
-    s2, _, _ = cs.normalized_spec(again, "sha256:1")
+    s1 = cs.normalized_spec(p, "sha256:1")[0]
+    s2 = cs.normalized_spec(again, "sha256:1")[0]
     assert s1["argv"] == s2["argv"] and s1["gpus"] == s2["gpus"]
 
 

@@ -307,3 +307,51 @@ def test_serve_for_bare_number_is_hours_and_infinite_sets_no_label(rt):
     with pytest.raises(GpufleetError, match="is not a duration"):
         run(rt, gpus=["0"], serve_for="30s", env={"A": "1"})
     assert len(rt.c) == 1 and rt.calls[-1] == "start"  # refused before anything was touched
+
+
+def test_bad_args_refused_before_anything_and_validate_args_false_skips(rt):
+    """The whole argv is checked against the image's vLLM (0.10.2 here) before the host is touched, in check mode
+    too; validate_args: false leaves it to vLLM."""
+    for check in (True, False):
+        with pytest.raises(GpufleetError) as e:
+            run(rt, check=check, gpus=["0"], extra_args=["--no-such-flag"])
+        d = e.value.details
+        assert str(e.value).startswith("bad_args: ") and "--no-such-flag is not a flag of vLLM 0.10.2" in str(e.value)
+        assert d["failure_class"] == "bad_args" and d["table_version"] == "0.10.2" and rt.calls == []
+    r = run(rt, gpus=["0"], extra_args=["--no-such-flag"], validate_args=False)
+    assert r["changed"] and rt.calls == ["create", "start"] and "--no-such-flag" in r["argv"]
+
+
+def test_typed_option_the_version_lacks_names_version_and_replacement(rt):
+    """swap_space exists in the image's 0.10.2 but not in 0.33.0: a clear bad_args error, nothing touched."""
+    assert "--swap-space" in run(rt, check=True, gpus=["0"], swap_space=4)["argv"]
+    for check in (True, False):
+        with pytest.raises(GpufleetError) as e:
+            run(rt, check=check, gpus=["0"], swap_space=4, vllm_version="0.33.0")
+        msg = str(e.value)
+        assert msg.startswith("bad_args: option swap_space (--swap-space) does not exist in vLLM 0.33.0"), msg
+        assert "--gpu-memory-utilization" in msg and e.value.details["failure_class"] == "bad_args"
+        assert rt.calls == []
+
+
+def test_argv_check_sees_the_container_env_but_no_secret(rt, monkeypatch):
+    """--grpc-port (0.33.0) needs VLLM_USE_RUST_FRONTEND=1 in the container env; the check gets VLLM_* variables
+    only, never a secret value."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
+
+    seen = []
+    real = vllm_args.check_argv
+
+    def spy(argv, version, entrypoint="serve", env=None):
+        seen.append(dict(env or {}))
+        return real(argv, version, entrypoint=entrypoint, env=env)
+
+    monkeypatch.setattr(ct, "check_argv", spy)
+    kw = {"gpus": ["0"], "vllm_version": "0.33.0", "extra_args": ["--grpc-port", "50051"], "api_key": "sekret"}
+    with pytest.raises(GpufleetError, match="requires VLLM_USE_RUST_FRONTEND=1") as e:
+        run(rt, check=True, **kw)
+    assert e.value.details["failure_class"] == "bad_args"
+    r = run(rt, check=True, env={"VLLM_USE_RUST_FRONTEND": "1", "HOME": "/root"}, secret_env={"VLLM_X": "s"}, **kw)
+    assert r["changed"] and rt.calls == []
+    assert seen[-1] == {"VLLM_USE_RUST_FRONTEND": "1"}
+    assert not any("sekret" in v or "s" == v for env in seen for v in env.values())
