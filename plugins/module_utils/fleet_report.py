@@ -1,7 +1,8 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Reports of the ``deployments`` role: the converge summary (JSON for CI + a human table), the status table (with
-numbers from vLLM's ``/metrics``) and manifest → vllm_container parameters for ``playbooks/redeploy.yml``.
+numbers from vLLM's ``/metrics``), the vllm_container arguments of the replicas a host runs (``container_items``) and
+manifest → vllm_container parameters for ``playbooks/redeploy.yml``.
 
 Plain functions over plain data (the registered results of the role's tasks); the module
 ``gpufleet.vllm.fleet_report`` calls them on the controller. Never sees a secret value: the role passes results of
@@ -50,6 +51,12 @@ def _loop_results(registered: Any) -> list[Mapping[str, Any]]:
     return [r for r in registered.get("results") or [] if isinstance(r, Mapping)]
 
 
+def _image_key(image: Any, vllm_version: Any) -> str:
+    """The key of one image to resolve: a plan spec's ``image`` and ``vllm_version`` (the role's vllm_image loop item
+    is that pair)."""
+    return "|".join("" if v is None else str(v) for v in (image, vllm_version))
+
+
 def _hint(result: Mapping[str, Any]) -> str | None:
     text = result.get("hint") or result.get("msg")
     return str(text).strip().splitlines()[0] if text else None
@@ -61,6 +68,47 @@ def _public_endpoint(spec: Mapping[str, Any], result: Mapping[str, Any], address
     if bind in ("127.0.0.1", "::1", "localhost") or not address:
         return result.get("endpoint") or None
     return f"http://{address}:{spec.get('port')}"
+
+
+def _syncs_by_deployment(registered: Any) -> dict[str, Mapping[str, Any]]:
+    """The role's registered model_sync loop (items: plan specs, one per deployment) by deployment name."""
+    return {str((r.get("item") or {}).get("deployment")): r for r in _loop_results(registered)}
+
+
+def _images_by_key(registered: Any) -> dict[str, Mapping[str, Any]]:
+    """The role's registered vllm_image loop (items ``[image, vllm_version]``) by ``_image_key``."""
+    images = {}
+    for r in _loop_results(registered):
+        item = r.get("item") or [None, None]
+        images[_image_key(*item)] = r
+    return images
+
+
+def container_items(
+    specs: Iterable[Mapping[str, Any]],
+    synced: Any,
+    images: Any,
+    container_args: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The replicas one host runs, in the plan's order, each a plan spec plus ``args`` (the spec's ``container``
+    with the image reference vllm_image resolved and ``container_args`` over it) and ``run``.
+
+    ``synced`` and ``images``: the role's registered model_sync loop (items: specs) and vllm_image loop (items:
+    ``[image, vllm_version]``). A replica runs when its model sync and its image did not fail and the image has a
+    reference (in check mode an image that would be pulled first has none yet: the summary reports the replica as
+    changed). A replica whose deployment or image has no result does not run."""
+    syncs = _syncs_by_deployment(synced)
+    refs = _images_by_key(images)
+    out = []
+    for spec in specs or []:
+        sync = syncs.get(str(spec.get("deployment")))
+        image = refs.get(_image_key(spec.get("image"), spec.get("vllm_version")))
+        ref = image.get("image") if image is not None else None
+        run = sync is not None and not sync.get("failed") and image is not None and not image.get("failed")
+        args = dict(spec.get("container") or {})
+        args.update(image=ref, **dict(container_args or {}))
+        out.append({**spec, "args": args, "run": bool(run and ref is not None)})
+    return out
 
 
 def host_records(raw: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
@@ -84,18 +132,14 @@ def host_records(raw: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
                 "hint": _hint(r) if failed else None,
             }
         )
-    syncs = {str((r.get("item") or {}).get("deployment")): r for r in _loop_results(raw.get("synced"))}
-    images = {}
-    for r in _loop_results(raw.get("images")):
-        item = r.get("item") or [None, None]
-        images["|".join("" if v is None else str(v) for v in item)] = r
+    syncs = _syncs_by_deployment(raw.get("synced"))
+    images = _images_by_key(raw.get("images"))
     for r in _loop_results(raw.get("containers")):
         spec = r.get("_gpufleet_item") or r.get("item") or {}
         if not isinstance(spec, Mapping) or spec.get("name") is None:
             continue
-        key = "|".join("" if v is None else str(v) for v in (spec.get("image"), spec.get("vllm_version")))
         sync = syncs.get(str(spec.get("deployment"))) or {}
-        image = images.get(key) or {}
+        image = images.get(_image_key(spec.get("image"), spec.get("vllm_version"))) or {}
         rec: dict[str, Any] = {
             "kind": "replica",
             "name": spec.get("name"),
@@ -406,6 +450,22 @@ def _uptime_text(seconds: Any) -> str | None:
     return f"{s // 86400}d{(s % 86400) // 3600}h"
 
 
+def metrics_texts(value: Any) -> dict[str, str | None]:
+    """One host's ``/metrics`` texts by replica name: ``{name: text}`` as is, or the role's registered
+    ``ansible.builtin.uri`` loop over vllm_deployment_info entries (``item.name`` -> ``content``; None when it was
+    not scraped)."""
+    if not isinstance(value, Mapping):
+        return {}
+    if "results" not in value:
+        return dict(value)
+    out: dict[str, str | None] = {}
+    for r in _loop_results(value):
+        item = r.get("item")
+        if isinstance(item, Mapping) and item.get("name") is not None:
+            out[str(item["name"])] = r.get("content")
+    return out
+
+
 def status_report(
     infos: Mapping[str, Any],
     metrics: Mapping[str, Mapping[str, str | None]] | None = None,
@@ -415,7 +475,8 @@ def status_report(
     generated_at: float | None = None,
 ) -> dict[str, Any]:
     """Status of every managed deployment: ``infos`` = per host, vllm_deployment_info's ``deployments`` list (or its
-    registered result); ``metrics`` = per host, per deployment name, the ``/metrics`` text (None when not scraped).
+    registered result); ``metrics`` = per host, per deployment name, the ``/metrics`` text (None when not scraped), or
+    per host the registered scrape loop (``metrics_texts``).
 
     Rows carry host, name (replica key), deployment, model, GPUs, state, phase, health, uptime, endpoint,
     requests, generation tokens, tokens/s (generation tokens over the uptime: the average since start) and the last
@@ -429,7 +490,7 @@ def status_report(
             if not isinstance(d, Mapping):
                 continue
             name = str(d.get("name"))
-            m = parse_metrics(((metrics or {}).get(host) or {}).get(name))
+            m = parse_metrics(metrics_texts((metrics or {}).get(host)).get(name))
             uptime = d.get("uptime_s")
             tokens = m.get("generation_tokens")
             tps = None
@@ -588,6 +649,13 @@ def run_report(params: Mapping[str, Any], check_mode: bool = False) -> dict[str,
         )
         out.update(report=report, table=status_table(report))
         data = report
+    elif params["kind"] == "containers":
+        out["replicas"] = container_items(
+            params.get("specs") or [],
+            params.get("synced"),
+            params.get("images"),
+            params.get("container_args") or {},
+        )
     else:
         manifest, path = params.get("manifest"), params.get("manifest_path")
         if (manifest is None) == (path is None):

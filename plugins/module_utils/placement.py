@@ -846,7 +846,17 @@ def plan(
     gpu_names, port, action: keep|update|move|create, previous, reachable, vram_per_gpu_mib}``; an error
     ``{deployment, message, missing_replicas, hosts: {host: reason}}``.
     """
-    deps = validate_deployments(list(deployments or []))
+    return _place(hosts, validate_deployments(list(deployments or [])), existing, prune, move_from_unreachable)
+
+
+def _place(
+    hosts: Mapping[str, Mapping[str, Any]],
+    deps: list[dict[str, Any]],
+    existing: Iterable[Mapping[str, Any]],
+    prune: bool,
+    move_from_unreachable: bool,
+) -> dict[str, Any]:
+    """``plan()`` over deployments ``validate_deployments`` already normalized (``fleet_plan`` validates once)."""
     planner = _Planner(hosts, deps, existing, prune, move_from_unreachable)
     planner.phase_existing()
     planner.phase_place()
@@ -930,11 +940,11 @@ def fleet_plan(
     move_from_unreachable: bool = False,
 ) -> dict[str, Any]:
     """``plan()`` plus what the deployments role consumes: ``hosts[<host>]`` = container specs to run there (every
-    host of the inventory has a key, sorted by name), ``remove[<host>]`` = managed containers to remove there, and a
-    ``summary`` of counts. Hosts carry ``runtime`` and ``models_root`` (from ``validate_host_vars``) for the specs.
+    host of the inventory has a key, sorted by name), ``remove[<host>]`` = managed containers to remove there,
+    ``images[<host>]`` = the ``[image, vllm_version]`` pairs its specs need (each once) and a ``summary`` of counts. Hosts carry ``runtime`` and ``models_root`` (from ``validate_host_vars``) for the specs.
     """
     deps = {d["name"]: d for d in validate_deployments(list(deployments or []))}
-    result = plan(hosts, list(deps.values()), existing, prune=prune, move_from_unreachable=move_from_unreachable)
+    result = _place(hosts, list(deps.values()), existing, prune, move_from_unreachable)
     per_host: dict[str, list[dict[str, Any]]] = {h: [] for h in sorted(hosts, key=_natural_key)}
     remove: dict[str, list[dict[str, Any]]] = {h: [] for h in per_host}
     for asg in result["assignments"]:
@@ -943,10 +953,16 @@ def fleet_plan(
         )
     for rem in result["removals"]:
         remove.setdefault(rem["host"], []).append(dict(rem))
+    # The images each host resolves (gpufleet.vllm.vllm_image), once per [image, vllm_version], in spec order.
+    images = {
+        h: [list(pair) for pair in dict.fromkeys((s["image"], s["vllm_version"]) for s in specs)]
+        for h, specs in per_host.items()
+    }
     actions = Counter(a["action"] for a in result["assignments"])
     result.update(
         hosts=per_host,
         remove=remove,
+        images=images,
         summary={
             "create": actions["create"],
             "keep": actions["keep"],

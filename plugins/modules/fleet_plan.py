@@ -185,6 +185,12 @@ plan:
         - Remove these before starting new replicas on the same host; they may free the GPUs and ports those use.
       type: dict
       sample: {"gpu-b": [{"name": "chat-2", "deployment": "chat", "replica": 2, "reason": "scaled down to 2 replicas"}]}
+    images:
+      description:
+        - Per host (every host has a key), the C([image, vllm_version]) pairs of its replicas in RV(plan.hosts), each
+          once, in order - what C(gpufleet.vllm.vllm_image) resolves there (C(image) null - the version's image).
+      type: dict
+      sample: {"gpu-a": [[null, "0.10.2"], ["registry.example.com/vllm:custom", null]], "gpu-b": []}
     assignments:
       description: Every placed replica, sorted by deployment and replica (same entries as in RV(plan.hosts) minus C(container)).
       type: list

@@ -742,3 +742,31 @@ def test_container_spec_serves_the_path_model_sync_produces(tmp_path):
     assert parse_duration(specs["hub"]["container"]["serve_for"]).total_seconds() == 12 * 3600
     assert parse_duration(specs["blob"]["container"]["serve_for"]).total_seconds() == 90 * 60
     assert parse_duration(specs["loc"]["container"]["serve_for"]) is None
+
+
+def test_fleet_plan_validates_once_and_places_like_plan(monkeypatch):
+    from ansible_collections.gpufleet.vllm.plugins.module_utils import placement
+
+    hosts = {"a": host(2), "b": host(2)}
+    deps = [dep("chat", replicas=2, placement="spread", port=8000), dep("emb", port=8100)]
+    calls = []
+    real = placement.validate_deployments
+    monkeypatch.setattr(placement, "validate_deployments", lambda d: calls.append(1) or real(d))
+    result = fleet_plan(hosts, deps)
+    assert len(calls) == 1
+    assert placed(result) == placed(plan(hosts, deps))
+
+
+def test_fleet_plan_images_per_host_once_each_in_spec_order():
+    hosts = {"a": host(4), "b": host(1), "c": host(1, labels={"zone": "x"})}
+    deps = [
+        dep("chat", replicas=2, host="a", port=8000, vllm_version="0.10.2"),
+        dep("emb", port=8100, vllm_version="0.10.2", selector={"zone": "none"}, state="absent"),
+        dep("rr", port=8200, image="reg/vllm:custom", host="a"),
+    ]
+    out = fleet_plan(hosts, deps)
+    specs_a = out["hosts"]["a"]
+    assert [s["name"] for s in specs_a] == ["chat-0", "chat-1", "rr-0"]
+    assert out["images"]["a"] == [[None, "0.10.2"], ["reg/vllm:custom", specs_a[2]["vllm_version"]]]
+    assert out["images"]["b"] == [] and out["images"]["c"] == []
+    assert set(out["images"]) == set(hosts)
