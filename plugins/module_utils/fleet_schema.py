@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils.container_spec import argument_spec as _container_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils.duration import FORMAT as DURATION_FORMAT
 from ansible_collections.gpufleet.vllm.plugins.module_utils.duration import INFINITE, duration_hours
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
@@ -44,6 +45,23 @@ PLACEMENT_OWNED = {
     "image": "image",
     "served_model_name": "served_model_name",
 }
+
+# vllm_container options that have a deployment field (or host var) of their own: not engine options either.
+OWN_FIELDS = {
+    "api_key": "api_key",
+    "hf_token": "hf_token",
+    "secret_env": "secret_env",
+    "serve_for": "serve_for",
+    "state": "state",
+    "runtime": "the host var gpufleet_runtime",
+}
+
+
+def engine_option_names() -> frozenset[str]:
+    """The gpufleet.vllm.vllm_container options a deployment may set in engine_options (from the module's own
+    options table, so the two cannot drift)."""
+    return frozenset(_container_spec()) - set(PLACEMENT_OWNED) - set(OWN_FIELDS)
+
 
 DEPLOYMENT_FIELDS = (
     "name",
@@ -381,6 +399,15 @@ def validate_deployment(dep: Any, position: int, problems: _Problems) -> dict[st
             problems.add(who, f"engine_options.{key}", "option names must be strings")
         elif key in PLACEMENT_OWNED:
             problems.add(who, f"engine_options.{key}", f"is set by the deployment field {PLACEMENT_OWNED[key]}")
+        elif key in OWN_FIELDS:
+            problems.add(who, f"engine_options.{key}", f"is set by the deployment field {OWN_FIELDS[key]}")
+        elif key not in engine_option_names():
+            problems.add(
+                who,
+                f"engine_options.{key}",
+                "is not an option of gpufleet.vllm.vllm_container (put other vLLM flags in extra_args); allowed: "
+                + ", ".join(sorted(engine_option_names())),
+            )
     out["engine_options"] = dict(engine)
 
     extra = dep.get("extra_args")

@@ -35,8 +35,9 @@ def test_container_task_passes_every_vllm_container_option() -> None:
 
 
 def test_engine_options_allowlist_names_real_options() -> None:
-    allowed = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["_gpufleet_container_options"]
-    assert len(allowed) == len(set(allowed))
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import engine_option_names
+
+    allowed = engine_option_names()
     assert set(allowed) <= vllm_container_options()
     # Placement-owned and secret options are not engine options.
     assert not set(allowed) & (SECRETS | {"name", "state", "runtime", "image", "model", "port", "gpus"})

@@ -384,3 +384,32 @@ def test_host_var_problems_in_one_error():
         "gpu-b: gpufleet_models_root: must be an absolute path, got 'models'",
     ]
     assert str(info.value).startswith("gpufleet host vars are invalid: 5 problems")
+
+
+def test_engine_options_must_be_vllm_container_options():
+    problems = problems_of(
+        [one_raw(engine_options={"max_model_len": 4096, "max_modle_len": 1, "api_key": "x", "runtime": "podman"})]
+    )
+    assert any(
+        p.startswith("chat: engine_options.max_modle_len: is not an option of gpufleet.vllm.vllm_container")
+        and "extra_args" in p
+        and "max_model_len" in p
+        for p in problems
+    )
+    assert "chat: engine_options.api_key: is set by the deployment field api_key" in problems
+    assert "chat: engine_options.runtime: is set by the deployment field the host var gpufleet_runtime" in problems
+    assert not any("engine_options.max_model_len" in p for p in problems)
+
+
+def test_engine_option_names_follow_the_container_options_table():
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.container_spec import argument_spec
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import (
+        OWN_FIELDS,
+        PLACEMENT_OWNED,
+        engine_option_names,
+    )
+
+    names = engine_option_names()
+    assert {"max_model_len", "enforce_eager", "extra_args", "env"} <= names
+    assert names <= set(argument_spec())
+    assert not names & (set(PLACEMENT_OWNED) | set(OWN_FIELDS))
