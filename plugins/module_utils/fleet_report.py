@@ -601,10 +601,7 @@ def manifest_params(manifest: Any) -> dict[str, Any]:
             "manifest: not a gpufleet reproducibility manifest (needs at least name and model); use the JSON that "
             "vllm_container wrote to /var/lib/gpufleet/manifests/<name>.json or returned as 'manifest'"
         )
-    params = params_from_manifest(dict(manifest))
-    if manifest.get("env_keys"):
-        params["_env_keys"] = list(manifest["env_keys"])
-    return params
+    return params_from_manifest(dict(manifest))
 
 
 def write_json(path: str, data: Any) -> None:
