@@ -85,7 +85,7 @@ def ensure_image(
     # 2. The base image, by pull policy.
     engine = engine_factory()
     actions: list[str] = []
-    before = engine.inspect(base_ref)
+    before = engine.inspect_image(base_ref)
     after = before
     pulled = False
     if pull == "never" and before is None:
@@ -99,7 +99,7 @@ def ensure_image(
             actions.append(f"pull {base_ref}" + (" (if the registry has a newer image)" if before else ""))
         else:
             engine.pull(repo, pull_tag, auth)
-            after = engine.inspect(base_ref)
+            after = engine.inspect_image(base_ref)
             if after is None:
                 raise GpufleetError(f"pulled {base_ref} but the engine does not show it", failure_class="pull_failed")
             pulled = True
@@ -119,7 +119,7 @@ def ensure_image(
         "derived": False,
         "packages": packages,
         "plugins": [p.name for p in plugins],
-        "runtime": engine.runtime,
+        "runtime": engine.name,
         "actions": actions,
         "changed": base_changed or (check_mode and before is None),
     }
@@ -136,7 +136,7 @@ def ensure_image(
         tag = ib.derived_tag(derived_repo, vllm_tag, content_hash)
         result["image"] = tag
         result["content_hash"] = content_hash
-        present = engine.inspect(tag)
+        present = engine.inspect_image(tag)
         if present is None:
             if check_mode:
                 actions.append(f"build {tag} FROM {base_ref}")
@@ -149,7 +149,7 @@ def ensure_image(
                 log = engine.build(ctx, tag)
             finally:
                 shutil.rmtree(ctx, ignore_errors=True)
-            present = engine.inspect(tag)
+            present = engine.inspect_image(tag)
             actions.append(f"built {tag} FROM {base_ref} ({_short_id(present['Id'])})")
             result["build_log_tail"] = log[-10:]
             result["changed"] = True

@@ -20,6 +20,7 @@ import shutil
 import time
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils import labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils import model_fs as fs
 from ansible_collections.gpufleet.vllm.plugins.module_utils import model_hub as hub
 from ansible_collections.gpufleet.vllm.plugins.module_utils import model_url as urlsrc
@@ -27,7 +28,6 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import Gpufle
 from ansible_collections.gpufleet.vllm.plugins.module_utils.model_validate import validate_model_dir
 
 DEFAULT_ROOT = "/var/lib/gpufleet/models"
-MANAGED_LABEL = "gpufleet.managed"
 
 
 def _result(path: str, source: str, **kw: Any) -> dict[str, Any]:
@@ -386,7 +386,7 @@ def mounted_by(path: str) -> list[str]:
         return []
     try:
         client = docker.from_env(timeout=5)
-        containers = client.api.containers(filters={"label": f"{MANAGED_LABEL}=true", "status": "running"})
+        containers = client.api.containers(filters={"label": f"{labels.MANAGED}=true", "status": "running"})
     except Exception:  # no daemon, no permission: nothing can be mounting it through docker
         return []
     paths = {path.rstrip("/"), os.path.realpath(path).rstrip("/")}

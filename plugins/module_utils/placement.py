@@ -941,7 +941,8 @@ def fleet_plan(
 ) -> dict[str, Any]:
     """``plan()`` plus what the deployments role consumes: ``hosts[<host>]`` = container specs to run there (every
     host of the inventory has a key, sorted by name), ``remove[<host>]`` = managed containers to remove there,
-    ``images[<host>]`` = the ``[image, vllm_version]`` pairs its specs need (each once) and a ``summary`` of counts. Hosts carry ``runtime`` and ``models_root`` (from ``validate_host_vars``) for the specs.
+    ``images[<host>]`` = the ``[image, vllm_version]`` pairs its specs need (each once) and a ``summary`` of counts.
+    Hosts carry ``runtime`` and ``models_root`` (from ``validate_host_vars``) for the specs.
     """
     deps = {d["name"]: d for d in validate_deployments(list(deployments or []))}
     result = _place(hosts, list(deps.values()), existing, prune, move_from_unreachable)

@@ -26,13 +26,20 @@ def raw_http(
 ) -> tuple[int, bytes]:
     """One HTTP/1.1 request (Connection: close) over a unix socket path or (host, port): (status, body).
 
+    The one hand-written HTTP client of the collection: the engine adapters' socket reads (docker inspects, the
+    podman API service's ping and image inspect) and the readiness probes all use it.
+
     The standard library's http.client pulls in email and ssl; a no-op converge only needs a few small GETs, and
     this keeps its start-up cheap. Raises OSError when nothing answers.
     """
     if isinstance(target, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(target)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(target)
+        except OSError:
+            sock.close()
+            raise
         host = "localhost"
     else:
         sock = socket.create_connection(target, timeout=timeout)
@@ -166,6 +173,20 @@ class Runtime:
     def list_managed(self) -> list[ContainerState]:
         raise NotImplementedError
 
+    # Image operations (vllm_image): Docker-shaped inspect dicts, pulls and builds.
+
+    def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        """The engine's Docker-shaped image inspect dict (``Id`` is ``sha256:...``), or None when not present."""
+        raise NotImplementedError
+
+    def pull(self, repository: str, tag: str, auth: dict[str, str] | None = None) -> None:
+        """Pull ``repository:tag`` (``tag`` may be a ``sha256:`` digest); a classified GpufleetError on failure."""
+        raise NotImplementedError
+
+    def build(self, context_dir: str, tag: str) -> list[str]:
+        """Build the context with its Dockerfile as ``tag``; returns the build log lines; raises with the tail."""
+        raise NotImplementedError
+
     def pids(self, cid: str) -> list[int]:
         return []
 
@@ -173,15 +194,19 @@ class Runtime:
         pass
 
 
-def get_runtime(kind: str, docker_host: str | None = None) -> Runtime:
+def get_runtime(
+    kind: str, docker_host: str | None = None, podman_socket: str | None = None, timeout: int | None = None
+) -> Runtime:
+    """The adapter of engine ``kind``. ``timeout``: seconds for one engine call (long for pulls and builds);
+    ``podman_socket``: podman's API service for image operations (see runtime_podman)."""
     if kind == "docker":
         from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_docker import DockerRuntime
 
-        return DockerRuntime(docker_host)
+        return DockerRuntime(docker_host, timeout=timeout)
     if kind == "podman":
         from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_podman import PodmanRuntime
 
-        return PodmanRuntime()
+        return PodmanRuntime(podman_socket=podman_socket, timeout=timeout)
     raise GpufleetError(f"unknown runtime {kind!r}; use docker or podman")
 
 

@@ -6,6 +6,16 @@ Why the CLI and not podman's Docker-compatible API: the API needs a ``podman sys
 socket unit on many GPU hosts), and podman 4.3's compat endpoint has no way to ask for CDI devices except through
 HostConfig.Devices path strings, while ``podman create --device nvidia.com/gpu=N`` is the documented CDI path.
 Secrets never appear on podman's command line: env values travel in podman's own environment (``--env KEY``).
+
+Image operations (vllm_image: ``inspect_image``, ``pull``, ``build``) are the exception: they go through podman's
+Docker-compatible API service, driven by a ``DockerRuntime`` on its socket (the same code as docker's, and the same
+Docker-shaped inspect dicts and stream errors). Verified on podman 4.3.1: image inspect, pull (with credentials;
+errors come back in the stream like dockerd's) and build (the /build endpoint, run by buildah) work. The socket is
+``podman_socket``, else ``CONTAINER_HOST`` (unix://), else ``/run/podman/podman.sock`` (systemd's podman.socket),
+else ``unix:///run/gpufleet-podman.sock``; when none answers, ``podman system service --time=0
+unix:///run/gpufleet-podman.sock`` is started (detached) and used. It is looked for on the first image operation
+only: container operations never need it. Registry settings (insecure registries, mirrors) come from the host's
+/etc/containers/registries.conf, read by the service when it starts.
 """
 
 from __future__ import annotations
@@ -14,7 +24,9 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.labels import MANAGED
@@ -23,10 +35,14 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
     CreateSpec,
     ImageInfo,
     Runtime,
+    raw_http,
     state_from_inspect,
 )
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_docker import DockerRuntime, unix_socket_path
 
 CDI_KIND = "nvidia.com/gpu"
+PODMAN_SERVICE_SOCKET = "unix:///run/gpufleet-podman.sock"
+PODMAN_SYSTEMD_SOCKET = "unix:///run/podman/podman.sock"
 
 
 def create_args(spec: CreateSpec) -> list[str]:
@@ -56,10 +72,16 @@ def create_args(spec: CreateSpec) -> list[str]:
 class PodmanRuntime(Runtime):
     name = "podman"
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, podman_socket: str | None = None, timeout: int | None = None) -> None:
+        """``podman_socket``: podman's API service for the image operations (found or started on first use; with
+        it given, the podman binary is only needed to start the service)."""
         self.bin = binary or shutil.which("podman") or ""
-        if not self.bin:
+        if not self.bin and not podman_socket:
             raise GpufleetError("podman is not installed on the target (runtime=podman)")
+        self.podman_socket = podman_socket
+        self.timeout = timeout
+        self.service_started = False
+        self._images: DockerRuntime | None = None
 
     def _run(self, args: list[str], what: str, env: dict[str, str] | None = None, check: bool = True) -> str:
         full_env = None
@@ -160,3 +182,77 @@ class PodmanRuntime(Runtime):
     def pids(self, cid: str) -> list[int]:
         r = subprocess.run([self.bin, "top", cid, "hpid"], capture_output=True, text=True, check=False)
         return [int(x) for x in r.stdout.split() if x.isdigit()]
+
+    # --- image operations, through podman's Docker-compatible API service (see the module docstring)
+
+    @property
+    def images(self) -> DockerRuntime:
+        if self._images is None:
+            self._images = DockerRuntime(self._api_socket(), timeout=self.timeout or 600, engine="podman")
+        return self._images
+
+    def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        return self.images.inspect_image(ref)
+
+    def pull(self, repository: str, tag: str, auth: dict[str, str] | None = None) -> None:
+        self.images.pull(repository, tag, auth)
+
+    def build(self, context_dir: str, tag: str) -> list[str]:
+        return self.images.build(context_dir, tag)
+
+    def close(self) -> None:
+        if self._images is not None:
+            self._images.close()
+
+    def _answers(self, url: str) -> bool:
+        path = unix_socket_path(url)
+        if not path or not os.path.exists(path):
+            return False
+        try:
+            return raw_http(path, "GET", "/_ping", timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    def _api_socket(self) -> str:
+        if self.podman_socket:
+            candidates = [self.podman_socket]
+        else:
+            candidates = []
+            ch = os.environ.get("CONTAINER_HOST", "")
+            if ch.startswith("unix://"):
+                candidates.append(ch)
+            candidates += [PODMAN_SYSTEMD_SOCKET, PODMAN_SERVICE_SOCKET]
+        for c in candidates:
+            if self._answers(c):
+                return c
+        target = candidates[-1]
+        self._start_service(target)
+        return target
+
+    def _start_service(self, url: str) -> None:
+        if not self.bin:
+            raise GpufleetError("runtime is podman but podman is not installed on this host", failure_class="engine")
+        path = unix_socket_path(url)
+        if path is None:
+            raise GpufleetError(f"podman_socket must be unix:///path, not {url!r}")
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket of a service that is gone
+        with open(os.devnull, "wb") as null:
+            subprocess.Popen(
+                [self.bin, "system", "service", "--time=0", f"unix://{path}"],
+                stdin=subprocess.DEVNULL,
+                stdout=null,
+                stderr=null,
+                start_new_session=True,
+                close_fds=True,
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self._answers(url):
+                self.service_started = True
+                return
+            time.sleep(0.1)
+        raise GpufleetError(
+            f"podman's API service did not come up on {url} (started: podman system service --time=0 {url})",
+            failure_class="engine_unreachable",
+        )

@@ -278,8 +278,8 @@ failure_class:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.image_engine import ImageEngine
 from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ensure_image
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import Runtime, get_runtime
 
 ARGUMENT_SPEC = dict(
     version=dict(type="str"),
@@ -308,8 +308,8 @@ def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     p = module.params
 
-    def engine() -> ImageEngine:
-        return ImageEngine(
+    def engine() -> Runtime:
+        return get_runtime(
             p["runtime"], docker_host=p["docker_host"], podman_socket=p["podman_socket"], timeout=p["timeout"]
         )
 

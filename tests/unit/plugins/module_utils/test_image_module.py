@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import image_engine as ie
+from ansible_collections.gpufleet.vllm.plugins.module_utils import runtime_docker as ie
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ensure_image
 
@@ -15,15 +15,15 @@ ID_B = "sha256:" + "b" * 64
 
 
 class FakeEngine:
-    runtime = "docker"
+    name = "docker"
 
     def __init__(self, images: dict[str, str] | None = None, registry: dict[str, str] | None = None):
         self.images = dict(images or {})  # ref -> id
         self.registry = dict(registry or {})  # ref -> id
         self.calls: list[tuple] = []
 
-    def inspect(self, ref):
-        self.calls.append(("inspect", ref))
+    def inspect_image(self, ref):
+        self.calls.append(("inspect_image", ref))
         i = self.images.get(ref)
         return {"Id": i, "RepoDigests": [f"{ref.rsplit(':', 1)[0]}@sha256:{'d' * 64}"]} if i else None
 
@@ -53,7 +53,7 @@ def test_missing_pulls_once_then_noop():
     e.calls.clear()
     r, _warnings = run({"version": "0.10.2"}, e)
     assert r["changed"] is False and r["actions"] == []
-    assert [c[0] for c in e.calls] == ["inspect"]
+    assert [c[0] for c in e.calls] == ["inspect_image"]
 
 
 def test_always_changed_only_when_id_changes():
@@ -77,7 +77,7 @@ def test_check_mode_touches_nothing():
     e = FakeEngine(registry={"vllm/vllm-openai:v0.10.2": ID_A})
     r, _warnings = run({"version": "0.10.2"}, e, check=True)
     assert r["changed"] is True and r["actions"] == ["pull vllm/vllm-openai:v0.10.2"]
-    assert [c[0] for c in e.calls] == ["inspect"]
+    assert [c[0] for c in e.calls] == ["inspect_image"]
 
 
 def test_check_mode_always_with_image_present_is_not_a_change():

@@ -73,3 +73,29 @@ def test_raw_http_content_length_and_chunked(tmp_path):
     target, seen = _serve_once(tmp_path, chunked, unix=False)
     assert raw_http(target, "POST", "/sleep?level=1", {"Authorization": "Bearer k"}) == (404, b"not found")
     assert b"Authorization: Bearer k\r\n" in seen["request"] and b"Content-Length: 0\r\n" in seen["request"]
+
+
+def test_docker_inspect_image_over_the_socket(tmp_path):
+    import pytest
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_docker import DockerRuntime
+
+    target, seen = _serve_once(tmp_path, b'HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{"Id":"sha:1"}', unix=True)
+    assert DockerRuntime(f"unix://{target}").inspect_image("r/x:1") == {"Id": "sha:1"}
+    assert seen["request"].startswith(b"GET /images/r/x:1/json HTTP/1.1\r\n")
+    (tmp_path / "s.sock").unlink()
+    target, _seen = _serve_once(tmp_path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", unix=True)
+    assert DockerRuntime(target).inspect_image("r/x:2") is None  # a bare socket path works too
+    with pytest.raises(GpufleetError) as e:
+        DockerRuntime(f"unix://{tmp_path}/none.sock").inspect_image("r/x:1")
+    assert e.value.details["failure_class"] == "engine_unreachable"
+
+
+def test_podman_adapter_finds_its_api_service_only_for_image_operations(tmp_path, monkeypatch):
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import get_runtime
+
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/podman")
+    target, seen = _serve_once(tmp_path, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK", unix=True)
+    rt = get_runtime("podman", podman_socket=f"unix://{target}", timeout=5)
+    assert rt.name == "podman" and rt._images is None and "request" not in seen
+    assert rt.images.url == f"unix://{target}" and seen["request"].startswith(b"GET /_ping HTTP/1.1\r\n")
