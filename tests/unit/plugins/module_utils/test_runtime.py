@@ -99,3 +99,39 @@ def test_podman_adapter_finds_its_api_service_only_for_image_operations(tmp_path
     rt = get_runtime("podman", podman_socket=f"unix://{target}", timeout=5)
     assert rt.name == "podman" and rt._images is None and "request" not in seen
     assert rt.images.url == f"unix://{target}" and seen["request"].startswith(b"GET /_ping HTTP/1.1\r\n")
+
+
+def test_engine_api_version_comes_from_the_daemon(tmp_path, monkeypatch):
+    """Newer dockerd releases refuse old client API versions: the reader asks GET /version once and uses the
+    daemon's ApiVersion for every versioned path (DOCKER_API_VERSION overrides)."""
+    import socket
+    import threading
+
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_docker import API_VERSION, _FastReader
+
+    monkeypatch.delenv("DOCKER_API_VERSION", raising=False)
+    path = str(tmp_path / "d.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    requests: list[bytes] = []
+
+    def handle() -> None:
+        for _n in range(2):
+            conn, _addr = srv.accept()
+            req = conn.recv(65536)
+            requests.append(req)
+            body = b'{"ApiVersion":"1.52","MinAPIVersion":"1.44"}' if req.startswith(b"GET /version ") else b"{}"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            conn.close()
+        srv.close()
+
+    threading.Thread(target=handle, daemon=True).start()
+    reader = _FastReader(path, timeout=5)
+    assert reader.get("/containers/x/json") == (200, {})
+    assert requests[0].startswith(b"GET /version HTTP/1.1\r\n")
+    assert requests[1].startswith(b"GET /v1.52/containers/x/json HTTP/1.1\r\n")
+    assert API_VERSION == "1.41"  # only the fallback when the daemon does not say
+
+    monkeypatch.setenv("DOCKER_API_VERSION", "1.44")
+    assert _FastReader(path).version == "1.44"
