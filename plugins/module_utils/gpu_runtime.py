@@ -11,20 +11,21 @@ on this process's PATH and the usual install places and say that it is a guess. 
 ``docker info`` (``nvidia-ctk runtime configure``) is reported too; on its own it serves ``--runtime=nvidia``, not
 DeviceRequests. Podman: CDI spec files (/etc/cdi, /var/run/cdi) declaring ``nvidia.com/gpu`` devices.
 
-No docker SDK needed: one ``GET /info`` over the daemon socket with http.client.
+No docker SDK needed: one ``GET /info`` over the daemon socket with the collection's one raw HTTP client
+(``runtime.raw_http``).
 """
 
 from __future__ import annotations
 
 import glob
-import http.client
 import json
 import os
 import shutil
-import socket
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import raw_http
 
 HOOK = "nvidia-container-runtime-hook"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -34,37 +35,20 @@ HOOK_PLACES = ("/usr/bin", "/usr/local/bin", "/usr/local/nvidia/toolkit")
 CDI_GPU_KIND = "nvidia.com/gpu"
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
 def docker_info(docker_host: str | None = None, timeout: float = 3.0) -> dict[str, Any]:
     """``GET /info`` of the docker daemon; raises OSError / ValueError when it does not answer."""
     url = urlparse(docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST)
-    conn: http.client.HTTPConnection
+    target: str | tuple[str, int]
     if url.scheme == "unix":
-        conn = _UnixHTTPConnection(url.path, timeout)
+        target = url.path
     elif url.scheme in ("tcp", "http"):
-        conn = http.client.HTTPConnection(url.hostname or "localhost", url.port or 2375, timeout=timeout)
+        target = (url.hostname or "localhost", url.port or 2375)
     else:
         raise ValueError(f"unsupported docker host {docker_host!r} (unix:// or tcp:// without TLS)")
-    try:
-        conn.request("GET", "/info")
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            raise OSError(f"the docker daemon answered HTTP {resp.status}")
-        return json.loads(body)
-    finally:
-        conn.close()
+    status, body = raw_http(target, "GET", "/info", timeout=timeout)
+    if status != 200:
+        raise OSError(f"the docker daemon answered HTTP {status}")
+    return json.loads(body)
 
 
 def hook_on_path(path_value: str | None) -> str | None:
