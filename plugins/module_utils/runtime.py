@@ -234,3 +234,17 @@ def state_from_inspect(data: dict[str, Any]) -> ContainerState:
         oom_killed=bool(st.get("OOMKilled")),
         pid=st.get("Pid") or None,
     )
+
+
+def image_from_inspect(data: dict[str, Any]) -> ImageInfo:
+    """Docker-shaped image inspect JSON (docker and podman both produce it) -> ImageInfo. podman may give the id
+    without its ``sha256:`` prefix and the labels at the top level as well."""
+    cfg = data.get("Config") or {}
+    iid = str(data["Id"])
+    return ImageInfo(
+        id=iid if iid.startswith("sha256:") else f"sha256:{iid}",
+        entrypoint=list(cfg.get("Entrypoint") or []),
+        env=dict(e.split("=", 1) for e in cfg.get("Env") or [] if "=" in e),
+        labels=dict(cfg.get("Labels") or data.get("Labels") or {}),
+        repo_digests=list(data.get("RepoDigests") or []),
+    )

@@ -29,6 +29,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
     CreateSpec,
     ImageInfo,
     Runtime,
+    image_from_inspect,
     raw_http,
     state_from_inspect,
 )
@@ -246,15 +247,7 @@ class DockerRuntime(Runtime):
         d = self._inspect("images", ref)
         if not d:
             return None
-        cfg = d.get("Config") or {}
-        env = dict(e.split("=", 1) for e in cfg.get("Env") or [] if "=" in e)
-        return ImageInfo(
-            id=d["Id"],
-            entrypoint=list(cfg.get("Entrypoint") or []),
-            env=env,
-            labels=dict(cfg.get("Labels") or {}),
-            repo_digests=list(d.get("RepoDigests") or []),
-        )
+        return image_from_inspect(d)
 
     def create(self, spec: CreateSpec) -> str:
         _load_sdk()

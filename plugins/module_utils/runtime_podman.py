@@ -35,6 +35,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
     CreateSpec,
     ImageInfo,
     Runtime,
+    image_from_inspect,
     raw_http,
     state_from_inspect,
 )
@@ -111,16 +112,7 @@ class PodmanRuntime(Runtime):
         d = self._inspect("image", ref)
         if not d:
             return None
-        cfg = d.get("Config") or {}
-        env = dict(e.split("=", 1) for e in cfg.get("Env") or [] if "=" in e)
-        iid = d["Id"] if str(d["Id"]).startswith("sha256:") else f"sha256:{d['Id']}"
-        return ImageInfo(
-            id=iid,
-            entrypoint=list(cfg.get("Entrypoint") or []),
-            env=env,
-            labels=dict(cfg.get("Labels") or d.get("Labels") or {}),
-            repo_digests=list(d.get("RepoDigests") or []),
-        )
+        return image_from_inspect(d)
 
     def create(self, spec: CreateSpec) -> str:
         return self._run(create_args(spec), "create", env=spec.env).strip()

@@ -135,3 +135,24 @@ def test_engine_api_version_comes_from_the_daemon(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DOCKER_API_VERSION", "1.44")
     assert _FastReader(path).version == "1.44"
+
+
+def test_image_from_inspect_docker_and_podman_shapes():
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import image_from_inspect
+
+    docker = {
+        "Id": "sha256:ab",
+        "RepoDigests": ["r/x@sha256:cd"],
+        "Config": {"Entrypoint": ["vllm", "serve"], "Env": ["VLLM_VERSION=0.10.2", "PATH=/bin"], "Labels": {"a": "1"}},
+    }
+    img = image_from_inspect(docker)
+    assert (img.id, img.entrypoint, img.env["VLLM_VERSION"], img.labels, img.repo_digests) == (
+        "sha256:ab",
+        ["vllm", "serve"],
+        "0.10.2",
+        {"a": "1"},
+        ["r/x@sha256:cd"],
+    )
+    podman = {"Id": "ab", "Labels": {"b": "2"}, "Config": {"Env": ["X=1=2"]}}
+    img = image_from_inspect(podman)
+    assert (img.id, img.labels, img.env, img.entrypoint) == ("sha256:ab", {"b": "2"}, {"X": "1=2"}, [])
