@@ -20,6 +20,30 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import Gpufle
 PULL_POLICIES = ("missing", "always", "never")
 
 
+# The vllm_image module's argument spec (also used to validate the image part of a host's plan).
+ARGUMENT_SPEC: dict[str, Any] = dict(
+    version=dict(type="str"),
+    image=dict(type="str"),
+    repository=dict(type="str", default="vllm/vllm-openai"),
+    pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
+    registry_username=dict(type="str"),
+    registry_password=dict(type="str", no_log=True),
+    runtime=dict(type="str", choices=["docker", "podman"], default="docker"),
+    docker_host=dict(type="str"),
+    podman_socket=dict(type="str"),
+    extra_pip_packages=dict(type="list", elements="str", default=[]),
+    plugins=dict(type="list", elements="path", default=[]),
+    pip_find_links=dict(type="list", elements="path", default=[]),
+    pip_index_url=dict(type="str"),
+    pip_no_index=dict(type="bool", default=False),
+    derived_repository=dict(type="str", default="gpufleet/vllm-openai"),
+    release_api_url=dict(type="str", default="https://api.github.com/repos/vllm-project/vllm/releases/latest"),
+    release_cache=dict(type="path", default="~/.cache/gpufleet/vllm-releases.json"),
+    release_cache_ttl=dict(type="int", default=3600),
+    timeout=dict(type="int", default=1800),
+)
+
+
 def _short_id(image_id: str | None) -> str | None:
     return image_id.split(":", 1)[-1][:12] if image_id else None
 

@@ -30,6 +30,43 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.model_validate impor
 DEFAULT_ROOT = "/var/lib/gpufleet/models"
 
 
+def argument_spec() -> dict[str, Any]:
+    """The model_sync module's argument spec (also used to validate the model_sync part of a host's plan)."""
+    from ansible.module_utils.basic import env_fallback
+
+    return dict(
+        name=dict(type="str", required=True),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        source=dict(type="str", choices=["hf", "local", "url"]),
+        models_root=dict(type="path", default=DEFAULT_ROOT),
+        repo_id=dict(type="str"),
+        revision=dict(type="str", default="main"),
+        token=dict(type="str", no_log=True, fallback=(env_fallback, ["HF_TOKEN"])),
+        hf_endpoint=dict(type="str"),
+        allow_patterns=dict(type="list", elements="str"),
+        ignore_patterns=dict(type="list", elements="str"),
+        max_workers=dict(type="int", default=8),
+        download_backend=dict(type="str", default="auto", choices=["auto", "builtin", "huggingface_hub"]),
+        src=dict(type="path"),
+        allowed_dirs=dict(type="list", elements="path", default=[]),
+        link=dict(type="bool", default=False),
+        url=dict(type="str"),
+        checksum=dict(type="str"),
+        validate=dict(type="bool", default=True),
+        require_tokenizer=dict(type="bool", default=True),
+        force=dict(type="bool", default=False),
+        lock_timeout=dict(type="int", default=600),
+    )
+
+
+REQUIRED_IF: list[tuple[str, str, list[str]]] = [
+    ("state", "present", ["source"]),
+    ("source", "hf", ["repo_id"]),
+    ("source", "local", ["src"]),
+    ("source", "url", ["url"]),
+]
+
+
 def _result(path: str, source: str, **kw: Any) -> dict[str, Any]:
     out = {
         "path": path,

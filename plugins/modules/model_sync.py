@@ -294,43 +294,16 @@ msg:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.model_sync import DEFAULT_ROOT, sync
+from ansible_collections.gpufleet.vllm.plugins.module_utils.model_sync import REQUIRED_IF, argument_spec, sync
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str", required=True),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            source=dict(type="str", choices=["hf", "local", "url"]),
-            models_root=dict(type="path", default=DEFAULT_ROOT),
-            repo_id=dict(type="str"),
-            revision=dict(type="str", default="main"),
-            token=dict(type="str", no_log=True, fallback=(env_fallback, ["HF_TOKEN"])),
-            hf_endpoint=dict(type="str"),
-            allow_patterns=dict(type="list", elements="str"),
-            ignore_patterns=dict(type="list", elements="str"),
-            max_workers=dict(type="int", default=8),
-            download_backend=dict(type="str", default="auto", choices=["auto", "builtin", "huggingface_hub"]),
-            src=dict(type="path"),
-            allowed_dirs=dict(type="list", elements="path", default=[]),
-            link=dict(type="bool", default=False),
-            url=dict(type="str"),
-            checksum=dict(type="str"),
-            validate=dict(type="bool", default=True),
-            require_tokenizer=dict(type="bool", default=True),
-            force=dict(type="bool", default=False),
-            lock_timeout=dict(type="int", default=600),
-        ),
-        required_if=[
-            ("state", "present", ["source"]),
-            ("source", "hf", ["repo_id"]),
-            ("source", "local", ["src"]),
-            ("source", "url", ["url"]),
-        ],
+        argument_spec=argument_spec(),
+        required_if=REQUIRED_IF,
         supports_check_mode=True,
     )
     try:

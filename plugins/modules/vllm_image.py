@@ -278,30 +278,8 @@ failure_class:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ensure_image
+from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ARGUMENT_SPEC, ensure_image
 from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import Runtime, get_runtime
-
-ARGUMENT_SPEC = dict(
-    version=dict(type="str"),
-    image=dict(type="str"),
-    repository=dict(type="str", default="vllm/vllm-openai"),
-    pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
-    registry_username=dict(type="str"),
-    registry_password=dict(type="str", no_log=True),
-    runtime=dict(type="str", choices=["docker", "podman"], default="docker"),
-    docker_host=dict(type="str"),
-    podman_socket=dict(type="str"),
-    extra_pip_packages=dict(type="list", elements="str", default=[]),
-    plugins=dict(type="list", elements="path", default=[]),
-    pip_find_links=dict(type="list", elements="path", default=[]),
-    pip_index_url=dict(type="str"),
-    pip_no_index=dict(type="bool", default=False),
-    derived_repository=dict(type="str", default="gpufleet/vllm-openai"),
-    release_api_url=dict(type="str", default="https://api.github.com/repos/vllm-project/vllm/releases/latest"),
-    release_cache=dict(type="path", default="~/.cache/gpufleet/vllm-releases.json"),
-    release_cache_ttl=dict(type="int", default=3600),
-    timeout=dict(type="int", default=1800),
-)
 
 
 def main() -> None:
