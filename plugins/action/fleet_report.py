@@ -1,7 +1,8 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin gpufleet.vllm.fleet_report: builds the report on the controller itself (no module round trip:
-the summary runs after every rollout batch). Documentation and the same code as a module: plugins/modules/fleet_report.py."""
+the summary runs after every rollout batch). Documentation and the same code as a module: plugins/modules/fleet_report.py.
+The plugin also fills in, from the host vars of ``from_hosts``, what a play would otherwise gather in Jinja."""
 
 from __future__ import annotations
 
@@ -11,6 +12,28 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_report import run_report
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_report import ARGUMENT_SPEC
+
+# kind -> (option, host var) pairs read for each host of from_hosts.
+HOST_VARS = {
+    "converge": (("results", "gpufleet_host_results"),),
+    "status": (
+        ("infos", "gpufleet_status_info"),
+        ("metrics", "gpufleet_status_scraped"),
+        ("addresses", "ansible_host"),
+    ),
+}
+
+
+def from_host_vars(params: dict[str, Any], hostvars: Any) -> dict[str, Any]:
+    """``params`` with the per-host options of its kind completed from ``hostvars`` of ``from_hosts``."""
+    out = dict(params)
+    for option, var in HOST_VARS.get(params["kind"], ()):
+        values = dict(out.get(option) or {})
+        for host in params.get("from_hosts") or []:
+            if host not in values:
+                values[host] = (hostvars.get(host) or {}).get(var) if hostvars is not None else None
+        out[option] = values
+    return out
 
 
 class ActionModule(ActionBase):
@@ -23,8 +46,10 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         validation, _args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        params = dict(validation.validated_parameters)
         try:
-            result.update(run_report(dict(validation.validated_parameters), bool(self._task.check_mode)))
+            params = from_host_vars(params, (task_vars or {}).get("hostvars"))
+            result.update(run_report(params, bool(self._task.check_mode)))
         except GpufleetError as err:
             result.update(failed=True, msg=str(err), **err.details)
         return result

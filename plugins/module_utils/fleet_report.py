@@ -1,7 +1,7 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Reports of the ``deployments`` role: the converge summary (JSON for CI + a human table), the status table (with
-numbers from vLLM's ``/metrics``), the vllm_container arguments of the replicas a host runs (``container_items``) and
+numbers from vLLM's ``/metrics``), the per-replica records of a host's run (also used by ``fleet_apply``) and
 manifest → vllm_container parameters for ``playbooks/redeploy.yml``.
 
 Plain functions over plain data (the registered results of the role's tasks); the module
@@ -51,135 +51,22 @@ def _loop_results(registered: Any) -> list[Mapping[str, Any]]:
     return [r for r in registered.get("results") or [] if isinstance(r, Mapping)]
 
 
-def _image_key(image: Any, vllm_version: Any) -> str:
-    """The key of one image to resolve: a plan spec's ``image`` and ``vllm_version`` (the role's vllm_image loop item
-    is that pair)."""
+def image_key(image: Any, vllm_version: Any) -> str:
+    """The key of one image to resolve: a plan spec's ``image`` and ``vllm_version``."""
     return "|".join("" if v is None else str(v) for v in (image, vllm_version))
 
 
-def _hint(result: Mapping[str, Any]) -> str | None:
+def failure_hint(result: Mapping[str, Any]) -> str | None:
     text = result.get("hint") or result.get("msg")
     return str(text).strip().splitlines()[0] if text else None
 
 
-def _public_endpoint(spec: Mapping[str, Any], result: Mapping[str, Any], address: str | None) -> str | None:
+def public_endpoint(spec: Mapping[str, Any], result: Mapping[str, Any], address: str | None) -> str | None:
     """The endpoint clients use: the host's inventory address unless the server binds loopback only."""
     bind = str((spec.get("container") or {}).get("host") or "0.0.0.0")
     if bind in ("127.0.0.1", "::1", "localhost") or not address:
         return result.get("endpoint") or None
     return f"http://{address}:{spec.get('port')}"
-
-
-def _syncs_by_deployment(registered: Any) -> dict[str, Mapping[str, Any]]:
-    """The role's registered model_sync loop (items: plan specs, one per deployment) by deployment name."""
-    return {str((r.get("item") or {}).get("deployment")): r for r in _loop_results(registered)}
-
-
-def _images_by_key(registered: Any) -> dict[str, Mapping[str, Any]]:
-    """The role's registered vllm_image loop (items ``[image, vllm_version]``) by ``_image_key``."""
-    images = {}
-    for r in _loop_results(registered):
-        item = r.get("item") or [None, None]
-        images[_image_key(*item)] = r
-    return images
-
-
-def container_items(
-    specs: Iterable[Mapping[str, Any]],
-    synced: Any,
-    images: Any,
-    container_args: Mapping[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """The replicas one host runs, in the plan's order, each a plan spec plus ``args`` (the spec's ``container``
-    with the image reference vllm_image resolved and ``container_args`` over it) and ``run``.
-
-    ``synced`` and ``images``: the role's registered model_sync loop (items: specs) and vllm_image loop (items:
-    ``[image, vllm_version]``). A replica runs when its model sync and its image did not fail and the image has a
-    reference (in check mode an image that would be pulled first has none yet: the summary reports the replica as
-    changed). A replica whose deployment or image has no result does not run."""
-    syncs = _syncs_by_deployment(synced)
-    refs = _images_by_key(images)
-    out = []
-    for spec in specs or []:
-        sync = syncs.get(str(spec.get("deployment")))
-        image = refs.get(_image_key(spec.get("image"), spec.get("vllm_version")))
-        ref = image.get("image") if image is not None else None
-        run = sync is not None and not sync.get("failed") and image is not None and not image.get("failed")
-        args = dict(spec.get("container") or {})
-        args.update(image=ref, **dict(container_args or {}))
-        out.append({**spec, "args": args, "run": bool(run and ref is not None)})
-    return out
-
-
-def host_records(raw: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
-    """Records of one host from the role's registered loop results (``removed``, ``synced``, ``images``,
-    ``containers``) and its ``address``; None when the host did not run. A replica skipped because its model sync
-    or image failed is failed at that step; a replica after a failure on the same host (the loop stopped) has no
-    record (not run); in check mode a replica whose image would be pulled first is changed."""
-    if not isinstance(raw, Mapping):
-        return None
-    records: list[dict[str, Any]] = []
-    for r in _loop_results(raw.get("removed")):
-        item = r.get("item") or {}
-        failed = bool(r.get("failed"))
-        records.append(
-            {
-                "kind": "remove",
-                "name": item.get("name"),
-                "changed": bool(r.get("changed")),
-                "failed": failed,
-                "failure_class": (r.get("failure_class") or "unknown") if failed else None,
-                "hint": _hint(r) if failed else None,
-            }
-        )
-    syncs = _syncs_by_deployment(raw.get("synced"))
-    images = _images_by_key(raw.get("images"))
-    for r in _loop_results(raw.get("containers")):
-        spec = r.get("_gpufleet_item") or r.get("item") or {}
-        if not isinstance(spec, Mapping) or spec.get("name") is None:
-            continue
-        sync = syncs.get(str(spec.get("deployment"))) or {}
-        image = images.get(_image_key(spec.get("image"), spec.get("vllm_version"))) or {}
-        rec: dict[str, Any] = {
-            "kind": "replica",
-            "name": spec.get("name"),
-            "deployment": spec.get("deployment"),
-            "changed": False,
-            "failed": False,
-            "failure_class": None,
-            "failed_step": None,
-            "hint": None,
-            "rolled_back": None,
-            "phase": r.get("phase"),
-            "endpoint": None,
-            "actions": list(r.get("actions") or []),
-        }
-        if r.get("skipped"):
-            if sync.get("failed"):
-                rec.update(failed=True, failed_step="model_sync", hint=_hint(sync))
-                rec["failure_class"] = sync.get("failure_class") or "model_sync_failed"
-            elif image.get("failed"):
-                rec.update(failed=True, failed_step="vllm_image", hint=_hint(image))
-                rec["failure_class"] = image.get("failure_class") or "image_failed"
-            else:
-                # Check mode, the image would be pulled (or built) first: the container would be created.
-                rec.update(changed=True, hint="the image would be pulled first; the container would be (re)created")
-        elif r.get("failed"):
-            rec.update(
-                failed=True,
-                changed=bool(r.get("changed")),
-                failed_step="vllm_container",
-                failure_class=r.get("failure_class") or r.get("precheck") or "unknown",
-                hint=_hint(r),
-                rolled_back=r.get("rolled_back"),
-            )
-            if isinstance(rec["failure_class"], list):
-                rec["failure_class"] = ",".join(map(str, rec["failure_class"]))
-        else:
-            rec["changed"] = bool(r.get("changed") or sync.get("changed") or image.get("changed"))
-            rec["endpoint"] = _public_endpoint(spec, r, raw.get("address"))
-        records.append(rec)
-    return records
 
 
 def _replica_row(spec: Mapping[str, Any], result: Mapping[str, Any] | None, unreachable: bool) -> dict[str, Any]:
@@ -237,7 +124,7 @@ def converge_summary(
     """The machine-readable converge summary.
 
     ``plan``: fleet_plan's ``plan`` (``hosts``, ``remove``, ``undeclared``). ``host_results``: per host, the
-    role's registered results (see ``host_records``) or already built records (``{kind: replica|remove, name,
+    ``fleet_apply`` records (``{kind: replica|remove, name,
     changed, failed, failure_class, hint, endpoint, ...}``); a host with None did not run (unreachable, or a batch
     stopped the run before it). Returns ``{version, generated_at, check_mode, ok, counts, deployments: {name:
     {status, replicas: [...]}}, removed: [...], unschedulable: [...], undeclared: [...], unreachable_hosts}``.
@@ -245,9 +132,9 @@ def converge_summary(
     unreachable_set = {str(h) for h in unreachable}
     by_host: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {}
     for host, raw in (host_results or {}).items():
-        records = raw if isinstance(raw, list) else host_records(raw)
-        if records is None:
+        if not isinstance(raw, list):
             continue
+        records = raw
         entries: dict[tuple[str, str], Mapping[str, Any]] = {}
         for rec in records or []:
             if isinstance(rec, Mapping) and rec.get("name") is not None:
@@ -646,13 +533,6 @@ def run_report(params: Mapping[str, Any], check_mode: bool = False) -> dict[str,
         )
         out.update(report=report, table=status_table(report))
         data = report
-    elif params["kind"] == "containers":
-        out["replicas"] = container_items(
-            params.get("specs") or [],
-            params.get("synced"),
-            params.get("images"),
-            params.get("container_args") or {},
-        )
     else:
         manifest, path = params.get("manifest"), params.get("manifest_path")
         if (manifest is None) == (path is None):

@@ -698,3 +698,17 @@ def validate_host_vars(hostvars: Mapping[str, Mapping[str, Any]]) -> dict[str, d
         }
     _raise(problems, "gpufleet host vars are invalid")
     return out
+
+
+def deployment_secrets(deployments: Any) -> dict[str, dict[str, Any]]:
+    """The secret fields (``api_key``, ``hf_token``, ``secret_env``) of each declared deployment, by name: what
+    ``fleet_apply`` needs next to a plan that never holds them. Deployments without a secret are left out; the
+    schema itself is checked by ``validate_deployments`` (the preflight), not here."""
+    out: dict[str, dict[str, Any]] = {}
+    for dep in deployments if isinstance(deployments, list) else []:
+        if not isinstance(dep, Mapping) or not isinstance(dep.get("name"), str):
+            continue
+        found = {k: dep[k] for k in SECRET_FIELDS if dep.get(k) not in (None, "", {})}
+        if found:
+            out[dep["name"]] = found
+    return out

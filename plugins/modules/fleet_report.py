@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: fleet_report
-short_description: Summaries of the deployments role (converge summary, status table), replica and manifest parameters
+short_description: Summaries of the deployments role (converge summary, status table) and manifest parameters
 version_added: 0.1.0
 description:
   - "A helper of the C(gpufleet.vllm.deployments) role and the collection's playbooks. It runs as an action plugin on
@@ -17,9 +17,6 @@ description:
   - "O(kind=status): from each host's C(gpufleet.vllm.vllm_deployment_info) result and the C(/metrics) text of each
     running server, builds the status table per deployment (host, name, model, GPUs, state, phase, uptime, endpoint,
     finished requests, generation tokens per second since start, last failure) and the same as JSON in O(dest)."
-  - "O(kind=containers): for one host, the replicas the plan places there (O(specs)) with their
-    C(gpufleet.vllm.vllm_container) arguments ready - the image reference C(gpufleet.vllm.vllm_image) resolved and
-    O(container_args) over the plan's - and whether each can run (its model sync and image did not fail)."
   - "O(kind=manifest): turns a reproducibility manifest written by C(gpufleet.vllm.vllm_container) (O(manifest) or
     O(manifest_path)) into C(gpufleet.vllm.vllm_container) parameters, for C(playbooks/redeploy.yml)."
 author:
@@ -43,7 +40,7 @@ options:
     description:
       - Which report to build.
     type: str
-    choices: [converge, status, containers, manifest]
+    choices: [converge, status, manifest]
     required: true
   plan:
     description:
@@ -58,13 +55,22 @@ options:
     default: []
   results:
     description:
-      - For O(kind=converge), per host, the role's registered results (C(removed), C(synced), C(images),
-        C(containers) - the loop results of vllm_container state=absent, model_sync, vllm_image and vllm_container)
-        and the host's C(address), or a list of records (C(kind=replica) or C(kind=remove), C(name), C(changed),
-        C(failed), C(failure_class), C(hint), C(endpoint), C(rolled_back), C(failed_step)). A host whose value is
-        null did not run.
+      - For O(kind=converge), per host, the C(records) of its C(gpufleet.vllm.fleet_apply) run (C(kind=replica) or
+        C(kind=remove), C(name), C(changed), C(failed), C(failure_class), C(hint), C(endpoint), C(rolled_back),
+        C(failed_step)). A host whose value is null did not run.
+      - Hosts of O(from_hosts) missing here are read from their host vars.
     type: dict
     default: {}
+  from_hosts:
+    description:
+      - Inventory hosts whose host vars fill in what is not given explicitly (only where the action plugin runs, that
+        is in a play), so that a play passes its host list instead of gathering host vars in Jinja.
+      - For O(kind=converge), each host's C(gpufleet_host_results) (its records; null or undefined = did not run).
+      - For O(kind=status), each host's C(gpufleet_status_info) (O(infos)), C(gpufleet_status_scraped) (O(metrics))
+        and C(ansible_host) (O(addresses)).
+    type: list
+    elements: str
+    default: []
   addresses:
     description:
       - For O(kind=status), per host, the address clients use (C(ansible_host)); endpoints that bind all
@@ -95,30 +101,6 @@ options:
         loop (C(return_content=true)) over the host's C(gpufleet.vllm.vllm_deployment_info) C(deployments).
     type: dict
     default: {}
-  specs:
-    description:
-      - For O(kind=containers), the host's container specs from the plan (C(plan.hosts[<host>]) of
-        C(gpufleet.vllm.fleet_plan)).
-    type: list
-    elements: dict
-    default: []
-  synced:
-    description:
-      - For O(kind=containers), the registered result of the host's C(gpufleet.vllm.model_sync) loop over O(specs).
-    type: dict
-    default: {}
-  images:
-    description:
-      - For O(kind=containers), the registered result of the host's C(gpufleet.vllm.vllm_image) loop over the
-        C([image, vllm_version]) pairs of O(specs).
-    type: dict
-    default: {}
-  container_args:
-    description:
-      - For O(kind=containers), C(gpufleet.vllm.vllm_container) arguments set on every replica, over the plan's
-        (for example C(wait), C(wait_timeout), C(manifest_dir)).
-    type: dict
-    default: {}
   manifest:
     description:
       - For O(kind=manifest), the manifest itself.
@@ -143,7 +125,7 @@ EXAMPLES = r"""
     kind: converge
     plan: "{{ gpufleet_plan.plan }}"
     plan_errors: "{{ gpufleet_plan.errors }}"
-    results: "{{ dict(ansible_play_hosts_all | zip(ansible_play_hosts_all | map('extract', hostvars, 'gpufleet_host_records') | map('default', []))) }}"
+    from_hosts: "{{ ansible_play_hosts_all }}"  # their gpufleet_host_results
     dest: "{{ gpufleet_artifacts_dir }}/converge-summary.json"
   run_once: true
   check_mode: false
@@ -177,14 +159,6 @@ report:
       C(uptime), C(endpoint), C(requests), C(generation_tokens), C(tokens_per_s), C(last_failure).
   returned: kind is status
   type: dict
-replicas:
-  description:
-    - For O(kind=containers), one element per spec of O(specs), in order - the spec plus C(args) (the
-      C(gpufleet.vllm.vllm_container) arguments, no secrets) and C(run) (false when its model sync or image failed,
-      or in check mode when its image would be pulled first).
-  returned: kind is containers
-  type: list
-  elements: dict
 params:
   description: For O(kind=manifest), the C(gpufleet.vllm.vllm_container) parameters.
   returned: kind is manifest
@@ -217,19 +191,16 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import Gpufle
 from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_report import run_report
 
 ARGUMENT_SPEC = dict(
-    kind=dict(type="str", choices=["converge", "status", "containers", "manifest"], required=True),
+    kind=dict(type="str", choices=["converge", "status", "manifest"], required=True),
     plan=dict(type="dict", default={}),
     plan_errors=dict(type="list", elements="dict", default=[]),
     results=dict(type="dict", default={}),
+    from_hosts=dict(type="list", elements="str", default=[]),
     addresses=dict(type="dict", default={}),
     unreachable=dict(type="list", elements="str", default=[]),
     run_check_mode=dict(type="bool", default=False),
     infos=dict(type="dict", default={}),
     metrics=dict(type="dict", default={}),
-    specs=dict(type="list", elements="dict", default=[]),
-    synced=dict(type="dict", default={}),
-    images=dict(type="dict", default={}),
-    container_args=dict(type="dict", default={}),
     manifest=dict(type="dict"),
     manifest_path=dict(type="path"),
     dest=dict(type="path"),

@@ -114,36 +114,38 @@ def _plan() -> dict:
     }
 
 
-def test_converge_summary_from_registered_results() -> None:
+def _rec(name: str, **kw: object) -> dict:
+    """A fleet_apply record (module_utils/fleet_apply.py builds them; tests/unit/.../test_fleet_apply.py runs it)."""
+    rec = {"kind": "replica", "name": name, "changed": False, "failed": False, "failure_class": None}
+    rec.update(failed_step=None, hint=None, rolled_back=None, phase="ready", endpoint=None)
+    rec.update(kw)
+    return rec
+
+
+def test_converge_summary_from_host_records() -> None:
     plan = _plan()
-    failed_item = plan["hosts"]["gpu-a"][0]
     results = {
-        "gpu-a": {
-            "address": "10.0.0.1",
-            "removed": {"results": [{"item": plan["remove"]["gpu-a"][0], "changed": True}]},
-            "synced": {"results": [{"item": failed_item, "changed": False, "path": "/m"}]},
-            "images": {"results": [{"item": [None, "0.10.2"], "changed": False, "image": "vllm/vllm-openai:v0.10.2"}]},
-            "containers": {
-                "results": [
-                    {
-                        "_gpufleet_item": failed_item,
-                        "failed": True,
-                        "changed": True,
-                        "failure_class": "gpu_oom",
-                        "hint": "gpu_oom: CUDA out of memory",
-                        "msg": "gpu_oom: CUDA out of memory; rolled back",
-                        "rolled_back": True,
-                    }
-                ]
-            },
-        },
-        "gpu-b": {
-            "address": "10.0.0.2",
-            "removed": {"skipped": True, "results": []},
-            "synced": {"results": [{"item": plan["hosts"]["gpu-b"][0], "failed": True, "msg": "no config.json"}]},
-            "images": {"results": [{"item": [None, "0.10.2"], "image": "x"}]},
-            "containers": {"results": [{"_gpufleet_item": plan["hosts"]["gpu-b"][0], "skipped": True}]},
-        },
+        "gpu-a": [
+            {"kind": "remove", "name": "old-0", "changed": True, "failed": False, "failure_class": None, "hint": None},
+            _rec(
+                "chat-0",
+                failed=True,
+                changed=True,
+                failed_step="vllm_container",
+                failure_class="gpu_oom",
+                hint="gpu_oom: CUDA out of memory",
+                rolled_back=True,
+            ),
+        ],
+        "gpu-b": [
+            _rec(
+                "chat-1",
+                failed=True,
+                failed_step="model_sync",
+                failure_class="model_sync_failed",
+                hint="no config.json",
+            )
+        ],
         "gpu-c": None,  # its batch never ran
     }
     summary = fr.converge_summary(plan, results, unreachable=[])
@@ -165,13 +167,7 @@ def test_converge_summary_from_registered_results() -> None:
 def test_converge_summary_ok_and_unreachable() -> None:
     plan = _plan()
     plan["remove"] = {}
-    ok = {
-        h: {
-            "address": f"10.0.0.{i}",
-            "containers": {"results": [{"_gpufleet_item": plan["hosts"][h][0], "changed": False, "endpoint": "x"}]},
-        }
-        for i, h in enumerate(["gpu-a", "gpu-b"])
-    }
+    ok = {h: [_rec(f"chat-{i}", endpoint=f"http://10.0.0.{i}:8000")] for i, h in enumerate(["gpu-a", "gpu-b"])}
     summary = fr.converge_summary(plan, ok, unreachable=["gpu-c"])
     rows = {r["name"]: r for r in summary["deployments"]["chat"]["replicas"]}
     assert rows["chat-0"]["status"] == "ok" and rows["chat-0"]["endpoint"] == "http://10.0.0.0:8000"
@@ -179,6 +175,18 @@ def test_converge_summary_ok_and_unreachable() -> None:
     assert summary["unreachable_hosts"] == ["gpu-c"] and summary["ok"] is False
     summary = fr.converge_summary({**plan, "hosts": {k: v for k, v in plan["hosts"].items() if k != "gpu-c"}}, ok)
     assert summary["ok"] is True and summary["counts"]["ok"] == 2
+
+
+def test_report_reads_host_vars_of_from_hosts() -> None:
+    from ansible_collections.gpufleet.vllm.plugins.action.fleet_report import from_host_vars
+
+    hostvars = {"gpu-a": {"gpufleet_host_results": [_rec("chat-0")]}, "gpu-b": {"gpufleet_host_results": None}}
+    params = {"kind": "converge", "results": {"gpu-c": []}, "from_hosts": ["gpu-a", "gpu-b", "gpu-c"]}
+    assert from_host_vars(params, hostvars)["results"] == {"gpu-a": [_rec("chat-0")], "gpu-b": None, "gpu-c": []}
+    hostvars = {"gpu-a": {"gpufleet_status_info": {"deployments": []}, "ansible_host": "10.0.0.1"}}
+    out = from_host_vars({"kind": "status", "from_hosts": ["gpu-a"]}, hostvars)
+    assert out["infos"] == {"gpu-a": {"deployments": []}} and out["addresses"] == {"gpu-a": "10.0.0.1"}
+    assert out["metrics"] == {"gpu-a": None}
 
 
 def test_parse_metrics_and_status_report() -> None:
@@ -257,8 +265,8 @@ def test_role_and_playbooks_use_only_existing_module_options(ansible_env: dict[s
         "fleet_plan",
         "gpu_facts",
         "vllm_deployment_info",
-        "model_sync",
-        "vllm_image",
+        "fleet_apply",
+        "fleet_report",
     }
     options = _module_options({call[1] for call in calls}, ansible_env)
     for path, module, used in calls:

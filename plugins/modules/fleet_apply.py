@@ -1,0 +1,184 @@
+#!/usr/bin/python
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: fleet_apply
+short_description: Apply one host's part of a fleet plan (removals, models, images, vLLM containers) in one run
+version_added: 0.1.0
+description:
+  - "The step of the C(gpufleet.vllm.deployments) role that changes a host: it takes the host's part of the plan of
+    C(gpufleet.vllm.fleet_plan) and converges it in one module run, with one engine connection, doing exactly what
+    the single-purpose modules do - the same code, each step's parameters validated against that module's own
+    argument spec."
+  - "In order: O(removals) (C(gpufleet.vllm.vllm_container) C(state=absent); a failed removal stops the host there,
+    it may hold the GPUs or port a new replica needs); C(gpufleet.vllm.model_sync) once per deployment of
+    O(replicas); C(gpufleet.vllm.vllm_image) once per image; C(gpufleet.vllm.vllm_container) per replica, in order,
+    health-gated (C(wait=true)). The first replica whose container fails stops this host's rollout;
+    C(gpufleet.vllm.vllm_container) has already brought its previous container back. A replica whose model sync or
+    image failed is reported failed at that step and not started; the other replicas still run."
+  - "A no-op converge of a host costs one module run instead of one per replica and step (the fleet benchmark in
+    C(bench/fleet_converge.py) compares it with a hand-written C(community.docker) playbook)."
+  - "The module fails when anything failed, with one line per failure in C(msg); C(records) is returned either way
+    (the role registers it with C(ignore_errors) and builds the converge summary from it)."
+author:
+  - gpufleet maintainers (@gpufleet)
+extends_documentation_fragment:
+  - gpufleet.vllm.attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Every step runs in check mode; a replica whose image would be pulled or built first is reported changed.
+  diff_mode:
+    support: full
+    details:
+      - One diff per changed model, image and container (secrets masked), each with its own header.
+  idempotent:
+    support: full
+options:
+  replicas:
+    description:
+      - The host's replicas from the plan (C(plan.hosts[<host>]) of C(gpufleet.vllm.fleet_plan)), each with
+        C(name), C(deployment), C(model_sync) (C(gpufleet.vllm.model_sync) arguments), C(model_path), C(image),
+        C(vllm_version) and C(container) (C(gpufleet.vllm.vllm_container) arguments without the image), C(port).
+      - None of them holds a secret; secrets come from O(secrets).
+    type: list
+    elements: dict
+    default: []
+  removals:
+    description:
+      - The host's removals from the plan (C(plan.remove[<host>])), each with C(name) (the deployment key of the
+        container C(gpufleet-<name>)).
+    type: list
+    elements: dict
+    default: []
+  secrets:
+    description:
+      - Deployment name to its C(api_key), C(hf_token) and C(secret_env) (the filter
+        C(gpufleet.vllm.deployment_secrets) builds it from C(gpufleet_deployments)). C(hf_token) is also the token
+        of the deployment's model sync. Never logged, never in a label, argv or manifest.
+    type: dict
+    default: {}
+  address:
+    description:
+      - The address clients use to reach this host (its C(ansible_host)); the records' C(endpoint) uses it unless
+        the server binds loopback only.
+    type: str
+  runtime:
+    description:
+      - The container engine of the host.
+    type: str
+    choices: [docker, podman]
+    default: docker
+  docker_host:
+    description:
+      - Engine API URL, as in C(gpufleet.vllm.vllm_container) (default the local socket).
+    type: str
+  podman_socket:
+    description:
+      - Podman API socket for image operations, as in C(gpufleet.vllm.vllm_image).
+    type: str
+  manifest_dir:
+    description:
+      - Where C(gpufleet.vllm.vllm_container) writes the reproducibility manifests.
+    type: path
+    default: /var/lib/gpufleet/manifests
+  wait_timeout:
+    description:
+      - Seconds each replica may take to become ready (C(gpufleet.vllm.vllm_container) O(gpufleet.vllm.vllm_container#module:wait_timeout)).
+    type: int
+    default: 1800
+  image_repository:
+    description:
+      - Repository of the vLLM images resolved from a C(vllm_version) (C(gpufleet.vllm.vllm_image) O(gpufleet.vllm.vllm_image#module:repository)).
+    type: str
+    default: vllm/vllm-openai
+  image_pull:
+    description:
+      - C(gpufleet.vllm.vllm_image) O(gpufleet.vllm.vllm_image#module:pull).
+    type: str
+    choices: [missing, always, never]
+    default: missing
+  hf_endpoint:
+    description:
+      - Hugging Face hub endpoint for the model syncs (C(gpufleet.vllm.model_sync) O(gpufleet.vllm.model_sync#module:hf_endpoint)).
+    type: str
+seealso:
+  - module: gpufleet.vllm.fleet_plan
+  - module: gpufleet.vllm.model_sync
+  - module: gpufleet.vllm.vllm_image
+  - module: gpufleet.vllm.vllm_container
+  - module: gpufleet.vllm.fleet_report
+"""
+
+EXAMPLES = r"""
+- name: Apply this host's part of the plan
+  gpufleet.vllm.fleet_apply:
+    replicas: "{{ gpufleet_plan.plan.hosts[inventory_hostname] | default([]) }}"
+    removals: "{{ gpufleet_plan.plan.remove[inventory_hostname] | default([]) }}"
+    secrets: "{{ gpufleet_deployments | gpufleet.vllm.deployment_secrets }}"
+    address: "{{ ansible_host | default(inventory_hostname) }}"
+    runtime: "{{ gpufleet_runtime | default('docker') }}"
+    wait_timeout: 1800
+  register: applied
+  ignore_errors: true
+"""
+
+RETURN = r"""
+records:
+  description:
+    - One record per removal (C(kind=remove)) and per replica that was reached (C(kind=replica)), in order; replicas
+      after a failed container have none (not run).
+    - "Each with C(name), C(changed), C(failed), C(failure_class) (for example C(gpu_oom), C(model_sync_failed),
+      C(image_failed), C(port_conflict)), C(hint) (one line); replicas also C(deployment), C(failed_step)
+      (C(model_sync), C(vllm_image) or C(vllm_container)), C(rolled_back), C(phase), C(endpoint) and C(actions)."
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {kind: replica, name: chat-0, deployment: chat, changed: false, failed: false, failure_class: null,
+       failed_step: null, hint: null, rolled_back: null, phase: ready, endpoint: "http://10.0.0.11:8000", actions: []}
+failed_count:
+  description: Records that failed.
+  returned: always
+  type: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_apply import apply_host
+
+ARGUMENT_SPEC = dict(
+    replicas=dict(type="list", elements="dict", default=[]),
+    removals=dict(type="list", elements="dict", default=[]),
+    secrets=dict(type="dict", default={}, no_log=True),
+    address=dict(type="str"),
+    runtime=dict(type="str", choices=["docker", "podman"], default="docker"),
+    docker_host=dict(type="str"),
+    podman_socket=dict(type="str"),
+    manifest_dir=dict(type="path", default="/var/lib/gpufleet/manifests"),
+    wait_timeout=dict(type="int", default=1800),
+    image_repository=dict(type="str", default="vllm/vllm-openai"),
+    image_pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
+    hf_endpoint=dict(type="str"),
+)
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        result, errors = apply_host(module.params, module.check_mode, module.warn)
+    except GpufleetError as err:
+        module.fail_json(msg=str(err), **err.details)
+    if not module._diff:
+        result.pop("diff", None)
+    if errors:
+        module.fail_json(msg="; ".join(errors), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
