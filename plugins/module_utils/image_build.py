@@ -57,6 +57,8 @@ def parse_requirements(entries: list[str]) -> list[str]:
     Raises one ``GpufleetError`` naming every offending entry. pip options (``--index-url``, ``-e``) and local
     paths are not requirement strings and are refused here (use ``plugins`` / ``pip_find_links`` instead).
     """
+    if not entries:
+        return []
     Requirement, InvalidRequirement = _requirement_class()
     out: set[str] = set()
     bad: list[str] = []

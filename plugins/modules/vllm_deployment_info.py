@@ -51,6 +51,13 @@ options:
       - For stopped deployments with a non-zero exit code, classify the failure from the log tail.
     type: bool
     default: true
+  gpus:
+    description:
+      - Also return RV(gpus), the host's GPUs as C(gpufleet.vllm.gpu_facts) gathers them (NVML, else C(nvidia-smi),
+        else none; default health limits), so that one call tells what a host runs and on what. The
+        C(gpufleet.vllm.deployments) role plans from this single call per host.
+    type: bool
+    default: false
 requirements:
   - docker (Python SDK) on the target for O(runtime=docker); the podman CLI for O(runtime=podman).
 """
@@ -71,6 +78,17 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+gpus:
+  description:
+    - With O(gpus=true), the host's GPUs, the same list as C(gpufleet.vllm.gpu_facts)' C(ansible_facts.gpus) (index,
+      uuid, name, memory_total_mib, memory_free_mib, memory_used_mib, processes, healthy, ...).
+  returned: when O(gpus=true)
+  type: list
+  elements: dict
+gpu_source:
+  description: With O(gpus=true), where the GPU list came from (C(nvml), C(nvidia-smi) or C(none)).
+  returned: when O(gpus=true)
+  type: str
 deployments:
   description: One entry per deployment, sorted by name.
   returned: always
@@ -230,6 +248,7 @@ def main() -> None:
             "docker_host": {"type": "str"},
             "probe": {"type": "bool", "default": True},
             "classify_failures": {"type": "bool", "default": True},
+            "gpus": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
         mutually_exclusive=[("name", "names")],
@@ -255,7 +274,16 @@ def main() -> None:
     for name in previous:
         if name in out:
             out[name]["previous"] = True
-    module.exit_json(changed=False, deployments=[out[k] for k in sorted(out)])
+    extra: dict = {}
+    if p["gpus"]:
+        from ansible_collections.gpufleet.vllm.plugins.module_utils.gpu import gather_gpus
+
+        try:
+            facts = gather_gpus()
+        except GpufleetError as e:
+            module.fail_json(msg=str(e), **e.details)
+        extra = {"gpus": facts["gpus"], "gpu_source": facts["gpu_source"]}
+    module.exit_json(changed=False, deployments=[out[k] for k in sorted(out)], **extra)
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def test_schema_error_before_any_host_is_touched(fleet: Fleet) -> None:
     assert "chat: replicas: must be an integer >= 0, got 'two'" in proc.stdout
     assert "chat: placement: must be one of spread, binpack, got 'pack'" in proc.stdout
     assert "gpufleet_deployments[1]: name: is required" in proc.stdout
-    assert "Gather GPU facts" not in proc.stdout  # nothing ran on a host
+    assert "List the managed deployments and the GPUs" not in proc.stdout  # nothing ran on a host
     assert CANARY not in proc.stdout
 
 

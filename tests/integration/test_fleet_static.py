@@ -263,7 +263,6 @@ def test_role_and_playbooks_use_only_existing_module_options(ansible_env: dict[s
                     calls.append((path.name, key.split(".")[-1], set(args or {})))
     assert {call[1] for call in calls} >= {
         "fleet_plan",
-        "gpu_facts",
         "vllm_deployment_info",
         "fleet_apply",
         "fleet_report",
