@@ -7,7 +7,7 @@ dockerd reports it back with ``Count``/``Driver`` normalized differently from wh
 community.docker recreate on every run); we never compare it: the config-hash label decides.
 
 Reads (container and image inspects: the whole no-op path of vllm_container and vllm_image) are plain HTTP GETs on
-the unix socket through ``runtime.raw_http``; the docker SDK is imported only for writes, pulls and builds, or when
+the unix socket through ``runtime.raw_http`` (unversioned paths: no GET /version on the no-op path); the docker SDK is imported only for writes, pulls and builds, or when
 the engine is not on a unix socket (tcp://, TLS). The image operations (``inspect_image``, ``pull``, ``build``)
 only use the Docker Engine API, so the podman adapter runs them against podman's Docker-compatible API service
 with an instance of this class.
@@ -162,9 +162,12 @@ class _FastReader:
         return self._version
 
     def get(self, url: str) -> tuple[int, Any]:
-        version = self.version
+        # Unversioned: the daemon answers in its own API version (the inspect fields read here are the same in
+        # every version since 1.41), which saves the GET /version round trip (~5 ms on dockerd 20.10) of a no-op.
+        # DOCKER_API_VERSION still pins it.
+        path = f"/v{self._version}{url}" if self._version else url
         try:
-            status, body = raw_http(self.path, "GET", f"/v{version}{url}", timeout=self.timeout)
+            status, body = raw_http(self.path, "GET", path, timeout=self.timeout)
         except OSError as e:
             raise GpufleetError(f"cannot reach dockerd at unix://{self.path}: {e}") from e
         if status >= 400:
@@ -324,7 +327,14 @@ class DockerRuntime(Runtime):
 
     def list_managed(self) -> list[ContainerState]:
         out = []
-        for c in self._call("list", self.api.containers, all=True, filters={"label": f"{MANAGED}=true"}):
+        if self.fast is not None:  # a plain GET on the socket: vllm_deployment_info never needs the SDK
+            query = urllib.parse.urlencode({"all": "1", "filters": json.dumps({"label": [f"{MANAGED}=true"]})})
+            status, listed = self.fast.get(f"/containers/json?{query}")
+            if status >= 400:
+                raise GpufleetError(f"docker container list failed: {listed}")
+        else:
+            listed = self._call("list", self.api.containers, all=True, filters={"label": f"{MANAGED}=true"})
+        for c in listed:
             st = self.container(c["Id"])
             if st:
                 out.append(st)
