@@ -16,6 +16,8 @@
 #                          image and every vllm/vllm-openai:* present; "none" = skip)
 #   GPUFLEET_HOSTS_PODMAN  hosts whose runtime is podman, e.g. "gpu-c": images go into their podman storage too
 #                          (tagged docker.io/...), and the inventory says gpufleet_runtime: podman
+#   GPUFLEET_HOSTS_PODMAN_IMAGES  hosts whose podman storage gets the images as well while their inventory runtime
+#                          stays docker (default "gpu-c": a host that can run either engine; "" = none)
 #   GPUFLEET_HOSTS_GPUS    per-host fake GPU sets, e.g. "gpu-a=2x-a100-80gb gpu-d=1x-h100" (files in
 #                          sim/nvml/examples/, default gpu-a=2x-a100-80gb gpu-b=4x-l40s gpu-c=1x-h100, then cycling)
 set -euo pipefail
@@ -58,6 +60,10 @@ gpuset_of() {                                     # name index -> example file s
 runtime_of() {                                    # docker, or podman for hosts named in GPUFLEET_HOSTS_PODMAN
   [[ " ${GPUFLEET_HOSTS_PODMAN:-} " == *" $1 "* ]] && echo podman || echo docker
 }
+podman_host() {                                   # true when the host's podman storage gets the images too
+  [[ $(runtime_of "$1") == podman || " ${GPUFLEET_HOSTS_PODMAN_IMAGES-gpu-c} " == *" $1 "* ]]
+}
+have_podman() { command -v podman >/dev/null; }
 alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
 pid_in() { cat "$1" 2>/dev/null || true; }
 holder_pid() {                                    # the holder's pid if it is alive and in the host's netns
@@ -162,6 +168,11 @@ start_holder() {                                  # start_holder NAME INDEX -> c
   ip -n "$ns" link set eth0 up
   ip -n "$ns" route add default via "$GW"
   rm -f "$hd/holder.pid"
+  # /run of a host is a plain directory, not a tmpfs: clear podman's runtime state of the previous holder (its
+  # containers, mounts and network namespaces died with it), as a reboot would. Podman then refreshes its
+  # containers' states (exited) on first use; dockerd does the same for its own on start.
+  rm -rf "$hd/fs/run/libpod" "$hd/fs/run/containers" "$hd/fs/run/runc" "$hd/fs/run/gpufleet-podman.sock"
+  rm -f "$hd/fs/run/netns"/cni-* 2>/dev/null || true
   local keep
   keep=$ROOT:$(readlink -f "$ROOT"):$("$VENV_PY" -c 'import os, sys; print(os.path.realpath(sys.base_prefix))' 2>/dev/null || true)
   GPUFLEET_HOSTS_KEEP=$keep setsid unshare --mount --uts --propagation private -- \
@@ -187,7 +198,8 @@ start_dockerd() {                                 # start_dockerd NAME INDEX HOL
   set=$(gpuset_of "$n" "$i")
   count=$("$VENV_PY" -c 'import json,sys; print(len(json.load(open(sys.argv[1])).get("gpus", [])) or 1)' \
     "$ROOT/sim/nvml/examples/$set.json" 2>/dev/null || echo 1)
-  if [[ ! -f $hd/fs/etc/cdi/nvidia.yaml || "$(cat "$hd/cdi.count" 2>/dev/null)" != "$count" ]]; then
+  if [[ ! -f $hd/fs/etc/cdi/nvidia.yaml || "$(cat "$hd/cdi.count" 2>/dev/null)" != "$count" ||
+    $ROOT/sim/engine/podman.sh -nt $hd/fs/etc/cdi/nvidia.yaml ]]; then
     in_host "$p" env GPUFLEET_CDI_GPUS="$count" "$ROOT/sim/engine/podman.sh"
     echo "$count" >"$hd/cdi.count"
   fi
@@ -229,7 +241,13 @@ sync_images() {                                   # load wanted images into ever
   local -A need=()                                # "name/engine" -> images missing there
   for n in "${names[@]}"; do
     local engines=(docker)
-    [[ $(runtime_of "$n") == podman ]] && engines+=(podman)
+    if podman_host "$n"; then
+      if have_podman; then
+        engines+=(podman)
+      elif [[ $(runtime_of "$n") == podman ]]; then
+        die "$n: GPUFLEET_HOSTS_PODMAN names it but podman is not installed (apt-get install podman)"
+      fi
+    fi
     for e in "${engines[@]}"; do
       if [[ $e == docker ]]; then
         have=$(image_table "unix://$B/$n/fs/run/docker.sock")
@@ -263,9 +281,11 @@ sync_images() {                                   # load wanted images into ever
     else
       p=$(pid_in "$B/$n/holder.pid")
       (
-        # podman load names docker-saved images localhost/<name>: tag them as docker.io/<name> like a pull would.
+        # podman load names docker-saved images localhost/<name>: tag them as docker.io/<name> like a pull would
+        # (every image of the tar, also those this host already had: the tar holds the main dockerd's current ones).
         in_host "$p" podman load -q -i "$tar" >/dev/null
-        for img in ${need[$key]}; do
+        for img in "${union[@]}"; do
+          in_host "$p" podman image exists "localhost/$img" || continue
           in_host "$p" podman tag "localhost/$img" "docker.io/$img"
           in_host "$p" podman untag "localhost/$img" "localhost/$img" 2>/dev/null || true
         done
@@ -286,6 +306,12 @@ stop_host() {                                     # stop_host NAME [quiet]
   if alive "$sp"; then kill "$sp"; fi
   rm -f "$hd/sshd.pid" "$hd/sshd_config.running"
   GPUFLEET_DOCKER_STATE="$hd/engine" "$ROOT/sim/engine/dockerd.sh" down
+  # Podman's containers are not children of a daemon, and with a bridge network their processes live in network
+  # namespaces of their own (not listed by `ip netns pids` below): stop them the way a host shutdown would.
+  p=$(pid_in "$hd/holder.pid")
+  if alive "$p" && have_podman && [[ -d $hd/fs/run/libpod ]]; then
+    timeout 60 nsenter -t "$p" -m -u -n -- podman stop --all --time 5 >/dev/null 2>&1 || true
+  fi
   # What remains in the host's namespace was started inside it (sessions, listeners, containerd-shims of
   # containers): it belongs to this host and goes with it.
   if [[ -e /run/netns/$ns ]]; then

@@ -142,7 +142,7 @@ def get(url: str, key: str | None = None) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def fleet(sim_hosts: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def fleet(sim_hosts: Any, sim_fleet_lock: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
     subprocess.run([str(ROOT / "sim" / "steps.d" / "70-fleet.sh"), "up"], check=True, capture_output=True)
     f = Fleet(sim_hosts, tmp_path_factory.mktemp("fleet"))
     # Start from a fleet without managed containers, plus one unmanaged container on gpu-a.

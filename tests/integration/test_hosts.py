@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -12,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from fixtures.hosts import BUILD, HOSTS_SH, ROOT, SimHosts
+from fixtures.hosts import BASE_IMAGE, BUILD, HOSTS_SH, ROOT, SimHosts
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
@@ -231,3 +232,77 @@ def test_demo_inventory_works_from_any_directory(sim_hosts: SimHosts, tmp_path: 
     # The modules ran with the checkout's venv python (docker SDK, pynvml), found through the inventory's path.
     for r in hosts.values():
         assert r["ansible_facts"]["ansible_python"]["executable"] == str(ROOT / ".venv" / "bin" / "python")
+
+
+def _image_ids(lines: str, strip: str = "") -> dict[str, str]:
+    out = {}
+    for line in lines.splitlines():
+        ref, _, image_id = line.partition(" ")
+        if ref.startswith(strip):
+            out[ref.removeprefix(strip)] = image_id.removeprefix("sha256:")
+    return out
+
+
+@pytest.mark.podman
+def test_gpu_c_has_the_images_in_podman_too(sim_hosts: SimHosts, sim_podman_host: str) -> None:
+    fmt = "{{.Repository}}:{{.Tag}} {{.ID}}"
+    main = _docker(None, "image", "ls", "--no-trunc", "--format", fmt)
+    want = {r: i for r, i in _image_ids(main.stdout).items() if r.startswith(("vllm/vllm-openai:", BASE_IMAGE))}
+    assert want, "no bed image in the main dockerd"
+    podman = sim_hosts.podman(sim_podman_host, "images", "--no-trunc", "--format", fmt)
+    assert podman.returncode == 0, podman.stderr
+    # Same ids as in the main dockerd, under the names a pull would give them (docker.io/...), none left as localhost/.
+    have = _image_ids(podman.stdout, "docker.io/")
+    assert {r: have.get(r) for r in want} == want
+    assert "localhost/" not in podman.stdout
+    # The docker runtime of the host has them as well (its inventory runtime stays docker by default).
+    docker = _docker(sim_hosts.docker_host(sim_podman_host), "image", "ls", "--no-trunc", "--format", fmt)
+    assert {r: _image_ids(docker.stdout).get(r) for r in want} == want
+    if not os.environ.get("GPUFLEET_HOSTS_PODMAN"):
+        assert sim_hosts.hosts[sim_podman_host]["gpufleet_runtime"] == "docker"
+
+
+@pytest.mark.podman
+def test_podman_in_a_host_gets_that_hosts_gpus_through_cdi(sim_hosts: SimHosts, sim_podman_host: str) -> None:
+    # gpu-c has one fake GPU: CDI knows nvidia.com/gpu=0 and =all there, not =1 (gpu-b, with four, has 0..3).
+    for name, count in (("gpu-c", 1), ("gpu-b", 4)):
+        spec = (BUILD / name / "fs" / "etc" / "cdi" / "nvidia.yaml").read_text()
+        names = re.findall(r'^  - name: "?([^"\n]+)"?$', spec, re.M)
+        assert names == [*map(str, range(count)), "all"], (name, names)
+    image = f"docker.io/{BASE_IMAGE}"
+    env = "tr '\\0' '\\n' </proc/1/environ; ls /dev"
+    out = sim_hosts.ansible(
+        sim_podman_host, "ansible.builtin.command", f'podman run --rm --device nvidia.com/gpu=0 {image} sh -c "{env}"'
+    )[sim_podman_host]["stdout"].split()
+    assert "NVIDIA_VISIBLE_DEVICES=0" in out and "nvidia0" in out
+    bad = sim_hosts.ansible(
+        sim_podman_host,
+        "ansible.builtin.command",
+        f"podman run --rm --device nvidia.com/gpu=1 {image} true",
+        check=False,
+    )[sim_podman_host]
+    assert bad.get("rc") != 0 and "nvidia.com/gpu=1" in bad.get("stderr", ""), bad
+
+
+@pytest.mark.podman
+def test_podman_containers_stay_in_their_host(sim_hosts: SimHosts, sim_podman_host: str) -> None:
+    name = f"gpufleet-test-hosts-pm-{uuid.uuid4().hex[:8]}"
+    port = 46000 + uuid.uuid4().int % 1000
+    image = f"docker.io/{BASE_IMAGE}"
+    try:
+        sim_hosts.ansible(
+            sim_podman_host,
+            "ansible.builtin.command",
+            f"podman run -d --name {name} -p {port}:8000 {image} python3 -m http.server 8000",
+        )
+        # Its published port answers at the host's address (podman's network lives in the host's namespace) ...
+        assert _http_get(f"http://{sim_hosts.address(sim_podman_host)}:{port}/") == 200
+        # ... and the container is listed only by that host's podman: not by another host's, nor the main one.
+        assert sim_hosts.podman(sim_podman_host, "ps", "-q", "--filter", f"name=^{name}$").stdout.strip()
+        assert not sim_hosts.podman("gpu-a", "ps", "-aq", "--filter", f"name=^{name}$").stdout.strip()
+        main = subprocess.run(
+            ["podman", "ps", "-aq", "--filter", f"name=^{name}$"], capture_output=True, text=True, check=False
+        )
+        assert main.returncode == 0 and not main.stdout.strip(), "the container leaked into the main podman"
+    finally:
+        sim_hosts.podman(sim_podman_host, "rm", "-f", "--time", "1", "--ignore", name)
