@@ -18,6 +18,7 @@ unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -299,6 +300,10 @@ def main() -> None:
     if not HOSTS_INV.exists():
         sys.exit("the simulated hosts are not up: run hack/setup.sh (or sim/hosts/hosts.sh up)")
     subprocess.run([str(ROOT / "sim" / "steps.d" / "70-fleet.sh"), "up"], check=True)
+    # The fleet tests take the same lock (tests/fixtures/hosts.py: sim_fleet_lock): both stop every managed server.
+    lock = open(HOSTS_INV.parent / ".fleet-tests.lock", "w")  # noqa: SIM115 - held until the process exits
+    print("waiting for the simulated hosts (.build/hosts/.fleet-tests.lock)", flush=True)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     WORK.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count()}
     if args.part in ("1", "all"):

@@ -321,6 +321,54 @@ def test_prune_removes_only_undeclared_managed_deployments(fleet: Fleet) -> None
     assert_bystander_untouched(fleet)
 
 
+def mover(host: str, state: str = "present") -> dict[str, Any]:
+    """A one-GPU deployment pinned to ``host`` (gpu-a has 2 GPUs, gpu-b 4; chat holds at most one on each)."""
+    return {
+        "name": "mover",
+        "model": str(MODELS / "models" / "tiny-chat"),
+        "vllm_version": "0.10.2",
+        "host": host,
+        "port": 8300,
+        "served_model_name": ["mover"],
+        "state": state,
+    }
+
+
+def test_move_a_deployment_to_another_host(fleet: Fleet) -> None:
+    fleet.write_inventory([chat(max_model_len=1024), mover("gpu-b")])
+    proc = fleet.play("converge.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert fleet.managed()["gpufleet-mover-0"]["host"] == "gpu-b"
+    before = fleet.managed()
+
+    # Pinned elsewhere: created on gpu-a (health-gated), removed from gpu-b; nothing else moves.
+    fleet.write_inventory([chat(max_model_len=1024), mover("gpu-a")])
+    proc = fleet.play("converge.yml", "--check", "--diff")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "mover-0: gpu-b" in proc.stdout and "mover-0: gpu-a" in proc.stdout  # the plan's before/after lines
+    assert fleet.managed()["gpufleet-mover-0"]["host"] == "gpu-b"  # check mode moved nothing
+    proc = fleet.play("converge.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    summary = fleet.summary()
+    row = replicas(summary, "mover")[0]
+    assert (row["host"], row["action"], row["status"]) == ("gpu-a", "move", "changed")
+    assert [(r["name"], r["host"], r["status"]) for r in summary["removed"]] == [("mover-0", "gpu-b", "removed")]
+    after = fleet.managed()
+    assert after["gpufleet-mover-0"]["host"] == "gpu-a"
+    assert get(f"http://{fleet.sim.address('gpu-a')}:8300/v1/models")[0] == 200
+    assert not [c for c in fleet.docker("gpu-b").containers.list(all=True) if c.name.startswith("gpufleet-mover")]
+    for name in ("gpufleet-chat-0", "gpufleet-chat-1"):
+        assert after[name]["id"] == before[name]["id"]
+    # A re-run moves nothing back (stable placement).
+    proc = fleet.play("converge.yml")
+    assert proc.returncode == 0 and all(c["changed"] == 0 for c in recap(proc.stdout).values()), proc.stdout[-3000:]
+
+    fleet.write_inventory([chat(max_model_len=1024), mover("gpu-a", state="absent")])
+    proc = fleet.play("converge.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "gpufleet-mover-0" not in fleet.managed()
+
+
 def test_status_and_stop(fleet: Fleet) -> None:
     rows = replicas(fleet.summary(), "chat")
     # One chat completion so that the status shows requests and tokens.
