@@ -301,7 +301,7 @@ def main() -> None:
         sys.exit("the simulated hosts are not up: run hack/setup.sh (or sim/hosts/hosts.sh up)")
     subprocess.run([str(ROOT / "sim" / "steps.d" / "70-fleet.sh"), "up"], check=True)
     # The fleet tests take the same lock (tests/fixtures/hosts.py: sim_fleet_lock): both stop every managed server.
-    lock = open(HOSTS_INV.parent / ".fleet-tests.lock", "w")  # noqa: SIM115 - held until the process exits
+    lock = open(HOSTS_INV.parent / ".fleet-tests.lock", "w")  # held until the process exits
     print("waiting for the simulated hosts (.build/hosts/.fleet-tests.lock)", flush=True)
     fcntl.flock(lock, fcntl.LOCK_EX)
     WORK.mkdir(parents=True, exist_ok=True)
