@@ -95,7 +95,13 @@ class HostApply:
     @property
     def rt(self) -> Runtime:
         if self._rt is None:
-            self._rt = get_runtime(self.p["runtime"], self.p.get("docker_host"), self.p.get("podman_socket"))
+            # One engine connection for every step; its call timeout is vllm_image's (pulls of multi-GB images).
+            self._rt = get_runtime(
+                self.p["runtime"],
+                self.p.get("docker_host"),
+                self.p.get("podman_socket"),
+                timeout=IMAGE_ARGSPEC["timeout"]["default"],
+            )
         return self._rt
 
     def _secrets(self, deployment: str) -> dict[str, Any]:
