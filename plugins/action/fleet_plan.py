@@ -13,11 +13,11 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from ansible.plugins.action import ActionBase
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import HOST_FIELDS, validate_host_vars
 from ansible_collections.gpufleet.vllm.plugins.module_utils.placement import fleet_plan
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_plan import ARGUMENT_SPEC
+from ansible_collections.gpufleet.vllm.plugins.plugin_utils.controller_action import ControllerAction
 
 STATE_VERSION = 1
 
@@ -193,35 +193,23 @@ def gather(
     return hosts, existing, unreachable
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
-    _supports_async = False
+class ActionModule(ControllerAction):
+    ARGUMENT_SPEC = ARGUMENT_SPEC
 
-    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        result = super().run(tmp, task_vars)
-        del tmp
-        validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        args = dict(validation.validated_parameters)
-        task_vars = task_vars or {}
-        try:
-            hosts, existing, unreachable = gather(task_vars, args)
-            deployments = [dict(d) for d in _plain(args["deployments"])]
-            for dep in deployments:
-                size = (args.get("model_sizes") or {}).get(dep.get("name"))
-                if size is not None and dep.get("model_size_bytes") is None:
-                    dep["model_size_bytes"] = size
-            planned = fleet_plan(
-                hosts,
-                deployments,
-                existing,
-                prune=args["prune"],
-                move_from_unreachable=args["move_from_unreachable"],
-            )
-        except GpufleetError as err:
-            result.update(failed=True, msg=str(err), **err.details)
-            return result
+    def act(self, args: dict[str, Any], task_vars: dict[str, Any], result: dict[str, Any]) -> None:
+        hosts, existing, unreachable = gather(task_vars, args)
+        deployments = [dict(d) for d in _plain(args["deployments"])]
+        for dep in deployments:
+            size = (args.get("model_sizes") or {}).get(dep.get("name"))
+            if size is not None and dep.get("model_size_bytes") is None:
+                dep["model_size_bytes"] = size
+        planned = fleet_plan(
+            hosts,
+            deployments,
+            existing,
+            prune=args["prune"],
+            move_from_unreachable=args["move_from_unreachable"],
+        )
 
         errors = planned.pop("errors")
         warnings = planned.pop("warnings")
@@ -240,7 +228,6 @@ class ActionModule(ActionBase):
             }
         if errors and args["fail_on_unschedulable"]:
             result.update(failed=True, msg="\n".join(e["message"] for e in errors))
-            return result
+            return
         if args.get("state_path") and not self._task.check_mode and not errors:
             write_state(args["state_path"], planned["assignments"])
-        return result

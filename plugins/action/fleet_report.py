@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ansible.plugins.action import ActionBase
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_report import run_report
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_report import ARGUMENT_SPEC
+from ansible_collections.gpufleet.vllm.plugins.plugin_utils.controller_action import ControllerAction
 
 # kind -> (option, host var) pairs read for each host of from_hosts.
 HOST_VARS = {
@@ -36,20 +35,9 @@ def from_host_vars(params: dict[str, Any], hostvars: Any) -> dict[str, Any]:
     return out
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
-    _supports_async = False
+class ActionModule(ControllerAction):
+    ARGUMENT_SPEC = ARGUMENT_SPEC
 
-    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        result = super().run(tmp, task_vars)
-        del tmp
-        validation, _args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        params = dict(validation.validated_parameters)
-        try:
-            params = from_host_vars(params, (task_vars or {}).get("hostvars"))
-            result.update(run_report(params, bool(self._task.check_mode)))
-        except GpufleetError as err:
-            result.update(failed=True, msg=str(err), **err.details)
-        return result
+    def act(self, params: dict[str, Any], task_vars: dict[str, Any], result: dict[str, Any]) -> None:
+        params = from_host_vars(params, task_vars.get("hostvars"))
+        result.update(run_report(params, bool(self._task.check_mode)))
