@@ -196,7 +196,8 @@ def gather(
 class ActionModule(ControllerAction):
     ARGUMENT_SPEC = ARGUMENT_SPEC
 
-    def act(self, args: dict[str, Any], task_vars: dict[str, Any], result: dict[str, Any]) -> None:
+    def act(self, params: dict[str, Any], task_vars: dict[str, Any], result: dict[str, Any]) -> None:
+        args = params
         hosts, existing, unreachable = gather(task_vars, args)
         deployments = [dict(d) for d in _plain(args["deployments"])]
         for dep in deployments:

@@ -262,7 +262,8 @@ class HostApply:
     # ------------------------------------------------------------------------------------------------ entry
     def run(self) -> dict[str, Any]:
         replicas = list(self.p.get("replicas") or [])
-        removals_ok = all([self.remove(item) for item in self.p.get("removals") or []])
+        removed = [self.remove(item) for item in self.p.get("removals") or []]  # each one, even after a failure
+        removals_ok = all(removed)
         if removals_ok and replicas:
             syncs: dict[str, dict[str, Any]] = {}
             for spec in replicas:

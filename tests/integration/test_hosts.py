@@ -237,7 +237,7 @@ def test_demo_inventory_works_from_any_directory(sim_hosts: SimHosts, tmp_path: 
 def _image_ids(lines: str, strip: str = "") -> dict[str, str]:
     out = {}
     for line in lines.splitlines():
-        ref, _, image_id = line.partition(" ")
+        ref, _sep, image_id = line.partition(" ")
         if ref.startswith(strip):
             out[ref.removeprefix(strip)] = image_id.removeprefix("sha256:")
     return out
