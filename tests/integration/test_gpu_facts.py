@@ -15,10 +15,10 @@ from fixtures.nvml import EXAMPLES, make_gpu
 pytestmark = pytest.mark.integration
 
 
-def adhoc(env: dict[str, str], args: str = "", check_mode: bool = False) -> dict:
-    """`ansible localhost -m gpufleet.vllm.gpu_facts -a ARGS`; the result as the tree callback wrote it."""
+def adhoc(env: dict[str, str], args: str = "", check_mode: bool = False, module: str = "gpu_facts") -> dict:
+    """`ansible localhost -m gpufleet.vllm.<module> -a ARGS`; the result as the tree callback wrote it."""
     with tempfile.TemporaryDirectory(prefix="gpufleet-gpu-") as tree:
-        cmd = ["ansible", "localhost", "-m", "gpufleet.vllm.gpu_facts"]
+        cmd = ["ansible", "localhost", "-m", f"gpufleet.vllm.{module}"]
         if args:
             cmd += ["-a", args]
         if check_mode:
@@ -67,6 +67,19 @@ def test_eight_gpus_through_ansible_and_pynvml(gpu_env):
     t4 = facts["gpus"][6]
     assert t4["name"] == "Tesla T4" and t4["utilization_gpu_pct"] is None and t4["processes"] is None
     assert facts["gpus"][3]["memory_used_mib"] == 70000 and len(facts["gpus"][3]["processes"]) == 2
+
+
+def test_deployment_info_returns_the_same_gpus(gpu_env):
+    """The deployments role plans from vllm_deployment_info gpus=true: the same GPU list as gpu_facts."""
+    env = gpu_env("8x-mixed")
+    facts = adhoc(env, "container_runtime=false")["ansible_facts"]
+    info = adhoc(env, "gpus=true probe=false", check_mode=True, module="vllm_deployment_info")
+    assert info["_rc"] == 0 and info["changed"] is False and info["gpu_source"] == "nvml"
+    strip = ("temperature_c", "utilization_gpu_pct", "utilization_memory_pct", "power_draw_w")  # sampled twice
+    assert [{k: v for k, v in g.items() if k not in strip} for g in info["gpus"]] == [
+        {k: v for k, v in g.items() if k not in strip} for g in facts["gpus"]
+    ]
+    assert "gpus" not in adhoc(env, "probe=false", module="vllm_deployment_info")
 
 
 def test_no_library_falls_back_to_nvidia_smi(gpu_env):
