@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fixtures.hosts import SimFleet, recap
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
@@ -58,74 +59,16 @@ def tp_model() -> dict[str, Any]:
     }
 
 
-class Fleet:
-    """Runs the collection's playbooks against the simulated hosts with a per-test inventory."""
+class Fleet(SimFleet):
+    """The collection's playbooks on all simulated hosts, docker everywhere (tests/fixtures/hosts.py: SimFleet)."""
 
     def __init__(self, sim_hosts: Any, workdir: Path) -> None:
-        self.sim = sim_hosts
-        self.workdir = workdir
-        self.artifacts = workdir / "artifacts"
-        self.env = dict(sim_hosts.env)
-        self.env.update(ANSIBLE_PIPELINING="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_SSH_TIMEOUT="5")
-        self.base_inventory = yaml.safe_load(Path(sim_hosts.inventory).read_text())
-        self.inventory = workdir / "inventory"
-
-    def write_inventory(
-        self, deployments: list[dict[str, Any]], address_override: dict[str, str] | None = None
-    ) -> None:
-        inv = json.loads(json.dumps(self.base_inventory))
-        for host, addr in (address_override or {}).items():
-            inv["all"]["children"]["gpu_hosts"]["hosts"][host]["ansible_host"] = addr
-        if self.inventory.exists():
-            shutil.rmtree(self.inventory)
-        (self.inventory / "group_vars" / "all").mkdir(parents=True)
-        (self.inventory / "hosts.yml").write_text(yaml.safe_dump(inv))
-        (self.inventory / "group_vars" / "all" / "fleet.yml").write_text(
-            yaml.safe_dump(
-                {
-                    "gpufleet_allowed_model_dirs": [str(MODELS)],
-                    "gpufleet_artifacts_dir": str(self.artifacts),
-                    "gpufleet_wait_timeout": 120,
-                    "gpufleet_deployments": deployments,
-                }
-            )
-        )
-
-    def play(self, playbook: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-        cmd = ["ansible-playbook", "-i", str(self.inventory), str(ROOT / "playbooks" / playbook), *args]
-        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
-        proc.stdout = proc.stdout + proc.stderr
-        return proc
-
-    def summary(self) -> dict[str, Any]:
-        return json.loads((self.artifacts / "converge-summary.json").read_text())
+        super().__init__(sim_hosts, workdir, {name: "docker" for name in sim_hosts.names})
 
     def docker(self, host: str) -> Any:
         import docker
 
         return docker.DockerClient(base_url=self.sim.docker_host(host))
-
-    def managed(self) -> dict[str, dict[str, Any]]:
-        """Every managed container on every host: name -> {host, id, status, args, labels, env}."""
-        out = {}
-        for host in self.sim.names:
-            for c in self.docker(host).containers.list(all=True, filters={"label": "gpufleet.managed=true"}):
-                out[c.name] = {
-                    "host": host,
-                    "id": c.id,
-                    "status": c.status,
-                    "args": list(c.attrs["Args"]),
-                    "labels": dict(c.labels),
-                    "env": list(c.attrs["Config"]["Env"] or []),
-                }
-        return out
-
-
-def recap(stdout: str) -> dict[str, dict[str, int]]:
-    out = {}
-    for m in re.finditer(r"^(\S+)\s+:\s+(ok=.*)$", stdout, re.M):
-        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return out
 
 
 def replicas(summary: dict[str, Any], deployment: str) -> list[dict[str, Any]]:
