@@ -119,6 +119,9 @@ deployments:
     port:
       description: Port.
       type: int
+    api_key:
+      description: Whether the server requires an API key (label C(gpufleet.api-key)); the key itself is never returned.
+      type: bool
     model:
       description: Model path or hub id.
       type: str
@@ -222,6 +225,7 @@ def describe(rt, st, probe: bool, classify: bool) -> dict:
         "health": health,
         "endpoint": endpoint,
         "port": lab["port"],
+        "api_key": lab["api_key"],
         "model": lab["model"],
         "gpus": lab["gpus"],
         "image": st.image,
