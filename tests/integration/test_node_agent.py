@@ -1,0 +1,380 @@
+"""The node agent for real: `--once` from a tree that holds only the shipped module_utils files, against the main
+dockerd with vLLM stand-in containers started by `ansible localhost -m gpufleet.vllm.vllm_container`; its metrics
+endpoint; then the role over SSH on the simulated host gpu-c (files byte-identical, running, second run changed=0).
+
+Containers are named gpufleet-agent-*, ports 18600-18699; the agent is always limited to them (--names), so it never
+touches another test's containers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible_collections.gpufleet.vllm.plugins.module_utils import node_agent as na
+from fixtures.container import free_port, inspect, logs
+from fixtures.hosts import recap
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLE = ROOT / "roles" / "node_agent"
+MODULE_UTILS = ROOT / "plugins" / "module_utils"
+PYTHON = ROOT / ".venv" / "bin" / "python"
+CANARY_KEY = "canary-agentkey-4e7b19"
+CANARY_URL = "canary-agentsecret-c0ffee"
+PORTS = (18600, 18699)
+
+
+# ------------------------------------------------------------------------------------------------ static
+def test_defaults_and_argument_specs_in_step() -> None:
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    options = specs["main"]["options"]
+    assert set(defaults) == set(options)
+    for key, opt in options.items():
+        if "default" in opt:
+            assert opt["default"] == defaults[key], key
+        else:  # templated defaults (the host's gpufleet_runtime) are documented without a value
+            assert "{{" in str(defaults[key]), key
+
+
+def test_playbook_syntax(ansible_env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        ["ansible-playbook", "--syntax-check", "-i", "localhost,", str(ROOT / "playbooks" / "node_agent.yml")],
+        env=ansible_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ the agent, main dockerd
+@pytest.fixture(scope="module")
+def agent_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding ansible_collections/gpufleet/vllm/plugins/module_utils/ with only the shipped files (what
+    the role puts on a host): the agent must run from exactly that."""
+    root = tmp_path_factory.mktemp("agent-tree")
+    code = root / "ansible_collections" / "gpufleet" / "vllm" / "plugins" / "module_utils"
+    code.mkdir(parents=True)
+    for d in (code, *code.parents):
+        if d == root:
+            break
+        (d / "__init__.py").write_text("")
+    for f in na.shipped_files():
+        shutil.copy2(MODULE_UTILS / f, code / f)
+    return root
+
+
+@pytest.mark.integration
+class TestAgentOnDockerd:
+    @pytest.fixture
+    def names(self) -> Iterator[list[str]]:
+        made: list[str] = []
+        yield made
+        for n in made:
+            for engine in ("docker", "podman"):
+                if shutil.which(engine):
+                    subprocess.run([engine, "rm", "-f", f"gpufleet-{n}"], capture_output=True, check=False)
+
+    @pytest.fixture
+    def deploy(self, ansible_run, standin_images, standin_model_dir, tmp_path, names, request):
+        def run(scenario: str, runtime: str = "docker", **params: Any) -> dict[str, Any]:
+            name = f"agent-{scenario}-{uuid.uuid4().hex[:6]}"
+            names.append(name)
+            images = request.getfixturevalue("podman_bed") if runtime == "podman" else standin_images
+            args = {
+                "name": name,
+                "runtime": runtime,
+                "image": images["0.10.2"],
+                "model": str(standin_model_dir),
+                "gpus": ["0"],
+                "port": free_port(*PORTS),
+                "host": "127.0.0.1",
+                "restart_policy": "no",
+                "manifest_dir": str(tmp_path / "manifests"),
+                "hf_cache_dir": str(tmp_path / "hf"),
+                "compile_cache_dir": str(tmp_path / "cc"),
+                "wait_timeout": 60,
+                "stop_timeout": 5,
+                "api_key": CANARY_KEY,
+                **params,
+            }
+            r = ansible_run.run("vllm_container", args)
+            r["_args"] = args
+            return r
+
+        return run
+
+    @pytest.fixture
+    def agent(self, agent_tree: Path, tmp_path: Path):
+        state = tmp_path / "agent-state"
+
+        def once(names: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            env["PYTHONPATH"] = str(agent_tree)
+            cmd = [str(PYTHON), "-m", na.MODULE, "--once", "--port", "0", "--state-dir", str(state)]
+            cmd += ["--names", ",".join(names), *extra]
+            proc = subprocess.run(
+                cmd, cwd=agent_tree, env=env, capture_output=True, text=True, timeout=120, check=False
+            )
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            return proc
+
+        once.state = state  # type: ignore[attr-defined]
+        return once
+
+    @staticmethod
+    def events(state: Path) -> list[dict[str, Any]]:
+        path = state / "events.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    @staticmethod
+    def wait_exited(name: str, timeout: float = 30, engine: str = "docker") -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            d = inspect(engine, f"gpufleet-{name}")
+            if d and d["State"]["Status"] == "exited":
+                return d
+            time.sleep(0.2)
+        raise AssertionError(f"gpufleet-{name} did not exit within {timeout} s")
+
+    def test_crashed_server_is_restarted_with_backoff(self, deploy, agent, names):
+        r = deploy("crash", env={"STANDIN_CRASH_AFTER": "2"})
+        assert r["_rc"] == 0 and r["ready"], r["_output"]
+        name = names[0]
+        first = self.wait_exited(name)
+        assert first["State"]["ExitCode"] == 1
+
+        agent([name])
+        ev = self.events(agent.state)
+        assert [e["event"] for e in ev] == ["failure", "restart"], ev
+        assert ev[0]["deployment"] == name and ev[0]["exit_code"] == 1 and ev[0]["failure_class"] == "unknown"
+        assert any("EngineCore encountered a fatal error" in line for line in ev[0]["tail"])
+        after = inspect("docker", f"gpufleet-{name}")
+        assert after["Id"] == first["Id"], "restarted, not recreated"
+        assert after["State"]["StartedAt"] != first["State"]["StartedAt"]
+        metrics = (agent.state / "metrics.prom").read_text()
+        assert f'gpufleet_agent_restarts_total{{deployment="{name}"}} 1.0' in metrics
+        assert f'gpufleet_agent_failures_total{{deployment="{name}",failure_class="unknown"}} 1.0' in metrics
+
+        # It crashes again at once: the back-off (10 s after the first restart) holds the next restart.
+        self.wait_exited(name)
+        agent([name])
+        assert inspect("docker", f"gpufleet-{name}")["State"]["Status"] == "exited"
+        assert [e["event"] for e in self.events(agent.state)].count("restart") == 1
+        # Without back-off the budget still counts the restart of the previous run (state.json).
+        agent([name], "--backoff-base", "0", "--max-restarts", "2")
+        assert [e["event"] for e in self.events(agent.state)].count("restart") == 2
+        self.wait_exited(name)
+        agent([name], "--backoff-base", "0", "--max-restarts", "2")
+        kinds = [e["event"] for e in self.events(agent.state)]
+        assert kinds.count("restart") == 2 and kinds[-1] == "restart_budget_exhausted"
+        assert inspect("docker", f"gpufleet-{name}")["State"]["Status"] == "exited"
+
+    def test_bad_args_is_not_restarted(self, deploy, agent, names):
+        r = deploy("badargs", extra_args=["--no-such-flag"], validate_args=False, wait=False)
+        assert r["_rc"] == 0, r["_output"]
+        name = names[0]
+        self.wait_exited(name)
+        agent([name])
+        agent([name])
+        ev = self.events(agent.state)
+        assert [e["event"] for e in ev] == ["failure", "not_restarted"], ev
+        assert ev[0]["failure_class"] == "bad_args" and ev[0]["exit_code"] == 2
+        assert inspect("docker", f"gpufleet-{name}")["State"]["Status"] == "exited"
+        metrics = (agent.state / "metrics.prom").read_text()
+        assert f'gpufleet_agent_restarts_total{{deployment="{name}"}} 0.0' in metrics
+        assert (
+            f'gpufleet_agent_last_failure_timestamp_seconds{{deployment="{name}",failure_class="bad_args"}}' in metrics
+        )
+        assert f'gpufleet_agent_restart_blocked{{deployment="{name}",reason="bad_args"}} 1.0' in metrics
+
+    def test_expired_serve_for_is_stopped_not_removed(self, deploy, agent, names):
+        r = deploy("expiry", serve_for="0.001")  # 3.6 s
+        assert r["_rc"] == 0 and r["ready"], r["_output"]
+        name = names[0]
+        until = inspect("docker", f"gpufleet-{name}")["Config"]["Labels"]["gpufleet.serve-until"]
+        agent([name])
+        assert inspect("docker", f"gpufleet-{name}")["State"]["Running"], "not expired yet"
+        assert self.events(agent.state) == []
+        time.sleep(max(0.0, na.parse_time(until) - time.time()) + 0.5)
+        agent([name])
+        ev = self.events(agent.state)
+        assert [e["event"] for e in ev] == ["expired"] and ev[0]["stopped"] is True
+        d = inspect("docker", f"gpufleet-{name}")
+        assert d is not None and d["State"]["Status"] == "exited", "stopped, not removed"
+        agent([name])  # exited with 0 after the stop: never restarted
+        assert not inspect("docker", f"gpufleet-{name}")["State"]["Running"]
+        metrics = (agent.state / "metrics.prom").read_text()
+        assert f'gpufleet_agent_expired{{deployment="{name}"}} 1.0' in metrics
+        assert f'gpufleet_agent_serve_until_seconds{{deployment="{name}"}} -' in metrics
+
+    def test_secret_canary_never_written(self, deploy, agent, names):
+        r = deploy(
+            "canary",
+            env={"STANDIN_FAIL": "gated"},
+            secret_env={"HF_ENDPOINT": f"http://{CANARY_URL}.invalid"},
+            wait=False,
+        )
+        assert r["_rc"] == 0, r["_output"]
+        name = names[0]
+        self.wait_exited(name)
+        assert CANARY_URL in logs("docker", f"gpufleet-{name}"), "the canary must be in the log for this test to mean"
+        proc = agent([name])
+        ev = self.events(agent.state)
+        assert [e["event"] for e in ev] == ["failure", "not_restarted"] and ev[0]["failure_class"] == "hf_auth"
+        assert any(na.failures.MASK in line for line in ev[0]["tail"])
+        for path in agent.state.iterdir():
+            text = path.read_text()
+            assert CANARY_URL not in text and CANARY_KEY not in text, path.name
+        assert CANARY_URL not in proc.stdout + proc.stderr and CANARY_KEY not in proc.stdout + proc.stderr
+
+    @pytest.mark.podman
+    def test_podman_crash_restarted_and_secrets_masked(self, deploy, agent, names):
+        r = deploy("pdcrash", runtime="podman", gpus=["1"], env={"STANDIN_CRASH_AFTER": "2"})
+        assert r["_rc"] == 0 and r["ready"], r["_output"]
+        r = deploy(
+            "pdgated",
+            runtime="podman",
+            gpus=["1"],
+            env={"STANDIN_FAIL": "gated"},
+            secret_env={"HF_ENDPOINT": f"http://{CANARY_URL}.invalid"},
+            wait=False,
+        )
+        assert r["_rc"] == 0, r["_output"]
+        crash, gated = names
+        first = self.wait_exited(crash, engine="podman")
+        self.wait_exited(gated, engine="podman")
+        assert CANARY_URL in logs("podman", f"gpufleet-{gated}")
+        agent(names, "--runtime", "podman")
+        ev = {(e["deployment"], e["event"]): e for e in self.events(agent.state)}
+        assert set(ev) == {(crash, "failure"), (crash, "restart"), (gated, "failure"), (gated, "not_restarted")}
+        assert ev[(gated, "failure")]["failure_class"] == "hf_auth"
+        after = inspect("podman", f"gpufleet-{crash}")
+        assert after["Id"] == first["Id"] and after["State"]["StartedAt"] != first["State"]["StartedAt"]
+        for path in agent.state.iterdir():
+            text = path.read_text()
+            assert CANARY_URL not in text and CANARY_KEY not in text, path.name
+
+    def test_exporter_answers_metrics(self, deploy, agent_tree, tmp_path, names):
+        r = deploy("metrics")
+        assert r["_rc"] == 0 and r["ready"], r["_output"]
+        name = names[0]
+        port = free_port(*PORTS)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONPATH"] = str(agent_tree)
+        cmd = [str(PYTHON), "-m", na.MODULE, "--interval", "0.5", "--port", str(port), "--address", "127.0.0.1"]
+        cmd += ["--state-dir", str(tmp_path / "exporter"), "--names", name]
+        proc = subprocess.Popen(cmd, cwd=agent_tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            text, deadline = "", time.monotonic() + 30
+            want = f'gpufleet_agent_deployment_healthy{{deployment="{name}"}} 1.0'
+            while want not in text and time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                        text = resp.read().decode()
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            assert want in text, text
+            assert f'gpufleet_agent_deployment_up{{deployment="{name}"}} 1.0' in text
+            assert "gpufleet_agent_tick_duration_seconds" in text and "gpufleet_agent_tick_errors_total 0.0" in text
+            assert CANARY_KEY not in text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out = proc.communicate(timeout=20)[0].decode()
+        assert proc.returncode == 0, out
+
+
+# ------------------------------------------------------------------------------------------------ the role on gpu-c
+SIM_INSTALL = "/var/lib/gpufleet/agent-test-code"
+SIM_STATE = "/var/lib/gpufleet/agent-test-state"
+SIM_PIDFILE = "/run/gpufleet-node-agent-test.pid"
+
+
+@pytest.mark.integration
+@pytest.mark.multihost
+def test_role_on_sim_host(sim_hosts, sim_fleet_lock, tmp_path):
+    host = "gpu-c"
+    if host not in sim_hosts.hosts:
+        pytest.skip("the simulated host gpu-c is not up")
+    port = free_port(*PORTS)
+    extra = {
+        "gpufleet_hosts": "gpu_hosts",
+        "gpufleet_agent_install_dir": SIM_INSTALL,
+        "gpufleet_agent_state_dir": SIM_STATE,
+        "gpufleet_agent_pidfile": SIM_PIDFILE,
+        "gpufleet_agent_port": port,
+        "gpufleet_agent_interval": 1,
+        "gpufleet_agent_names": ["agent-sim-none"],
+    }
+    (tmp_path / "vars.yml").write_text(yaml.safe_dump(extra))
+
+    def play(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = ["ansible-playbook", "-i", str(sim_hosts.inventory), "--limit", host, "-e", f"@{tmp_path / 'vars.yml'}"]
+        cmd += [*args, str(ROOT / "playbooks" / "node_agent.yml")]
+        proc = subprocess.run(cmd, env=sim_hosts.env, capture_output=True, text=True, timeout=300, check=False)
+        proc.stdout += proc.stderr
+        return proc
+
+    def agent_pid() -> int | None:
+        r = sim_hosts.in_host(host, "cat", SIM_PIDFILE)
+        return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else None
+
+    try:
+        check = play("--check")
+        assert check.returncode == 0, check.stdout[-4000:]
+        assert agent_pid() is None, "check mode started nothing"
+
+        first = play()
+        assert first.returncode == 0, first.stdout[-4000:]
+        assert recap(first.stdout)[host]["changed"] > 0
+
+        # The no-drift rule: exactly the shipped files, byte for byte the collection's.
+        code = f"{SIM_INSTALL}/ansible_collections/gpufleet/vllm/plugins/module_utils"
+        listed = sim_hosts.in_host(host, "ls", code)
+        assert sorted(listed.stdout.split()) == sorted([*na.shipped_files(), "__init__.py"])
+        sums = sim_hosts.in_host(host, "sha256sum", *[f"{code}/{f}" for f in na.shipped_files()])
+        assert sums.returncode == 0, sums.stderr
+        remote = {Path(p).name: s for s, p in (line.split() for line in sums.stdout.splitlines())}
+        local = {f: subprocess.check_output(["sha256sum", str(MODULE_UTILS / f)], text=True).split()[0] for f in remote}
+        assert remote == local
+
+        # The agent runs (supervised, in gpu-c's namespaces) and answers on gpu-c's address.
+        pid = agent_pid()
+        assert pid is not None and na.MODULE in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        url = f"http://{sim_hosts.address(host)}:{port}/metrics"
+        text, deadline = "", time.monotonic() + 30
+        while "gpufleet_agent_ticks_total" not in text and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    text = resp.read().decode()
+            except OSError:
+                time.sleep(0.3)
+        assert "gpufleet_agent_ticks_total" in text and "gpufleet_agent_tick_errors_total 0.0" in text, text
+
+        second = play()
+        assert second.returncode == 0, second.stdout[-4000:]
+        assert recap(second.stdout)[host]["changed"] == 0, second.stdout[-4000:]
+        assert agent_pid() == pid, "an unchanged run leaves the agent running as it is"
+
+        # A killed supervisor is started again by the next run.
+        os.kill(pid, signal.SIGKILL)
+        third = play()
+        assert third.returncode == 0 and recap(third.stdout)[host]["changed"] == 1, third.stdout[-4000:]
+        assert agent_pid() not in (None, pid)
+    finally:
+        stopped = play("-e", "gpufleet_agent_state=stopped")
+        sim_hosts.in_host(host, "rm", "-rf", SIM_INSTALL, SIM_STATE)
+    assert stopped.returncode == 0, stopped.stdout[-4000:]
+    assert agent_pid() is None
