@@ -12,13 +12,11 @@ import datetime
 import errno
 import os
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import container_spec as cs
 from ansible_collections.gpufleet.vllm.plugins.module_utils import failures
-from ansible_collections.gpufleet.vllm.plugins.module_utils import gpu as _gpu
 from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
 from ansible_collections.gpufleet.vllm.plugins.module_utils import manifest as mf
 from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
@@ -30,7 +28,10 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
     ImageInfo,
     Runtime,
 )
-from ansible_collections.gpufleet.vllm.plugins.module_utils.vllm_args import check_argv
+
+# Imported where used, not here, so that a no-op converge (label hash equal -> changed false) never loads them:
+# gpu (NVML / nvidia-smi, for the GPU pre-checks), vllm_args and its flag tables (argv mapping and validation),
+# image_ref (pull). AnsiballZ still ships them: it follows imports inside functions too.
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -42,21 +43,12 @@ def _bad_args(e: GpufleetError) -> GpufleetError:
     return GpufleetError(f"bad_args: {e.msg}", **details)
 
 
-@dataclass
-class Plan:
-    actions: list[str] = field(default_factory=list)
-    recreate: bool = False
-    reason: str | None = None
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.actions)
-
-
 def gpu_facts() -> tuple[list[dict[str, Any]] | None, str | None]:
     """(gpus list, None) from plugins/module_utils/gpu.py (NVML, else nvidia-smi), or (None, why not)."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.gpu import gather_gpus
+
     try:
-        facts = _gpu.gather_gpus(timeout=10.0)
+        facts = gather_gpus(timeout=10.0)
     except Exception as e:  # no NVML on this host is not an error for us: the checks are skipped with a warning
         return None, f"GPU facts unavailable: {e}"
     if facts.get("gpu_source") in (None, "none"):
@@ -78,6 +70,24 @@ def port_in_use(host: str, port: int) -> bool:
         s.close()
 
 
+def apply_manifest(params: dict[str, Any], explicit: Collection[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """(parameters, warnings) for ``from_manifest``: the manifest on this host read and merged under the parameters
+    given explicitly (manifest.merge; ``explicit`` = the names the task set, None = those that differ from their
+    default). Without from_manifest: the parameters as they are. The result has from_manifest cleared, so applying
+    it twice changes nothing. Call it before choosing the engine adapter: the manifest may name the runtime."""
+    source = params.get("from_manifest")
+    if not source:
+        return params, []
+    if isinstance(source, Mapping):  # the manifest itself (e.g. read on the controller)
+        manifest = dict(source)
+        mf.check(manifest, "the manifest given")
+    elif isinstance(source, str):
+        manifest = mf.read(os.path.expanduser(source))
+    else:
+        raise GpufleetError("from_manifest: give a manifest file path on this host or the manifest itself (a dict)")
+    return mf.merge(params, manifest, explicit)
+
+
 class Deployment:
     def __init__(
         self,
@@ -86,11 +96,26 @@ class Deployment:
         check_mode: bool = False,
         warn: Callable[[str], None] | None = None,
         gpu_facts_fn: Callable[[], tuple[list[dict[str, Any]] | None, str | None]] = gpu_facts,
+        explicit: Collection[str] | None = None,
     ) -> None:
+        """``params``: vllm_container's parameters (argument_spec(), defaults applied). With ``from_manifest`` set,
+        the manifest is read and merged here (apply_manifest; ``explicit`` names the parameters the caller set);
+        the ``runtime`` adapter must then be the one of the merged parameters."""
+        self.warn = warn or (lambda msg: None)
+        if params.get("from_manifest"):
+            params, warnings = apply_manifest(params, explicit)
+            for w in warnings:
+                self.warn(w)
+            if runtime.name in ("docker", "podman") and params.get("runtime") not in (None, runtime.name):
+                raise GpufleetError(
+                    f"from_manifest gives runtime {params['runtime']} but the engine adapter is {runtime.name}; "
+                    "merge the manifest first (container.apply_manifest) and build the adapter from the result"
+                )
+        if not params.get("name"):
+            raise GpufleetError("name is required (or from_manifest, whose deployment name is then used)")
         self.p = params
         self.rt = runtime
         self.check_mode = check_mode
-        self.warn = warn or (lambda msg: None)
         self.gpu_facts_fn = gpu_facts_fn
         self.name = params["name"]
         self.cname = lb.container_name(self.name)
@@ -101,8 +126,14 @@ class Deployment:
         self._facts: list[dict[str, Any]] | None = None
         self._facts_loaded = False
         self.serve_for: datetime.timedelta | None = None  # parsed in run(), before anything is touched
+        self.phases: list[str] = []  # pulling (this module) + the start-up phases the server's log showed
 
     # ------------------------------------------------------------------------------------------------ helpers
+    def _phase(self, phase: str) -> None:
+        """Record a phase this run went through (result key ``phases``)."""
+        rd.add_phase(self.phases, phase)
+        self.result["phases"] = list(self.phases)
+
     def _act(self, action: str) -> None:
         self.result["actions"].append(action)
         self.result["changed"] = True
@@ -119,15 +150,75 @@ class Deployment:
     def base(self) -> str:
         return rd.base_url(self.p.get("host"), self.p["port"])
 
-    def _image(self) -> ImageInfo:
+    def _image(self) -> ImageInfo | None:
+        """The image, or None when it is absent and ``pull: missing`` says to pull it (``_pull``)."""
         ref = self.p["image"]
         img = self.rt.image(ref)
-        if img is None:
+        if img is None and (self.p.get("pull") or "never") != "missing":
             raise GpufleetError(
-                f"image {ref} is not present in {self.rt.name}; pull or build it first (gpufleet.vllm.vllm_image)",
+                f"image {ref} is not present in {self.rt.name}; pull or build it first (gpufleet.vllm.vllm_image), "
+                "or set pull: missing to let vllm_container pull it",
                 precheck="image_absent",
             )
         return img
+
+    def _pull(self) -> ImageInfo | None:
+        """Pull the absent image through the engine adapter (phase ``pulling``); None in check mode."""
+        from ansible_collections.gpufleet.vllm.plugins.module_utils.image_ref import split_reference
+
+        ref = self.p["image"]
+        repo, tag, digest = split_reference(ref)
+        self._act(f"pull {ref}")
+        self._phase("pulling")
+        if self.check_mode:
+            return None
+        try:
+            self.rt.pull(repo, digest or tag or "latest")
+        except GpufleetError as e:
+            details = {**e.details, "phase": "pulling", "phases": list(self.phases), "image": ref}
+            details.setdefault("failure_class", "pull_failed")
+            raise GpufleetError(e.msg, **details) from e
+        img = self.rt.image(ref)
+        if img is None:
+            raise GpufleetError(
+                f"pulled {ref} but {self.rt.name} does not show it", failure_class="pull_failed", phase="pulling"
+            )
+        return img
+
+    def _predicted_mode(self) -> tuple[str, str | None]:
+        """(model mode, vLLM version) of an image that is not pulled yet (check mode): from vllm_version or the
+        tag (v0.10.2 -> 0.10.2). Images before vLLM 0.9 start with the api_server module (``--model``)."""
+        from ansible_collections.gpufleet.vllm.plugins.module_utils.image_ref import split_reference, version_of_tag
+
+        version = self.p.get("vllm_version") or version_of_tag(split_reference(self.p["image"])[1] or "")
+        parts = [int(x) for x in (version or "").split(".")[:2] if x.isdigit()]
+        return ("option" if len(parts) == 2 and tuple(parts) < (0, 9) else "positional"), version
+
+    def _specs(
+        self, img: ImageInfo | None, mode: str, version: str | None, cur: ContainerState | None
+    ) -> tuple[dict[str, Any], dict[str, str], set[str]]:
+        """(spec, env, secret keys). ``validate_args`` maps the typed options to the flags of this vLLM version (one
+        it lacks is bad_args here, before anything is touched, check mode included). A container whose
+        ``gpufleet.argv-flags`` label says its argv was mapped from the same options for the same version is first
+        compared with the default flags, without loading the flag tables: equal hashes mean a no-op."""
+        image_id = img.id if img is not None else None
+        validate = bool(self.p.get("validate_args"))
+        if not validate:
+            return cs.normalized_spec(self.p, image_id, mode)
+        if (
+            cur is not None
+            and img is not None
+            and cur.labels.get(lb.ARGV_FLAGS) == cs.argv_flags_marker(self.p, version)
+        ):
+            spec, env, secret_keys = cs.normalized_spec(self.p, image_id, mode)
+            if cs.config_hash(spec) == cur.labels.get(lb.CONFIG_HASH):
+                return spec, env, secret_keys
+        try:
+            return cs.normalized_spec(self.p, image_id, mode, check_version=True, vllm_version=version)
+        except GpufleetError as e:
+            if e.details.get("failure_class") == "bad_args":
+                raise _bad_args(e) from e
+            raise
 
     # ------------------------------------------------------------------------------------------------ entry
     def run(self) -> dict[str, Any]:
@@ -162,18 +253,16 @@ class Deployment:
             return self._by_name(cur)
         self._host_warning()
         img = self._image()
-        mode = cs.model_mode(img.entrypoint)
-        version = self.p.get("vllm_version") or img.vllm_version
-        try:
-            # validate_args: typed options map to the flags of this vLLM version; one it lacks is bad_args here,
-            # before anything is touched (check mode included).
-            spec, env, secret_keys = cs.normalized_spec(
-                self.p, img.id, mode, check_version=bool(self.p.get("validate_args")), vllm_version=version
-            )
-        except GpufleetError as e:
-            if e.details.get("failure_class") == "bad_args":
-                raise _bad_args(e) from e
-            raise
+        if img is None:
+            # pull: missing. The pre-checks that do not need the image run first: a pull can take long.
+            self.ctx = {"spec": {"gpus": cs.gpus_of(self.p)}}
+            self._prechecks(cur, starting=state != "stopped", argv=False)
+            img = self._pull()
+        if img is not None:
+            mode, version = cs.model_mode(img.entrypoint), self.p.get("vllm_version") or img.vllm_version
+        else:  # check mode: the image would be pulled first
+            mode, version = self._predicted_mode()
+        spec, env, secret_keys = self._specs(img, mode, version, cur)
         h = cs.config_hash(spec)
         cur_l = lb.parse(cur.labels) if cur else None
         same = bool(cur and cur_l and cur_l["config_hash"] == h)
@@ -415,8 +504,12 @@ class Deployment:
             names = rd.models(self.base, self.p.get("api_key"))
             if names is not None:
                 self.result.update(ready=True, phase="ready", models=names)
+                if self.phases:  # pulled: say that it went on to ready
+                    self._phase("ready")
                 return
         out = rd.wait_ready(self.rt, cid, self.base, self.p.get("api_key"), self.p["wait_timeout"], self.secrets)
+        for phase in [*out.phases, out.phase]:
+            self._phase(phase)
         self.result["readiness"] = out.as_dict()
         self.result["phase"] = out.phase
         if out.health_ok_at:
@@ -433,6 +526,7 @@ class Deployment:
             "failure_class": out.failure_class,
             "hint": out.hint,
             "phase": out.phase,
+            "phases": self.phases + ([out.phase] if self.phases[-1:] != [out.phase] else []),
             "exit_code": out.exit_code,
             "log_tail": out.log_tail,
             "container_name": self.cname,
@@ -491,6 +585,7 @@ class Deployment:
             sleep_mode=bool(self.p.get("sleep_mode")),
             api_key=bool(self.p.get("api_key")),
             extra=self.p.get("labels"),
+            argv_flags=cs.argv_flags_marker(self.p, c["version"]) if self.p.get("validate_args") else None,
         )
         return CreateSpec(
             name=self.cname,
@@ -510,13 +605,14 @@ class Deployment:
 
     def _build_manifest(self) -> dict[str, Any]:
         c = self.ctx
+        img = c["img"]  # None in check mode before a pull
         return mf.build(
             self.p,
             argv=c["spec"]["argv"],
             env_keys=list(c["env"]),
             image_ref=self.p["image"],
-            image_id=c["img"].id,
-            image_digest=c["img"].digest,
+            image_id=img.id if img is not None else None,
+            image_digest=img.digest if img is not None else None,
             vllm_version=c["version"],
             gpus=c["spec"]["gpus"],
             gpu_facts=self._facts if self._facts_loaded else None,
@@ -548,8 +644,11 @@ class Deployment:
                 "server; set api_key or host: 127.0.0.1"
             )
 
-    def _prechecks(self, cur: ContainerState | None, starting: bool) -> None:
-        self._validate_argv()
+    def _prechecks(self, cur: ContainerState | None, starting: bool, argv: bool = True) -> None:
+        """Everything that must hold before a container is created (pre-check failures touch nothing). ``argv``:
+        validate the argv too (it needs the image's vLLM version: skipped before a pull)."""
+        if argv:
+            self._validate_argv()
         if not self.p.get("prechecks"):
             return
         p = self.p
@@ -676,9 +775,11 @@ class Deployment:
         (vllm_args, issue 9): bad_args before anything is created or started. validate_args: false skips it."""
         if not self.p.get("validate_args"):
             return
+        from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
+
         c = self.ctx
         try:
-            warnings = check_argv(
+            warnings = vllm_args.check_argv(
                 c["spec"]["argv"],
                 c["version"],
                 entrypoint=cs.entrypoint_of(c["mode"]),

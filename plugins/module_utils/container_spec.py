@@ -22,7 +22,6 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 
 SPEC_VERSION = 1
@@ -83,7 +82,7 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
 _LORA_SUBOPTIONS = {"name": {"type": "str", "required": True}, "path": {"type": "path", "required": True}}
 
 CONTAINER_OPTIONS: tuple[Option, ...] = (
-    Option("name", "str", required=True, comparison="value"),
+    Option("name", "str", comparison="value"),  # required unless from_manifest gives it (container.Deployment)
     Option("state", "str", default="started", choices=("started", "stopped", "paused", "absent", "restarted")),
     Option("runtime", "str", default="docker", choices=("docker", "podman"), comparison="value"),
     Option("docker_host", "str"),
@@ -122,6 +121,8 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option("validate_args", "bool", default=True),
     Option("vllm_version", "str"),
     Option("prechecks", "bool", default=True),
+    Option("pull", "str", default="never", choices=("never", "missing")),
+    Option("from_manifest", "raw"),  # a path on the target, or the manifest itself
 )
 
 OPTIONS: tuple[Option, ...] = CONTAINER_OPTIONS + ENGINE_OPTIONS
@@ -183,13 +184,17 @@ def engine_argv(
     the flags of ENGINE_OPTIONS are used as they are.
     """
     argv: list[str] = []
+    flag_for = None
+    if check_version:
+        # Imported here: the flag tables are only needed when the argv is mapped (never on a no-op converge).
+        from ansible_collections.gpufleet.vllm.plugins.module_utils.vllm_args import flag_for
     for o in ENGINE_OPTIONS:
         v = params.get(o.name)
         if v is None:
             continue
         if not o.flag:  # internal invariant: every engine option declares its flag
             raise RuntimeError(f"engine option {o.name} has no vLLM flag in ENGINE_OPTIONS")
-        flag = vllm_args.flag_for(o.name, vllm_version, entrypoint) if check_version else o.flag
+        flag = flag_for(o.name, vllm_version, entrypoint) if flag_for is not None else o.flag
         if o.kind == "store_true":
             if v:
                 argv.append(flag)
@@ -323,7 +328,7 @@ def gpus_of(params: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- spec
 def normalized_spec(
     params: dict[str, Any],
-    image_id: str,
+    image_id: str | None,
     mode: str = "positional",
     *,
     check_version: bool = False,
@@ -351,6 +356,19 @@ def normalized_spec(
         "labels": {str(k): str(v) for k, v in sorted((params.get("labels") or {}).items())},
     }
     return spec, env, secret_keys
+
+
+def engine_options_given(params: dict[str, Any]) -> list[str]:
+    """Names of the typed engine options set (not None), in table order."""
+    return [o.name for o in ENGINE_OPTIONS if params.get(o.name) is not None]
+
+
+def argv_flags_marker(params: dict[str, Any], vllm_version: str | None) -> str:
+    """The ``gpufleet.argv-flags`` label value: the vLLM version whose flag table mapped the typed options, and
+    which options were given. When a container carries the same value, its argv was rendered from the same options
+    with the same flags, so the default-flag argv hashes equal exactly when the mapped ones do (the rendering of each
+    option takes the same number of tokens either way): a no-op converge can then skip the flag tables."""
+    return f"{vllm_version or ''}|{','.join(engine_options_given(params))}"
 
 
 def config_hash(spec: dict[str, Any]) -> str:

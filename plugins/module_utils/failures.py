@@ -9,6 +9,7 @@ kv_cache_too_small, no_gpu, hf_auth, model_not_found, port_conflict, bad_args, t
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -105,19 +106,29 @@ _RULES: list[tuple[str, list[str], str]] = [
         "vLLM refused its arguments; check the engine options and extra_args against this vLLM version",
     ),
 ]
-_COMPILED = [(cls, [re.compile(p) for p in pats], hint) for cls, pats, hint in _RULES]
 _HINTS = {rule[0]: rule[2] for rule in _RULES}
 _HINTS["timeout"] = (
     "the server was not ready within wait_timeout; raise wait_timeout (first starts download and compile)"
 )
 _HINTS["unknown"] = "the server failed; read log_tail"
 
-_ERRORISH = re.compile(r"(Error|Exception|error:|ERROR|Traceback|FATAL)")
+_ERRORISH = r"(Error|Exception|error:|ERROR|Traceback|FATAL)"
 _TOKEN_PATTERNS = [
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),
-    re.compile(r"(?i)((?:api[_-]?key|token|password|secret)['\"]?\s*[=:]\s*['\"]?)[^\s'\",}]{4,}"),
+    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}",
+    r"\bhf_[A-Za-z0-9]{20,}\b",
+    r"(?i)((?:api[_-]?key|token|password|secret)['\"]?\s*[=:]\s*['\"]?)[^\s'\",}]{4,}",
 ]
+
+
+# Compiled on first use (functools.cache): a no-op converge imports this module but never classifies or masks.
+@functools.cache
+def _rules() -> list[tuple[str, list[re.Pattern[str]], str]]:
+    return [(cls, [re.compile(p) for p in pats], hint) for cls, pats, hint in _RULES]
+
+
+@functools.cache
+def _tokens() -> list[re.Pattern[str]]:
+    return [re.compile(p) for p in _TOKEN_PATTERNS]
 
 
 def hint_for(failure_class: str) -> str:
@@ -127,7 +138,7 @@ def hint_for(failure_class: str) -> str:
 def _last_error_line(lines: list[str]) -> str | None:
     for line in reversed(lines):
         s = line.strip()
-        if s and _ERRORISH.search(s) and not s.startswith("File ") and not s.startswith("Traceback"):
+        if s and re.search(_ERRORISH, s) and not s.startswith("File ") and not s.startswith("Traceback"):
             return s[:300]
     return None
 
@@ -135,7 +146,7 @@ def _last_error_line(lines: list[str]) -> str | None:
 def classify(log_lines: Iterable[str], exit_code: int | None = None, timed_out: bool = False) -> tuple[str, str]:
     """Failure class and a one-line hint ``"<class>: <what happened>; <what to do>"`` from the log tail."""
     lines = [ln for chunk in log_lines for ln in str(chunk).splitlines()][-TAIL_LINES:]
-    for cls, pats, hint in _COMPILED:
+    for cls, pats, hint in _rules():
         for line in lines:
             if any(p.search(line) for p in pats):
                 return cls, f"{cls}: {hint}"
@@ -156,7 +167,7 @@ def mask(lines: Iterable[str], secrets: Iterable[str | None] = ()) -> list[str]:
     for line in lines:
         for v in values:
             line = line.replace(v, MASK)
-        for pat in _TOKEN_PATTERNS:
+        for pat in _tokens():
             line = pat.sub(lambda m: (m.group(1) if m.groups() else "") + MASK, line)
         out.append(line)
     return out

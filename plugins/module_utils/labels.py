@@ -26,6 +26,10 @@ SPEC = "gpufleet.spec"
 HOST = "gpufleet.host"
 SLEEP_MODE = "gpufleet.sleep-mode"
 API_KEY_SET = "gpufleet.api-key"
+# "<vLLM version>|<typed engine options>" whose flags were mapped through that version's flag table when the
+# container was created (validate_args). The same value now lets a no-op converge compare hashes without loading the
+# flag tables (container_spec.argv_flags_marker).
+ARGV_FLAGS = "gpufleet.argv-flags"
 
 CONTAINER_PREFIX = "gpufleet-"
 PREVIOUS_SUFFIX = "-previous"
@@ -60,6 +64,7 @@ def build(
     sleep_mode: bool = False,
     api_key: bool = False,
     extra: dict[str, str] | None = None,
+    argv_flags: str | None = None,
 ) -> dict[str, str]:
     """All labels of a deployment's container (``extra`` = user labels, which may not use the gpufleet. prefix)."""
     labels = {k: str(v) for k, v in (extra or {}).items() if not k.startswith(PREFIX)}
@@ -81,6 +86,8 @@ def build(
     )
     if serve_until:
         labels[SERVE_UNTIL] = serve_until
+    if argv_flags is not None:
+        labels[ARGV_FLAGS] = argv_flags
     return labels
 
 

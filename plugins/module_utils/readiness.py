@@ -9,6 +9,7 @@ A container that exits or restarts, or a ``wait_timeout`` that passes, ends the 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -22,26 +23,66 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import Runtime, raw_http
 
 PHASES = ("starting", "pulling", "downloading", "loading_weights", "compiling", "capturing_graphs", "ready")
-_PHASE_RULES = [
-    ("downloading", re.compile(r"Downloading|Fetching \d+ files|Time spent downloading weights")),
-    ("loading_weights", re.compile(r"Starting to load model|Loading weights|Loading safetensors checkpoint")),
-    ("compiling", re.compile(r"torch\.compile|Dynamo bytecode transform|Compiling a graph")),
-    ("capturing_graphs", re.compile(r"Capturing CUDA graph|Graph capturing finished")),
-    ("ready", re.compile(r"Application startup complete")),
-]
+# What vLLM logs at the start of each phase (checked against vLLM 0.8-0.11 sources and logs):
+# - downloading: model_executor/model_loader/weight_utils.py download_weights_from_hf() logs "Using model weights
+#   format [...]" right before huggingface_hub's snapshot_download (hub ids only: a local directory never goes
+#   through it), then "Time spent downloading weights for <model>: <s> seconds" when it took over 0.5 s; the
+#   hub's own progress bars ("config.json: 100%|...") and "Fetching N files" may appear as well.
+# - loading_weights: the checkpoint shard progress bar ("Loading safetensors checkpoint shards:   0% Completed"),
+#   "Loading weights took", "Model loading took". "Starting to load model" is NOT used: vLLM logs it before the
+#   download, so a hub model would show loading_weights, then downloading.
+# - compiling: torch.compile / Dynamo; capturing_graphs: CUDA graph capture; ready: uvicorn's startup line.
+_PHASE_PATTERNS = (
+    ("downloading", r"Using model weights format|Time spent downloading weights|Fetching \d+ files|Downloading"),
+    (
+        "loading_weights",
+        r"Loading safetensors checkpoint shards|Loading pt checkpoint shards|Loading weights took|Model loading took",
+    ),
+    ("compiling", r"torch\.compile|Dynamo bytecode transform|Compiling a graph"),
+    ("capturing_graphs", r"Capturing CUDA graph|Graph capturing finished"),
+    ("ready", r"Application startup complete"),
+)
 MIN_INTERVAL = 0.05
 MAX_INTERVAL = 2.0
+# How long a ready server's log may lag behind its /health (to report the phases seen in full).
+LOG_CATCH_UP_S = 0.25
+
+
+@functools.cache
+def _phase_rules() -> list[tuple[str, int, re.Pattern[str]]]:
+    """Compiled on first use: a no-op converge never reads a log."""
+    return [(phase, PHASES.index(phase), re.compile(pat)) for phase, pat in _PHASE_PATTERNS]
 
 
 def phase_of(lines: list[str] | deque, current: str = "starting") -> str:
     """The furthest phase the log lines reach (phases only move forward)."""
     best = PHASES.index(current) if current in PHASES else 0
+    rules = _phase_rules()
     for line in lines:
-        for phase, pat in _PHASE_RULES:
-            idx = PHASES.index(phase)
+        for _phase, idx, pat in rules:
             if idx > best and pat.search(line):
                 best = idx
     return PHASES[best]
+
+
+def line_phase(line: str) -> str | None:
+    """The phase one log line announces, if any (regardless of the phase reached so far)."""
+    for phase, _idx, pat in _phase_rules():
+        if pat.search(line):
+            return phase
+    return None
+
+
+def in_order(phases: set[str] | list[str]) -> list[str]:
+    """Phases in their start-up order. The log is read from two pipes (stdout, stderr) that the engine merges in
+    arrival order, so lines written a few milliseconds apart can swap; a phase is never skipped because of it."""
+    return [p for p in PHASES if p in phases]
+
+
+def add_phase(seen: list[str], phase: str) -> None:
+    """Append ``phase`` to the phases seen unless it is already the last one."""
+    if not seen or seen[-1] != phase:
+        seen.append(phase)
 
 
 def base_url(host: str | None, port: int) -> str:
@@ -106,6 +147,7 @@ class Outcome:
     log_tail: list[str] = field(default_factory=list)
     health_ok_at: float | None = None  # time.time() of the first successful /health
     ready_at: float | None = None  # time.time() when readiness was established
+    phases: list[str] = field(default_factory=list)  # the phases the log showed, in order
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +160,7 @@ class Outcome:
             "exit_code": self.exit_code,
             "health_ok_at": self.health_ok_at,
             "ready_at": self.ready_at,
+            "phases": list(self.phases),
         }
 
 
@@ -135,6 +178,8 @@ def wait_ready(
     wake = threading.Event()
     lines: deque[str] = deque(maxlen=failures.TAIL_LINES)
     state = {"phase": "starting", "ended": False}
+    seen = ["starting"]  # the phases the log announced (a list: copied while the reader appends; in_order sorts)
+    log_ready = threading.Event()  # the reader saw the "ready" line (or the log ended)
     first = runtime.container(cid)
     restarts0 = first.restart_count if first else 0
 
@@ -142,11 +187,19 @@ def wait_ready(
         try:
             for line in runtime.follow(cid):
                 lines.append(line)
-                state["phase"] = phase_of([line], state["phase"])
+                phase = line_phase(line)
+                if phase is not None:
+                    if phase not in seen:
+                        seen.append(phase)
+                    if PHASES.index(phase) > PHASES.index(state["phase"]):
+                        state["phase"] = phase
+                    if phase == "ready":
+                        log_ready.set()
                 wake.set()
         except Exception:
             pass
         state["ended"] = True
+        log_ready.set()
         wake.set()
 
     if follow:
@@ -157,14 +210,20 @@ def wait_ready(
         cls, hint = cls_hint or failures.classify(tail, exit_code=exit_code, timed_out=timed_out)
         if timed_out and cls == "unknown":
             cls, hint = "timeout", "timeout: " + failures.hint_for("timeout")
+        # The phases the tail shows that the reader may not have got to yet (it can lag behind an exit).
+        found = set(list(seen))
+        found.update(p for p in map(line_phase, tail) if p is not None)
+        phases = in_order(found)
+        phase = phases[-1] if not timed_out else state["phase"]
         return Outcome(
             ready=False,
-            phase=phase_of(tail, state["phase"]) if not timed_out else state["phase"],
+            phase=phase,
             waited_s=time.monotonic() - t0,
             failure_class=cls,
             hint=hint,
             exit_code=exit_code,
             log_tail=tail,
+            phases=phases,
         )
 
     interval = MIN_INTERVAL
@@ -177,6 +236,10 @@ def wait_ready(
             health_at = health_at or time.time()
             names = models(base, api_key)
             if names is not None:
+                if follow:
+                    # The log lines of the last phases may still be on their way: wait (briefly) for the reader.
+                    log_ready.wait(LOG_CATCH_UP_S)
+                phases = in_order({*list(seen), "ready"})
                 return Outcome(
                     ready=True,
                     phase="ready",
@@ -185,6 +248,7 @@ def wait_ready(
                     health_ok_at=health_at,
                     ready_at=time.time(),
                     log_tail=failures.mask(list(lines)[-20:], secrets or []),
+                    phases=phases,
                 )
         if state["ended"] or not follow or now - last_state_check >= 1.0:
             last_state_check = now

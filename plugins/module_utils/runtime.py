@@ -41,6 +41,16 @@ def raw_http(
             sock.close()
             raise
         host = "localhost"
+    elif target[0].replace(".", "").isdigit() or ":" in target[0]:
+        # An IP literal (the readiness probes' 127.0.0.1): no name resolution (getaddrinfo) needed.
+        sock = socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(target)
+        except OSError:
+            sock.close()
+            raise
+        host = f"[{target[0]}]:{target[1]}" if ":" in target[0] else f"{target[0]}:{target[1]}"
     else:
         sock = socket.create_connection(target, timeout=timeout)
         host = f"[{target[0]}]:{target[1]}" if ":" in target[0] else f"{target[0]}:{target[1]}"

@@ -7,10 +7,10 @@ dockerd reports it back with ``Count``/``Driver`` normalized differently from wh
 community.docker recreate on every run); we never compare it: the config-hash label decides.
 
 Reads (container and image inspects: the whole no-op path of vllm_container and vllm_image) are plain HTTP GETs on
-the unix socket through ``runtime.raw_http`` (unversioned paths: no GET /version on the no-op path); the docker SDK is imported only for writes, pulls and builds, or when
-the engine is not on a unix socket (tcp://, TLS). The image operations (``inspect_image``, ``pull``, ``build``)
-only use the Docker Engine API, so the podman adapter runs them against podman's Docker-compatible API service
-with an instance of this class.
+the unix socket through ``runtime.raw_http`` (unversioned paths: no GET /version on the no-op path); the docker SDK
+is imported only for writes, pulls and builds, or when the engine is not on a unix socket (tcp://, TLS). The image
+operations (``inspect_image``, ``pull``, ``build``) only use the Docker Engine API, so the podman adapter runs them
+against podman's Docker-compatible API service with an instance of this class.
 """
 
 from __future__ import annotations

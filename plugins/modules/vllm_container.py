@@ -15,7 +15,7 @@ description:
     so env order, image digests or how the engine reports device requests never cause a spurious change.
   - Pre-checks run before anything is touched (port bound by something else, GPU ids not on the host,
     tensor x pipeline parallel size not equal to the number of GPUs, C(gpu_memory_utilization) above the free
-    memory of a GPU, model path missing or without config.json, image absent, unknown vLLM flags).
+    memory of a GPU, model path missing or without config.json, image absent unless O(pull=missing), unknown vLLM flags).
   - A replacement never loses the working server. The old container is stopped and kept as
     C(gpufleet-NAME-previous) until the new one answers C(/health) and C(/v1/models); if the new one fails, it is
     removed and the old one renamed back and started, and the module fails with the failure class and rollback.
@@ -99,6 +99,19 @@ options:
     description:
       - C(--generation-config).
     type: str
+  from_manifest:
+    description:
+      - Path, on the target, of a reproducibility manifest written by this module (e.g. C(/var/lib/gpufleet/manifests/NAME.json)).
+        The server it describes is deployed again, here or on another host.
+      - "From the manifest: O(name), O(image) (pinned to the manifest's registry digest when it has one), O(model), O(runtime), O(host), O(port),
+        O(gpus), O(extra_args), O(lora_modules), O(sleep_mode) and every typed engine option (O(max_model_len), O(seed), O(revision)...)."
+      - Every option given explicitly in the task wins over the manifest (e.g. O(name) and O(port) to run a second copy, O(gpus) and O(runtime) on
+        another host). Options a manifest does not hold (O(env), O(mounts), caches, O(network), O(restart_policy), O(labels)) come from the task.
+      - "Secrets are never in a manifest (it records env keys only): give O(api_key), O(hf_token), O(secret_env) and O(env) values again; a warning
+        names the env keys of the manifest's server that the task does not set."
+      - The manifest itself (a dict, for example read on the controller with C(lookup('file', ...) | from_json)) is accepted too.
+      - A missing or unreadable file, a file that is not JSON, or a manifest of another manifest version fails before anything is touched.
+    type: raw
   gpu_memory_utilization:
     description:
       - C(--gpu-memory-utilization) (vLLM default 0.9); checked against the free memory of each selected GPU.
@@ -125,7 +138,8 @@ options:
     default: 0.0.0.0
   image:
     description:
-      - vLLM image (e.g. from C(gpufleet.vllm.vllm_image)). Must already be present; compared by image id, so a re-tagged image recreates the container.
+      - vLLM image (e.g. from C(gpufleet.vllm.vllm_image)). Must already be present unless O(pull=missing); compared by image id, so a re-tagged image
+        recreates the container.
       - Required with O(model) for O(state=started). For O(state=stopped), O(state=paused) and O(state=restarted) give both or neither (neither acts on
         the existing container by name, see O(state)).
     type: str
@@ -184,7 +198,8 @@ options:
     type: int
   model:
     description:
-      - "Model to serve: an absolute host path (from C(gpufleet.vllm.model_sync)), mounted read-only at the same path, or a hub id."
+      - "Model to serve: an absolute host path (from C(gpufleet.vllm.model_sync)), mounted read-only at the same path, or a hub id (vLLM downloads
+        it into O(hf_cache_dir) at start, phase C(downloading))."
       - Required with O(image) for O(state=started); for the other states give both or neither (see O(state)).
     type: str
   mounts:
@@ -196,8 +211,8 @@ options:
   name:
     description:
       - Deployment name; the container is named C(gpufleet-NAME), the manifest NAME.json.
+      - Required, unless O(from_manifest) is given (the manifest's name is then used).
     type: str
-    required: true
   network:
     description:
       - Network mode; V(host) (default) or a network name (the port is then published on O(host)).
@@ -217,6 +232,17 @@ options:
       - Run the pre-checks (port, GPU ids, TP x PP, memory, model path) before creating a container.
     type: bool
     default: true
+  pull:
+    description:
+      - What to do when O(image) is not present on the host.
+      - V(never) fails before anything is touched, naming C(gpufleet.vllm.vllm_image) (pull, build, derive) as the fix.
+      - V(missing) pulls it through the engine (phase C(pulling), RV(phases)) after the pre-checks that do not need the image, then goes on.
+        Registry credentials are the engine's own (C(docker login), C(podman login)); use C(gpufleet.vllm.vllm_image) for explicit ones. Check mode
+        reports the pull in RV(actions) and predicts the argv from the tag's vLLM version (or O(vllm_version)).
+      - A present image is never pulled again (use C(gpufleet.vllm.vllm_image) with C(pull=always) to refresh a tag).
+    type: str
+    default: never
+    choices: [never, missing]
   quantization:
     description:
       - C(--quantization).
@@ -380,6 +406,24 @@ EXAMPLES = r"""
     hf_token: "{{ vault_hf_token }}"
     extra_args: [--max-num-seqs, "64"]
 
+- name: Pull the image when the host does not have it yet, and serve a hub model (vLLM downloads it)
+  gpufleet.vllm.vllm_container:
+    name: qwen-small
+    image: registry.example.com/vllm/vllm-openai:v0.10.2
+    pull: missing
+    model: Qwen/Qwen3-0.6B
+    gpus: [0]
+    hf_token: "{{ vault_hf_token }}"
+  register: r  # r.phases: [pulling, starting, downloading, loading_weights, ..., ready]
+
+- name: Run a second copy of the server a manifest describes, under another name and port
+  gpufleet.vllm.vllm_container:
+    from_manifest: /var/lib/gpufleet/manifests/llama.json
+    name: llama-copy
+    port: 8001
+    gpus: [2, 3]
+    api_key: "{{ vault_vllm_api_key }}"
+
 - name: Stop it, by name (the configuration is left as it is; start it again with the full spec)
   gpufleet.vllm.vllm_container:
     name: llama
@@ -455,13 +499,23 @@ phase:
   description: Start-up phase reached (starting, downloading, loading_weights, compiling, capturing_graphs, ready).
   returned: when waited
   type: str
+phases:
+  description:
+    - "The phases this run went through, in order. V(pulling) when the module pulled the image (O(pull=missing)); then those the server's log
+      showed while it was waited for: V(starting), V(downloading) (a hub O(model) being fetched), V(loading_weights), V(compiling),
+      V(capturing_graphs), V(ready)."
+    - Also returned on failure (the phase it failed in is the last one).
+  returned: when the image was pulled or a start was waited for
+  type: list
+  elements: str
+  sample: [pulling, starting, downloading, loading_weights, compiling, capturing_graphs, ready]
 models:
   description: Model ids /v1/models lists.
   returned: when ready
   type: list
   elements: str
 readiness:
-  description: Readiness wait details (ready, phase, waited_s, models, failure_class, hint, exit_code, health_ok_at, ready_at epoch times).
+  description: Readiness wait details (ready, phase, phases, waited_s, models, failure_class, hint, exit_code, health_ok_at, ready_at epoch times).
   returned: when a start was waited for
   type: dict
 health_ok_at:
@@ -516,21 +570,33 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils.container import Deployment
+from ansible_collections.gpufleet.vllm.plugins.module_utils.container import Deployment, apply_manifest
 from ansible_collections.gpufleet.vllm.plugins.module_utils.container_spec import argument_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import get_runtime
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(),
-        supports_check_mode=True,
-        required_if=[("state", "started", ("image", "model"))],
-    )
+def explicit_params(spec: dict) -> set[str] | None:
+    """Names of the options the task set (before defaults were applied); None when that cannot be known."""
     try:
-        runtime = get_runtime(module.params["runtime"], module.params["docker_host"])
-        result = Deployment(module.params, runtime, module.check_mode, module.warn).run()
+        from ansible.module_utils.basic import _load_params
+
+        return set(_load_params()) & set(spec)
+    except Exception:  # an ansible-core without it: manifest.merge then treats non-default values as given
+        return None
+
+
+def main() -> None:
+    spec = argument_spec()
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    try:
+        params = module.params
+        if params.get("from_manifest"):
+            params, warnings = apply_manifest(params, explicit_params(spec))
+            for w in warnings:
+                module.warn(w)
+        runtime = get_runtime(params["runtime"], params["docker_host"])
+        result = Deployment(params, runtime, module.check_mode, module.warn).run()
     except GpufleetError as e:
         module.fail_json(msg=str(e), **e.details)
     if not module._diff:

@@ -182,7 +182,6 @@ class Standin:
                 raise hub.not_found_error(
                     f"{os.environ.get('HF_ENDPOINT', hub.DEFAULT_ENDPOINT)}/api/models/{model}/revision/main"
                 )
-            t0 = time.monotonic()
             res = hub.resolve(model, argv.get(ns, "revision"), argv.get(ns, "download_dir"), argv.get(ns, "hf_token"))
         except hub.HubError as e:
             if e.exc_type == "ValueError":
@@ -198,6 +197,11 @@ class Standin:
                  last], f"{e.exc_type}: {e.text}")  # fmt: skip
             return self._api_exit(f"ValueError: {hub.invalid_model_error(model).text}", cfg_frames, cause)
         config = res.config
+        if res.downloaded and res.path is not None and not _truthy("HF_HUB_DISABLE_PROGRESS_BARS"):
+            # huggingface_hub's hf_hub_download progress bar (tqdm, unit_scale) for the config it fetched
+            size = (res.path / "config.json").stat().st_size
+            shown = f"{size / 1000:.2f}k" if size >= 1000 else str(size)
+            self.log.raw(f"config.json: 100%|██████████| {shown}/{shown} [00:00<00:00, 1.21MB/s]", stream=sys.stderr)
         arch = (config.get("architectures") or ["LlamaForCausalLM"])[0]
         mml_cfg = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
         max_model_len = int(argv.get(ns, "max_model_len", mml_cfg))
@@ -255,13 +259,18 @@ class Standin:
         )
         elog("gpu_model_runner.py:2338", f"Starting to load model {model}...")
         elog("cuda.py:362", "Using Flash Attention backend on V1 engine.")
-        elog("weight_utils.py:348", "Using model weights format ['*.safetensors']")
-        if res.downloaded:
-            self._pause(0.25)
-            elog(
-                "weight_utils.py:296",
-                f"Time spent downloading weights for {model}: {time.monotonic() - t0:.6f} seconds",
-            )
+        if not res.local:
+            # vLLM's weight_utils.download_weights_from_hf(), hub ids only (a local directory never goes through it):
+            # this line, huggingface_hub's snapshot_download (progress bars disabled), then the time spent when it
+            # took over 0.5 s. A cached snapshot is only checked (fast: no second line).
+            elog("weight_utils.py:348", "Using model weights format ['*.safetensors']")
+            t_dl = time.monotonic()
+            if res.downloaded:
+                time.sleep(max(0.0, _env_float("STANDIN_DOWNLOAD_DELAY", 0.6)))
+                self._pause(0.25)
+            spent = time.monotonic() - t_dl
+            if spent > 0.5:
+                elog("weight_utils.py:364", f"Time spent downloading weights for {model}: {spent:.6f} seconds")
         self._pause(0.25)
         log.raw("Loading safetensors checkpoint shards: 100% Completed | 1/1 [00:00<00:00, 42.00it/s]", who="engine")
         elog("default_loader.py:268", "Loading weights took 0.05 seconds")

@@ -102,8 +102,9 @@ def test_podman_adapter_finds_its_api_service_only_for_image_operations(tmp_path
 
 
 def test_engine_api_version_comes_from_the_daemon(tmp_path, monkeypatch):
-    """Newer dockerd releases refuse old client API versions: the reader asks GET /version once and uses the
-    daemon's ApiVersion for every versioned path (DOCKER_API_VERSION overrides)."""
+    """Newer dockerd releases refuse old client API versions. Reads go unversioned (the daemon's own version, no
+    GET /version round trip on a no-op); the version for the SDK (writes) is asked with GET /version once and then
+    used for every path (DOCKER_API_VERSION overrides)."""
     import socket
     import threading
 
@@ -117,7 +118,7 @@ def test_engine_api_version_comes_from_the_daemon(tmp_path, monkeypatch):
     requests: list[bytes] = []
 
     def handle() -> None:
-        for _n in range(2):
+        for _n in range(3):
             conn, _addr = srv.accept()
             req = conn.recv(65536)
             requests.append(req)
@@ -129,8 +130,11 @@ def test_engine_api_version_comes_from_the_daemon(tmp_path, monkeypatch):
     threading.Thread(target=handle, daemon=True).start()
     reader = _FastReader(path, timeout=5)
     assert reader.get("/containers/x/json") == (200, {})
-    assert requests[0].startswith(b"GET /version HTTP/1.1\r\n")
-    assert requests[1].startswith(b"GET /v1.52/containers/x/json HTTP/1.1\r\n")
+    assert requests[0].startswith(b"GET /containers/x/json HTTP/1.1\r\n")
+    assert reader.version == "1.52"
+    assert requests[1].startswith(b"GET /version HTTP/1.1\r\n")
+    assert reader.get("/containers/x/json") == (200, {})
+    assert requests[2].startswith(b"GET /v1.52/containers/x/json HTTP/1.1\r\n")
     assert API_VERSION == "1.41"  # only the fallback when the daemon does not say
 
     monkeypatch.setenv("DOCKER_API_VERSION", "1.44")

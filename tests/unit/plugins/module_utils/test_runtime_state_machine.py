@@ -346,7 +346,7 @@ def test_argv_check_sees_the_container_env_but_no_secret(rt, monkeypatch):
         seen.append(dict(env or {}))
         return real(argv, version, entrypoint=entrypoint, env=env)
 
-    monkeypatch.setattr(ct, "check_argv", spy)
+    monkeypatch.setattr(vllm_args, "check_argv", spy)
     kw = {"gpus": ["0"], "vllm_version": "0.33.0", "extra_args": ["--grpc-port", "50051"], "api_key": "sekret"}
     with pytest.raises(GpufleetError, match="requires VLLM_USE_RUST_FRONTEND=1") as e:
         run(rt, check=True, **kw)
