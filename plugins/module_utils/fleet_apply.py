@@ -35,8 +35,6 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.model_sync import ar
 from ansible_collections.gpufleet.vllm.plugins.module_utils.model_sync import sync
 from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import Runtime, get_runtime
 
-# The one rule of vllm_container's argument spec that is not in the spec itself (plugins/modules/vllm_container.py).
-CONTAINER_REQUIRED_IF: list[tuple[str, str, tuple[str, ...]]] = [("state", "started", ("image", "model"))]
 SECRET_KEYS = ("api_key", "hf_token", "secret_env")
 
 
@@ -234,7 +232,7 @@ class HostApply:
             **self._secrets(str(spec.get("deployment"))),
         )
         try:
-            params = validated(f"{name}: vllm_container", container_argspec(), args, CONTAINER_REQUIRED_IF)
+            params = validated(f"{name}: vllm_container", container_argspec(), args)
             res = Deployment(params, self.rt, self.check_mode, self.warn).run()
         except GpufleetError as err:
             res = _error_result(err)

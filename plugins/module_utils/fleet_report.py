@@ -480,15 +480,17 @@ def status_table(report: Mapping[str, Any]) -> list[str]:
 
 def manifest_params(manifest: Any) -> dict[str, Any]:
     """vllm_container parameters that redeploy a manifest (``name``, ``model``, ``image``, engine options, GPUs,
-    port, LoRA, ...). Env values and secrets are not in a manifest: give them again."""
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.manifest import params_from_manifest
+    port, LoRA, ...), after the manifest's own check. Env values and secrets are not in a manifest: give them again."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils.manifest import check, params_from_manifest
 
-    if not isinstance(manifest, Mapping) or not manifest.get("name") or not manifest.get("model"):
-        raise GpufleetError(
-            "manifest: not a gpufleet reproducibility manifest (needs at least name and model); use the JSON that "
-            "vllm_container wrote to /var/lib/gpufleet/manifests/<name>.json or returned as 'manifest'"
-        )
+    check(manifest)
     return params_from_manifest(dict(manifest))
+
+
+def deployment_of(replica_name: str) -> str:
+    """The declared deployment of a replica container's name (``chat-0`` → ``chat``; the role names replicas
+    ``<deployment>-<index>``); a name without an index is its own deployment."""
+    return re.sub(r"-[0-9]+$", "", replica_name)
 
 
 def write_json(path: str, data: Any) -> None:
@@ -544,6 +546,8 @@ def run_report(params: Mapping[str, Any], check_mode: bool = False) -> dict[str,
             except (OSError, ValueError) as err:
                 raise GpufleetError(f"manifest_path {path}: cannot read it as JSON ({err})") from err
         out["params"] = manifest_params(manifest)
+        out["manifest"] = manifest
+        out["deployment"] = deployment_of(str(manifest["name"]))
     if params.get("dest") and data is not None and not check_mode:
         write_json(os.path.expanduser(str(params["dest"])), data)
         out["dest"] = params["dest"]

@@ -18,7 +18,8 @@ description:
     running server, builds the status table per deployment (host, name, model, GPUs, state, phase, uptime, endpoint,
     finished requests, generation tokens per second since start, last failure) and the same as JSON in O(dest)."
   - "O(kind=manifest): turns a reproducibility manifest written by C(gpufleet.vllm.vllm_container) (O(manifest) or
-    O(manifest_path)) into C(gpufleet.vllm.vllm_container) parameters, for C(playbooks/redeploy.yml)."
+    O(manifest_path)) into C(gpufleet.vllm.vllm_container) parameters and names its deployment, for
+    C(playbooks/redeploy.yml)."
 author:
   - gpufleet maintainers (@gpufleet)
 extends_documentation_fragment:
@@ -160,9 +161,19 @@ report:
   returned: kind is status
   type: dict
 params:
-  description: For O(kind=manifest), the C(gpufleet.vllm.vllm_container) parameters.
+  description: For O(kind=manifest), the C(gpufleet.vllm.vllm_container) parameters the manifest gives.
   returned: kind is manifest
   type: dict
+manifest:
+  description:
+    - For O(kind=manifest), the manifest, checked (version, name, image, model); pass it to
+      C(gpufleet.vllm.vllm_container) O(gpufleet.vllm.vllm_container#module:from_manifest).
+  returned: kind is manifest
+  type: dict
+deployment:
+  description: For O(kind=manifest), the declared deployment the manifest's server is a replica of (C(chat-0) → C(chat)).
+  returned: kind is manifest
+  type: str
 table:
   description: The human table, one line per element, then one line per problem.
   returned: kind is converge or status

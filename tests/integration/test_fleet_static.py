@@ -25,13 +25,14 @@ def vllm_container_options() -> set[str]:
     return set(container_spec.argument_spec())
 
 
-def test_container_task_passes_every_vllm_container_option() -> None:
-    task = yaml.safe_load((ROLE / "tasks" / "_container.yml").read_text())[0]
-    passed = set(task["gpufleet.vllm.vllm_container"])
-    assert passed == vllm_container_options(), "tasks/_container.yml must list every vllm_container option once"
-    # Secrets come from the deployment, never from the plan (which has none).
-    for key in SECRETS:
-        assert "_gpufleet_secrets" in task["gpufleet.vllm.vllm_container"][key]
+def test_redeploy_takes_secrets_from_the_declared_deployment_only() -> None:
+    (task,) = [
+        t for t in yaml.safe_load((ROLE / "tasks" / "redeploy.yml").read_text()) if "gpufleet.vllm.vllm_container" in t
+    ]
+    args = task["gpufleet.vllm.vllm_container"]
+    assert args["from_manifest"] == "{{ _gpufleet_redeploy.manifest }}"
+    for key in SECRETS:  # never from the manifest (it has none) nor from the overrides
+        assert "_gpufleet_secrets" in args[key]
 
 
 def test_engine_options_allowlist_names_real_options() -> None:
@@ -223,8 +224,9 @@ def test_parse_metrics_and_status_report() -> None:
     assert "TOK/S" in table[0] and re.search(r"chat-0\s+tiny\s+0\s+running", table[2])
 
 
-def test_manifest_params() -> None:
+def test_manifest_params_and_deployment() -> None:
     manifest = {
+        "manifest_version": 1,
         "name": "chat-0",
         "model": "/m",
         "image": "vllm/vllm-openai:v0.10.2",
@@ -235,7 +237,10 @@ def test_manifest_params() -> None:
     }
     params = fr.manifest_params(manifest)
     assert params["gpus"] == ["1"] and params["max_model_len"] == 1024 and params["port"] == 8000
-    with pytest.raises(GpufleetError):
+    out = fr.run_report({"kind": "manifest", "manifest": manifest, "manifest_path": None})
+    assert out["deployment"] == "chat" and out["manifest"] == manifest
+    assert fr.deployment_of("tp-model") == "tp-model"
+    with pytest.raises(GpufleetError, match="manifest_version"):
         fr.manifest_params({"name": "x"})
 
 
