@@ -165,19 +165,105 @@ def rmtree_any(path: str) -> None:
 
 
 _RENAME_EXCHANGE = 2
+_SYNC_FILE_RANGE_WRITE = 2
 _libc: Any = None
+_sync_file_range: Any = False  # False: not looked up yet; None: not available
 
 
-def _renameat2_exchange(a: str, b: str) -> bool:
-    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
+def _libc_fn(name: str) -> Any:
+    """A function of the C library (None where it or the library is missing)."""
     global _libc
     import ctypes
 
     try:
         if _libc is None:
             _libc = ctypes.CDLL(None, use_errno=True)
-        fn = _libc.renameat2
+        return getattr(_libc, name)
     except (OSError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------- durability
+
+
+def start_writeback(path: str) -> bool:
+    """Ask the kernel to start writing the dirty pages of file `path` to disk now, without waiting for it (Linux
+    sync_file_range(SYNC_FILE_RANGE_WRITE)), so that the fsync before the swap has little left to do. False where
+    unsupported or on any error (it is only a head start)."""
+    global _sync_file_range
+    if _sync_file_range is False:
+        import ctypes
+
+        fn = _libc_fn("sync_file_range")
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+        _sync_file_range = fn
+    if _sync_file_range is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory, which makes the names created, renamed or removed in it durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str, workers: int = 4) -> dict[str, Any]:
+    """Make a staged model durable before it is swapped in: fsync every regular file under `path` (in parallel:
+    fsync waits on the device, not the CPU), then every directory, deepest first. A symlink (`link: true`) only
+    needs its parent directory. Returns {"files", "bytes", "seconds"}."""
+    t = time.monotonic()
+    if os.path.islink(path) or not os.path.isdir(path):
+        fsync_dir(os.path.dirname(path))
+        return {"files": 0, "bytes": 0, "seconds": round(time.monotonic() - t, 3)}
+    files: list[str] = []
+    dirs: list[str] = []
+    for dirpath, _dirnames, filenames in os.walk(path, topdown=False):
+        dirs.append(dirpath)
+        for fn in filenames:
+            full = os.path.join(dirpath, fn)
+            if not os.path.islink(full):
+                files.append(full)
+    size = 0
+    if len(files) > 1 and workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(workers, len(files)), thread_name_prefix="gpufleet-fsync") as ex:
+            size = sum(ex.map(_fsync_file, files))
+    else:
+        size = sum(_fsync_file(f) for f in files)
+    for d in dirs:
+        fsync_dir(d)
+    return {"files": len(files), "bytes": size, "seconds": round(time.monotonic() - t, 3)}
+
+
+def _renameat2_exchange(a: str, b: str) -> bool:
+    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
+    import ctypes
+
+    fn = _libc_fn("renameat2")
+    if fn is None:
         return False
     at_fdcwd = -100
     rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
@@ -201,6 +287,7 @@ def swap_in(root: str, name: str, new: str) -> None:
             os.unlink(os.path.join(new, STAGING_MARKER))
     if not os.path.lexists(dest):
         os.rename(new, dest)
+        _fsync_dirs(root, os.path.dirname(new))
         return
     if _renameat2_exchange(new, dest):
         os.rename(new, trash)  # `new` now names the old version
@@ -211,7 +298,15 @@ def swap_in(root: str, name: str, new: str) -> None:
         except BaseException:
             os.rename(trash, dest)
             raise
+    _fsync_dirs(root, os.path.dirname(new), os.path.dirname(trash))
     rmtree_any(trash)
+
+
+def _fsync_dirs(*dirs: str) -> None:
+    """fsync the directories a swap renamed entries in (the swap is durable once this returns)."""
+    for d in dict.fromkeys(dirs):
+        with contextlib.suppress(OSError):
+            fsync_dir(d)
 
 
 def recover(root: str, name: str) -> None:
@@ -256,14 +351,19 @@ def list_tree(path: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
+def _write_json_atomic(path: str, data: dict[str, Any], durable: bool = False) -> None:
     d = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        if durable:
+            fsync_dir(d)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -285,7 +385,7 @@ def read_manifest(root: str, name: str) -> dict[str, Any] | None:
 
 def write_manifest(root: str, name: str, data: dict[str, Any]) -> None:
     meta_dir(root, "manifests")
-    _write_json_atomic(manifest_path(root, name), {**data, "version": MANIFEST_VERSION})
+    _write_json_atomic(manifest_path(root, name), {**data, "version": MANIFEST_VERSION}, durable=True)
 
 
 def drop_manifest(root: str, name: str) -> None:
@@ -330,12 +430,20 @@ class Progress:
         with contextlib.suppress(OSError):
             _write_json_atomic(self.path, self.info)
 
-    def watch(self, directory: str, bytes_total: int, base: int = 0) -> None:
+    def watch(self, directory: str, bytes_total: int, base: int = 0, writeback: float = 0.0) -> None:
+        """Report the bytes under `directory` every `interval` s. With `writeback` > 0, also start the disk
+        writeback of every file that grew, every `writeback` s (see start_writeback)."""
         self.write(state="downloading", bytes_total=bytes_total, bytes_done=base)
+        tick = min(self.interval, writeback) if writeback > 0 else self.interval
 
         def loop() -> None:
-            while not self._stop.wait(self.interval):
-                self.write(bytes_done=base + dir_bytes(directory))
+            sizes: dict[str, int] = {}
+            last = time.monotonic()
+            while not self._stop.wait(tick):
+                done = dir_bytes(directory, sizes if writeback > 0 else None)
+                if time.monotonic() - last >= self.interval - 1e-3:
+                    last = time.monotonic()
+                    self.write(bytes_done=base + done)
 
         self._thread = threading.Thread(target=loop, name="gpufleet-progress", daemon=True)
         self._thread.start()
@@ -347,12 +455,21 @@ class Progress:
         self.write(state=state, **info)
 
 
-def dir_bytes(directory: str) -> int:
+def dir_bytes(directory: str, writeback: dict[str, int] | None = None) -> int:
+    """Bytes of the files under `directory`. With a `writeback` dict (path -> size seen last time), start the
+    disk writeback of every file that grew since."""
     total = 0
     for dirpath, _dirs, filenames in os.walk(directory):
         for fn in filenames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, fn)).st_size
+            full = os.path.join(dirpath, fn)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            total += st.st_size
+            if writeback is not None and stat.S_ISREG(st.st_mode) and st.st_size > writeback.get(full, 0):
+                writeback[full] = st.st_size
+                start_writeback(full)
     return total
 
 

@@ -202,6 +202,45 @@ def clean_partial(staging: str) -> None:
                     os.unlink(os.path.join(dirpath, fn))
 
 
+# Transfer tuning of huggingface_hub's plain-HTTP path (measured on a 2-core host, 2 GB from a loopback hub, see
+# bench/model_sync.py and docs/modules/model_sync.md). Its defaults reassemble 64 KiB socket reads into 10 MiB chunks
+# (httpx's ByteChunker: two extra copies and a fresh 10 MiB buffer, i.e. ~2,500 page faults, per chunk) and ran at
+# 0.35-0.7x curl, mostly in the kernel. Reading the socket 512 KiB at a time and handing each read on as it comes
+# (no re-chunking) ran at 1.2-1.6x curl with about a quarter of the CPU; 512 KiB beat 1 MiB and 2 MiB slightly (h11 copies
+# each read three times, which stays within the 2 MiB L2 cache). Downloads through hf_xet do not take this path.
+HTTP_READ_BYTES = 512 * 1024
+
+
+def tune_transfers(read_bytes: int = HTTP_READ_BYTES) -> dict[str, Any]:
+    """Tune how huggingface_hub streams a file over plain HTTP, for this process only (a module run is its own
+    process): the socket read size of the HTTP/1.1 connection, and DOWNLOAD_CHUNK_SIZE, the chunk size
+    huggingface_hub asks the response iterator for.
+
+    httpx-based huggingface_hub (>= 1.0: httpx2/httpcore2 or httpx/httpcore): DOWNLOAD_CHUNK_SIZE=None, so every
+    socket read (<= `read_bytes`) is written out as it arrives. requests-based 0.x (where None would mean "read the
+    whole file into memory"): chunks of `read_bytes`. Constants that do not exist in the installed versions are
+    left alone. Returns what was set."""
+    import importlib
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    done: dict[str, Any] = {}
+    for modname in ("httpcore2._sync.http11", "httpcore._sync.http11"):
+        try:
+            conn = importlib.import_module(modname).HTTP11Connection
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(getattr(conn, "READ_NUM_BYTES", None), int):
+            conn.READ_NUM_BYTES = max(conn.READ_NUM_BYTES, read_bytes)
+            done[f"{modname}.HTTP11Connection.READ_NUM_BYTES"] = conn.READ_NUM_BYTES
+    if "DOWNLOAD_CHUNK_SIZE" in vars(constants):
+        httpx_based = not str(getattr(huggingface_hub, "__version__", "0")).startswith("0.")
+        constants.DOWNLOAD_CHUNK_SIZE = None if httpx_based and done else read_bytes
+        done["huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE"] = constants.DOWNLOAD_CHUNK_SIZE
+    return done
+
+
 def download(
     endpoint: str,
     repo_id: str,
@@ -219,6 +258,7 @@ def download(
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()
+    tune_transfers()
     clean_partial(staging)
     try:
         snapshot_download(

@@ -28,6 +28,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import Gpufle
 from ansible_collections.gpufleet.vllm.plugins.module_utils.model_validate import validate_model_dir
 
 DEFAULT_ROOT = "/var/lib/gpufleet/models"
+# How often the progress watcher starts the disk writeback of the files being written (fs.start_writeback).
+WRITEBACK_INTERVAL = 0.25
 
 
 def argument_spec() -> dict[str, Any]:
@@ -206,7 +208,8 @@ def _sync_hf(p: dict[str, Any], root: str, name: str, dest: str, check_mode: boo
         fs.check_free_space(root, total - already, f"{repo_id}@{sha[:12]}")  # before any byte is written
         staging = fs.staging_dir(root, name, sha[:16])
         progress = fs.Progress(root, name)
-        progress.watch(staging, total)
+        progress.watch(staging, total, writeback=WRITEBACK_INTERVAL)
+        t_download = time.monotonic()
         try:
             if backend == "huggingface_hub":
                 hub.download(endpoint, repo_id, sha, token, staging, allow, ignore, workers)
@@ -234,6 +237,7 @@ def _sync_hf(p: dict[str, Any], root: str, name: str, dest: str, check_mode: boo
             raise
         for junk in (".cache", ".gpufleet-partial"):
             shutil.rmtree(os.path.join(staging, junk), ignore_errors=True)
+        base["timings"] = {"download": round(time.monotonic() - t_download, 3)}
         result = _finish(p, root, name, dest, staging, progress, base, ident, manifest)
     return result
 
@@ -262,11 +266,14 @@ def _finish(
     validate_path: str | None = None,
     cleanup_staged: bool = True,
 ) -> dict[str, Any]:
-    """Validate the staged model, swap it in, record the manifest."""
+    """Validate the staged model, make it durable (fsync), swap it in, record the manifest."""
     report = None
+    timings = base.setdefault("timings", {})
     if p.get("validate", True):
         progress.write(state="validating")
+        t = time.monotonic()
         report = validate_model_dir(validate_path or staged, require_tokenizer=p.get("require_tokenizer", True))
+        timings["validate"] = round(time.monotonic() - t, 3)
         if not report["ok"]:
             progress.stop("failed", error="validation failed")
             if cleanup_staged:
@@ -277,12 +284,23 @@ def _finish(
                 failure_class="invalid_model",
                 validation=report,
             )
+    # Durable before visible: a power loss after the swap must not leave a model whose files are empty or
+    # partly written (kill -9 alone cannot: the page cache survives it). The progress watcher started the
+    # writeback while the bytes came in, so this mostly waits for the tail.
+    progress.write(state="syncing")
+    try:
+        timings["fsync"] = fs.fsync_tree(staged)["seconds"]
+    except OSError as err:
+        progress.stop("failed", error=str(err))
+        raise GpufleetError(f"could not flush {name} to disk: {err}", failure_class="swap_failed") from None
     fs.drop_manifest(root, name)
+    t = time.monotonic()
     try:
         fs.swap_in(root, name, staged)
     except OSError as err:
         progress.stop("failed", error=str(err))
         raise GpufleetError(f"could not swap {name} into place: {err}", failure_class="swap_failed") from None
+    timings["swap"] = round(time.monotonic() - t, 3)
     files = fs.list_tree(dest)
     size = sum(f["size"] for f in files.values())
     manifest = {
@@ -349,7 +367,8 @@ def _sync_local(p: dict[str, Any], root: str, name: str, dest: str, check_mode: 
         same_fs = os.stat(src).st_dev == os.stat(staging).st_dev
         if not same_fs:
             fs.check_free_space(staging, total, f"a copy of {src}")
-        progress.watch(staging, total)
+        progress.watch(staging, total, writeback=WRITEBACK_INTERVAL)
+        t = time.monotonic()
         try:
             counts = fs.copy_tree(src, files, staging, hardlink=same_fs)
         except OSError as err:
@@ -357,6 +376,7 @@ def _sync_local(p: dict[str, Any], root: str, name: str, dest: str, check_mode: 
             shutil.rmtree(staging, ignore_errors=True)
             raise GpufleetError(f"copy of {src} failed: {err}; the installed model was left as it was") from None
         base["copy"] = counts
+        base["timings"] = {"copy": round(time.monotonic() - t, 3)}
         return _finish(p, root, name, dest, staging, progress, base, ident, manifest)
 
 
@@ -394,7 +414,8 @@ def _sync_url(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bo
             # An archive needs room for itself and its contents.
             fs.check_free_space(staging, (size - have) + (size if archive else 0), url)
         progress = fs.Progress(root, name)
-        progress.watch(staging, size or 0)
+        progress.watch(staging, size or 0, writeback=WRITEBACK_INTERVAL)
+        t = time.monotonic()
         try:
             got = urlsrc.fetch(url, download, expected)
             names = urlsrc.materialize(download, url, target)
@@ -406,6 +427,7 @@ def _sync_url(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bo
             shutil.rmtree(staging, ignore_errors=True)
             raise GpufleetError(f"fetching {url} failed: {err}; the installed model was left as it was") from None
         base.update(sha256=got["sha256"], files=names)
+        base["timings"] = {"download": round(time.monotonic() - t, 3)}
         result = _finish(p, root, name, dest, target, progress, base, ident, manifest)
         shutil.rmtree(staging, ignore_errors=True)
         return result

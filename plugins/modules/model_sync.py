@@ -12,8 +12,10 @@ description:
     E(HF_HUB_OFFLINE) and C(hf_xet) when installed), from a local checkpoint directory, or from an http(s) file or
     archive, into O(models_root)/O(name). The result's RV(path) is what C(gpufleet.vllm.vllm_container) mounts.
   - Downloads land in a staging directory on the same filesystem (O(models_root)/.gpufleet/staging/), are
-    validated, then swapped in with one rename; the installed version stays untouched until then, and is kept if
-    anything fails. A killed run leaves the installed model intact; the next run resumes the staging directory.
+    validated, flushed to disk (fsync of every file and directory), then swapped in with one rename; the installed
+    version stays untouched until then, and is kept if anything fails. A killed run, or a power loss, leaves the
+    installed model intact; the next run resumes the staging directory. The disk writeback is started while the
+    bytes come in, so the flush before the swap mostly waits for the last fraction of a second.
   - The free space is checked from the remote sizes plus a margin before any byte is written.
   - A per-model lock (flock on O(models_root)/.gpufleet/locks/NAME.lock) keeps two runs on one host apart.
   - A manifest in O(models_root)/.gpufleet/manifests/NAME.json (source, resolved commit, file names, sizes, mtimes)
@@ -99,8 +101,11 @@ options:
   download_backend:
     description:
       - How hub files are fetched. The revision and the file list always come from C(huggingface_hub).
-      - V(auto) and V(huggingface_hub) use C(huggingface_hub)'s C(snapshot_download) (with C(hf_xet) or
-        C(hf_transfer) when installed).
+      - V(auto) and V(huggingface_hub) use C(huggingface_hub)'s C(snapshot_download). Files on xet storage go
+        through C(hf_xet) when installed, the others over plain HTTP, read from the socket 512 KiB at a time and
+        written out as they arrive (this module's tuning of C(huggingface_hub)'s C(DOWNLOAD_CHUNK_SIZE) and its
+        HTTP connection's read size, for its own process only). C(huggingface_hub) 0.x with
+        E(HF_HUB_ENABLE_HF_TRANSFER) set still uses C(hf_transfer).
       - V(builtin) fetches the plain C(/resolve/) URLs in parallel with large reads, resuming partial files
         (proxies from the environment are honoured; the token is not forwarded on redirects). It can be faster on
         plain HTTP mirrors; files on xet storage still go through C(huggingface_hub).
@@ -236,6 +241,14 @@ validation:
   description: Validation report (ok, format, problems, files_checked, weight_bytes), null when skipped.
   returned: always
   type: dict
+timings:
+  description:
+    - Seconds spent in the phases of a sync that changed something, C(download) (hub and url sources), C(copy)
+      (local source without O(link)), C(validate) (when O(validate=true)), C(fsync) (the flush to disk before the
+      swap) and C(swap).
+  returned: with O(state=present), when changed, not in check mode
+  type: dict
+  sample: {download: 2.41, validate: 0.004, fsync: 0.03, swap: 0.001}
 download_backend:
   description: How the hub files were (or would be) fetched, see O(download_backend).
   returned: source hf, when changed

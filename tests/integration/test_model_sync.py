@@ -60,6 +60,8 @@ def test_hub_download_then_noop(fake_hub, model_sync, tmp_path, backend):
     status = json.loads((tmp_path / ".gpufleet" / "status" / "m.json").read_text())
     assert status["state"] == "done" and status["bytes_done"] == status["bytes_total"] == r["size_bytes"]
     assert not list((tmp_path / ".gpufleet" / "staging").iterdir())
+    # flushed to disk before the swap; the phases are reported
+    assert {"download", "validate", "fsync", "swap"} <= set(r["timings"]), r.get("timings")
 
     fake_hub.reset_stats()
     again = model_sync.ansible(_hf("m", repo, tmp_path))

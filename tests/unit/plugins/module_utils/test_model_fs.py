@@ -208,3 +208,119 @@ def test_tar_inner_links_and_zip(tmp_path):
 )
 def test_archive_kind(name, kind):
     assert fs.archive_kind(name) == kind
+
+
+def _record_fsyncs(monkeypatch):
+    """Patch os.fsync to record the real path of every fsynced descriptor."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_fsync_tree_covers_every_file_and_directory(tmp_path, monkeypatch):
+    stage = tmp_path / "stage"
+    (stage / "sub" / "deeper").mkdir(parents=True)
+    for rel in ("config.json", "sub/a.safetensors", "sub/deeper/b.safetensors"):
+        (stage / rel).write_bytes(b"x" * 10)
+    (stage / "link").symlink_to(stage / "config.json")
+    synced = _record_fsyncs(monkeypatch)
+    got = fs.fsync_tree(str(stage))
+    assert got["files"] == 3 and got["bytes"] == 30
+    want_files = {str(stage / r) for r in ("config.json", "sub/a.safetensors", "sub/deeper/b.safetensors")}
+    want_dirs = {str(stage), str(stage / "sub"), str(stage / "sub" / "deeper")}
+    assert set(synced) == want_files | want_dirs
+    # files before the directories that name them, deepest directory first, the staged root last
+    assert synced.index(str(stage / "sub" / "deeper")) < synced.index(str(stage / "sub")) < synced.index(str(stage))
+    assert max(synced.index(f) for f in want_files) < min(synced.index(d) for d in want_dirs)
+    # a staged symlink (link: true) only needs the directory holding it
+    synced.clear()
+    (tmp_path / "linked").symlink_to(stage)
+    assert fs.fsync_tree(str(tmp_path / "linked"))["files"] == 0
+    assert synced == [str(tmp_path)]
+
+
+def test_start_writeback(tmp_path):
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 100_000)
+    assert fs.start_writeback(str(f)) is True  # Linux: sync_file_range is there
+    assert fs.start_writeback(str(tmp_path / "missing")) is False
+    (tmp_path / "l").symlink_to(f)
+    assert fs.start_writeback(str(tmp_path / "l")) is False  # never follows a link out of the staging dir
+
+
+def test_progress_starts_writeback_of_growing_files(tmp_path, monkeypatch):
+    started: list[str] = []
+    monkeypatch.setattr(fs, "start_writeback", lambda p: started.append(p) or True)
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    p = fs.Progress(str(tmp_path), "m", interval=0.05)
+    p.watch(str(stage), 100, writeback=0.02)
+    (stage / "f").write_bytes(b"x" * 40)
+    time.sleep(0.3)
+    n = len(started)
+    assert started and set(started) == {str(stage / "f")}
+    time.sleep(0.2)
+    assert len(started) == n  # a file that stopped growing is not flushed again and again
+    with open(stage / "f", "ab") as fh:
+        fh.write(b"y")
+    time.sleep(0.2)
+    p.stop("done")
+    assert len(started) == n + 1
+    started.clear()
+    q = fs.Progress(str(tmp_path), "m", interval=0.02)
+    q.watch(str(stage), 100)  # without writeback: progress only
+    (stage / "g").write_bytes(b"z")
+    time.sleep(0.2)
+    q.stop("done")
+    assert started == []
+
+
+def test_sync_is_durable_before_visible(tmp_path, monkeypatch):
+    """Every staged file and directory is fsynced before the swap renames it into place, and the swap's own
+    directories right after it."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils import model_sync
+
+    src = tmp_path / "ckpt"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "sub" / "w.bin").write_bytes(b"w" * 1000)
+    root = tmp_path / "models"
+    synced = _record_fsyncs(monkeypatch)
+    seen_at_swap: dict[str, list[str]] = {}
+    real_swap = fs.swap_in
+
+    def swap_in(r, name, new):
+        seen_at_swap["synced"] = list(synced)
+        seen_at_swap["files"] = [
+            os.path.join(d, f) for d, _dirs, fs_ in os.walk(new) for f in fs_ if f != ".gpufleet-staging"
+        ]
+        real_swap(r, name, new)
+
+    monkeypatch.setattr(fs, "swap_in", swap_in)
+
+    # a copy (not hard links), so the bytes really are new
+    def no_link(*_args):
+        raise OSError(18, "cross-device")
+
+    monkeypatch.setattr(os, "link", no_link)
+    params = {"name": "m", "source": "local", "src": str(src), "allowed_dirs": [str(tmp_path)]}
+    res = model_sync.sync({**params, "models_root": str(root), "validate": False})
+    assert res["changed"] and sorted(res["files"]) == ["config.json", "sub/w.bin"]
+    assert "fsync" in res["timings"]
+    staged_files = seen_at_swap["files"]
+    assert len(staged_files) == 2 and set(staged_files) <= set(seen_at_swap["synced"])
+    staged = str(root / ".gpufleet" / "staging" / "m.local")
+    assert staged_files and all(f.startswith(staged + "/") for f in staged_files)
+    assert {staged, staged + "/sub"} <= set(seen_at_swap["synced"])
+    # the rename itself is made durable: the models root is fsynced after the swap
+    assert str(root) in synced[len(seen_at_swap["synced"]) :]
+    # the manifest (the no-op authority) is written durably too: its file before the rename, then its directory
+    manifests = str(root / ".gpufleet" / "manifests")
+    after = synced[len(seen_at_swap["synced"]) :]
+    assert any(p.startswith(manifests + "/.tmp-") for p in after) and manifests in after

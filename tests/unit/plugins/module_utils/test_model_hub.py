@@ -203,3 +203,36 @@ def test_builtin_download_resumes_and_maps_errors(inproc_hub, tmp_path):
     assert (staging / shard).read_bytes() == blob.read_bytes()
     assert not (staging / ".gpufleet-partial").exists()
     assert hub.download_builtin(h.url, "org/dl", sha, "tk", str(staging), files) == 0
+
+
+def test_tuned_huggingface_hub_download_is_byte_exact(inproc_hub, tmp_path, monkeypatch):
+    """The transfer tuning (1 MiB socket reads handed on as they come) changes how bytes flow, never which bytes."""
+    import importlib
+
+    from huggingface_hub import constants
+
+    conns = []
+    for modname in ("httpcore2._sync.http11", "httpcore._sync.http11"):
+        try:
+            conns.append(importlib.import_module(modname).HTTP11Connection)
+        except ImportError:
+            continue
+    # restored after the test: the tuning is process-wide
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", constants.DOWNLOAD_CHUNK_SIZE)
+    for conn in conns:
+        monkeypatch.setattr(conn, "READ_NUM_BYTES", conn.READ_NUM_BYTES)
+
+    h, root, make_repo = inproc_hub
+    sha = make_repo.make_repo(root, "org/tuned", shards=2, shard_bytes=3 * 1024 * 1024 + 17)
+    files = hub.resolve(h.url, "org/tuned", "main", None)[1]
+    staging = tmp_path / "st"
+    hub.download(h.url, "org/tuned", sha, None, str(staging), None, [])
+    assert conns, "huggingface_hub >= 1 talks through httpcore(2)"
+    for conn in conns:
+        assert conn.READ_NUM_BYTES >= hub.HTTP_READ_BYTES
+    assert constants.DOWNLOAD_CHUNK_SIZE is None  # every read goes to the file as it arrives, no re-chunking
+    blobs = make_repo.load_repo(root, "org/tuned")["commits"][sha]["files"]
+    for name, size in files.items():
+        got = (staging / name).read_bytes()
+        assert len(got) == size
+        assert got == (root / "org" / "tuned" / "blobs" / blobs[name]["sha256"]).read_bytes(), name
