@@ -99,3 +99,44 @@ def test_unknown_failure_hint_is_masked_too():
     )
     assert out.failure_class == "unknown" and "could not use token" in out.hint
     assert "canary-tok-123" not in out.hint + "\n".join(out.log_tail)
+
+
+# vLLM 0.10.2's start-up log of a hub model (abridged, prefixes dropped), in the order vLLM writes it
+HUB_LOG = [
+    "INFO 11-23 12:00:00 [api_server.py:1896] vLLM API server version 0.10.2",
+    "INFO 11-23 12:00:01 [gpu_model_runner.py:2338] Starting to load model org/tiny...",
+    "INFO 11-23 12:00:01 [weight_utils.py:348] Using model weights format ['*.safetensors']",
+    "INFO 11-23 12:00:09 [weight_utils.py:364] Time spent downloading weights for org/tiny: 7.981 seconds",
+    "Loading safetensors checkpoint shards:   0% Completed | 0/1 [00:00<?, ?it/s]",
+    "INFO 11-23 12:00:10 [default_loader.py:268] Loading weights took 0.05 seconds",
+    "INFO 11-23 12:00:10 [backends.py:550] Dynamo bytecode transform time: 0.21 s",
+    "Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 100%|##########| 67/67",
+    "INFO:     Application startup complete.",
+]
+
+
+def test_downloading_comes_before_loading_and_starting_to_load_is_no_signal():
+    assert rd.line_phase(HUB_LOG[1]) is None  # logged before the download
+    assert [rd.line_phase(x) for x in HUB_LOG[2:]] == [
+        "downloading", "downloading", "loading_weights", "loading_weights", "compiling", "capturing_graphs", "ready",
+    ]  # fmt: skip
+    assert rd.phase_of(HUB_LOG[:4]) == "downloading" and rd.phase_of(HUB_LOG) == "ready"
+
+
+def test_phases_are_reported_in_order_even_when_the_pipes_interleave(server):
+    """stdout and stderr lines can swap in the engine's log; the phases still come out complete and in order."""
+    _Handler.ready_at = 0.0
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    swapped = [HUB_LOG[0], HUB_LOG[7], HUB_LOG[2], HUB_LOG[4], HUB_LOG[6], HUB_LOG[8]]
+    out = rd.wait_ready(_Rt(swapped), "id", base, "k", timeout=10)
+    assert out.ready and out.phases == [
+        "starting", "downloading", "loading_weights", "compiling", "capturing_graphs", "ready",
+    ]  # fmt: skip
+    assert out.as_dict()["phases"] == out.phases
+
+
+def test_a_failure_lists_the_phases_of_the_tail():
+    lines = [*HUB_LOG[:6], "ValueError: ... KV cache is needed, which is larger than the available KV cache memory"]
+    out = rd.wait_ready(_Rt(lines, running=False, exit_code=1), "id", "http://127.0.0.1:9", None, timeout=5)
+    assert not out.ready and out.failure_class == "kv_cache_too_small"
+    assert out.phases == ["starting", "downloading", "loading_weights"] and out.phase == "loading_weights"
