@@ -27,7 +27,6 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.gpufleet.vllm.plugins.module_utils.container import Deployment
 from ansible_collections.gpufleet.vllm.plugins.module_utils.container_spec import argument_spec as container_argspec
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_report import failure_hint, image_key, public_endpoint
 from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ARGUMENT_SPEC as IMAGE_ARGSPEC
 from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ensure_image
 from ansible_collections.gpufleet.vllm.plugins.module_utils.model_sync import REQUIRED_IF as SYNC_REQUIRED_IF
@@ -36,6 +35,25 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.model_sync import sy
 from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import Runtime, get_runtime
 
 SECRET_KEYS = ("api_key", "hf_token", "secret_env")
+
+
+def image_key(image: Any, vllm_version: Any) -> str:
+    """The key of one image to resolve: a plan spec's ``image`` and ``vllm_version``."""
+    return "|".join("" if v is None else str(v) for v in (image, vllm_version))
+
+
+def failure_hint(result: Mapping[str, Any]) -> str | None:
+    """The first line of a failed step's hint (or message)."""
+    text = result.get("hint") or result.get("msg")
+    return str(text).strip().splitlines()[0] if text else None
+
+
+def public_endpoint(spec: Mapping[str, Any], result: Mapping[str, Any], address: str | None) -> str | None:
+    """The endpoint clients use: the host's inventory address unless the server binds loopback only."""
+    bind = str((spec.get("container") or {}).get("host") or "0.0.0.0")
+    if bind in ("127.0.0.1", "::1", "localhost") or not address:
+        return result.get("endpoint") or None
+    return f"http://{address}:{spec.get('port')}"
 
 
 def validated(

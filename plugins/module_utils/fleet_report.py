@@ -51,24 +51,6 @@ def _loop_results(registered: Any) -> list[Mapping[str, Any]]:
     return [r for r in registered.get("results") or [] if isinstance(r, Mapping)]
 
 
-def image_key(image: Any, vllm_version: Any) -> str:
-    """The key of one image to resolve: a plan spec's ``image`` and ``vllm_version``."""
-    return "|".join("" if v is None else str(v) for v in (image, vllm_version))
-
-
-def failure_hint(result: Mapping[str, Any]) -> str | None:
-    text = result.get("hint") or result.get("msg")
-    return str(text).strip().splitlines()[0] if text else None
-
-
-def public_endpoint(spec: Mapping[str, Any], result: Mapping[str, Any], address: str | None) -> str | None:
-    """The endpoint clients use: the host's inventory address unless the server binds loopback only."""
-    bind = str((spec.get("container") or {}).get("host") or "0.0.0.0")
-    if bind in ("127.0.0.1", "::1", "localhost") or not address:
-        return result.get("endpoint") or None
-    return f"http://{address}:{spec.get('port')}"
-
-
 def _replica_row(spec: Mapping[str, Any], result: Mapping[str, Any] | None, unreachable: bool) -> dict[str, Any]:
     """One placed replica: what the plan said plus what the host's run reported."""
     row: dict[str, Any] = {
@@ -124,14 +106,24 @@ def converge_summary(
     """The machine-readable converge summary.
 
     ``plan``: fleet_plan's ``plan`` (``hosts``, ``remove``, ``undeclared``). ``host_results``: per host, the
-    ``fleet_apply`` records (``{kind: replica|remove, name,
+    registered ``fleet_apply`` result or its records (``{kind: replica|remove, name,
     changed, failed, failure_class, hint, endpoint, ...}``); a host with None did not run (unreachable, or a batch
     stopped the run before it). Returns ``{version, generated_at, check_mode, ok, counts, deployments: {name:
     {status, replicas: [...]}}, removed: [...], unschedulable: [...], undeclared: [...], unreachable_hosts}``.
     """
     unreachable_set = {str(h) for h in unreachable}
     by_host: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {}
+    apply_errors: dict[str, str] = {}
     for host, raw in (host_results or {}).items():
+        if isinstance(raw, Mapping):  # the registered fleet_apply result
+            if raw.get("skipped"):
+                continue
+            if raw.get("failed") and not any(
+                isinstance(r, Mapping) and r.get("failed") for r in raw.get("records") or []
+            ):
+                # the apply failed before any record said why (a bad argument, an engine it could not reach)
+                apply_errors[str(host)] = str(raw.get("msg") or "the apply failed").strip().splitlines()[0]
+            raw = raw.get("records") or []
         if not isinstance(raw, list):
             continue
         records = raw
@@ -216,6 +208,10 @@ def converge_summary(
     for entry in removed:
         if entry["status"] == "failed":
             failed_hosts.setdefault(str(entry["host"]), []).append(f"removal of {entry['name']}")
+    for host, message in sorted(apply_errors.items()):
+        failed_hosts.setdefault(host, []).append(f"the apply ({message})")
+    counts["failed"] += len(apply_errors)
+    ok = ok and not apply_errors
     return {
         "version": SUMMARY_VERSION,
         "kind": "converge",

@@ -56,7 +56,8 @@ options:
     default: []
   results:
     description:
-      - For O(kind=converge), per host, the C(records) of its C(gpufleet.vllm.fleet_apply) run (C(kind=replica) or
+      - For O(kind=converge), per host, its registered C(gpufleet.vllm.fleet_apply) result (an apply that failed
+        before any record counts as a failure of the host) or just its C(records) (C(kind=replica) or
         C(kind=remove), C(name), C(changed), C(failed), C(failure_class), C(hint), C(endpoint), C(rolled_back),
         C(failed_step)). A host whose value is null did not run.
       - Hosts of O(from_hosts) missing here are read from their host vars.
@@ -66,7 +67,8 @@ options:
     description:
       - Inventory hosts whose host vars fill in what is not given explicitly (only where the action plugin runs, that
         is in a play), so that a play passes its host list instead of gathering host vars in Jinja.
-      - For O(kind=converge), each host's C(gpufleet_host_results) (its records; null or undefined = did not run).
+      - For O(kind=converge), each host's C(gpufleet_host_results) (its registered C(gpufleet.vllm.fleet_apply) result;
+        undefined = did not run).
       - For O(kind=status), each host's C(gpufleet_status_info) (O(infos)), C(gpufleet_status_scraped) (O(metrics))
         and C(ansible_host) (O(addresses)).
     type: list

@@ -178,6 +178,27 @@ def test_converge_summary_ok_and_unreachable() -> None:
     assert summary["ok"] is True and summary["counts"]["ok"] == 2
 
 
+def test_converge_summary_from_registered_apply_results() -> None:
+    plan = _plan()
+    plan["remove"] = {}
+    results = {
+        "gpu-a": {"changed": False, "records": [_rec("chat-0", endpoint="http://10.0.0.1:8000")], "failed_count": 0},
+        "gpu-b": {
+            "failed": True,
+            "msg": "chat-1: vllm_container: value of port must be an integer\nmore",
+            "records": [],
+        },
+        "gpu-c": {"skipped": True},
+    }
+    summary = fr.converge_summary(plan, results)
+    rows = {r["name"]: r["status"] for r in summary["deployments"]["chat"]["replicas"]}
+    assert rows == {"chat-0": "ok", "chat-1": "not_run", "chat-2": "not_run"}
+    assert summary["failed_hosts"] == {
+        "gpu-b": ["the apply (chat-1: vllm_container: value of port must be an integer)"]
+    }
+    assert summary["ok"] is False and summary["counts"]["failed"] == 1
+
+
 def test_report_reads_host_vars_of_from_hosts() -> None:
     from ansible_collections.gpufleet.vllm.plugins.action.fleet_report import from_host_vars
 
