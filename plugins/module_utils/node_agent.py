@@ -43,7 +43,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -204,45 +203,12 @@ def is_clean_exit(c: ContainerState) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ engine helpers
-def container_env(rt: Runtime, cid: str) -> dict[str, str]:
-    """The container's environment (to know its secret values, for masking); {} when the engine cannot say.
-
-    Uses the adapter's ``container_env`` when it has one; otherwise the docker and podman adapters' public handles
-    (the docker Engine API reader, the podman binary)."""
-    fn = getattr(rt, "container_env", None)
-    data: dict[str, Any] | None = None
-    if callable(fn):
-        return dict(fn(cid) or {})
-    try:
-        if rt.name == "docker":
-            fast = getattr(rt, "fast", None)
-            if fast is not None:
-                status, body = fast.get(f"/containers/{urllib.parse.quote(cid, safe='')}/json")
-                data = body if status == 200 and isinstance(body, dict) else None
-            else:
-                data = rt.api.inspect_container(cid)  # type: ignore[attr-defined]
-        elif rt.name == "podman":
-            r = subprocess.run(
-                [getattr(rt, "bin", "podman"), "container", "inspect", cid],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            listed = json.loads(r.stdout or "[]") if r.returncode == 0 else []
-            data = listed[0] if listed else None
-    except (OSError, ValueError, GpufleetError):
-        data = None
-    env = ((data or {}).get("Config") or {}).get("Env") or []
-    return dict(e.split("=", 1) for e in env if isinstance(e, str) and "=" in e)
-
-
-def secret_values(rt: Runtime, c: ContainerState) -> list[str]:
+def secret_values(c: ContainerState) -> list[str]:
     """The values of the container's secret env keys (the spec label's ``secret_env_keys``, plus VLLM_API_KEY and
     HF_TOKEN): what must never be written."""
     spec = lb.parse(c.labels).get("spec") or {}
     keys = set(spec.get("secret_env_keys") or []) | {"VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
-    env = getattr(c, "env", None) or container_env(rt, c.id)  # ContainerState.env, once the adapters fill it
-    return [v for k, v in env.items() if k in keys and v]
+    return [v for k, v in c.env.items() if k in keys and v]  # c.env: the adapters read it from the engine's inspect
 
 
 def classify_tail(rt: Runtime, c: ContainerState, secrets: list[str], policy: Policy) -> tuple[str, str, list[str]]:
@@ -349,7 +315,7 @@ def handle(
     def secret() -> list[str]:
         nonlocal secrets
         if secrets is None:
-            secrets = secret_values(rt, c)
+            secrets = secret_values(c)
         return secrets
 
     # Serve-for expiry: stop (never remove), and never restart it afterwards.

@@ -105,6 +105,9 @@ class ContainerState:
     finished_at: str | None = None
     oom_killed: bool = False
     pid: int | None = None
+    # The container's environment. Values may be secrets (API key, HF token, secret_env): only for masking, never to
+    # print, label or write.
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -243,6 +246,7 @@ def state_from_inspect(data: dict[str, Any]) -> ContainerState:
         finished_at=st.get("FinishedAt"),
         oom_killed=bool(st.get("OOMKilled")),
         pid=st.get("Pid") or None,
+        env=dict(e.split("=", 1) for e in cfg.get("Env") or [] if isinstance(e, str) and "=" in e),
     )
 
 

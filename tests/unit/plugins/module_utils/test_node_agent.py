@@ -104,6 +104,7 @@ class AgentRuntime(FakeRuntime):
             started_at=c["started_at"],
             finished_at=c["finished_at"],
             oom_killed=c["oom"],
+            env=dict(c["env"]),
         )
 
     def list_managed(self) -> list[ContainerState]:
@@ -111,9 +112,6 @@ class AgentRuntime(FakeRuntime):
 
     def logs(self, cid: str, tail: int = 300) -> list[str]:
         return self.c[self._find(cid)]["logs"][-tail:]
-
-    def container_env(self, cid: str) -> dict[str, str]:
-        return dict(self.c[self._find(cid)]["env"])
 
     def start(self, cid: str) -> None:
         super().start(cid)
@@ -407,7 +405,7 @@ def test_secrets_never_in_events_nor_metrics(rt, events, tmp_path):
 
 def test_secret_values_come_from_the_spec_keys_and_known_names(rt):
     cid = rt.add("chat", env={"VLLM_API_KEY": "k1k1", "MY_SECRET": "s2s2", "OTHER": "o3o3"}, secret_keys=["MY_SECRET"])
-    assert sorted(na.secret_values(rt, rt.container(cid))) == ["k1k1", "s2s2"]
+    assert sorted(na.secret_values(rt.container(cid))) == ["k1k1", "s2s2"]
 
 
 def test_event_log_rotates_by_size(tmp_path):
