@@ -3,87 +3,23 @@
 from __future__ import annotations
 
 import socket
-import uuid
 
 import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils import container as ct
 from ansible_collections.gpufleet.vllm.plugins.module_utils import container_spec as cs
 from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import ContainerState, ImageInfo, Runtime
 
 _real_port_in_use = ct.port_in_use
 
 
-class FakeRuntime(Runtime):
-    name = "fake"
-
-    def __init__(self):
-        self.c: dict[str, dict] = {}  # id -> {name, status, labels, env}
-        self.calls: list[str] = []
-
-    def _find(self, ref):
-        for cid, c in self.c.items():
-            if cid == ref or c["name"] == ref:
-                return cid
-        return None
-
-    def container(self, name):
-        cid = self._find(name)
-        if cid is None:
-            return None
-        c = self.c[cid]
-        return ContainerState(cid, c["name"], c["status"], c["status"] == "running", c.get("exit"), 0, c["labels"])
-
-    def image(self, ref):
-        return ImageInfo(
-            id="sha256:img", entrypoint=["vllm", "serve"], labels={"org.opencontainers.image.version": "0.10.2"}
-        )
-
-    def create(self, spec):
-        cid = uuid.uuid4().hex
-        self.c[cid] = {"name": spec.name, "status": "created", "labels": spec.labels, "env": spec.env}
-        self.calls.append("create")
-        return cid
-
-    def start(self, cid):
-        self.calls.append("start")
-        self.c[self._find(cid)]["status"] = "running"
-
-    def stop(self, cid, timeout):
-        self.calls.append("stop")
-        self.c[self._find(cid)]["status"] = "exited"
-
-    def remove(self, cid):
-        self.calls.append("remove")
-        self.c.pop(self._find(cid), None)
-
-    def rename(self, cid, new_name):
-        self.calls.append("rename")
-        self.c[self._find(cid)]["name"] = new_name
-
-    def logs(self, cid, tail=300):
-        return []
-
-
 @pytest.fixture
-def rt(monkeypatch, tmp_path):
-    r = FakeRuntime()
-
-    def wait_ready(runtime, cid, base, api_key, timeout, secrets=None, follow=True):
-        c = runtime.c[cid]
-        if c["env"].get("FAIL"):
-            c["status"] = "exited"
-            return rd.Outcome(False, "loading_weights", 0.1, failure_class="gpu_oom", hint="gpu_oom: x", exit_code=1)
-        return rd.Outcome(True, "ready", 0.1, models=["m"], health_ok_at=1.0)
-
-    monkeypatch.setattr(rd, "wait_ready", wait_ready)
-    monkeypatch.setattr(rd, "models", lambda base, key: ["m"])
-    monkeypatch.setattr(ct, "port_in_use", lambda host, port: False)
+def rt(fake_runtime, tmp_path):
+    """The in-memory engine of tests/fixtures/fake_runtime.py, with a model directory."""
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
-    r.tmp = tmp_path
-    return r
+    fake_runtime.tmp = tmp_path
+    return fake_runtime
 
 
 def P(rt, **kw):
