@@ -13,8 +13,9 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import ImageInfo
+from fixtures.fake_runtime import FakeRuntime
 
-from .test_runtime_state_machine import GPU, FakeRuntime, facts
+from .test_runtime_state_machine import GPU, facts
 
 IMG = ImageInfo(id="sha256:img", entrypoint=["vllm", "serve"], labels={"org.opencontainers.image.version": "0.10.2"})
 
