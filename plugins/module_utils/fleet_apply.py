@@ -26,6 +26,7 @@ from typing import Any
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.gpufleet.vllm.plugins.module_utils.container import Deployment
 from ansible_collections.gpufleet.vllm.plugins.module_utils.container_spec import argument_spec as container_argspec
+from ansible_collections.gpufleet.vllm.plugins.module_utils.deployment_info import gather
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ARGUMENT_SPEC as IMAGE_ARGSPEC
 from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ensure_image
@@ -315,3 +316,17 @@ def apply_host(
     """Apply one host's part of the plan: the result and the one-line errors of what failed (empty: all ok)."""
     host = HostApply(params, check_mode, warn, runtime)
     return host.run(), host.errors
+
+
+def gather_host(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:
+    """``state=gathered``: the host's managed deployments (no /health probe, no log classification) and its GPUs."""
+    return gather(
+        {
+            "runtime": params["runtime"],
+            "docker_host": params.get("docker_host"),
+            "probe": False,
+            "classify_failures": False,
+            "gpus": True,
+        },
+        runtime,
+    )

@@ -23,6 +23,10 @@ description:
     C(bench/fleet_converge.py) compares it with a hand-written C(community.docker) playbook)."
   - "The module fails when anything failed, with one line per failure in C(msg); C(records) is returned either way
     (the role registers it with C(ignore_errors) and builds the converge summary from it)."
+  - "O(state=gathered) changes nothing and returns what the plan needs from the host instead: its managed deployments
+    and its GPUs, the same data as C(gpufleet.vllm.vllm_deployment_info) with O(gpufleet.vllm.vllm_deployment_info#module:gpus=true)
+    (the C(gathered) state of Ansible's resource modules). The role uses it so that one module payload serves both
+    of its calls per host."
 author:
   - gpufleet maintainers (@gpufleet)
 extends_documentation_fragment:
@@ -39,6 +43,14 @@ attributes:
   idempotent:
     support: full
 options:
+  state:
+    description:
+      - V(applied) converges the host to O(replicas) and O(removals).
+      - V(gathered) only reads the host (RV(deployments), RV(gpus), RV(gpu_source)); O(replicas) and O(removals) are
+        ignored.
+    type: str
+    choices: [applied, gathered]
+    default: applied
   replicas:
     description:
       - The host's replicas from the plan (C(plan.hosts[<host>]) of C(gpufleet.vllm.fleet_plan)), each with
@@ -115,6 +127,12 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: What the plan needs from this host (managed deployments and GPUs)
+  gpufleet.vllm.fleet_apply:
+    state: gathered
+    runtime: "{{ gpufleet_runtime | default('docker') }}"
+  register: gpufleet_deployment_info
+
 - name: Apply this host's part of the plan
   gpufleet.vllm.fleet_apply:
     replicas: "{{ gpufleet_plan.plan.hosts[inventory_hostname] | default([]) }}"
@@ -135,7 +153,7 @@ records:
     - "Each with C(name), C(changed), C(failed), C(failure_class) (for example C(gpu_oom), C(model_sync_failed),
       C(image_failed), C(port_conflict)), C(hint) (one line); replicas also C(deployment), C(failed_step)
       (C(model_sync), C(vllm_image) or C(vllm_container)), C(rolled_back), C(phase), C(endpoint) and C(actions)."
-  returned: always
+  returned: O(state=applied)
   type: list
   elements: dict
   sample:
@@ -143,15 +161,32 @@ records:
        failed_step: null, hint: null, rolled_back: null, phase: ready, endpoint: "http://10.0.0.11:8000", actions: []}
 failed_count:
   description: Records that failed.
-  returned: always
+  returned: O(state=applied)
   type: int
+deployments:
+  description:
+    - The managed deployments of the host, as C(gpufleet.vllm.vllm_deployment_info) returns them (without the
+      C(/health) probe and failure classification).
+  returned: O(state=gathered)
+  type: list
+  elements: dict
+gpus:
+  description: The host's GPUs, the same list as C(gpufleet.vllm.gpu_facts)' C(ansible_facts.gpus).
+  returned: O(state=gathered)
+  type: list
+  elements: dict
+gpu_source:
+  description: Where the GPU list came from (C(nvml), C(nvidia-smi) or C(none)).
+  returned: O(state=gathered)
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_apply import apply_host
+from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_apply import apply_host, gather_host
 
 ARGUMENT_SPEC = dict(
+    state=dict(type="str", choices=["applied", "gathered"], default="applied"),
     replicas=dict(type="list", elements="dict", default=[]),
     removals=dict(type="list", elements="dict", default=[]),
     secrets=dict(type="dict", default={}, no_log=True),
@@ -169,6 +204,11 @@ ARGUMENT_SPEC = dict(
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    if module.params["state"] == "gathered":
+        try:
+            module.exit_json(changed=False, **gather_host(module.params))
+        except GpufleetError as err:
+            module.fail_json(msg=str(err), **err.details)
     try:
         result, errors = apply_host(module.params, module.check_mode, module.warn)
     except GpufleetError as err:

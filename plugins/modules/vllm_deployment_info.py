@@ -167,127 +167,23 @@ deployments:
       type: bool
 """
 
-import datetime
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils import failures
-from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
-from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils.deployment_info import (
+    ARGUMENT_SPEC,
+    MUTUALLY_EXCLUSIVE,
+    gather,
+)
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import get_runtime
-
-
-def _uptime(started: str | None) -> float | None:
-    if not started or started.startswith("0001"):
-        return None
-    s = started.replace("Z", "+00:00")
-    if "." in s:  # trim nanoseconds to microseconds for fromisoformat
-        head, rest = s.split(".", 1)
-        frac = "".join(c for c in rest if c.isdigit())[:6]
-        tz = rest[len("".join(c for c in rest if c.isdigit())) :]
-        s = f"{head}.{frac}{tz}"
-    try:
-        t = datetime.datetime.fromisoformat(s.split(" m=")[0].replace(" +0000 UTC", "+00:00"))
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=datetime.timezone.utc)
-    return round((datetime.datetime.now(datetime.timezone.utc) - t).total_seconds(), 1)
-
-
-def describe(rt, st, probe: bool, classify: bool) -> dict:
-    lab = lb.parse(st.labels)
-    endpoint = rd.base_url(lab["host"], lab["port"]) if lab["port"] else None
-    state = {"exited": "stopped", "dead": "stopped"}.get(st.status, st.status)
-    if st.running:
-        state = "running"
-    health, phase = "unknown", {"running": "starting", "paused": "paused"}.get(state, "stopped")
-    if st.running and probe and endpoint:
-        code = rd.http(endpoint + "/health", timeout=2.0)[0]
-        health = "ok" if code == 200 else "unhealthy"
-        phase = "ready" if code == 200 else "starting"
-        if code == 200 and lab["sleep_mode"] and rd.is_sleeping(endpoint, None):
-            health, phase, state = "sleeping", "sleeping", "paused"
-        if code != 200:
-            phase = rd.phase_of(rt.logs(st.id, failures.TAIL_LINES))
-            phase = "starting" if phase == "ready" else phase
-    last_failure = None
-    if not st.running and st.exit_code not in (None, 0) and classify:
-        last_failure = failures.classify(rt.logs(st.id, failures.TAIL_LINES), exit_code=st.exit_code)[0]
-        phase = "failed"
-    return {
-        "name": lab["name"],
-        "container_name": st.name,
-        "container_id": st.id,
-        "state": state,
-        "phase": phase,
-        "health": health,
-        "endpoint": endpoint,
-        "port": lab["port"],
-        "api_key": lab["api_key"],
-        "model": lab["model"],
-        "gpus": lab["gpus"],
-        "image": st.image,
-        "image_id": st.image_id,
-        "vllm_version": lab["vllm_version"],
-        "config_hash": lab["config_hash"],
-        "started_at": st.started_at,
-        "uptime_s": _uptime(st.started_at) if st.running else None,
-        "restart_count": st.restart_count,
-        "exit_code": st.exit_code,
-        "last_failure_class": last_failure,
-        "serve_until": lab["serve_until"],
-        "manifest": lab["manifest"],
-        "previous": False,
-    }
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "name": {"type": "str"},
-            "names": {"type": "list", "elements": "str", "default": []},
-            "runtime": {"type": "str", "default": "docker", "choices": ["docker", "podman"]},
-            "docker_host": {"type": "str"},
-            "probe": {"type": "bool", "default": True},
-            "classify_failures": {"type": "bool", "default": True},
-            "gpus": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-        mutually_exclusive=[("name", "names")],
-    )
-    p = module.params
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, mutually_exclusive=MUTUALLY_EXCLUSIVE)
     try:
-        rt = get_runtime(p["runtime"], p["docker_host"])
-        containers = rt.list_managed()
+        result = gather(module.params)
     except GpufleetError as e:
         module.fail_json(msg=str(e), **e.details)
-    out: dict[str, dict] = {}
-    previous = set()
-    for st in containers:
-        name = lb.parse(st.labels)["name"]
-        if not name or (p["name"] and name != p["name"]) or not lb.selected(name, p["names"]):
-            continue
-        if st.name == lb.previous_name(name):
-            previous.add(name)
-            continue
-        if st.name != lb.container_name(name):
-            continue
-        out[name] = describe(rt, st, p["probe"], p["classify_failures"])
-    for name in previous:
-        if name in out:
-            out[name]["previous"] = True
-    extra: dict = {}
-    if p["gpus"]:
-        from ansible_collections.gpufleet.vllm.plugins.module_utils.gpu import gather_gpus
-
-        try:
-            facts = gather_gpus()
-        except GpufleetError as e:
-            module.fail_json(msg=str(e), **e.details)
-        extra = {"gpus": facts["gpus"], "gpu_source": facts["gpu_source"]}
-    module.exit_json(changed=False, deployments=[out[k] for k in sorted(out)], **extra)
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == "__main__":

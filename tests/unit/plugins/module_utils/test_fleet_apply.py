@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils import fleet_report as fr
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_apply import apply_host, validated
+from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_apply import apply_host, gather_host, validated
 from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import deployment_secrets
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_apply import ARGUMENT_SPEC
 
@@ -172,3 +172,17 @@ def test_a_bad_step_argument_is_one_error_naming_the_replica(tmp: Path, fake_run
     assert "max_model_len" in errors[0] and fake_runtime.calls == []
     with pytest.raises(GpufleetError, match="replicas"):
         validated("fleet_apply", ARGUMENT_SPEC, {"replicas": "x"})
+
+
+def test_gathered_lists_what_the_apply_left(tmp: Path, fake_runtime: Any) -> None:
+    p = params(tmp, [replica(tmp, "chat", 0, 8000), replica(tmp, "emb", 0, 8100)])
+    assert gather_host(p, runtime=fake_runtime)["deployments"] == []
+    apply_host(p, runtime=fake_runtime)
+    calls = list(fake_runtime.calls)
+    got = gather_host(p, runtime=fake_runtime)
+    assert [(d["name"], d["state"], d["port"]) for d in got["deployments"]] == [
+        ("chat-0", "running", 8000),
+        ("emb-0", "running", 8100),
+    ]
+    assert "gpus" in got and got["gpu_source"] in ("nvml", "nvidia_smi", "none")
+    assert fake_runtime.calls == calls  # read-only
