@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.files import write_if_changed
 from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import HOST_FIELDS, validate_host_vars
 from ansible_collections.gpufleet.vllm.plugins.module_utils.placement import fleet_plan
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_plan import ARGUMENT_SPEC
@@ -112,19 +112,7 @@ def write_state(path: str, assignments: list[dict[str, Any]]) -> bool:
         {k: a[k] for k in ("deployment", "replica", "host", "gpus", "gpu_uuids", "port")} for a in assignments
     ]
     text = json.dumps({"version": STATE_VERSION, "placements": placements}, indent=2, sort_keys=True) + "\n"
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == text:
-                return False
-    except OSError:
-        pass
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".gpufleet-placements-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return True
+    return write_if_changed(path, text, mode=0o600)
 
 
 def diff_lines(entries: list[dict[str, Any]], errors: list[dict[str, Any]] | None = None) -> str:

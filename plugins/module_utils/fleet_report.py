@@ -15,12 +15,12 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.files import write_atomic
 
 SUMMARY_VERSION = 1
 STATUS_VERSION = 1
@@ -491,14 +491,7 @@ def deployment_of(replica_name: str) -> str:
 
 def write_json(path: str, data: Any) -> None:
     """Write ``data`` as JSON atomically (the directory is created)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".gpufleet-report-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def run_report(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, Any]:

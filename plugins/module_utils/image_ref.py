@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.files import write_atomic
 
 DEFAULT_REPOSITORY = "vllm/vllm-openai"
 DEFAULT_RELEASES_URL = "https://api.github.com/repos/vllm-project/vllm/releases/latest"
@@ -75,13 +75,8 @@ def _read_cache(path: str) -> dict:
 
 
 def _write_cache(path: str, data: dict) -> None:
-    d = os.path.dirname(path) or "."
     try:
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".vllm-releases.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=1, sort_keys=True), mode=0o600)
     except OSError:
         pass  # a cache that cannot be written only costs a lookup next time
 

@@ -21,6 +21,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.container_spec impor
     env_of,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.files import write_if_changed
 
 MANIFEST_VERSION = 1
 
@@ -109,27 +110,8 @@ def build(
 def write(directory: str, name: str, manifest: dict[str, Any]) -> tuple[str, bool]:
     """Write atomically when the content differs; (path, changed)."""
     path = os.path.join(directory, f"{name}.json")
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return path, False
-    except OSError:
-        pass
-    import tempfile  # only when the file changes (never on a no-op converge)
-
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path, True
+    return path, write_if_changed(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def remove(directory: str, name: str) -> bool:

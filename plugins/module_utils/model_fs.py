@@ -22,13 +22,13 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.files import fsync_dir, write_atomic
 
 META = ".gpufleet"
 STAGING_MARKER = ".gpufleet-staging"
@@ -211,15 +211,6 @@ def start_writeback(path: str) -> bool:
         os.close(fd)
 
 
-def fsync_dir(path: str) -> None:
-    """fsync a directory, which makes the names created, renamed or removed in it durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: str) -> int:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
@@ -352,22 +343,7 @@ def list_tree(path: str) -> dict[str, dict[str, int]]:
 
 
 def _write_json_atomic(path: str, data: dict[str, Any], durable: bool = False) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        if durable:
-            fsync_dir(d)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True), makedirs=False, durable=durable)
 
 
 def manifest_path(root: str, name: str) -> str:

@@ -35,6 +35,7 @@ from typing import Any
 
 from ansible.module_utils.urls import open_url
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.files import write_atomic
 
 PROBE_LABEL = "gpufleet_probe"
 TARGET_LABELS = ("deployment", "replica", "host", "model", "gpus")
@@ -855,23 +856,6 @@ def _meta_changed(path: str, mode: int, uid: int, gid: int) -> bool:
     return (st.st_mode & 0o7777) != mode or (uid >= 0 and st.st_uid != uid) or (gid >= 0 and st.st_gid != gid)
 
 
-def _write(path: str, content: str, mode: int, uid: int, gid: int) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".gpufleet-monitoring-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-        os.chmod(tmp, mode)
-        if uid >= 0 or gid >= 0:
-            os.chown(tmp, uid, gid)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fix_meta(path: str, mode: int, uid: int, gid: int) -> None:
     os.chmod(path, mode)
     if uid >= 0 or gid >= 0:
@@ -947,7 +931,7 @@ def apply_files(
         changed = content_changed or meta
         if changed and not check_mode:
             if content_changed:
-                _write(f["path"], f["content"], int(f["mode"], 8), uid, gid)
+                write_atomic(f["path"], f["content"], int(f["mode"], 8), uid=uid, gid=gid)
             else:
                 _fix_meta(f["path"], int(f["mode"], 8), uid, gid)
         if content_changed:

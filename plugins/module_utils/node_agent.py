@@ -51,6 +51,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
 from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils.files import write_atomic
 from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import ContainerState, Runtime, get_runtime
 
 MODULE = "ansible_collections.gpufleet.vllm.plugins.module_utils.node_agent"
@@ -536,14 +537,6 @@ def _iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def load_state(path: str) -> AgentState:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -553,7 +546,7 @@ def load_state(path: str) -> AgentState:
 
 
 def save_state(path: str, state: AgentState) -> None:
-    write_atomic(path, json.dumps(state.as_dict(), sort_keys=True, indent=1).encode())
+    write_atomic(path, json.dumps(state.as_dict(), sort_keys=True, indent=1), 0o640, makedirs=False)
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -725,7 +718,7 @@ class Agent:
         else:
             tick(rt, self.state, self.policy, self.events, names=self.names)
         save_state(self.state_path, self.state)
-        write_atomic(os.path.join(self.state_dir, METRICS_FILE), render_metrics(self.state).encode())
+        write_atomic(os.path.join(self.state_dir, METRICS_FILE), render_metrics(self.state), 0o640, makedirs=False)
 
     def serve_metrics(self) -> None:
         if self.args.port:
@@ -875,7 +868,7 @@ def start_background(argv: list[str], pidfile: str, log_path: str) -> tuple[bool
             os.dup2(null, 0)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
-            write_atomic(pidfile, f"{os.getpid()}\n".encode(), 0o644)
+            write_atomic(pidfile, f"{os.getpid()}\n", 0o644, makedirs=False)
             os.write(w, str(os.getpid()).encode())
             os.close(w)
             # Make the supervisor's cmdline name the module (agent_pid checks it).
