@@ -6,14 +6,19 @@ restarts, last failure class, manifest; optionally the host's GPUs as ``gpu_fact
 
 from __future__ import annotations
 
-import datetime
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
 from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import ContainerState, Runtime, get_runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
+    ContainerState,
+    Runtime,
+    get_runtime,
+    parse_time,
+)
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "name": {"type": "str"},
@@ -28,21 +33,8 @@ MUTUALLY_EXCLUSIVE = [("name", "names")]
 
 
 def _uptime(started: str | None) -> float | None:
-    if not started or started.startswith("0001"):
-        return None
-    s = started.replace("Z", "+00:00")
-    if "." in s:  # trim nanoseconds to microseconds for fromisoformat
-        head, rest = s.split(".", 1)
-        frac = "".join(c for c in rest if c.isdigit())[:6]
-        tz = rest[len("".join(c for c in rest if c.isdigit())) :]
-        s = f"{head}.{frac}{tz}"
-    try:
-        t = datetime.datetime.fromisoformat(s.split(" m=")[0].replace(" +0000 UTC", "+00:00"))
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=datetime.timezone.utc)
-    return round((datetime.datetime.now(datetime.timezone.utc) - t).total_seconds(), 1)
+    t = parse_time(started)
+    return None if t is None else round(time.time() - t, 1)
 
 
 def describe(rt: Runtime, st: ContainerState, probe: bool, classify: bool) -> dict[str, Any]:

@@ -36,7 +36,6 @@ import ast
 import datetime
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -52,7 +51,12 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
 from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils.files import write_atomic
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import ContainerState, Runtime, get_runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
+    ContainerState,
+    Runtime,
+    get_runtime,
+    parse_time,
+)
 
 MODULE = "ansible_collections.gpufleet.vllm.plugins.module_utils.node_agent"
 PACKAGE = "ansible_collections.gpufleet.vllm.plugins.module_utils"
@@ -143,24 +147,6 @@ class AgentState:
 
 
 # ------------------------------------------------------------------------------------------------ pure decisions
-def parse_time(text: str | None) -> float | None:
-    """Epoch seconds of an engine or label timestamp (RFC 3339 with up to nanoseconds, ``Z`` or an offset; podman's
-    ``2024-01-02 03:04:05.123 +0000 UTC``); None for empty, zero (``0001-01-01...``) or unparsable values."""
-    if not text or text.startswith("0001-01-01"):
-        return None
-    s = text.strip().replace(" UTC", "")
-    m = re.match(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?\s*(Z|[+-]\d{2}:?\d{2})?$", s)
-    if not m:
-        return None
-    date, clock, frac, tz = m.groups()
-    tz = "+00:00" if tz in (None, "Z") else (tz if ":" in tz else f"{tz[:3]}:{tz[3:]}")
-    try:
-        dt = datetime.datetime.fromisoformat(f"{date}T{clock}{tz}")
-    except ValueError:
-        return None
-    return dt.timestamp() + (float(f"0.{frac}") if frac else 0.0)
-
-
 def seconds_until(serve_until: str | None, now: float) -> float | None:
     """Seconds left until ``gpufleet.serve-until`` (negative once past); None when there is no (valid) expiry."""
     until = parse_time(serve_until)

@@ -8,6 +8,8 @@ here has to re-read engine fields faithfully except state, exit code, restart co
 
 from __future__ import annotations
 
+import datetime
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -221,6 +223,25 @@ def get_runtime(
 
         return PodmanRuntime(podman_socket=podman_socket, timeout=timeout)
     raise GpufleetError(f"unknown runtime {kind!r}; use docker or podman")
+
+
+def parse_time(text: str | None) -> float | None:
+    """Epoch seconds of an engine or label timestamp (RFC 3339 with up to nanoseconds, ``Z`` or an offset; podman's
+    ``2024-01-02 03:04:05.123 +0000 UTC``, with or without Go's `` m=+1.5`` monotonic suffix); None for empty, zero
+    (``0001-01-01...``) or unparsable values."""
+    if not text or text.startswith("0001-01-01"):
+        return None
+    s = text.split(" m=")[0].strip().replace(" UTC", "")
+    m = re.match(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?\s*(Z|[+-]\d{2}:?\d{2})?$", s)
+    if not m:
+        return None
+    date, clock, frac, tz = m.groups()
+    tz = "+00:00" if tz in (None, "Z") else (tz if ":" in tz else f"{tz[:3]}:{tz[3:]}")
+    try:
+        dt = datetime.datetime.fromisoformat(f"{date}T{clock}{tz}")
+    except ValueError:
+        return None
+    return dt.timestamp() + (float(f"0.{frac}") if frac else 0.0)
 
 
 def state_from_inspect(data: dict[str, Any]) -> ContainerState:
