@@ -151,11 +151,17 @@ class Runtime:
 
     name = "abstract"
 
-    def container(self, name: str) -> ContainerState | None:
+    def _inspect(self, kind: str, ref: str) -> dict[str, Any] | None:
+        """The engine's Docker-shaped inspect JSON of a ``container`` or an ``image``; None when there is none."""
         raise NotImplementedError
 
+    def container(self, name: str) -> ContainerState | None:
+        d = self._inspect("container", name)
+        return state_from_inspect(d) if d else None
+
     def image(self, ref: str) -> ImageInfo | None:
-        raise NotImplementedError
+        d = self._inspect("image", ref)
+        return image_from_inspect(d) if d else None
 
     def create(self, spec: CreateSpec) -> str:
         raise NotImplementedError

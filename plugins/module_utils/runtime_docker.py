@@ -27,11 +27,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.labels import MANAGE
 from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
     ContainerState,
     CreateSpec,
-    ImageInfo,
     Runtime,
-    image_from_inspect,
     raw_http,
-    state_from_inspect,
 )
 
 # The docker SDK is imported on first use (writes, logs): the no-op path never needs it.
@@ -230,27 +227,17 @@ class DockerRuntime(Runtime):
 
     def _inspect(self, kind: str, ref: str) -> dict[str, Any] | None:
         if self.fast is not None:
-            status, data = self.fast.get(f"/{kind}/{urllib.parse.quote(ref, safe='/:@')}/json")
+            status, data = self.fast.get(f"/{kind}s/{urllib.parse.quote(ref, safe='/:@')}/json")
             if status == 404:
                 return None
             if status >= 400:
-                raise GpufleetError(f"docker {kind} inspect {ref} failed: {data}")
+                raise GpufleetError(f"docker {kind}s inspect {ref} failed: {data}")
             return data
-        fn = self.api.inspect_container if kind == "containers" else self.api.inspect_image
+        fn = self.api.inspect_container if kind == "container" else self.api.inspect_image
         try:
             return self._call("inspect", fn, ref)
         except NotFound:
             return None
-
-    def container(self, name: str) -> ContainerState | None:
-        d = self._inspect("containers", name)
-        return state_from_inspect(d) if d else None
-
-    def image(self, ref: str) -> ImageInfo | None:
-        d = self._inspect("images", ref)
-        if not d:
-            return None
-        return image_from_inspect(d)
 
     def create(self, spec: CreateSpec) -> str:
         _load_sdk()

@@ -33,9 +33,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils.labels import MANAGE
 from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import (
     ContainerState,
     CreateSpec,
-    ImageInfo,
     Runtime,
-    image_from_inspect,
     raw_http,
     state_from_inspect,
 )
@@ -103,16 +101,6 @@ class PodmanRuntime(Runtime):
             raise GpufleetError(f"podman {kind} inspect {ref} failed: {r.stderr.strip()}")
         data = json.loads(r.stdout or "[]")
         return data[0] if data else None
-
-    def container(self, name: str) -> ContainerState | None:
-        d = self._inspect("container", name)
-        return state_from_inspect(d) if d else None
-
-    def image(self, ref: str) -> ImageInfo | None:
-        d = self._inspect("image", ref)
-        if not d:
-            return None
-        return image_from_inspect(d)
 
     def create(self, spec: CreateSpec) -> str:
         return self._run(create_args(spec), "create", env=spec.env).strip()
