@@ -171,7 +171,7 @@ def main() -> None:
         repo = json.loads((hub_root / "bench" / "big" / "repo.json").read_text())
         files = {p: f["size"] for p, f in repo["commits"][big_sha]["files"].items()}
         sys.path.insert(0, str(COLLECTIONS))
-        from ansible_collections.gpufleet.vllm.plugins.module_utils import model_hub
+        from ansible_collections.gpufleet.vllm.plugins.module_utils._model import hub as model_hub
 
         wanted = model_hub.select(files, *model_hub.effective_patterns(files, None, None))
         total = sum(wanted.values())

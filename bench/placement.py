@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / ".build" / "collections"))
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils.placement import plan  # noqa: E402
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import plan  # noqa: E402
 
 GOAL_S = 1.0
 

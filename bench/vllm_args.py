@@ -1,6 +1,6 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Benchmark of plugins/module_utils/vllm_args: checking one vLLM argv against a release's flag table.
+"""Benchmark of plugins/module_utils/_vllm/args: checking one vLLM argv against a release's flag table.
 
 Goal (issue 9): < 5 ms per argv, with the table loaded once per module run. Measured side by side in one run:
 
@@ -90,8 +90,8 @@ def main() -> int:
 
     import_ms = _fresh_import()
 
-    from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.vllm_flag_tables import MODULES
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import args as vllm_args
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm.flag_tables import MODULES
 
     rows = []
     for version in vllm_args.known_versions():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_report import run_report
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.report import run_report
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_report import ARGUMENT_SPEC
 from ansible_collections.gpufleet.vllm.plugins.plugin_utils.controller_action import ControllerAction
 

@@ -1,12 +1,12 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filter gpufleet.vllm.deployment_secrets (code: plugins/module_utils/fleet_schema.py)."""
+"""Filter gpufleet.vllm.deployment_secrets (code: plugins/module_utils/_fleet/schema.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import deployment_secrets
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import deployment_secrets
 
 DOCUMENTATION = r"""
 name: deployment_secrets

@@ -182,8 +182,8 @@ gpu_source:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_apply import apply_host, gather_host
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, gather_host
 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["applied", "gathered"], default="applied"),

@@ -200,8 +200,8 @@ dest:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_report import run_report
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.report import run_report
 
 ARGUMENT_SPEC = dict(
     kind=dict(type="str", choices=["converge", "status", "manifest"], required=True),

@@ -263,14 +263,17 @@ ansible_facts:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.gpu import (
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import (
     SOURCES,
     Thresholds,
     gather_gpus,
     unhealthy_summary,
 )
-from ansible_collections.gpufleet.vllm.plugins.module_utils.gpu_runtime import DEFAULT_CDI_DIRS, container_readiness
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.gpu_runtime import (
+    DEFAULT_CDI_DIRS,
+    container_readiness,
+)
 
 ARGUMENT_SPEC = dict(
     source=dict(type="str", choices=list(SOURCES), default="auto"),

@@ -302,8 +302,8 @@ promtool:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.monitoring import run_config
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.monitoring import run_config
 
 ARGUMENT_SPEC = dict(
     infos=dict(type="dict", default={}),

@@ -570,10 +570,10 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils.container import Deployment, apply_manifest
-from ansible_collections.gpufleet.vllm.plugins.module_utils.container_spec import argument_spec
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import get_runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment, apply_manifest
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 
 
 def explicit_params(spec: dict) -> set[str] | None:

@@ -169,12 +169,12 @@ deployments:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils.deployment_info import (
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.info import (
     ARGUMENT_SPEC,
     MUTUALLY_EXCLUSIVE,
     gather,
 )
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 
 def main() -> None:

@@ -277,9 +277,10 @@ failure_class:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ARGUMENT_SPEC, ensure_image
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import Runtime, get_runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ARGUMENT_SPEC, ensure_image
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 
 
 def main() -> None:

@@ -56,12 +56,12 @@ build_base() {
 }
 
 # The flag-table modules the stand-in parses argv with (the generated tables of
-# plugins/module_utils/vllm_flag_tables), copied into one directory. Prints the directory.
+# plugins/module_utils/_vllm/flag_tables), copied into one directory. Prints the directory.
 tables_dir() {
   local out=$WORK/tables f
   rm -rf "$out"
   mkdir -p "$out"
-  for f in "$ROOT/plugins/module_utils/vllm_flag_tables"/v[0-9]*.py; do
+  for f in "$ROOT/plugins/module_utils/_vllm/flag_tables"/v[0-9]*.py; do
     [[ -f "$f" ]] && cp "$f" "$out/"
   done
   echo "$out"

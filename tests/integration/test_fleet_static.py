@@ -1,6 +1,6 @@
 """Static checks of the fleet part (no test bed needed): the role's files kept in step with each other and with
 vllm_container, the inventories validate, the playbooks parse, and the pure report functions
-(plugins/module_utils/fleet_report.py) behave."""
+(plugins/module_utils/_fleet/report.py) behave."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.gpufleet.vllm.plugins.module_utils import fleet_report as fr
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import validate_deployments
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import report as fr
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import validate_deployments
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "deployments"
@@ -20,7 +20,7 @@ SECRETS = {"api_key", "hf_token", "secret_env"}
 
 
 def vllm_container_options() -> set[str]:
-    from ansible_collections.gpufleet.vllm.plugins.module_utils import container_spec
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as container_spec
 
     return set(container_spec.argument_spec())
 
@@ -36,7 +36,7 @@ def test_redeploy_takes_secrets_from_the_declared_deployment_only() -> None:
 
 
 def test_engine_options_allowlist_names_real_options() -> None:
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import engine_option_names
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import engine_option_names
 
     allowed = engine_option_names()
     assert set(allowed) <= vllm_container_options()
@@ -116,7 +116,7 @@ def _plan() -> dict:
 
 
 def _rec(name: str, **kw: object) -> dict:
-    """A fleet_apply record (module_utils/fleet_apply.py builds them; tests/unit/.../test_fleet_apply.py runs it)."""
+    """A fleet_apply record (module_utils/_fleet/apply.py builds them; tests/unit/.../test_fleet_apply.py runs it)."""
     rec = {"kind": "replica", "name": name, "changed": False, "failed": False, "failure_class": None}
     rec.update(failed_step=None, hint=None, rolled_back=None, phase="ready", endpoint=None)
     rec.update(kw)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from ansible_collections.gpufleet.vllm.plugins.module_utils import monitoring as mon
+from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring import monitoring as mon
 from fixtures.container import free_port
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_collections.gpufleet.vllm.plugins.module_utils import node_agent as na
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent import agent as na
 from fixtures.container import free_port, inspect, logs
 from fixtures.hosts import recap
 
@@ -71,6 +71,7 @@ def agent_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
             break
         (d / "__init__.py").write_text("")
     for f in na.shipped_files():
+        (code / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(MODULE_UTILS / f, code / f)
     return root
 
@@ -342,11 +343,11 @@ def test_role_on_sim_host(sim_hosts, sim_fleet_lock, tmp_path):
 
         # The no-drift rule: exactly the shipped files, byte for byte the collection's.
         code = f"{SIM_INSTALL}/ansible_collections/gpufleet/vllm/plugins/module_utils"
-        listed = sim_hosts.in_host(host, "ls", code)
+        listed = sim_hosts.in_host(host, "find", code, "-type", "f", "-name", "*.py", "-printf", "%P\\n")
         assert sorted(listed.stdout.split()) == sorted([*na.shipped_files(), "__init__.py"])
         sums = sim_hosts.in_host(host, "sha256sum", *[f"{code}/{f}" for f in na.shipped_files()])
         assert sums.returncode == 0, sums.stderr
-        remote = {Path(p).name: s for s, p in (line.split() for line in sums.stdout.splitlines())}
+        remote = {str(Path(p).relative_to(code)): s for s, p in (line.split() for line in sums.stdout.splitlines())}
         local = {f: subprocess.check_output(["sha256sum", str(MODULE_UTILS / f)], text=True).split()[0] for f in remote}
         assert remote == local
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
+from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import args as vllm_args
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "vllm_flags"

@@ -1,6 +1,6 @@
 """vLLM's command line, rebuilt from a flag table with argparse: accepts what that vLLM version accepts.
 
-The table (plugins/module_utils/vllm_flag_tables/v<X_Y_Z>.py, schema in docs/vllm-flags.md) lists every action of
+The table (plugins/module_utils/_vllm/flag_tables/v<X_Y_Z>.py, schema in docs/vllm-flags.md) lists every action of
 the real parser; this module registers each with the same option strings (visible and hidden), nargs, type,
 choices and kind, and replays vLLM's FlexibleArgumentParser.parse_args before argparse runs: `--model` refused
 (0.8/0.10) or moved to the front (0.3x), underscores in option names, `-O3`, dotted JSON keys

@@ -1,7 +1,7 @@
 """Find and load the vLLM flag tables (data modules `v<major>_<minor>_<patch>.py` holding `TABLE`).
 
 Search order: STANDIN_TABLES (one directory); else the image's /opt/standin/tables (copied there by
-sim/images/build.sh); else, in a checkout, the generated tables in plugins/module_utils/vllm_flag_tables.
+sim/images/build.sh); else, in a checkout, the generated tables in plugins/module_utils/_vllm/flag_tables.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 _NAME = re.compile(r"^v(\d+)_(\d+)_(\d+)\.py$")
 _HERE = Path(__file__).resolve().parent
-REAL_DIR = _HERE.parents[2] / "plugins" / "module_utils" / "vllm_flag_tables"
+REAL_DIR = _HERE.parents[2] / "plugins" / "module_utils" / "_vllm" / "flag_tables"
 IMAGE_DIR = _HERE.parent / "tables"
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
+from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import args as vllm_args
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "sim" / "standin"))
 
 from standin import argv, tables  # noqa: E402
 
-REAL = ROOT / "plugins" / "module_utils" / "vllm_flag_tables"
+REAL = ROOT / "plugins" / "module_utils" / "_vllm" / "flag_tables"
 OLD, MID, NEW = "0.8.5", "0.10.2", "0.33.0"
 M = "facebook/opt-125m"
 

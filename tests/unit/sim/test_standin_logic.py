@@ -16,7 +16,7 @@ sys.path.insert(0, str(STANDIN))
 from standin import argv, hub, tables  # noqa: E402
 from standin.metrics import Metrics  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[3] / "plugins" / "module_utils" / "vllm_flag_tables"
+REAL = Path(__file__).resolve().parents[3] / "plugins" / "module_utils" / "_vllm" / "flag_tables"
 
 
 @pytest.mark.parametrize(

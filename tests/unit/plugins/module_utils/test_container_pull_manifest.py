@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import container as ct
-from ansible_collections.gpufleet.vllm.plugins.module_utils import container_spec as cs
-from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
-from ansible_collections.gpufleet.vllm.plugins.module_utils import manifest as mf
-from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
-from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import ImageInfo
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import deployment as ct
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import manifest as mf
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ImageInfo
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import args as vllm_args
 from fixtures.fake_runtime import FakeRuntime
 
 from .test_runtime_state_machine import GPU, facts

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.gpufleet.vllm.plugins.module_utils import container_spec as cs
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 ROOT = Path(__file__).resolve().parents[4]
 

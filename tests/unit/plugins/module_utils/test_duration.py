@@ -1,17 +1,17 @@
-"""The one serve_for format (plugins/module_utils/duration.py), shared by the inventory and vllm_container."""
+"""The one serve_for format (plugins/module_utils/_duration.py), shared by the inventory and vllm_container."""
 
 from __future__ import annotations
 
 import datetime
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils.duration import (
+from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import (
     duration_hours,
     format_duration,
     parse_duration,
 )
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import parse_serve_for
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import parse_serve_for
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import failures
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 
 CASES = {
     "gpu_oom": [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import files
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _files as files
 
 
 def test_write_atomic_mode_dirs_and_no_leftovers(tmp_path):

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import fleet_report as fr
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_apply import apply_host, gather_host, validated
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import deployment_secrets
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import report as fr
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, gather_host, validated
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import deployment_secrets
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_apply import ARGUMENT_SPEC
 
 CANARY = "apply-canary-4d2e9b"

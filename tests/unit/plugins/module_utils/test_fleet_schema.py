@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import (
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import (
     parse_port_range,
     parse_serve_for,
     validate_deployments,
@@ -402,8 +402,8 @@ def test_engine_options_must_be_vllm_container_options():
 
 
 def test_engine_option_names_follow_the_container_options_table():
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.container_spec import argument_spec
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.fleet_schema import (
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import (
         OWN_FIELDS,
         PLACEMENT_OWNED,
         engine_option_names,

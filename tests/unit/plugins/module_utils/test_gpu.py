@@ -1,4 +1,4 @@
-"""module_utils/gpu.py: pure helpers, and collection through the real nvidia-ml-py / fake nvidia-smi on fake GPUs."""
+"""module_utils/_gpu/facts.py: pure helpers, and collection through the real nvidia-ml-py / fake nvidia-smi on fake GPUs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import sys
 import time
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.gpu import (
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import (
     GPU_KEYS,
     SMI_FIELDS,
     SourceUnavailable,
@@ -366,7 +366,7 @@ def test_old_driver_functions_fall_back_and_are_no_health_issue():
     """Against a stand-in pynvml: an old library lacks the unversioned/new calls; we use the older ones."""
     from types import SimpleNamespace
 
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.gpu import _nvml_gpu
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import _nvml_gpu
 
     class NVMLError(Exception):
         def __init__(self, value):

@@ -1,4 +1,4 @@
-"""module_utils/gpu_runtime.py: docker device-driver detection (fake /proc, fake daemon socket) and CDI specs."""
+"""module_utils/_engine/gpu_runtime.py: docker device-driver detection (fake /proc, fake daemon socket) and CDI specs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import gpu_runtime
-from ansible_collections.gpufleet.vllm.plugins.module_utils.gpu_runtime import (
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine import gpu_runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.gpu_runtime import (
     HOOK,
     _scan_yaml,
     cdi_gpu_devices,

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import image_build as ib
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._image import build as ib
 
 BASE_ID = "sha256:" + "1" * 64
 

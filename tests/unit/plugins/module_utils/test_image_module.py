@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import runtime_docker as ie
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.image_module import ensure_image
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine import docker as ie
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ensure_image
 
 ID_A = "sha256:" + "a" * 64
 ID_B = "sha256:" + "b" * 64

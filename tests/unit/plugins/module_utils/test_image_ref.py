@@ -7,8 +7,8 @@ import json
 import threading
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import image_ref as ir
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._image import ref as ir
 
 COMMIT = "a" * 8 + "0123456789abcdef0123456789abcdef"
 

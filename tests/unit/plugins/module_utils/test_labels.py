@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
 
 
 def _build(**kw):

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils import container_spec as cs
-from ansible_collections.gpufleet.vllm.plugins.module_utils import manifest as mf
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import manifest as mf
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
 
 
 def _params(**kw):

@@ -11,8 +11,8 @@ import time
 import zipfile
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import model_fs as fs
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import store as fs
 
 
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", ".hidden"])
@@ -284,7 +284,7 @@ def test_progress_starts_writeback_of_growing_files(tmp_path, monkeypatch):
 def test_sync_is_durable_before_visible(tmp_path, monkeypatch):
     """Every staged file and directory is fsynced before the swap renames it into place, and the swap's own
     directories right after it."""
-    from ansible_collections.gpufleet.vllm.plugins.module_utils import model_sync
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._model import sync as model_sync
 
     src = tmp_path / "ckpt"
     (src / "sub").mkdir(parents=True)

@@ -10,9 +10,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import model_hub as hub
-from ansible_collections.gpufleet.vllm.plugins.module_utils import model_url as urlsrc
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import hub
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import url as urlsrc
 
 SIM = Path(__file__).resolve().parents[4] / "sim" / "hub"
 

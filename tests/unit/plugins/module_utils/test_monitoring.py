@@ -1,4 +1,4 @@
-"""plugins/module_utils/monitoring.py: targets, scrape configs, rules (checked and unit-tested by promtool), dashboard
+"""plugins/module_utils/_monitoring/monitoring.py: targets, scrape configs, rules (checked and unit-tested by promtool), dashboard
 (metric names against the vLLM stand-in's /metrics), YAML rendering and file writing (idempotence, check mode, diff,
 secrets)."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.gpufleet.vllm.plugins.module_utils import monitoring as mon
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring import monitoring as mon
 
 ROOT = Path(__file__).resolve().parents[4]
 PROMTOOL = shutil.which("promtool")

@@ -1,4 +1,4 @@
-"""The node agent's decisions (plugins/module_utils/node_agent.py) against an in-memory engine: restarts with a budget
+"""The node agent's decisions (plugins/module_utils/_agent/agent.py) against an in-memory engine: restarts with a budget
 and back-off, classes a restart cannot fix, health failures, serve-for expiry, masking, events, metrics, state."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
-from ansible_collections.gpufleet.vllm.plugins.module_utils import node_agent as na
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import ContainerState
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent import agent as na
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState
 from fixtures.fake_runtime import FakeRuntime
 
 SECRET = "canary-apikey-0a1b2c3d"
@@ -509,21 +509,31 @@ def test_agent_once_writes_state_events_and_metrics(rt, tmp_path):
 # ------------------------------------------------------------------------------------------------ shipped files
 def test_shipped_files_are_the_import_closure():
     files = na.shipped_files()
-    assert files == sorted(files) and "node_agent.py" in files
-    assert {"labels.py", "failures.py", "runtime.py", "runtime_docker.py", "runtime_podman.py", "readiness.py"} <= set(
-        files
-    )
+    assert files == sorted(files) and "_agent/agent.py" in files
+    assert {
+        "_labels.py",
+        "_failures.py",
+        "_engine/__init__.py",
+        "_engine/base.py",
+        "_engine/docker.py",
+        "_engine/podman.py",
+        "_container/readiness.py",
+    } <= set(files)
     for f in files:
         assert (MODULE_UTILS / f).is_file()
-    # Closed: every gpufleet module_utils import of a shipped file is shipped too.
+    # Closed: every gpufleet module_utils import of a shipped file is shipped too, with its package's __init__.py.
     for f in files:
         src = (MODULE_UTILS / f).read_text()
-        for mod in re.findall(r"plugins\.module_utils\.(\w+) import", src) + re.findall(
-            r"plugins\.module_utils import (\w+)", src
-        ):
-            assert f"{mod}.py" in files, (f, mod)
+        for pkg, names in re.findall(r"plugins\.module_utils((?:\.\w+)*) import ([\w, ]+)", src):
+            base = pkg.strip(".").replace(".", "/")
+            if base:
+                assert f"{base}.py" in files or f"{base}/__init__.py" in files, (f, base)
+            for name in (n.split(" as ")[0].strip() for n in names.split(",")):
+                path = f"{base}/{name}" if base else name
+                if (MODULE_UTILS / f"{path}.py").is_file():
+                    assert f"{path}.py" in files, (f, path)
     # Nothing the agent does not import (e.g. the container state machine, the flag tables).
-    assert "container.py" not in files and "vllm_args.py" not in files
+    assert "_container/deployment.py" not in files and "_vllm/args.py" not in files
 
 
 def test_list_files_cli(capsys):
@@ -532,7 +542,9 @@ def test_list_files_cli(capsys):
 
 
 def test_shipped_files_refuses_a_missing_module(tmp_path):
-    (tmp_path / "node_agent.py").write_text(f"from {na.PACKAGE}.nowhere import x\n")
+    (tmp_path / "_agent").mkdir()
+    (tmp_path / "_agent" / "__init__.py").write_text("")
+    (tmp_path / "_agent" / "agent.py").write_text(f"from {na.PACKAGE}.nowhere import x\n")
     with pytest.raises(na.GpufleetError, match="nowhere"):
         na.shipped_files(str(tmp_path))
-    assert os.path.exists(tmp_path / "node_agent.py")
+    assert os.path.exists(tmp_path / "_agent" / "agent.py")

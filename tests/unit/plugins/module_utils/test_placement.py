@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils.placement import container_name, fleet_plan, plan
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import container_name, fleet_plan, plan
 
 GIB = 1024**3
 A100 = 81920
@@ -719,9 +719,9 @@ def test_removal_on_an_unreachable_host_is_listed_and_warned():
 def test_container_spec_serves_the_path_model_sync_produces(tmp_path):
     """hf and url models: the container gets exactly the path model_sync returns on that host (its models root),
     no hub id and no revision; a local model is served from its own path; vllm_version never reaches the container;
-    serve_for is handed over in the one duration format vllm_container reads (module_utils/duration.py)."""
-    from ansible_collections.gpufleet.vllm.plugins.module_utils import model_sync
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.duration import parse_duration
+    serve_for is handed over in the one duration format vllm_container reads (module_utils/_duration.py)."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import parse_duration
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._model import sync as model_sync
 
     root = tmp_path / "models"
     hosts = {"a": {**host(4), "models_root": str(root) + "/"}}
@@ -745,7 +745,7 @@ def test_container_spec_serves_the_path_model_sync_produces(tmp_path):
 
 
 def test_fleet_plan_validates_once_and_places_like_plan(monkeypatch):
-    from ansible_collections.gpufleet.vllm.plugins.module_utils import placement
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import placement
 
     hosts = {"a": host(2), "b": host(2)}
     deps = [dep("chat", replicas=2, placement="spread", port=8000), dep("emb", port=8100)]

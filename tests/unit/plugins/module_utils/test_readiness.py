@@ -5,8 +5,8 @@ import threading
 import time
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import ContainerState, Runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState, Runtime
 
 
 def test_phase_only_moves_forward():

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import CreateSpec, ImageInfo, state_from_inspect
-from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_podman import create_args
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import (
+    CreateSpec,
+    ImageInfo,
+    state_from_inspect,
+)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.podman import create_args
 
 
 def test_state_from_docker_and_podman_inspect():
@@ -64,7 +68,7 @@ def _serve_once(tmp_path, response: bytes, unix: bool):
 
 
 def test_raw_http_content_length_and_chunked(tmp_path):
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import raw_http
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import raw_http
 
     target, seen = _serve_once(tmp_path, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}extra", unix=True)
     assert raw_http(target, "GET", "/v1.41/containers/x/json") == (200, b"{}")
@@ -77,8 +81,8 @@ def test_raw_http_content_length_and_chunked(tmp_path):
 
 def test_docker_inspect_image_over_the_socket(tmp_path):
     import pytest
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_docker import DockerRuntime
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.docker import DockerRuntime
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
     target, seen = _serve_once(tmp_path, b'HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{"Id":"sha:1"}', unix=True)
     assert DockerRuntime(f"unix://{target}").inspect_image("r/x:1") == {"Id": "sha:1"}
@@ -92,7 +96,7 @@ def test_docker_inspect_image_over_the_socket(tmp_path):
 
 
 def test_podman_adapter_finds_its_api_service_only_for_image_operations(tmp_path, monkeypatch):
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import get_runtime
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/podman")
     target, seen = _serve_once(tmp_path, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK", unix=True)
@@ -108,7 +112,7 @@ def test_engine_api_version_comes_from_the_daemon(tmp_path, monkeypatch):
     import socket
     import threading
 
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime_docker import API_VERSION, _FastReader
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.docker import API_VERSION, _FastReader
 
     monkeypatch.delenv("DOCKER_API_VERSION", raising=False)
     path = str(tmp_path / "d.sock")
@@ -142,7 +146,7 @@ def test_engine_api_version_comes_from_the_daemon(tmp_path, monkeypatch):
 
 
 def test_image_from_inspect_docker_and_podman_shapes():
-    from ansible_collections.gpufleet.vllm.plugins.module_utils.runtime import image_from_inspect
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import image_from_inspect
 
     docker = {
         "Id": "sha256:ab",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import container as ct
-from ansible_collections.gpufleet.vllm.plugins.module_utils import container_spec as cs
-from ansible_collections.gpufleet.vllm.plugins.module_utils import readiness as rd
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import deployment as ct
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 _real_port_in_use = ct.port_in_use
 
@@ -230,7 +230,7 @@ def test_image_and_model_go_together(rt, kw):
 def test_serve_for_bare_number_is_hours_and_infinite_sets_no_label(rt):
     import datetime
 
-    from ansible_collections.gpufleet.vllm.plugins.module_utils import labels as lb
+    from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
 
     run(rt, gpus=["0"], serve_for="12")
     until = lb.parse(next(iter(rt.c.values()))["labels"])["serve_until"]
@@ -273,7 +273,7 @@ def test_typed_option_the_version_lacks_names_version_and_replacement(rt):
 def test_argv_check_sees_the_container_env_but_no_secret(rt, monkeypatch):
     """--grpc-port (0.33.0) needs VLLM_USE_RUST_FRONTEND=1 in the container env; the check gets VLLM_* variables
     only, never a secret value."""
-    from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import args as vllm_args
 
     seen = []
     real = vllm_args.check_argv

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils import vllm_args
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils.vllm_flag_tables import MODULES
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import args as vllm_args
+from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm.flag_tables import MODULES
 
 OLD, MID, NEW = "0.8.5", "0.10.2", "0.33.0"
 M = "facebook/opt-125m"

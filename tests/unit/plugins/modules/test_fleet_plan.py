@@ -18,7 +18,7 @@ from ansible_collections.gpufleet.vllm.plugins.action.fleet_plan import (
     used_ports_from_facts,
     write_state,
 )
-from ansible_collections.gpufleet.vllm.plugins.module_utils.errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 GPU = {"index": 0, "uuid": "GPU-0", "memory_total_mib": 81920, "memory_free_mib": 81000, "memory_used_mib": 920}
 ARGS = {"gpu_facts_var": "gpus", "existing_var": "gpufleet_deployment_info", "unreachable": [], "state_path": None}

@@ -1,0 +1,116 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What gpufleet manages on a host, from container labels alone (``vllm_deployment_info``, and ``fleet_apply``
+``state=gathered`` for the deployments role): name, state, phase, health, endpoint, model, GPUs, image, uptime,
+restarts, last failure class, manifest; optionally the host's GPUs as ``gpu_facts`` gathers them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import (
+    ContainerState,
+    Runtime,
+    parse_time,
+)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
+
+ARGUMENT_SPEC: dict[str, Any] = {
+    "name": {"type": "str"},
+    "names": {"type": "list", "elements": "str", "default": []},
+    "runtime": {"type": "str", "default": "docker", "choices": ["docker", "podman"]},
+    "docker_host": {"type": "str"},
+    "probe": {"type": "bool", "default": True},
+    "classify_failures": {"type": "bool", "default": True},
+    "gpus": {"type": "bool", "default": False},
+}
+MUTUALLY_EXCLUSIVE = [("name", "names")]
+
+
+def _uptime(started: str | None) -> float | None:
+    t = parse_time(started)
+    return None if t is None else round(time.time() - t, 1)
+
+
+def describe(rt: Runtime, st: ContainerState, probe: bool, classify: bool) -> dict[str, Any]:
+    lab = lb.parse(st.labels)
+    endpoint = rd.base_url(lab["host"], lab["port"]) if lab["port"] else None
+    state = {"exited": "stopped", "dead": "stopped"}.get(st.status, st.status)
+    if st.running:
+        state = "running"
+    health, phase = "unknown", {"running": "starting", "paused": "paused"}.get(state, "stopped")
+    if st.running and probe and endpoint:
+        code = rd.http(endpoint + "/health", timeout=2.0)[0]
+        health = "ok" if code == 200 else "unhealthy"
+        phase = "ready" if code == 200 else "starting"
+        if code == 200 and lab["sleep_mode"] and rd.is_sleeping(endpoint, None):
+            health, phase, state = "sleeping", "sleeping", "paused"
+        if code != 200:
+            phase = rd.phase_of(rt.logs(st.id, failures.TAIL_LINES))
+            phase = "starting" if phase == "ready" else phase
+    last_failure = None
+    if not st.running and st.exit_code not in (None, 0) and classify:
+        last_failure = failures.classify(rt.logs(st.id, failures.TAIL_LINES), exit_code=st.exit_code)[0]
+        phase = "failed"
+    return {
+        "name": lab["name"],
+        "container_name": st.name,
+        "container_id": st.id,
+        "state": state,
+        "phase": phase,
+        "health": health,
+        "endpoint": endpoint,
+        "port": lab["port"],
+        "api_key": lab["api_key"],
+        "model": lab["model"],
+        "gpus": lab["gpus"],
+        "image": st.image,
+        "image_id": st.image_id,
+        "vllm_version": lab["vllm_version"],
+        "config_hash": lab["config_hash"],
+        "started_at": st.started_at,
+        "uptime_s": _uptime(st.started_at) if st.running else None,
+        "restart_count": st.restart_count,
+        "exit_code": st.exit_code,
+        "last_failure_class": last_failure,
+        "serve_until": lab["serve_until"],
+        "manifest": lab["manifest"],
+        "previous": False,
+    }
+
+
+def gather(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:
+    """``{deployments: [...]}`` (sorted by name; a deployment whose previous container is kept aside for a rollback
+    has ``previous: true``), plus ``gpus`` and ``gpu_source`` with ``params["gpus"]``."""
+    rt = runtime or get_runtime(params["runtime"], params.get("docker_host"))
+    out: dict[str, dict[str, Any]] = {}
+    previous = set()
+    for st in rt.list_managed():
+        name = lb.parse(st.labels)["name"]
+        if (
+            not name
+            or (params.get("name") and name != params["name"])
+            or not lb.selected(name, params.get("names") or [])
+        ):
+            continue
+        if st.name == lb.previous_name(name):
+            previous.add(name)
+            continue
+        if st.name != lb.container_name(name):
+            continue
+        out[name] = describe(rt, st, params["probe"], params["classify_failures"])
+    for name in previous:
+        if name in out:
+            out[name]["previous"] = True
+    result: dict[str, Any] = {"deployments": [out[k] for k in sorted(out)]}
+    if params.get("gpus"):
+        from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import gather_gpus
+
+        facts = gather_gpus()
+        result.update(gpus=facts["gpus"], gpu_source=facts["gpu_source"])
+    return result

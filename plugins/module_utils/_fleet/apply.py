@@ -1,0 +1,333 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One host's part of a fleet plan, applied in one module run (``gpufleet.vllm.fleet_apply``).
+
+The same steps the single-purpose modules take, in process, with one engine connection:
+
+1. removals (they free the GPUs and ports of new replicas); a failed removal stops the host here;
+2. ``model_sync`` once per deployment placed on the host;
+3. ``vllm_image`` once per ``[image, vllm_version]`` pair;
+4. ``vllm_container`` per replica, in the plan's order, health-gated (``wait``); the first replica whose container
+   fails stops the host's rollout (vllm_container has already rolled it back to its previous container). A replica
+   whose model sync or image failed is reported failed at that step and not started; the others still run.
+
+Each step's parameters are validated against that module's own argument spec (``model_sync.argument_spec``,
+``image_module.ARGUMENT_SPEC``, ``container_spec.argument_spec``), so a plan spec means exactly what it would mean as
+a task of that module. Secrets come from ``secrets`` (deployment name → ``api_key``, ``hf_token``, ``secret_env``);
+the plan never holds them. The result is one record per removal and per replica, in the shape
+``fleet_report.converge_summary`` reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.info import gather
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec as container_argspec
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ARGUMENT_SPEC as IMAGE_ARGSPEC
+from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ensure_image
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import REQUIRED_IF as SYNC_REQUIRED_IF
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import argument_spec as sync_argspec
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import sync
+
+SECRET_KEYS = ("api_key", "hf_token", "secret_env")
+
+
+def image_key(image: Any, vllm_version: Any) -> str:
+    """The key of one image to resolve: a plan spec's ``image`` and ``vllm_version``."""
+    return "|".join("" if v is None else str(v) for v in (image, vllm_version))
+
+
+def failure_hint(result: Mapping[str, Any]) -> str | None:
+    """The first line of a failed step's hint (or message)."""
+    text = result.get("hint") or result.get("msg")
+    return str(text).strip().splitlines()[0] if text else None
+
+
+def public_endpoint(spec: Mapping[str, Any], result: Mapping[str, Any], address: str | None) -> str | None:
+    """The endpoint clients use: the host's inventory address unless the server binds loopback only."""
+    bind = str((spec.get("container") or {}).get("host") or "0.0.0.0")
+    if bind in ("127.0.0.1", "::1", "localhost") or not address:
+        return result.get("endpoint") or None
+    return f"http://{address}:{spec.get('port')}"
+
+
+def validated(
+    what: str,
+    spec: dict[str, Any],
+    params: Mapping[str, Any],
+    required_if: list[Any] | None = None,
+) -> dict[str, Any]:
+    """``params`` checked against a module's argument spec, with its defaults filled in; one error naming ``what``."""
+    result = ArgumentSpecValidator(spec, required_if=required_if).validate(dict(params))
+    if result.error_messages:
+        raise GpufleetError(f"{what}: " + "; ".join(result.error_messages))
+    return dict(result.validated_parameters)
+
+
+def _diff_entry(what: str, diff: Any) -> dict[str, Any] | None:
+    if not isinstance(diff, Mapping) or diff.get("before") == diff.get("after"):
+        return None
+    return {
+        "before_header": f"{what} (before)",
+        "after_header": f"{what} (after)",
+        "before": diff.get("before"),
+        "after": diff.get("after"),
+    }
+
+
+def _error_result(err: GpufleetError) -> dict[str, Any]:
+    return {"failed": True, "changed": False, "msg": str(err), **err.details}
+
+
+def _failure_class(res: Mapping[str, Any], default: str) -> str:
+    value = res.get("failure_class") or res.get("precheck") or default
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+class HostApply:
+    """Applies ``params`` (validated ``fleet_apply`` parameters) on this host."""
+
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        check_mode: bool = False,
+        warn: Callable[[str], None] | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        self.p = params
+        self.check_mode = check_mode
+        self.warn = warn or (lambda msg: None)
+        self._rt = runtime
+        self.records: list[dict[str, Any]] = []
+        self.diffs: list[dict[str, Any]] = []
+        self.changed = False
+        self.errors: list[str] = []
+
+    @property
+    def rt(self) -> Runtime:
+        if self._rt is None:
+            # One engine connection for every step; its call timeout is vllm_image's (pulls of multi-GB images).
+            self._rt = get_runtime(
+                self.p["runtime"],
+                self.p.get("docker_host"),
+                self.p.get("podman_socket"),
+                timeout=IMAGE_ARGSPEC["timeout"]["default"],
+            )
+        return self._rt
+
+    def _secrets(self, deployment: str) -> dict[str, Any]:
+        found = (self.p.get("secrets") or {}).get(deployment) or {}
+        return {k: found[k] for k in SECRET_KEYS if found.get(k) not in (None, "", {})}
+
+    def _note(self, what: str, res: Mapping[str, Any]) -> None:
+        self.changed = self.changed or bool(res.get("changed"))
+        entry = _diff_entry(what, res.get("diff"))
+        if entry is not None:
+            self.diffs.append(entry)
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def remove(self, item: Mapping[str, Any]) -> bool:
+        name = str(item.get("name"))
+        rec: dict[str, Any] = {
+            "kind": "remove",
+            "name": name,
+            "changed": False,
+            "failed": False,
+            "failure_class": None,
+            "hint": None,
+        }
+        try:
+            params = validated(
+                f"removal of {name}",
+                container_argspec(),
+                {
+                    "name": name,
+                    "state": "absent",
+                    "runtime": self.p["runtime"],
+                    "docker_host": self.p.get("docker_host"),
+                    "manifest_dir": self.p["manifest_dir"],
+                },
+            )
+            res = Deployment(params, self.rt, self.check_mode, self.warn).run()
+            rec["changed"] = bool(res.get("changed"))
+            self._note(f"gpufleet-{name}", res)
+        except GpufleetError as err:
+            res = _error_result(err)
+            rec.update(failed=True, failure_class=_failure_class(res, "unknown"), hint=failure_hint(res))
+            self.errors.append(f"removal of {name}: {failure_hint(res)}")
+        self.records.append(rec)
+        return not rec["failed"]
+
+    def sync_model(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        deployment = str(spec.get("deployment"))
+        args = dict(spec.get("model_sync") or {})
+        token = self._secrets(deployment).get("hf_token")
+        if token:
+            args["token"] = token
+        if self.p.get("hf_endpoint"):
+            args["hf_endpoint"] = self.p["hf_endpoint"]
+        try:
+            params = validated(f"{deployment}: model_sync", sync_argspec(), args, SYNC_REQUIRED_IF)
+            res = sync(params, check_mode=self.check_mode)
+        except GpufleetError as err:
+            return _error_result(err)
+        self._note(f"model {deployment}", res)
+        expected = spec.get("model_path")
+        if args.get("source") in ("hf", "url") and res.get("path") and expected and res["path"] != expected:
+            return {
+                "failed": True,
+                "changed": bool(res.get("changed")),
+                "msg": f"{deployment}: model_sync put the model at {res['path']} but the plan expected {expected} "
+                "(gpufleet_models_root of this host changed during the run?)",
+            }
+        return res
+
+    def ensure_image(self, image: Any, vllm_version: Any) -> dict[str, Any]:
+        args = {
+            "version": None if image else vllm_version,
+            "image": image or None,
+            "repository": self.p["image_repository"],
+            "pull": self.p["image_pull"],
+            "runtime": self.p["runtime"],
+            "docker_host": self.p.get("docker_host"),
+            "podman_socket": self.p.get("podman_socket"),
+        }
+        try:
+            params = validated(f"image {image or vllm_version}", IMAGE_ARGSPEC, args)
+            res, warnings = ensure_image(params, self.check_mode, lambda: self.rt)
+        except GpufleetError as err:
+            return _error_result(err)
+        for w in warnings:
+            self.warn(w)
+        self._note(f"image {image or vllm_version}", res)
+        return res
+
+    def run_replica(self, spec: Mapping[str, Any], sync_res: Mapping[str, Any], image_res: Mapping[str, Any]) -> bool:
+        """Converge one replica; False when its container failed (the host's rollout stops)."""
+        name = str(spec.get("name"))
+        rec: dict[str, Any] = {
+            "kind": "replica",
+            "name": name,
+            "deployment": spec.get("deployment"),
+            "changed": False,
+            "failed": False,
+            "failure_class": None,
+            "failed_step": None,
+            "hint": None,
+            "rolled_back": None,
+            "phase": None,
+            "endpoint": None,
+            "actions": [],
+        }
+        self.records.append(rec)
+        if sync_res.get("failed"):
+            rec.update(failed=True, failed_step="model_sync", hint=failure_hint(sync_res))
+            rec["failure_class"] = _failure_class(sync_res, "model_sync_failed")
+            self.errors.append(f"{name}: {rec['hint']}")
+            return True
+        if image_res.get("failed"):
+            rec.update(failed=True, failed_step="vllm_image", hint=failure_hint(image_res))
+            rec["failure_class"] = _failure_class(image_res, "image_failed")
+            self.errors.append(f"{name}: {rec['hint']}")
+            return True
+        ref = image_res.get("image")
+        if not ref:
+            # Check mode, the image would be pulled (or built) first: the container would be created.
+            rec.update(changed=True, hint="the image would be pulled first; the container would be (re)created")
+            self.changed = True
+            return True
+        args = dict(spec.get("container") or {})
+        args.update(
+            image=ref,
+            wait=True,
+            wait_timeout=self.p["wait_timeout"],
+            manifest_dir=self.p["manifest_dir"],
+            **self._secrets(str(spec.get("deployment"))),
+        )
+        try:
+            params = validated(f"{name}: vllm_container", container_argspec(), args)
+            res = Deployment(params, self.rt, self.check_mode, self.warn).run()
+        except GpufleetError as err:
+            res = _error_result(err)
+            rec.update(
+                failed=True,
+                changed=bool(err.details.get("changed")),
+                failed_step="vllm_container",
+                failure_class=_failure_class(res, "unknown"),
+                hint=failure_hint(res),
+                rolled_back=res.get("rolled_back"),
+                phase=res.get("phase"),
+            )
+            self.changed = self.changed or rec["changed"]
+            self.errors.append(f"{name}: {rec['hint']}")
+            return False
+        self._note(f"gpufleet-{name}", res)
+        rec.update(
+            changed=bool(res.get("changed") or sync_res.get("changed") or image_res.get("changed")),
+            phase=res.get("phase"),
+            endpoint=public_endpoint(spec, res, self.p.get("address")),
+            actions=list(res.get("actions") or []),
+        )
+        return True
+
+    # ------------------------------------------------------------------------------------------------ entry
+    def run(self) -> dict[str, Any]:
+        replicas = list(self.p.get("replicas") or [])
+        removed = [self.remove(item) for item in self.p.get("removals") or []]  # each one, even after a failure
+        removals_ok = all(removed)
+        if removals_ok and replicas:
+            syncs: dict[str, dict[str, Any]] = {}
+            for spec in replicas:
+                dep = str(spec.get("deployment"))
+                if dep not in syncs:
+                    syncs[dep] = self.sync_model(spec)
+            images: dict[str, dict[str, Any]] = {}
+            for spec in replicas:
+                key = image_key(spec.get("image"), spec.get("vllm_version"))
+                if key not in images:
+                    images[key] = self.ensure_image(spec.get("image"), spec.get("vllm_version"))
+            for spec in replicas:
+                key = image_key(spec.get("image"), spec.get("vllm_version"))
+                if not self.run_replica(spec, syncs[str(spec.get("deployment"))], images[key]):
+                    break
+        if self._rt is not None:
+            self._rt.close()
+        out: dict[str, Any] = {
+            "changed": self.changed or any(r["changed"] for r in self.records),
+            "records": self.records,
+            "failed_count": sum(1 for r in self.records if r["failed"]),
+            "diff": self.diffs,
+        }
+        return out
+
+
+def apply_host(
+    params: Mapping[str, Any],
+    check_mode: bool = False,
+    warn: Callable[[str], None] | None = None,
+    runtime: Runtime | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Apply one host's part of the plan: the result and the one-line errors of what failed (empty: all ok)."""
+    host = HostApply(params, check_mode, warn, runtime)
+    return host.run(), host.errors
+
+
+def gather_host(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:
+    """``state=gathered``: the host's managed deployments (no /health probe, no log classification) and its GPUs."""
+    return gather(
+        {
+            "runtime": params["runtime"],
+            "docker_host": params.get("docker_host"),
+            "probe": False,
+            "classify_failures": False,
+            "gpus": True,
+        },
+        runtime,
+    )

@@ -1,0 +1,714 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Schema of the fleet inventory: ``gpufleet_deployments`` (group vars) and the ``gpufleet_*`` host vars.
+
+``validate_deployments()`` and ``validate_host_vars()`` check everything first and raise ONE ``GpufleetError`` that
+lists every problem (deployment or host, field, what is allowed), then return the input normalized: defaults
+filled, shorthands expanded, so the placement and the roles read one shape. Secret values are never echoed.
+docs/inventory.md documents the same schema for people.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec as _container_spec
+from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import FORMAT as DURATION_FORMAT
+from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, duration_hours
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.fit import DTYPE_BYTES
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+GPU_UUID_RE = re.compile(r"^(GPU|MIG)-[0-9A-Za-z-]+$")
+
+DEFAULT_PORT = 8000
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+DEFAULT_MODELS_ROOT = "/var/lib/gpufleet/models"
+RUNTIMES = ("docker", "podman")
+PLACEMENTS = ("spread", "binpack")
+STATES = ("present", "absent")
+
+# Options the placement owns: setting them inside engine_options would fight the plan.
+PLACEMENT_OWNED = {
+    "tensor_parallel_size": "tensor_parallel_size",
+    "pipeline_parallel_size": "pipeline_parallel_size",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "port": "port",
+    "gpus": "gpus (with host)",
+    "model": "model",
+    "name": "name",
+    "image": "image",
+    "served_model_name": "served_model_name",
+}
+
+# vllm_container options that have a deployment field (or host var) of their own: not engine options either.
+OWN_FIELDS = {
+    "api_key": "api_key",
+    "hf_token": "hf_token",
+    "secret_env": "secret_env",
+    "serve_for": "serve_for",
+    "state": "state",
+    "runtime": "the host var gpufleet_runtime",
+}
+
+
+def engine_option_names() -> frozenset[str]:
+    """The gpufleet.vllm.vllm_container options a deployment may set in engine_options (from the module's own
+    options table, so the two cannot drift)."""
+    return frozenset(_container_spec()) - set(PLACEMENT_OWNED) - set(OWN_FIELDS)
+
+
+DEPLOYMENT_FIELDS = (
+    "name",
+    "model",
+    "model_size_bytes",
+    "num_parameters",
+    "model_dtype",
+    "vram_mib",
+    "vllm_version",
+    "image",
+    "engine_options",
+    "extra_args",
+    "lora_modules",
+    "env",
+    "secret_env",
+    "api_key",
+    "hf_token",
+    "served_model_name",
+    "replicas",
+    "gpus_per_replica",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "gpu_memory_utilization",
+    "gpu_sharing",
+    "host",
+    "gpus",
+    "placement",
+    "selector",
+    "port",
+    "port_range",
+    "state",
+    "serve_for",
+    "move_from_unreachable",
+)
+SECRET_FIELDS = ("secret_env", "api_key", "hf_token")
+
+HOST_FIELDS = (
+    "gpufleet_runtime",
+    "gpufleet_models_root",
+    "gpufleet_allowed_model_dirs",
+    "gpufleet_labels",
+    "gpufleet_gpu_reservations",
+    "gpufleet_used_ports",
+)
+
+_MISSING = object()
+_KIND = {"hf": "repo_id", "local": "path", "url": "url"}
+
+
+class _Problems:
+    """Collects ``<who>: <field>: <what is allowed>`` lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, who: str, field: str, allowed: str, value: Any = _MISSING, secret: bool = False) -> None:
+        line = f"{who}: {field}: {allowed}"
+        if value is not _MISSING:
+            line += f", got a {type(value).__name__}" if secret else f", got {_show(value)}"
+        self.lines.append(line)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_int(value: Any) -> int | None:
+    """An int, or a string of digits (templated values may arrive as strings); None if neither."""
+    if _is_int(value):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            out = float(value)
+        except ValueError:
+            return None
+        return out if math.isfinite(out) else None
+    return None
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.strip().lower() in ("true", "yes", "on", "1")
+    return None
+
+
+def _str_map(value: Any, who: str, field: str, problems: _Problems, secret: bool = False) -> dict[str, str]:
+    """An environment-style mapping: keys are variable names, values scalars (rendered as strings)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.add(who, field, "must be a mapping of NAME: value", value, secret=secret)
+        return {}
+    out: dict[str, str] = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not ENV_KEY_RE.match(key):
+            problems.add(who, f"{field}.{key}", "names must match [A-Za-z_][A-Za-z0-9_]*")
+            continue
+        if isinstance(val, bool):
+            out[key] = "true" if val else "false"
+        elif isinstance(val, (str, int, float)):
+            out[key] = str(val)
+        else:
+            problems.add(who, f"{field}.{key}", "must be a string or a number", val, secret=secret)
+    return out
+
+
+def parse_port_range(value: Any) -> tuple[int, int] | None:
+    """``[8000, 8099]``, ``{"start": 8000, "end": 8099}`` or ``"8000-8099"`` → (8000, 8099); None if malformed."""
+    lo: Any
+    hi: Any
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*[-:]\s*\d+\s*", value):
+        lo, hi = re.split(r"[-:]", value)
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        lo, hi = value
+    elif isinstance(value, Mapping) and set(value) == {"start", "end"}:
+        lo, hi = value["start"], value["end"]
+    else:
+        return None
+    lo_i, hi_i = _as_int(lo), _as_int(hi)
+    if lo_i is None or hi_i is None or not (1 <= lo_i <= hi_i <= 65535):
+        return None
+    return lo_i, hi_i
+
+
+def parse_serve_for(value: Any) -> float | str | None:
+    """Hours (float) or ``"infinite"`` (also for null); None if malformed. The format is the one of
+    plugins/module_utils/_duration.py, shared with vllm_container: a bare number is hours, ``90m``/``2h``/``1d``."""
+    try:
+        hours = duration_hours(value)
+    except GpufleetError:
+        return None
+    return INFINITE if hours is None else hours
+
+
+def normalize_model(value: Any, who: str, problems: _Problems) -> dict[str, Any] | None:
+    """Model source → ``{"source": "hf"|"local"|"url", "repo_id", "revision", "path", "url"}``.
+
+    Shorthands: ``/abs/path`` (local), ``https://…`` (url), ``org/name`` (Hugging Face hub, revision main).
+    """
+    allowed = (
+        "must be a hub id (org/name), an absolute path, an http(s) URL, or a mapping with repo_id (+ revision), "
+        "path or url"
+    )
+    if isinstance(value, str):
+        if value.startswith("/"):
+            value = {"path": value}
+        elif re.match(r"^https?://", value):
+            value = {"url": value}
+        else:
+            value = {"repo_id": value}
+    if not isinstance(value, Mapping):
+        problems.add(who, "model", allowed, value)
+        return None
+    kinds = [k for k in ("repo_id", "path", "url") if value.get(k) is not None]
+    source = value.get("source")
+    if source is not None and (source not in ("hf", "local", "url") or [_KIND[source]] != kinds):
+        problems.add(who, "model.source", "must be hf (with repo_id), local (with path) or url (with url)", source)
+    # "source" is what normalization adds: normalized input validates again unchanged.
+    unknown = sorted(set(value) - {"repo_id", "revision", "path", "url", "source"})
+    if unknown:
+        problems.add(
+            who, "model", f"unknown key(s) {', '.join(map(str, unknown))}; allowed: repo_id, revision, path, url"
+        )
+    if len(kinds) != 1:
+        problems.add(who, "model", "needs exactly one of repo_id, path, url", dict(value))
+        return None
+    kind = kinds[0]
+    out: dict[str, Any] = {"source": None, "repo_id": None, "revision": None, "path": None, "url": None}
+    text = value[kind]
+    if not isinstance(text, str) or not text:
+        problems.add(who, f"model.{kind}", "must be a non-empty string", text)
+        return None
+    if kind == "repo_id":
+        if not REPO_ID_RE.match(text):
+            problems.add(who, "model.repo_id", "must look like org/name", text)
+        revision = value.get("revision", "main")
+        if not isinstance(revision, str) or not revision:
+            problems.add(who, "model.revision", "must be a branch, tag or commit (string)", revision)
+            revision = "main"
+        out.update(source="hf", repo_id=text, revision=revision)
+    elif kind == "path":
+        if not text.startswith("/"):
+            problems.add(who, "model.path", "must be an absolute path on the host", text)
+        if value.get("revision") is not None:
+            problems.add(who, "model.revision", "only applies to repo_id (hub) models")
+        out.update(source="local", path=text.rstrip("/") or "/")
+    else:
+        if not re.match(r"^https?://", text):
+            problems.add(who, "model.url", "must be an http:// or https:// URL", text)
+        out.update(source="url", url=text)
+    return out
+
+
+def _normalize_lora(value: Any, who: str, problems: _Problems) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.add(who, "lora_modules", "must be a list of {name, path} (or 'name=path' strings)", value)
+        return []
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        field = f"lora_modules[{i}]"
+        if isinstance(item, str) and "=" in item:
+            name, path = item.split("=", 1)
+            item = {"name": name, "path": path}
+        if not isinstance(item, Mapping):
+            problems.add(who, field, "must be {name, path[, size_bytes]} or 'name=path'", item)
+            continue
+        unknown = sorted(set(item) - {"name", "path", "size_bytes"})
+        if unknown:
+            problems.add(who, field, f"unknown key(s) {', '.join(map(str, unknown))}; allowed: name, path, size_bytes")
+        name, path = item.get("name"), item.get("path")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            problems.add(who, f"{field}.name", "must be a name of letters, digits, '.', '_' or '-'", name)
+        elif name in seen:
+            problems.add(who, f"{field}.name", f"duplicate LoRA name {name!r}")
+        else:
+            seen.add(name)
+        if not isinstance(path, str) or not path.startswith("/"):
+            problems.add(who, f"{field}.path", "must be an absolute path on the host", path)
+        size = item.get("size_bytes")
+        if size is not None and (_as_int(size) is None or _as_int(size) < 0):  # type: ignore[operator]
+            problems.add(who, f"{field}.size_bytes", "must be an integer >= 0", size)
+            size = None
+        out.append({"name": name, "path": path, "size_bytes": _as_int(size) if size is not None else None})
+    return out
+
+
+def _int_field(
+    dep: Mapping[str, Any], field: str, who: str, problems: _Problems, minimum: int, default: int | None
+) -> int | None:
+    value = dep.get(field)
+    if value is None:
+        return default
+    out = _as_int(value)
+    if out is None or out < minimum:
+        problems.add(who, field, f"must be an integer >= {minimum}", value)
+        return default
+    return out
+
+
+def _gpu_ref(value: Any) -> int | str | None:
+    """A GPU reference: an index (int or digits) or a UUID string (GPU-…/MIG-…)."""
+    as_int = _as_int(value)
+    if as_int is not None:
+        return as_int if as_int >= 0 else None
+    if isinstance(value, str) and GPU_UUID_RE.match(value.strip()):
+        return value.strip()
+    return None
+
+
+def validate_deployment(dep: Any, position: int, problems: _Problems) -> dict[str, Any] | None:
+    """Check and normalize one deployment; problems are appended, never raised."""
+    if not isinstance(dep, Mapping):
+        problems.add(
+            f"gpufleet_deployments[{position}]", "(entry)", "must be a mapping with at least name and model", dep
+        )
+        return None
+    name = dep.get("name")
+    if isinstance(name, str) and NAME_RE.match(name):
+        who = name
+    else:
+        who = f"gpufleet_deployments[{position}]"
+        problems.add(
+            who, "name", "is required: letters, digits, '.', '_' or '-' (at most 63, first a letter or digit)", name
+        )
+    unknown = sorted(str(k) for k in dep if k not in DEPLOYMENT_FIELDS)
+    for key in unknown:
+        problems.add(who, key, f"unknown field; allowed: {', '.join(DEPLOYMENT_FIELDS)}")
+
+    out: dict[str, Any] = {"name": name}
+
+    # State first: an absent deployment only needs its name.
+    state = dep.get("state", "present")
+    if state not in STATES:
+        problems.add(who, "state", "must be one of present, absent", state)
+        state = "present"
+    out["state"] = state
+
+    if "model" not in dep or dep.get("model") is None:
+        if state == "present":
+            problems.add(who, "model", "is required: a hub id (org/name), an absolute path or a URL")
+        out["model"] = None
+    else:
+        out["model"] = normalize_model(dep["model"], who, problems)
+
+    out["model_size_bytes"] = _int_field(dep, "model_size_bytes", who, problems, 0, None)
+    out["num_parameters"] = _int_field(dep, "num_parameters", who, problems, 0, None)
+    out["vram_mib"] = _int_field(dep, "vram_mib", who, problems, 1, None)
+    model_dtype = dep.get("model_dtype")
+    if model_dtype is not None and str(model_dtype).lower().removeprefix("torch.") not in DTYPE_BYTES:
+        problems.add(who, "model_dtype", f"must be one of {', '.join(sorted(DTYPE_BYTES))}", model_dtype)
+        model_dtype = None
+    out["model_dtype"] = model_dtype
+
+    # Image: a vLLM version (resolved by vllm_image) or an explicit image, not both.
+    version, image = dep.get("vllm_version"), dep.get("image")
+    if version is not None and image is not None:
+        problems.add(who, "vllm_version", "set either vllm_version or image, not both")
+    if version is not None and (not isinstance(version, (str, int, float)) or isinstance(version, bool)):
+        problems.add(who, "vllm_version", "must be a version string like 0.10.2 or latest", version)
+        version = None
+    if image is not None and (not isinstance(image, str) or not image or " " in image):
+        problems.add(who, "image", "must be an image reference like vllm/vllm-openai:v0.10.2", image)
+        image = None
+    out["vllm_version"] = str(version) if version is not None else (None if image else "latest")
+    out["image"] = image
+
+    engine = dep.get("engine_options")
+    if engine is None:
+        engine = {}
+    if not isinstance(engine, Mapping):
+        problems.add(who, "engine_options", "must be a mapping of vllm_container engine options", engine)
+        engine = {}
+    for key in engine:
+        if not isinstance(key, str):
+            problems.add(who, f"engine_options.{key}", "option names must be strings")
+        elif key in PLACEMENT_OWNED:
+            problems.add(who, f"engine_options.{key}", f"is set by the deployment field {PLACEMENT_OWNED[key]}")
+        elif key in OWN_FIELDS:
+            problems.add(who, f"engine_options.{key}", f"is set by the deployment field {OWN_FIELDS[key]}")
+        elif key not in engine_option_names():
+            problems.add(
+                who,
+                f"engine_options.{key}",
+                "is not an option of gpufleet.vllm.vllm_container (put other vLLM flags in extra_args); allowed: "
+                + ", ".join(sorted(engine_option_names())),
+            )
+    out["engine_options"] = dict(engine)
+
+    extra = dep.get("extra_args")
+    if extra is None:
+        extra = []
+    if not isinstance(extra, list) or not all(
+        isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in extra
+    ):
+        problems.add(who, "extra_args", "must be a list of strings (appended last to the vllm serve command)", extra)
+        extra = []
+    out["extra_args"] = [str(a) for a in extra]
+
+    out["lora_modules"] = _normalize_lora(dep.get("lora_modules"), who, problems)
+    out["env"] = _str_map(dep.get("env"), who, "env", problems)
+    out["secret_env"] = _str_map(dep.get("secret_env"), who, "secret_env", problems, secret=True)
+    for field in ("api_key", "hf_token"):
+        value = dep.get(field)
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.add(who, field, "must be a non-empty string (use a vault variable)", value, secret=True)
+            value = None
+        out[field] = value
+    overlap = sorted(set(out["env"]) & set(out["secret_env"]))
+    if overlap:
+        problems.add(who, "secret_env", f"{', '.join(overlap)} also set in env; set each variable in one of them")
+
+    served = dep.get("served_model_name")
+    if isinstance(served, str):
+        served = [served]
+    if served is not None and (
+        not isinstance(served, list) or not served or not all(isinstance(s, str) and s for s in served)
+    ):
+        problems.add(who, "served_model_name", "must be a string or a non-empty list of strings", served)
+        served = None
+    out["served_model_name"] = served
+
+    # GPUs per replica = tensor x pipeline parallel size.
+    replicas = _int_field(dep, "replicas", who, problems, 0, 1)
+    tp = _int_field(dep, "tensor_parallel_size", who, problems, 1, None)
+    pp = _int_field(dep, "pipeline_parallel_size", who, problems, 1, 1)
+    gpr = _int_field(dep, "gpus_per_replica", who, problems, 1, None)
+
+    host = dep.get("host")
+    gpus_pin = dep.get("gpus")
+    if host is not None and (not isinstance(host, str) or not host):
+        problems.add(who, "host", "must be an inventory host name", host)
+        host = None
+    pinned_gpus: list[int | str] | None = None
+    if gpus_pin is not None:
+        if host is None:
+            problems.add(who, "gpus", "pins GPUs on one host: set host as well")
+        if not isinstance(gpus_pin, list) or not gpus_pin:
+            problems.add(who, "gpus", "must be a non-empty list of GPU indices or UUIDs", gpus_pin)
+        else:
+            refs = [_gpu_ref(g) for g in gpus_pin]
+            if any(r is None for r in refs):
+                problems.add(who, "gpus", "must be a list of GPU indices (0, 1, …) or UUIDs (GPU-…)", gpus_pin)
+            elif len(set(refs)) != len(refs):
+                problems.add(who, "gpus", "lists a GPU twice", gpus_pin)
+            else:
+                pinned_gpus = refs  # type: ignore[assignment]
+    if pinned_gpus is not None and gpr is None and tp is None and replicas:
+        if len(pinned_gpus) % replicas:
+            problems.add(who, "gpus", f"{len(pinned_gpus)} GPUs do not split evenly over {replicas} replicas")
+        else:
+            gpr = len(pinned_gpus) // replicas
+    if gpr is None:
+        gpr = (tp or 1) * (pp or 1)
+    if tp is None:
+        if gpr % (pp or 1):
+            problems.add(who, "gpus_per_replica", f"must be a multiple of pipeline_parallel_size ({pp})", gpr)
+            tp = 1
+        else:
+            tp = gpr // (pp or 1)
+    if tp * (pp or 1) != gpr:
+        problems.add(
+            who,
+            "gpus_per_replica",
+            f"must equal tensor_parallel_size x pipeline_parallel_size = {tp} x {pp} = {tp * (pp or 1)}",
+            gpr,
+        )
+    if pinned_gpus is not None and replicas is not None and len(pinned_gpus) != gpr * replicas:
+        problems.add(
+            who,
+            "gpus",
+            f"must list replicas x gpus_per_replica = {replicas} x {gpr} = {replicas * gpr} GPUs",
+            gpus_pin,
+        )
+    out.update(
+        replicas=replicas,
+        gpus_per_replica=gpr,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        host=host,
+        gpus=pinned_gpus,
+    )
+
+    util = dep.get("gpu_memory_utilization", DEFAULT_GPU_MEMORY_UTILIZATION)
+    util_f = _as_float(util)
+    if util_f is None or not (0 < util_f <= 1):
+        problems.add(who, "gpu_memory_utilization", "must be a number in (0, 1], e.g. 0.9", util)
+        util_f = DEFAULT_GPU_MEMORY_UTILIZATION
+    out["gpu_memory_utilization"] = util_f
+
+    for field in ("gpu_sharing", "move_from_unreachable"):
+        value = dep.get(field)
+        if value is None:
+            out[field] = False if field == "gpu_sharing" else None
+            continue
+        as_bool = _as_bool(value)
+        if as_bool is None:
+            problems.add(who, field, "must be true or false", value)
+        out[field] = bool(as_bool)
+
+    placement = dep.get("placement", "spread")
+    if placement not in PLACEMENTS:
+        problems.add(who, "placement", "must be one of spread, binpack", placement)
+        placement = "spread"
+    out["placement"] = placement
+
+    selector = dep.get("selector")
+    norm_selector: dict[str, list[str]] = {}
+    if selector is not None:
+        if not isinstance(selector, Mapping):
+            problems.add(who, "selector", "must be a mapping of label: value (or list of accepted values)", selector)
+        else:
+            for key, val in selector.items():
+                vals = val if isinstance(val, list) else [val]
+                if not isinstance(key, str) or not vals or not all(_label_value(v) is not None for v in vals):
+                    problems.add(
+                        who, f"selector.{key}", "must be a label value (string or number) or a list of them", val
+                    )
+                    continue
+                norm_selector[key] = sorted({_label_value(v) for v in vals})  # type: ignore[arg-type]
+    out["selector"] = norm_selector
+
+    port, port_range = dep.get("port"), dep.get("port_range")
+    if port is not None and port_range is not None:
+        problems.add(who, "port", "set either port or port_range, not both")
+    out["port"] = None
+    out["port_range"] = None
+    if port_range is not None:
+        parsed = parse_port_range(port_range)
+        if parsed is None:
+            problems.add(
+                who, "port_range", "must be [first, last] or 'first-last' with 1 <= first <= last <= 65535", port_range
+            )
+        else:
+            out["port_range"] = list(parsed)
+    elif port is not None:
+        port_i = _as_int(port)
+        if port_i is None or not (1 <= port_i <= 65535):
+            problems.add(who, "port", "must be an integer in 1..65535", port)
+        else:
+            out["port"] = port_i
+    else:
+        out["port"] = DEFAULT_PORT
+
+    serve_for = parse_serve_for(dep.get("serve_for"))
+    if serve_for is None:
+        problems.add(who, "serve_for", f"must be {DURATION_FORMAT}", dep.get("serve_for"))
+        serve_for = "infinite"
+    out["serve_for"] = serve_for
+    return out
+
+
+def _label_value(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return None
+
+
+def _raise(problems: _Problems, what: str) -> None:
+    if problems.lines:
+        count = len(problems.lines)
+        head = f"{what}: {count} problem{'s' if count > 1 else ''}"
+        raise GpufleetError(head + "\n  - " + "\n  - ".join(problems.lines), problems=list(problems.lines))
+
+
+def validate_deployments(deployments: Any) -> list[dict[str, Any]]:
+    """Validate and normalize ``gpufleet_deployments``; one GpufleetError lists every problem."""
+    problems = _Problems()
+    if deployments is None:
+        return []
+    if not isinstance(deployments, list):
+        problems.add("gpufleet_deployments", "(value)", "must be a list of deployments", deployments)
+        _raise(problems, "gpufleet_deployments is invalid")
+    out: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for i, dep in enumerate(deployments):
+        norm = validate_deployment(dep, i, problems)
+        if norm is None:
+            continue
+        name = norm["name"]
+        if isinstance(name, str):
+            if name in seen:
+                problems.add(name, "name", f"is used twice (entries {seen[name]} and {i}); names must be unique")
+            seen.setdefault(name, i)
+        out.append(norm)
+    _raise(problems, "gpufleet_deployments is invalid")
+    return sorted(out, key=lambda d: d["name"])
+
+
+def normalize_reservations(value: Any, who: str, problems: _Problems) -> list[dict[str, Any]]:
+    """GPU reservations → ``[{"gpu": index|uuid, "memory_mib": int|None (whole GPU), "reason": str}]``.
+
+    Accepted: a list of GPU indices/UUIDs (whole GPUs), or of ``{gpu, memory_mib, reason}`` mappings, or a mapping
+    ``{gpu: reason}``.
+    """
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        value = [{"gpu": k, "reason": v if isinstance(v, str) else ""} for k, v in value.items()]
+    if not isinstance(value, list):
+        problems.add(
+            who, "gpufleet_gpu_reservations", "must be a list of GPU indices/UUIDs or {gpu, memory_mib, reason}", value
+        )
+        return []
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        field = f"gpufleet_gpu_reservations[{i}]"
+        if not isinstance(item, Mapping):
+            item = {"gpu": item}
+        unknown = sorted(set(item) - {"gpu", "memory_mib", "reason"})
+        if unknown:
+            problems.add(who, field, f"unknown key(s) {', '.join(map(str, unknown))}; allowed: gpu, memory_mib, reason")
+        ref = _gpu_ref(item.get("gpu"))
+        if ref is None:
+            problems.add(who, f"{field}.gpu", "must be a GPU index or UUID", item.get("gpu"))
+            continue
+        mem = item.get("memory_mib")
+        mem_i = None
+        if mem is not None:
+            mem_i = _as_int(mem)
+            if mem_i is None or mem_i < 0:
+                problems.add(who, f"{field}.memory_mib", "must be an integer >= 0 (omit to reserve the whole GPU)", mem)
+                continue
+        reason = item.get("reason") or ""
+        out.append({"gpu": ref, "memory_mib": mem_i, "reason": str(reason)})
+    return out
+
+
+def validate_host_vars(hostvars: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Validate the ``gpufleet_*`` vars of each host; returns ``{host: {used_ports, runtime, models_root,
+    allowed_model_dirs, labels, reservations}}`` and raises one GpufleetError listing every problem."""
+    problems = _Problems()
+    out: dict[str, dict[str, Any]] = {}
+    for host in sorted(hostvars):
+        hv = hostvars[host] or {}
+        runtime = hv.get("gpufleet_runtime", "docker") or "docker"
+        if runtime not in RUNTIMES:
+            problems.add(host, "gpufleet_runtime", "must be one of docker, podman", runtime)
+            runtime = "docker"
+        root = hv.get("gpufleet_models_root", DEFAULT_MODELS_ROOT) or DEFAULT_MODELS_ROOT
+        if not isinstance(root, str) or not root.startswith("/"):
+            problems.add(host, "gpufleet_models_root", "must be an absolute path", root)
+            root = DEFAULT_MODELS_ROOT
+        root = root.rstrip("/") or "/"
+        dirs = hv.get("gpufleet_allowed_model_dirs")
+        if dirs is None:
+            dirs = [root]
+        if not isinstance(dirs, list) or not all(isinstance(d, str) and d.startswith("/") for d in dirs):
+            problems.add(host, "gpufleet_allowed_model_dirs", "must be a list of absolute paths", dirs)
+            dirs = [root]
+        labels = hv.get("gpufleet_labels") or {}
+        norm_labels: dict[str, str] = {}
+        if not isinstance(labels, Mapping):
+            problems.add(host, "gpufleet_labels", "must be a mapping of label: value", labels)
+        else:
+            for key, val in labels.items():
+                text = _label_value(val)
+                if not isinstance(key, str) or text is None:
+                    problems.add(host, f"gpufleet_labels.{key}", "must be a string or number", val)
+                    continue
+                norm_labels[key] = text
+        ports = hv.get("gpufleet_used_ports") or []
+        if not isinstance(ports, list) or not all(1 <= (_as_int(p) or 0) <= 65535 for p in ports):
+            problems.add(host, "gpufleet_used_ports", "must be a list of port numbers (1..65535)", ports)
+            ports = []
+        out[host] = {
+            "used_ports": sorted({_as_int(p) for p in ports}),  # type: ignore[type-var]
+            "runtime": runtime,
+            "models_root": root,
+            "allowed_model_dirs": sorted({d.rstrip("/") or "/" for d in dirs}),
+            "labels": norm_labels,
+            "reservations": normalize_reservations(hv.get("gpufleet_gpu_reservations"), host, problems),
+        }
+    _raise(problems, "gpufleet host vars are invalid")
+    return out
+
+
+def deployment_secrets(deployments: Any) -> dict[str, dict[str, Any]]:
+    """The secret fields (``api_key``, ``hf_token``, ``secret_env``) of each declared deployment, by name: what
+    ``fleet_apply`` needs next to a plan that never holds them. Deployments without a secret are left out; the
+    schema itself is checked by ``validate_deployments`` (the preflight), not here."""
+    out: dict[str, dict[str, Any]] = {}
+    for dep in deployments if isinstance(deployments, list) else []:
+        if not isinstance(dep, Mapping) or not isinstance(dep.get("name"), str):
+            continue
+        found = {k: dep[k] for k in SECRET_FIELDS if dep.get(k) not in (None, "", {})}
+        if found:
+            out[dep["name"]] = found
+    return out

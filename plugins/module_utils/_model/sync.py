@@ -1,0 +1,493 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The state machine of gpufleet.vllm.model_sync: put validated model weights at <models_root>/<name>, atomically,
+and answer changed=false cheaply when they are already there.
+
+present:  resolve the source (hf: revision → commit; local: allowlisted real path; url: url + checksum)
+          → no-op if the manifest records the same source and every recorded file still has its size and mtime
+          → check mode stops here with what would be fetched and how many bytes
+          → per-model flock → free-space check → fetch into a staging dir on the same filesystem (resumable)
+          → validate → swap in with one rename (renameat2 exchange) → manifest → status "done".
+absent:   refuse when a running gpufleet-managed container mounts the model (unless force), then remove it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import time
+from typing import Any
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import hub
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import store as fs
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import url as urlsrc
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.validate import validate_model_dir
+
+DEFAULT_ROOT = "/var/lib/gpufleet/models"
+# How often the progress watcher starts the disk writeback of the files being written (fs.start_writeback).
+WRITEBACK_INTERVAL = 0.25
+
+
+def argument_spec() -> dict[str, Any]:
+    """The model_sync module's argument spec (also used to validate the model_sync part of a host's plan)."""
+    from ansible.module_utils.basic import env_fallback
+
+    return dict(
+        name=dict(type="str", required=True),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        source=dict(type="str", choices=["hf", "local", "url"]),
+        models_root=dict(type="path", default=DEFAULT_ROOT),
+        repo_id=dict(type="str"),
+        revision=dict(type="str", default="main"),
+        token=dict(type="str", no_log=True, fallback=(env_fallback, ["HF_TOKEN"])),
+        hf_endpoint=dict(type="str"),
+        allow_patterns=dict(type="list", elements="str"),
+        ignore_patterns=dict(type="list", elements="str"),
+        max_workers=dict(type="int", default=8),
+        download_backend=dict(type="str", default="auto", choices=["auto", "builtin", "huggingface_hub"]),
+        src=dict(type="path"),
+        allowed_dirs=dict(type="list", elements="path", default=[]),
+        link=dict(type="bool", default=False),
+        url=dict(type="str"),
+        checksum=dict(type="str"),
+        validate=dict(type="bool", default=True),
+        require_tokenizer=dict(type="bool", default=True),
+        force=dict(type="bool", default=False),
+        lock_timeout=dict(type="int", default=600),
+    )
+
+
+REQUIRED_IF: list[tuple[str, str, list[str]]] = [
+    ("state", "present", ["source"]),
+    ("source", "hf", ["repo_id"]),
+    ("source", "local", ["src"]),
+    ("source", "url", ["url"]),
+]
+
+
+def _result(path: str, source: str, **kw: Any) -> dict[str, Any]:
+    out = {
+        "path": path,
+        "source": source,
+        "revision": None,
+        "commit": None,
+        "files": [],
+        "size_bytes": 0,
+        "changed": False,
+        "validation": None,
+    }
+    out.update(kw)
+    return out
+
+
+def _identity(p: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What a manifest must match for a no-op (besides the files on disk)."""
+    ident: dict[str, Any] = {"source": p["source"]}
+    if p["source"] == "hf":
+        ident.update(repo_id=p["repo_id"], allow_patterns=p.get("allow_patterns"))
+        ident["ignore_patterns"] = p.get("ignore_patterns")
+    elif p["source"] == "local":
+        ident.update(src=extra["src"], link=bool(p.get("link")))
+    else:
+        ident.update(url=p["url"], checksum=p.get("checksum"))
+    ident.update(extra)
+    return ident
+
+
+def _manifest_noop(manifest: dict[str, Any] | None, ident: dict[str, Any], dest: str) -> bool:
+    if not manifest:
+        return False
+    if any(manifest.get(k) != v for k, v in ident.items()):
+        return False
+    return fs.manifest_matches_disk(manifest, dest)
+
+
+def _noop_result(dest: str, p: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    return _result(
+        dest,
+        p["source"],
+        revision=p.get("revision") if p["source"] == "hf" else None,
+        commit=manifest.get("commit"),
+        files=sorted(manifest.get("files", {})),
+        size_bytes=manifest.get("size_bytes", 0),
+        validation=manifest.get("validation"),
+        msg="already in sync",
+    )
+
+
+def _diff(before: dict[str, Any] | None, commit: str | None, files: list[str]) -> dict[str, Any]:
+    b = {"commit": before.get("commit"), "files": sorted(before.get("files", {}))} if before else {}
+    return {"before": b, "after": {"commit": commit, "files": sorted(files)}}
+
+
+def model_path(models_root: str | None, name: str) -> str:
+    """Where model_sync puts model ``name`` under ``models_root`` (its ``path`` result): ``<models_root>/<name>``.
+
+    Pure, so the controller (placement) can tell a container the path before the model is synced."""
+    return os.path.join(os.path.abspath(models_root or DEFAULT_ROOT), fs.check_name(name))
+
+
+def sync(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
+    """Run model_sync with module parameters `p`; return the module result (raises GpufleetError)."""
+    name = fs.check_name(p["name"])
+    dest = model_path(p.get("models_root"), name)
+    root = os.path.dirname(dest)
+    if p.get("state", "present") == "absent":
+        return absent(root, name, force=bool(p.get("force")), check_mode=check_mode)
+    source = p["source"]
+    if source == "hf":
+        return _sync_hf(p, root, name, dest, check_mode)
+    if source == "local":
+        return _sync_local(p, root, name, dest, check_mode)
+    if source == "url":
+        return _sync_url(p, root, name, dest, check_mode)
+    raise GpufleetError(f"unknown source {source!r}", failure_class="bad_args")
+
+
+# ---------------------------------------------------------------- hf
+
+
+def _sync_hf(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bool) -> dict[str, Any]:
+    repo_id, revision, token = p["repo_id"], p.get("revision") or "main", p.get("token") or None
+    endpoint = hub.endpoint_of(p.get("hf_endpoint"))
+    manifest = fs.read_manifest(root, name)
+    force = bool(p.get("force"))
+
+    # Fast no-op: one small request (none for a commit sha, none offline) and stat() calls.
+    if manifest and not force:
+        sha = hub.fast_resolve(endpoint, repo_id, revision, token)
+        if sha is None and hub.offline() and manifest.get("revision") == revision:
+            sha = manifest.get("commit")  # offline: trust what this host already has
+        if sha and _manifest_noop(manifest, _identity(p, commit=sha), dest):
+            return _noop_result(dest, p, manifest)
+
+    sha, remote, gated, xet = hub.resolve(endpoint, repo_id, revision, token)
+    allow, ignore = hub.effective_patterns(remote, p.get("allow_patterns"), p.get("ignore_patterns"))
+    wanted = hub.select(remote, allow, ignore)
+    if not wanted:
+        raise GpufleetError(
+            f"no file of {repo_id}@{revision} matches allow_patterns={allow} / ignore_patterns={ignore}",
+            failure_class="bad_args",
+        )
+    total = sum(wanted.values())
+    ident = _identity(p, commit=sha)
+    if manifest and not force and _manifest_noop(manifest, ident, dest):
+        return _noop_result(dest, p, manifest)
+    if gated:
+        # Gated/private content fails on the first file; find out before creating anything.
+        hub.check_access(endpoint, repo_id, sha, sorted(wanted, key=lambda f: wanted[f])[0], token)
+
+    backend = hub.choose_backend(p.get("download_backend") or "auto", wanted, xet)
+    workers = int(p.get("max_workers") or 8)
+    base = _result(dest, "hf", revision=revision, commit=sha, files=sorted(wanted), size_bytes=total, changed=True)
+    base["download_backend"] = backend
+    base["diff"] = _diff(manifest, sha, list(wanted))
+    if check_mode:
+        base["would_download"] = sorted(wanted)
+        base["download_bytes"] = total
+        base["free_bytes"] = fs.free_bytes(root)
+        base["msg"] = f"would download {len(wanted)} files ({total} bytes) of {repo_id}@{sha[:12]}"
+        return base
+
+    os.makedirs(root, exist_ok=True)
+    with fs.model_lock(root, name, float(p.get("lock_timeout", 600))):
+        manifest = fs.read_manifest(root, name)  # another run may have finished while we waited
+        if manifest and not force and _manifest_noop(manifest, ident, dest):
+            return _noop_result(dest, p, manifest)
+        fs.recover(root, name)
+        staging = fs.staging_path(root, name, sha[:16])
+        if force:
+            shutil.rmtree(staging, ignore_errors=True)
+        hub.clean_partial(staging)
+        resumable = os.path.exists(os.path.join(staging, fs.STAGING_MARKER))
+        already = _staged_bytes(staging, wanted) if resumable else 0
+        fs.check_free_space(root, total - already, f"{repo_id}@{sha[:12]}")  # before any byte is written
+        staging = fs.staging_dir(root, name, sha[:16])
+        progress = fs.Progress(root, name)
+        progress.watch(staging, total, writeback=WRITEBACK_INTERVAL)
+        t_download = time.monotonic()
+        try:
+            if backend == "huggingface_hub":
+                hub.download(endpoint, repo_id, sha, token, staging, allow, ignore, workers)
+            else:
+                hub.download_builtin(endpoint, repo_id, sha, token, staging, wanted, workers)
+            bad = {f: s for f, s in wanted.items() if _size(os.path.join(staging, f)) != s}
+            if bad:
+                raise GpufleetError(
+                    f"downloaded files have the wrong size: {', '.join(sorted(bad))}", failure_class="download_error"
+                )
+        except GpufleetError as err:
+            progress.stop("failed", error=err.msg)
+            raise
+        except OSError as err:
+            progress.stop("failed", error=str(err))
+            if err.errno == errno.ENOSPC:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise GpufleetError(
+                    f"disk full while downloading {repo_id} into {root}: {err}; the installed model was left as it was",
+                    failure_class="disk_full",
+                ) from None
+            raise GpufleetError(f"download of {repo_id} failed: {err}", failure_class="download_error") from None
+        except BaseException:
+            progress.stop("failed", error="interrupted")
+            raise
+        for junk in (".cache", ".gpufleet-partial"):
+            shutil.rmtree(os.path.join(staging, junk), ignore_errors=True)
+        base["timings"] = {"download": round(time.monotonic() - t_download, 3)}
+        result = _finish(p, root, name, dest, staging, progress, base, ident, manifest)
+    return result
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def _staged_bytes(staging: str, wanted: dict[str, int]) -> int:
+    return sum(s for f, s in wanted.items() if _size(os.path.join(staging, f)) == s)
+
+
+def _finish(
+    p: dict[str, Any],
+    root: str,
+    name: str,
+    dest: str,
+    staged: str,
+    progress: fs.Progress,
+    base: dict[str, Any],
+    ident: dict[str, Any],
+    old_manifest: dict[str, Any] | None,
+    validate_path: str | None = None,
+    cleanup_staged: bool = True,
+) -> dict[str, Any]:
+    """Validate the staged model, make it durable (fsync), swap it in, record the manifest."""
+    report = None
+    timings = base.setdefault("timings", {})
+    if p.get("validate", True):
+        progress.write(state="validating")
+        t = time.monotonic()
+        report = validate_model_dir(validate_path or staged, require_tokenizer=p.get("require_tokenizer", True))
+        timings["validate"] = round(time.monotonic() - t, 3)
+        if not report["ok"]:
+            progress.stop("failed", error="validation failed")
+            if cleanup_staged:
+                fs.rmtree_any(staged)
+            raise GpufleetError(
+                f"model {name} failed validation, the installed one was left as it was: "
+                + "; ".join(report["problems"]),
+                failure_class="invalid_model",
+                validation=report,
+            )
+    # Durable before visible: a power loss after the swap must not leave a model whose files are empty or
+    # partly written (kill -9 alone cannot: the page cache survives it). The progress watcher started the
+    # writeback while the bytes came in, so this mostly waits for the tail.
+    progress.write(state="syncing")
+    try:
+        timings["fsync"] = fs.fsync_tree(staged)["seconds"]
+    except OSError as err:
+        progress.stop("failed", error=str(err))
+        raise GpufleetError(f"could not flush {name} to disk: {err}", failure_class="swap_failed") from None
+    fs.drop_manifest(root, name)
+    t = time.monotonic()
+    try:
+        fs.swap_in(root, name, staged)
+    except OSError as err:
+        progress.stop("failed", error=str(err))
+        raise GpufleetError(f"could not swap {name} into place: {err}", failure_class="swap_failed") from None
+    timings["swap"] = round(time.monotonic() - t, 3)
+    files = fs.list_tree(dest)
+    size = sum(f["size"] for f in files.values())
+    manifest = {
+        **ident,
+        "revision": base.get("revision"),
+        "files": files,
+        "size_bytes": size,
+        "validation": report,
+        "synced_at": time.time(),
+    }
+    fs.write_manifest(root, name, manifest)
+    progress.stop("done", bytes_done=size, bytes_total=size, commit=base.get("commit"))
+    base.update(files=sorted(files), size_bytes=size, validation=report, changed=True)
+    base["diff"] = _diff(old_manifest, base.get("commit"), list(files))
+    base["msg"] = f"synced {name} ({len(files)} files, {size} bytes)"
+    return base
+
+
+# ---------------------------------------------------------------- local
+
+
+def _sync_local(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bool) -> dict[str, Any]:
+    if not p.get("src"):
+        raise GpufleetError("source: local needs src (the checkpoint directory)", failure_class="bad_args")
+    src = fs.resolve_local_source(p["src"], p.get("allowed_dirs") or [])
+    files = fs.local_files(src, p.get("allowed_dirs") or [])
+    if not files:
+        raise GpufleetError(f"local source {src} holds no files", failure_class="bad_source")
+    total = sum(f["size"] for f in files.values())
+    link = bool(p.get("link"))
+    ident = _identity(p, src=src, source_files=files)
+    manifest = fs.read_manifest(root, name)
+    if link:
+        noop = (
+            manifest is not None
+            and not p.get("force")
+            and all(manifest.get(k) == v for k, v in ident.items())
+            and os.path.islink(dest)
+            and os.path.realpath(dest) == src
+        )
+    else:
+        noop = not p.get("force") and _manifest_noop(manifest, ident, dest)
+    if noop and manifest is not None:  # a no-op always has a manifest; the test narrows the type
+        return _noop_result(dest, p, manifest)
+    base = _result(dest, "local", files=sorted(files), size_bytes=total, changed=True, src=src, link=link)
+    base["diff"] = _diff(manifest, None, list(files))
+    if check_mode:
+        base["would_copy"] = [] if link else sorted(files)
+        base["copy_bytes"] = 0 if link else total
+        base["msg"] = f"would {'link' if link else 'copy'} {len(files)} files ({total} bytes) from {src}"
+        return base
+    os.makedirs(root, exist_ok=True)
+    with fs.model_lock(root, name, float(p.get("lock_timeout", 600))):
+        fs.recover(root, name)
+        staging = fs.staging_dir(root, name, "local")
+        shutil.rmtree(staging, ignore_errors=True)
+        progress = fs.Progress(root, name)
+        if link:
+            os.makedirs(os.path.dirname(staging), exist_ok=True)
+            os.symlink(src, staging)
+            progress.write(state="linking", bytes_total=0, bytes_done=0)
+            return _finish(p, root, name, dest, staging, progress, base, ident, manifest, validate_path=src)
+        os.makedirs(staging)
+        same_fs = os.stat(src).st_dev == os.stat(staging).st_dev
+        if not same_fs:
+            fs.check_free_space(staging, total, f"a copy of {src}")
+        progress.watch(staging, total, writeback=WRITEBACK_INTERVAL)
+        t = time.monotonic()
+        try:
+            counts = fs.copy_tree(src, files, staging, hardlink=same_fs)
+        except OSError as err:
+            progress.stop("failed", error=str(err))
+            shutil.rmtree(staging, ignore_errors=True)
+            raise GpufleetError(f"copy of {src} failed: {err}; the installed model was left as it was") from None
+        base["copy"] = counts
+        base["timings"] = {"copy": round(time.monotonic() - t, 3)}
+        return _finish(p, root, name, dest, staging, progress, base, ident, manifest)
+
+
+# ---------------------------------------------------------------- url
+
+
+def _sync_url(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bool) -> dict[str, Any]:
+    url = p.get("url")
+    if not url:
+        raise GpufleetError("source: url needs url", failure_class="bad_args")
+    fname = urlsrc.file_name(url)
+    expected = urlsrc.parse_checksum(p.get("checksum"))
+    ident = _identity(p)
+    manifest = fs.read_manifest(root, name)
+    if manifest is not None and not p.get("force") and _manifest_noop(manifest, ident, dest):
+        return _noop_result(dest, p, manifest)
+    size = urlsrc.remote_size(url)
+    archive = fs.archive_kind(fname) is not None
+    base = _result(dest, "url", files=[fname], size_bytes=size or 0, changed=True, url=url)
+    base["diff"] = _diff(manifest, None, [fname])
+    if check_mode:
+        base["download_bytes"] = size
+        base["msg"] = f"would download {url} ({size if size is not None else 'unknown'} bytes)"
+        return base
+    os.makedirs(root, exist_ok=True)
+    with fs.model_lock(root, name, float(p.get("lock_timeout", 600))):
+        fs.recover(root, name)
+        key = (expected or "nosum")[:16]
+        staging = fs.staging_dir(root, name, key)
+        target = os.path.join(staging, "model")
+        shutil.rmtree(target, ignore_errors=True)
+        download = os.path.join(staging, fname)
+        have = _size(download + ".part") or 0
+        if size is not None:
+            # An archive needs room for itself and its contents.
+            fs.check_free_space(staging, (size - have) + (size if archive else 0), url)
+        progress = fs.Progress(root, name)
+        progress.watch(staging, size or 0, writeback=WRITEBACK_INTERVAL)
+        t = time.monotonic()
+        try:
+            got = urlsrc.fetch(url, download, expected)
+            names = urlsrc.materialize(download, url, target)
+        except GpufleetError as err:
+            progress.stop("failed", error=err.msg)
+            raise
+        except OSError as err:
+            progress.stop("failed", error=str(err))
+            shutil.rmtree(staging, ignore_errors=True)
+            raise GpufleetError(f"fetching {url} failed: {err}; the installed model was left as it was") from None
+        base.update(sha256=got["sha256"], files=names)
+        base["timings"] = {"download": round(time.monotonic() - t, 3)}
+        result = _finish(p, root, name, dest, target, progress, base, ident, manifest)
+        shutil.rmtree(staging, ignore_errors=True)
+        return result
+
+
+# ---------------------------------------------------------------- absent
+
+
+def mounted_by(path: str) -> list[str]:
+    """Names of running gpufleet-managed containers that mount `path` (or something under it). Empty when no
+    docker daemon answers or the docker SDK is missing."""
+    try:
+        import docker  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    try:
+        client = docker.from_env(timeout=5)
+        containers = client.api.containers(filters={"label": f"{labels.MANAGED}=true", "status": "running"})
+    except Exception:  # no daemon, no permission: nothing can be mounting it through docker
+        return []
+    paths = {path.rstrip("/"), os.path.realpath(path).rstrip("/")}
+    users = []
+    for c in containers:
+        for m in c.get("Mounts") or []:
+            srcs = {(m.get("Source") or "").rstrip("/")}
+            if any(s == p or s.startswith(p + "/") for s in srcs for p in paths if s):
+                users.append((c.get("Names") or ["?"])[0].lstrip("/"))
+                break
+    with contextlib.suppress(Exception):
+        client.close()
+    return sorted(set(users))
+
+
+def absent(root: str, name: str, force: bool, check_mode: bool) -> dict[str, Any]:
+    dest = os.path.join(root, name)
+    present = os.path.lexists(dest) or fs.read_manifest(root, name) is not None
+    res = _result(dest, "none", changed=present)
+    if not present:
+        res["msg"] = "not present"
+        return res
+    users = mounted_by(dest)
+    res["mounted_by"] = users
+    if users and not force:
+        raise GpufleetError(
+            f"model {name} is mounted by running container(s) {', '.join(users)}: stop them first or pass force=true",
+            failure_class="in_use",
+            mounted_by=users,
+        )
+    res["diff"] = {"before": {"path": dest}, "after": {}}
+    if check_mode:
+        res["msg"] = f"would remove {dest}"
+        return res
+    with fs.model_lock(root, name, 60.0):
+        fs.remove_model(root, name)
+        fs.clean_trash(root, name)
+        shutil.rmtree(os.path.join(root, fs.META, "staging", f"{name}.local"), ignore_errors=True)
+        base = os.path.join(root, fs.META, "staging")
+        if os.path.isdir(base):
+            for e in os.listdir(base):
+                if e.startswith(f"{name}."):
+                    fs.rmtree_any(os.path.join(base, e))
+    res["msg"] = f"removed {dest}"
+    return res
