@@ -7,6 +7,7 @@ touches another test's containers."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -32,6 +33,16 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 CANARY_KEY = "canary-agentkey-4e7b19"
 CANARY_URL = "canary-agentsecret-c0ffee"
 PORTS = (18600, 18699)
+# Runs the agent module (as `python -m` does) with time.time() frozen at argv[1]: a tick is one pass at one `now`.
+FROZEN_CLOCK = (
+    "import runpy, sys, time; now = float(sys.argv.pop(1)); time.time = lambda: now; "
+    f"runpy.run_module({na.MODULE!r}, run_name='__main__', alter_sys=True)"
+)
+
+
+def label_time(text: str) -> float:
+    """A gpufleet.serve-until label (UTC, second precision) as a Unix time."""
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 # ------------------------------------------------------------------------------------------------ static
@@ -118,12 +129,16 @@ class TestAgentOnDockerd:
 
     @pytest.fixture
     def agent(self, agent_tree: Path, tmp_path: Path):
+        """``agent(names, *args, now=None)``: one tick (``--once``) of the shipped agent. With ``now``, the agent's
+        clock (time.time) reads exactly that: the test moves time past a deadline instead of sleeping until it, and
+        no deadline depends on how fast this machine runs the steps before the tick."""
         state = tmp_path / "agent-state"
 
-        def once(names: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
+        def once(names: list[str], *extra: str, now: float | None = None) -> subprocess.CompletedProcess[str]:
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
             env["PYTHONPATH"] = str(agent_tree)
-            cmd = [str(PYTHON), "-m", na.MODULE, "--once", "--port", "0", "--state-dir", str(state)]
+            cmd = [str(PYTHON), "-m", na.MODULE] if now is None else [str(PYTHON), "-c", FROZEN_CLOCK, repr(now)]
+            cmd += ["--once", "--port", "0", "--state-dir", str(state)]
             cmd += ["--names", ",".join(names), *extra]
             proc = subprocess.run(
                 cmd, cwd=agent_tree, env=env, capture_output=True, text=True, timeout=120, check=False
@@ -149,12 +164,22 @@ class TestAgentOnDockerd:
             time.sleep(0.2)
         raise AssertionError(f"gpufleet-{name} did not exit within {timeout} s")
 
+    @staticmethod
+    def served_then_crashed(name: str, engine: str = "docker") -> None:
+        """The container's log shows a server that came up and then died (not a failed start-up)."""
+        text = logs(engine, f"gpufleet-{name}")
+        up, crash = text.find("Application startup complete"), text.find("EngineCore encountered a fatal error")
+        assert 0 <= up < crash, text[-3000:]
+
     def test_crashed_server_is_restarted_with_backoff(self, deploy, agent, names):
-        r = deploy("crash", env={"STANDIN_CRASH_AFTER": "2"})
-        assert r["_rc"] == 0 and r["ready"], r["_output"]
+        # wait=False: the stand-in crashes 2 s after it serves, whether or not the module's readiness probe saw it
+        # up in that window on a loaded machine; the log shows it served.
+        r = deploy("crash", env={"STANDIN_CRASH_AFTER": "2"}, wait=False)
+        assert r["_rc"] == 0, r["_output"]
         name = names[0]
         first = self.wait_exited(name)
         assert first["State"]["ExitCode"] == 1
+        self.served_then_crashed(name)
 
         agent([name])
         ev = self.events(agent.state)
@@ -168,9 +193,11 @@ class TestAgentOnDockerd:
         assert f'gpufleet_agent_restarts_total{{deployment="{name}"}} 1.0' in metrics
         assert f'gpufleet_agent_failures_total{{deployment="{name}",failure_class="unknown"}} 1.0' in metrics
 
-        # It crashes again at once: the back-off (10 s after the first restart) holds the next restart.
+        # It crashes again at once: the back-off (10 s after the first restart) holds the next restart. The agent's
+        # clock reads 1 s after that restart, however long the crash and this test's steps took.
+        restarted_at = json.loads((agent.state / "state.json").read_text())["deployments"][name]["restarts"][-1]
         self.wait_exited(name)
-        agent([name])
+        agent([name], now=restarted_at + 1)
         assert inspect("docker", f"gpufleet-{name}")["State"]["Status"] == "exited"
         assert [e["event"] for e in self.events(agent.state)].count("restart") == 1
         # Without back-off the budget still counts the restart of the previous run (state.json).
@@ -201,20 +228,19 @@ class TestAgentOnDockerd:
         assert f'gpufleet_agent_restart_blocked{{deployment="{name}",reason="bad_args"}} 1.0' in metrics
 
     def test_expired_serve_for_is_stopped_not_removed(self, deploy, agent, names):
-        r = deploy("expiry", serve_for="0.001")  # 3.6 s
+        r = deploy("expiry", serve_for="1")  # 1 h: the agent's clock, not this machine's speed, reaches it
         assert r["_rc"] == 0 and r["ready"], r["_output"]
         name = names[0]
-        until = inspect("docker", f"gpufleet-{name}")["Config"]["Labels"]["gpufleet.serve-until"]
-        agent([name])
+        until = label_time(inspect("docker", f"gpufleet-{name}")["Config"]["Labels"]["gpufleet.serve-until"])
+        agent([name], now=until - 1)
         assert inspect("docker", f"gpufleet-{name}")["State"]["Running"], "not expired yet"
         assert self.events(agent.state) == []
-        time.sleep(max(0.0, na.parse_time(until) - time.time()) + 0.5)
-        agent([name])
+        agent([name], now=until + 1)
         ev = self.events(agent.state)
         assert [e["event"] for e in ev] == ["expired"] and ev[0]["stopped"] is True
         d = inspect("docker", f"gpufleet-{name}")
         assert d is not None and d["State"]["Status"] == "exited", "stopped, not removed"
-        agent([name])  # exited with 0 after the stop: never restarted
+        agent([name], now=until + 2)  # exited with 0 after the stop: never restarted
         assert not inspect("docker", f"gpufleet-{name}")["State"]["Running"]
         metrics = (agent.state / "metrics.prom").read_text()
         assert f'gpufleet_agent_expired{{deployment="{name}"}} 1.0' in metrics
@@ -242,8 +268,8 @@ class TestAgentOnDockerd:
 
     @pytest.mark.podman
     def test_podman_crash_restarted_and_secrets_masked(self, deploy, agent, names):
-        r = deploy("pdcrash", runtime="podman", gpus=["1"], env={"STANDIN_CRASH_AFTER": "2"})
-        assert r["_rc"] == 0 and r["ready"], r["_output"]
+        r = deploy("pdcrash", runtime="podman", gpus=["1"], env={"STANDIN_CRASH_AFTER": "2"}, wait=False)
+        assert r["_rc"] == 0, r["_output"]
         r = deploy(
             "pdgated",
             runtime="podman",
@@ -255,6 +281,7 @@ class TestAgentOnDockerd:
         assert r["_rc"] == 0, r["_output"]
         crash, gated = names
         first = self.wait_exited(crash, engine="podman")
+        self.served_then_crashed(crash, engine="podman")
         self.wait_exited(gated, engine="podman")
         assert CANARY_URL in logs("podman", f"gpufleet-{gated}")
         agent(names, "--runtime", "podman")
