@@ -1,7 +1,7 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin gpufleet.vllm.fleet_plan: gathers every host's GPU facts, labels and existing placements from
-hostvars, runs the pure placement (module_utils/_fleet/placement.py) on the controller and returns the plan.
+hostvars, runs the pure placement (module_utils/_fleet/placement.py, payload.py) on the controller and returns the plan.
 Documentation: plugins/modules/fleet_plan.py."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_if_changed
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import fleet_plan
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import HOST_FIELDS, validate_host_vars
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_plan import ARGUMENT_SPEC
 from ansible_collections.gpufleet.vllm.plugins.plugin_utils.controller_action import ControllerAction

@@ -11,150 +11,46 @@
    are kept and reported, and moved only with ``move_from_unreachable``.
 2. Missing replicas are placed: pinned deployments first, then the largest. A GPU fits when it is not reserved, not
    used by another deployment (unless both allow ``gpu_sharing``), ``gpu_memory_utilization`` x total covers the
-   VRAM estimate per GPU (``vram.py``) and at least ``gpu_memory_utilization`` x total is free (memory held by
+   VRAM estimate per GPU (``_gpu/fit.py``) and at least ``gpu_memory_utilization`` x total is free (memory held by
    placements this plan removes, the deployment's own included, counts as free). ``spread`` puts replicas on the
    hosts with the fewest replicas of the deployment, then the most free GPUs; ``binpack`` on the hosts with the
    fewest free GPUs that still fit. Ties go to the host name, so the output is deterministic.
 3. Ports: ``port`` (+1 for each further replica on the same host) or the first free port of ``port_range``.
 
-An unschedulable deployment gets one error that says why for each host:
+An unschedulable deployment gets one error that says why for each host (``explain.py`` words it):
 ``chat-70b: 0/3 hosts fit — gpu-a: 2 GPUs free, needs 4; gpu-b: selector zone=eu1 not matched; gpu-c: unreachable``.
+
+The package around it: ``capacity.py`` (the hosts, GPUs and per-replica needs the planner claims), ``explain.py``
+(the unschedulable reasons), ``payload.py`` (plan → what the deployments role runs on each host). The planner itself
+stays one file on purpose: its two phases share one mutable state (claims, ports, caches) and read as one algorithm.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, format_duration
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import (
-    DEFAULT_MODELS_ROOT,
-    _gpu_ref,
-    _Problems,
-    normalize_reservations,
-    validate_deployments,
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity import (
+    Gpu,
+    Host,
+    Requirement,
+    dir_allowed,
+    natural_key,
+    selector_miss,
 )
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.explain import Explainer, port_reason
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import _gpu_ref, validate_deployments
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import fit as vram
-from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import model_path
 
-GROUP_REASONS_ABOVE = 12  # more hosts than this: the message groups hosts by reason
 REPLICA_NAME_RE = re.compile(r"^(?P<deployment>.+)-(?P<replica>\d+)$")
 
 
 def container_name(deployment: str, replica: int) -> str:
     """The vllm_container ``name`` of a replica (the container is ``gpufleet-<this>``)."""
     return f"{deployment}-{replica}"
-
-
-def _natural_key(text: str) -> tuple:
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
-
-
-class _Gpu:
-    __slots__ = ("avail", "claims", "index", "name", "reserved", "sharing", "total", "used", "uuid")
-
-    def __init__(self, facts: Mapping[str, Any]) -> None:
-        self.index = int(facts["index"])
-        self.uuid = facts.get("uuid")
-        self.name = facts.get("name")
-        self.total = int(facts.get("memory_total_mib") or 0)
-        free = facts.get("memory_free_mib")
-        used = facts.get("memory_used_mib")
-        self.avail = int(free) if free is not None else max(0, self.total - int(used or 0))
-        self.used = int(used) if used is not None else max(0, self.total - self.avail)
-        self.reserved: str | None = None  # reason when the whole GPU is reserved
-        self.claims: list[str] = []  # deployments planned on this GPU (kept or new)
-        self.sharing = True  # every claim allows sharing
-
-
-class _Host:
-    __slots__ = (
-        "allowed_dirs",
-        "deployments",
-        "full_sig",
-        "gpus",
-        "has_shared",
-        "labels",
-        "name",
-        "ports",
-        "rank",
-        "reachable",
-        "sig",
-        "uuid_index",
-    )
-
-    def __init__(self, name: str, info: Mapping[str, Any], rank: int) -> None:
-        self.name = name
-        self.rank = rank
-        self.reachable = bool(info.get("reachable", True))
-        self.labels = {str(k): _label(v) for k, v in (info.get("labels") or {}).items()}
-        self.gpus: dict[int, _Gpu] = {}
-        for facts in info.get("gpus") or []:
-            gpu = _Gpu(facts)
-            self.gpus[gpu.index] = gpu
-        self.uuid_index = {g.uuid: g.index for g in self.gpus.values() if g.uuid}
-        dirs = info.get("allowed_model_dirs")
-        self.allowed_dirs: list[str] | None = [d.rstrip("/") or "/" for d in dirs] if dirs else None
-        self.ports: set[int] = set()
-        self.deployments: Counter[str] = Counter()
-        self.has_shared = False
-        self.sig = -1
-        self.full_sig: tuple | None = None
-        problems = _Problems()
-        for res in normalize_reservations(info.get("reservations"), name, problems):
-            idx = self.resolve(res["gpu"])
-            if idx is None:
-                continue
-            gpu = self.gpus[idx]
-            if res["memory_mib"] is None:
-                gpu.reserved = res["reason"] or "reserved"
-            else:
-                gpu.avail = max(0, gpu.avail - res["memory_mib"])
-
-    def resolve(self, ref: int | str | None) -> int | None:
-        """A GPU index or UUID → the index on this host; None if the host has no such GPU."""
-        if isinstance(ref, int):
-            return ref if ref in self.gpus else None
-        if isinstance(ref, str):
-            if ref.isdigit():
-                return self.resolve(int(ref))
-            return self.uuid_index.get(ref)
-        return None
-
-
-def _label(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-class _Req:
-    """What one replica of a deployment needs from each of its GPUs."""
-
-    __slots__ = ("gpr", "key", "name", "need", "reserve_frac", "sharing")
-
-    def __init__(self, dep: Mapping[str, Any], need: int | None) -> None:
-        self.name: str = dep["name"]
-        self.gpr: int = dep["gpus_per_replica"]
-        self.need = need  # MiB per GPU, None = unknown
-        self.reserve_frac: float = dep["gpu_memory_utilization"]
-        self.sharing: bool = bool(dep["gpu_sharing"])
-        self.key = (need, self.reserve_frac)
-
-    def usable(self, total: int) -> int:
-        return int(total * self.reserve_frac)
-
-    def reserve(self, total: int) -> int:
-        return math.ceil(total * self.reserve_frac)
-
-    def fits_mem(self, total: int, avail: int) -> bool:
-        if self.need is not None and self.usable(total) < self.need:
-            return False
-        return avail >= self.reserve(total)
 
 
 class _Planner:
@@ -166,8 +62,8 @@ class _Planner:
         prune: bool,
         move_from_unreachable: bool,
     ) -> None:
-        order = sorted(hosts, key=_natural_key)
-        self.hosts = {name: _Host(name, hosts[name], rank) for rank, name in enumerate(order)}
+        order = sorted(hosts, key=natural_key)
+        self.hosts = {name: Host(name, hosts[name], rank) for rank, name in enumerate(order)}
         self.order = [self.hosts[n] for n in order]
         self.deps = {d["name"]: d for d in deployments}
         self.host_infos = hosts
@@ -180,16 +76,16 @@ class _Planner:
         self.warnings: list[str] = []
         self.undeclared: list[dict[str, Any]] = []
         self.estimates: dict[str, dict[str, Any]] = {}
-        self.reqs: dict[str, _Req] = {}
+        self.reqs: dict[str, Requirement] = {}
         self.sig_ids: dict[tuple, int] = {}
         self.sig_list: list[tuple] = []
         self.fit_cache: dict[tuple, int] = {}
-        self.candidate_cache: dict[tuple, list[_Host]] = {}
-        self.reason_cache: dict[tuple, str] = {}
+        self.candidate_cache: dict[tuple, list[Host]] = {}
         for dep in deployments:
             est = _estimate(dep)
             self.estimates[dep["name"]] = est
-            self.reqs[dep["name"]] = _Req(dep, est["per_gpu_mib"])
+            self.reqs[dep["name"]] = Requirement(dep, est["per_gpu_mib"])
+        self.explain = Explainer(self.hosts, self.order, self.reqs, self.fit_count)
 
     # -- existing placements ---------------------------------------------------------------------------------------
 
@@ -233,7 +129,7 @@ class _Planner:
                 e["deployment"],
                 e["replica"],
                 not reachable(e["host"]),
-                _natural_key(str(e["host"])),
+                natural_key(str(e["host"])),
                 e["port"] or 0,
             )
         )
@@ -252,7 +148,7 @@ class _Planner:
             }
         )
 
-    def _release(self, host: _Host, ex: Mapping[str, Any], held: Mapping[int, int]) -> None:
+    def _release(self, host: Host, ex: Mapping[str, Any], held: Mapping[int, int]) -> None:
         for idx in ex.get("gpus", []):
             if idx in host.gpus:
                 host.gpus[idx].avail += held.get(idx, 0)
@@ -380,7 +276,7 @@ class _Planner:
                 host.ports.add(port)
             self._assign(dep, ex["replica"], host, ex["gpus"], port, ex, claim=False)
 
-    def _keep_blocker(self, dep: Mapping[str, Any], host: _Host, ex: Mapping[str, Any], duplicate: bool) -> str | None:
+    def _keep_blocker(self, dep: Mapping[str, Any], host: Host, ex: Mapping[str, Any], duplicate: bool) -> str | None:
         """Why an existing placement cannot stay (None: it can, if memory still fits)."""
         if dep["state"] == "absent":
             return "state: absent"
@@ -400,10 +296,10 @@ class _Planner:
             pinned = self._pinned_gpus(dep, host, ex["replica"])
             if pinned is None or sorted(pinned) != sorted(ex["gpus"]):
                 return "pinned to other GPUs"
-        selector = _selector_miss(dep, host)
+        selector = selector_miss(dep, host)
         if selector:
             return f"selector {selector} not matched"
-        if not _dir_allowed(dep, host):
+        if not dir_allowed(dep, host):
             return f"model path {dep['model']['path']} not under gpufleet_allowed_model_dirs"
         for idx in ex["gpus"]:
             if host.gpus[idx].reserved:
@@ -412,7 +308,7 @@ class _Planner:
 
     # -- claims and bookkeeping ------------------------------------------------------------------------------------
 
-    def _claim(self, gpu: _Gpu, dep: str, sharing: bool, reserve: int = 0) -> None:
+    def _claim(self, gpu: Gpu, dep: str, sharing: bool, reserve: int = 0) -> None:
         gpu.claims.append(dep)
         gpu.sharing = gpu.sharing and sharing
         gpu.avail -= reserve
@@ -421,7 +317,7 @@ class _Planner:
         self,
         dep: Mapping[str, Any],
         replica: int,
-        host: _Host,
+        host: Host,
         gpus: list[int],
         port: int | None,
         previous: Mapping[str, Any] | None,
@@ -460,7 +356,7 @@ class _Planner:
         base = dep["port"]
         return base <= port < base + max(1, dep["replicas"])
 
-    def _free_port(self, dep: Mapping[str, Any], host: _Host) -> int | None:
+    def _free_port(self, dep: Mapping[str, Any], host: Host) -> int | None:
         if dep["port_range"]:
             lo, hi = dep["port_range"]
         else:
@@ -472,7 +368,7 @@ class _Planner:
 
     # -- fitting ---------------------------------------------------------------------------------------------------
 
-    def _signature(self, host: _Host) -> int:
+    def _signature(self, host: Host) -> int:
         if host.sig < 0:
             counts: Counter[tuple[int, int]] = Counter()
             for gpu in host.gpus.values():
@@ -486,14 +382,14 @@ class _Planner:
             host.sig = sig_id
         return host.sig
 
-    def _gpu_fits(self, gpu: _Gpu, req: _Req) -> bool:
+    def _gpu_fits(self, gpu: Gpu, req: Requirement) -> bool:
         if gpu.reserved:
             return False
         if gpu.claims and not (req.sharing and gpu.sharing and req.name not in gpu.claims):
             return False
         return req.fits_mem(gpu.total, gpu.avail)
 
-    def fit_count(self, host: _Host, req: _Req) -> int:
+    def fit_count(self, host: Host, req: Requirement) -> int:
         """How many GPUs of the host one more replica of ``req`` could use now."""
         if req.sharing and host.has_shared:
             return sum(1 for g in host.gpus.values() if self._gpu_fits(g, req))
@@ -505,7 +401,7 @@ class _Planner:
             self.fit_cache[key] = count
         return count
 
-    def _pinned_gpus(self, dep: Mapping[str, Any], host: _Host, replica: int) -> list[int] | None:
+    def _pinned_gpus(self, dep: Mapping[str, Any], host: Host, replica: int) -> list[int] | None:
         gpr = dep["gpus_per_replica"]
         chunk = dep["gpus"][replica * gpr : (replica + 1) * gpr]
         resolved = [host.resolve(g) for g in chunk]
@@ -513,17 +409,17 @@ class _Planner:
             return None
         return resolved  # type: ignore[return-value]
 
-    def _candidates(self, dep: Mapping[str, Any]) -> list[_Host]:
+    def _candidates(self, dep: Mapping[str, Any]) -> list[Host]:
         path = dep["model"]["path"] if dep["model"] and dep["model"]["source"] == "local" else None
         key = (dep["host"], tuple(sorted((k, tuple(v)) for k, v in dep["selector"].items())), path)
         hosts = self.candidate_cache.get(key)
         if hosts is None:
             pool = [self.hosts[dep["host"]]] if dep["host"] in self.hosts else ([] if dep["host"] else self.order)
-            hosts = [h for h in pool if h.reachable and not _selector_miss(dep, h) and _dir_allowed(dep, h)]
+            hosts = [h for h in pool if h.reachable and not selector_miss(dep, h) and dir_allowed(dep, h)]
             self.candidate_cache[key] = hosts
         return hosts
 
-    def _pick_gpus(self, dep: Mapping[str, Any], host: _Host, replica: int, prefer: list[int]) -> list[int] | None:
+    def _pick_gpus(self, dep: Mapping[str, Any], host: Host, replica: int, prefer: list[int]) -> list[int] | None:
         req = self.reqs[dep["name"]]
         if dep["gpus"] is not None:
             pinned = self._pinned_gpus(dep, host, replica)
@@ -541,7 +437,7 @@ class _Planner:
             fitting.sort(key=lambda i: (not host.gpus[i].claims, i))
         return sorted(fitting[: req.gpr])
 
-    def _host_key(self, dep: Mapping[str, Any], host: _Host, fit: int) -> tuple:
+    def _host_key(self, dep: Mapping[str, Any], host: Host, fit: int) -> tuple:
         if dep["placement"] == "binpack":
             return (fit, host.rank)
         return (host.deployments[dep["name"]], -fit, host.rank)
@@ -568,7 +464,7 @@ class _Planner:
                     host = self.hosts[asg["host"]]
                     port = self._free_port(dep, host)
                     if port is None:
-                        self._fail(dep, f"{asg['name']} on {host.name}: {self._port_reason(dep, host)}")
+                        self._fail(dep, f"{asg['name']} on {host.name}: {port_reason(dep)}")
                     else:
                         host.ports.add(port)
                         asg["port"] = port
@@ -615,7 +511,7 @@ class _Planner:
                     continue
                 placed = self._try_host(dep, host, replica, prev, [])
                 if not placed:
-                    skipped[name] = self._port_reason(dep, host) if dep["gpus"] is None else ""
+                    skipped[name] = port_reason(dep) if dep["gpus"] is None else ""
                     continue
                 fit = self.fit_count(host, req)
                 if fit >= req.gpr:
@@ -625,7 +521,7 @@ class _Planner:
                 return
 
     def _try_host(
-        self, dep: Mapping[str, Any], host: _Host, replica: int, prev: Mapping[str, Any] | None, prefer: list[int]
+        self, dep: Mapping[str, Any], host: Host, replica: int, prev: Mapping[str, Any] | None, prefer: list[int]
     ) -> bool:
         gpus = self._pick_gpus(dep, host, replica, prefer)
         if gpus is None:
@@ -638,108 +534,9 @@ class _Planner:
 
     # -- errors ----------------------------------------------------------------------------------------------------
 
-    def _port_reason(self, dep: Mapping[str, Any], host: _Host) -> str:
-        if dep["port_range"]:
-            return f"no free port in {dep['port_range'][0]}-{dep['port_range'][1]}"
-        lo = dep["port"]
-        hi = lo + max(1, dep["replicas"]) - 1
-        return f"port {lo} in use" if lo == hi else f"ports {lo}-{hi} in use"
-
-    def _host_reason(self, dep: Mapping[str, Any], host: _Host, skipped: Mapping[str, str], replica: int) -> str:
-        if not host.reachable:
-            return "unreachable"
-        miss = _selector_miss(dep, host)
-        if miss:
-            return f"selector {miss} not matched"
-        if not _dir_allowed(dep, host):
-            return f"model path {dep['model']['path']} not under gpufleet_allowed_model_dirs"
-        req = self.reqs[dep["name"]]
-        if not host.gpus:
-            return "no GPUs"
-        if dep["gpus"] is not None:
-            gpr = dep["gpus_per_replica"]
-            replica_refs = dep["gpus"][replica * gpr : (replica + 1) * gpr]
-            problems = []
-            for ref in replica_refs:
-                idx = host.resolve(ref)
-                if idx is None:
-                    problems.append(f"GPU {ref} not on the host")
-                    continue
-                why = self._gpu_reason(host.gpus[idx], req)
-                if why:
-                    problems.append(f"GPU {idx} {why}")
-            if problems:
-                return "; ".join(dict.fromkeys(problems))
-            return skipped.get(host.name) or self._port_reason(dep, host)
-        fit = self.fit_count(host, req)
-        if fit >= req.gpr:
-            return skipped.get(host.name) or self._port_reason(dep, host)
-        if req.sharing and host.has_shared:
-            return self._gpus_reason(host, req, fit)
-        # Hosts in the same GPU state give the same reason: computed once per state.
-        if host.full_sig is None:
-            host.full_sig = tuple(
-                (g.total, g.avail, bool(g.reserved), 2 if g.claims and g.sharing else bool(g.claims))
-                for g in host.gpus.values()
-            )
-        key = (host.full_sig, req.key, req.gpr, req.sharing)
-        text = self.reason_cache.get(key)
-        if text is None:
-            text = self.reason_cache[key] = self._gpus_reason(host, req, fit)
-        return text
-
-    def _gpus_reason(self, host: _Host, req: _Req, fit: int) -> str:
-        why: Counter[str] = Counter()
-        for gpu in host.gpus.values():
-            reason = self._gpu_reason(gpu, req)
-            if reason:
-                why[reason] += 1
-        detail = ", ".join(f"{n} {reason}" for reason, n in sorted(why.items(), key=lambda kv: (-kv[1], kv[0])))
-        text = f"{fit} GPU{'s' if fit != 1 else ''} free, needs {req.gpr}"
-        return f"{text} ({detail})" if detail else text
-
-    def _gpu_reason(self, gpu: _Gpu, req: _Req) -> str | None:
-        if gpu.reserved:
-            return "reserved"
-        if gpu.claims and not (req.sharing and gpu.sharing and req.name not in gpu.claims):
-            return "in use"
-        if req.need is not None and req.usable(gpu.total) < req.need:
-            return (
-                f"too small: needs {req.need} MiB, {req.reserve_frac:g} x {gpu.total} MiB = "
-                f"{req.usable(gpu.total)} MiB usable"
-            )
-        if gpu.avail < req.reserve(gpu.total):
-            return f"low on free memory: needs {req.reserve(gpu.total)} MiB"
-        return None
-
     def _unschedulable(self, dep: Mapping[str, Any], missing: list[int], skipped: Mapping[str, str]) -> None:
-        if dep["host"] is not None:
-            if dep["host"] in self.hosts:
-                pool = [self.hosts[dep["host"]]]
-            else:
-                self._fail(dep, f"0/1 hosts fit — {dep['host']}: not in the inventory", missing=missing)
-                return
-        else:
-            pool = self.order
-        reasons = {h.name: self._host_reason(dep, h, skipped, missing[0]) for h in pool}
-        placed = dep["replicas"] - len(missing)
-        head = f"0/{len(pool)} hosts fit"
-        if dep["replicas"] > 1:
-            head = f"{placed}/{dep['replicas']} replicas placed, {head} the rest"
-        if len(reasons) <= GROUP_REASONS_ABOVE:
-            body = "; ".join(f"{h}: {r}" for h, r in reasons.items()) or "no hosts in the inventory"
-        else:
-            # A large fleet: one clause per distinct reason, naming a few of its hosts.
-            groups: dict[str, list[str]] = {}
-            for name, reason in reasons.items():
-                groups.setdefault(reason, []).append(name)
-            clauses = []
-            for reason, names in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-                shown = ", ".join(names[:3])
-                more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-                clauses.append(f"{shown}{more}: {reason}")
-            body = "; ".join(clauses)
-        self._fail(dep, f"{head} — {body}", missing=missing, hosts=reasons)
+        text, reasons = self.explain.unschedulable(dep, missing, skipped)
+        self._fail(dep, text, missing=missing, hosts=reasons)
 
     def _fail(self, dep: Mapping[str, Any], text: str, missing: list[int] | None = None, hosts: Any = None) -> None:
         self.errors.append(
@@ -780,7 +577,7 @@ class _Planner:
         # A replica re-placed on the host it leaves is replaced in place by vllm_container, not removed.
         in_place = {(a["name"], a["host"]) for a in self.assignments.values()}
         removals = [r for r in self.removals if (r["name"], r["host"]) not in in_place]
-        removals = sorted(removals, key=lambda r: (r["deployment"], r["replica"], _natural_key(str(r["host"]))))
+        removals = sorted(removals, key=lambda r: (r["deployment"], r["replica"], natural_key(str(r["host"]))))
         errors = sorted(self.errors, key=lambda e: e["deployment"])
         return {
             "assignments": assignments,
@@ -790,22 +587,6 @@ class _Planner:
             "warnings": sorted(set(self.warnings)),
             "estimates": {k: self.estimates[k] for k in sorted(self.estimates)},
         }
-
-
-def _selector_miss(dep: Mapping[str, Any], host: _Host) -> str | None:
-    """``zone=eu1`` (the first unmatched selector pair), None when the host matches."""
-    for key, values in sorted(dep["selector"].items()):
-        if host.labels.get(key) not in values:
-            return f"{key}={'|'.join(values)}"
-    return None
-
-
-def _dir_allowed(dep: Mapping[str, Any], host: _Host) -> bool:
-    model = dep.get("model")
-    if not model or model["source"] != "local" or host.allowed_dirs is None:
-        return True
-    path = model["path"]
-    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in host.allowed_dirs)
 
 
 def _estimate(dep: Mapping[str, Any]) -> dict[str, Any]:
@@ -846,10 +627,10 @@ def plan(
     gpu_names, port, action: keep|update|move|create, previous, reachable, vram_per_gpu_mib}``; an error
     ``{deployment, message, missing_replicas, hosts: {host: reason}}``.
     """
-    return _place(hosts, validate_deployments(list(deployments or [])), existing, prune, move_from_unreachable)
+    return place_validated(hosts, validate_deployments(list(deployments or [])), existing, prune, move_from_unreachable)
 
 
-def _place(
+def place_validated(
     hosts: Mapping[str, Mapping[str, Any]],
     deps: list[dict[str, Any]],
     existing: Iterable[Mapping[str, Any]],
@@ -861,117 +642,3 @@ def _place(
     planner.phase_existing()
     planner.phase_place()
     return planner.result()
-
-
-def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: Mapping[str, Any]) -> dict[str, Any]:
-    """What the deployments role needs for one replica: placement metadata, ``model_sync`` (the
-    ``gpufleet.vllm.model_sync`` arguments for the model, into ``<models_root>/<deployment>``) and ``container`` (the
-    ``gpufleet.vllm.vllm_container`` arguments). Neither holds secrets (``secret_env``, ``api_key`` and ``hf_token``
-    stay in ``gpufleet_deployments``; the role looks them up by ``deployment``).
-    """
-    model = dep["model"] or {}
-    models_root = host.get("models_root") or DEFAULT_MODELS_ROOT
-    # hf and url models are brought onto the host by model_sync, at the path it computes: the container serves that
-    # path (no hub id, no revision: model_sync pinned the revision). Local models are served from where they are.
-    synced_here = model.get("source") in ("hf", "url")
-    model_arg = model.get("path") if model.get("source") == "local" else model_path(models_root, dep["name"])
-    container: dict[str, Any] = dict(dep["engine_options"])
-    container.update(
-        name=assignment["name"],
-        state="started",
-        runtime=host.get("runtime") or "docker",
-        model=model_arg,
-        served_model_name=list(dep["served_model_name"] or [dep["name"]]),
-        port=assignment["port"],
-        gpus=list(assignment["gpus"]),
-        tensor_parallel_size=dep["tensor_parallel_size"],
-        pipeline_parallel_size=dep["pipeline_parallel_size"],
-        gpu_memory_utilization=dep["gpu_memory_utilization"],
-        extra_args=list(dep["extra_args"]),
-        lora_modules=[{"name": m["name"], "path": m["path"]} for m in dep["lora_modules"]],
-        env=dict(dep["env"]),
-    )
-    # One duration format for the inventory and vllm_container (module_utils/_duration.py): passed as is.
-    serve_for = dep["serve_for"]
-    container["serve_for"] = format_duration(None if serve_for == INFINITE else serve_for)
-    # The image is vllm_image's business (it resolves vllm_version to an image); vllm_container reads the version
-    # from the image's label, so the deployment's vllm_version (e.g. "latest") is never a container argument.
-    if dep["image"]:
-        container["image"] = dep["image"]
-    if synced_here:
-        container.pop("revision", None)
-    sync: dict[str, Any] = {"name": dep["name"], "source": model.get("source"), "models_root": models_root}
-    if model.get("source") == "hf":
-        sync.update(repo_id=model["repo_id"], revision=model["revision"])
-    elif model.get("source") == "local":
-        sync.update(src=model["path"], allowed_dirs=list(host.get("allowed_model_dirs") or []), link=True)
-    elif model.get("source") == "url":
-        sync.update(url=model["url"])
-    return {
-        "name": assignment["name"],
-        "deployment": dep["name"],
-        "replica": assignment["replica"],
-        "action": assignment["action"],
-        "previous": assignment["previous"],
-        "host": assignment["host"],
-        "gpus": list(assignment["gpus"]),
-        "gpu_uuids": list(assignment["gpu_uuids"]),
-        "port": assignment["port"],
-        "vllm_version": dep["vllm_version"],
-        "image": dep["image"],
-        "model_source": dict(model),
-        "model_sync": sync,
-        "model_path": model_arg,
-        "serve_for": dep["serve_for"],
-        "secret_env_keys": sorted(dep["secret_env"]),
-        "api_key_set": dep["api_key"] is not None,
-        "hf_token_set": dep["hf_token"] is not None,
-        "vram_per_gpu_mib": assignment["vram_per_gpu_mib"],
-        "container": container,
-    }
-
-
-def fleet_plan(
-    hosts: Mapping[str, Mapping[str, Any]],
-    deployments: Any,
-    existing: Iterable[Mapping[str, Any]] = (),
-    *,
-    prune: bool = False,
-    move_from_unreachable: bool = False,
-) -> dict[str, Any]:
-    """``plan()`` plus what the deployments role consumes: ``hosts[<host>]`` = container specs to run there (every
-    host of the inventory has a key, sorted by name), ``remove[<host>]`` = managed containers to remove there,
-    ``images[<host>]`` = the ``[image, vllm_version]`` pairs its specs need (each once) and a ``summary`` of counts.
-    Hosts carry ``runtime`` and ``models_root`` (from ``validate_host_vars``) for the specs.
-    """
-    deps = {d["name"]: d for d in validate_deployments(list(deployments or []))}
-    result = _place(hosts, list(deps.values()), existing, prune, move_from_unreachable)
-    per_host: dict[str, list[dict[str, Any]]] = {h: [] for h in sorted(hosts, key=_natural_key)}
-    remove: dict[str, list[dict[str, Any]]] = {h: [] for h in per_host}
-    for asg in result["assignments"]:
-        per_host.setdefault(asg["host"], []).append(
-            container_spec(asg, deps[asg["deployment"]], hosts.get(asg["host"], {}))
-        )
-    for rem in result["removals"]:
-        remove.setdefault(rem["host"], []).append(dict(rem))
-    # The images each host resolves (gpufleet.vllm.vllm_image), once per [image, vllm_version], in spec order.
-    images = {
-        h: [list(pair) for pair in dict.fromkeys((s["image"], s["vllm_version"]) for s in specs)]
-        for h, specs in per_host.items()
-    }
-    actions = Counter(a["action"] for a in result["assignments"])
-    result.update(
-        hosts=per_host,
-        remove=remove,
-        images=images,
-        summary={
-            "create": actions["create"],
-            "keep": actions["keep"],
-            "update": actions["update"],
-            "move": actions["move"],
-            "remove": len(result["removals"]),
-            "undeclared": len(result["undeclared"]),
-            "unschedulable": len(result["errors"]),
-        },
-    )
-    return result

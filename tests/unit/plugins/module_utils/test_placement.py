@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import container_name, fleet_plan, plan
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import container_name, plan
 
 GIB = 1024**3
 A100 = 81920
@@ -745,13 +746,15 @@ def test_container_spec_serves_the_path_model_sync_produces(tmp_path):
 
 
 def test_fleet_plan_validates_once_and_places_like_plan(monkeypatch):
-    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import placement
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import payload, placement
 
     hosts = {"a": host(2), "b": host(2)}
     deps = [dep("chat", replicas=2, placement="spread", port=8000), dep("emb", port=8100)]
     calls = []
     real = placement.validate_deployments
-    monkeypatch.setattr(placement, "validate_deployments", lambda d: calls.append(1) or real(d))
+    # Counted wherever the package calls it: the payload (fleet_plan) and the placement (plan).
+    for module in (payload, placement):
+        monkeypatch.setattr(module, "validate_deployments", lambda d: calls.append(1) or real(d))
     result = fleet_plan(hosts, deps)
     assert len(calls) == 1
     assert placed(result) == placed(plan(hosts, deps))

@@ -1,0 +1,137 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A plan → what the ``deployments`` role consumes: per host the replicas to run (each the ``model_sync`` and
+``vllm_container`` arguments of one replica), the removals and the images, plus a summary of counts.
+
+``fleet_plan()`` is what the ``fleet_plan`` action returns; the placement itself is ``placement.py``. Nothing here
+holds a secret value: secrets stay in ``gpufleet_deployments`` and ``fleet_apply`` looks them up by deployment.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, format_duration
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity import natural_key
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import place_validated
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import (
+    DEFAULT_MODELS_ROOT,
+    validate_deployments,
+)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import model_path
+
+
+def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: Mapping[str, Any]) -> dict[str, Any]:
+    """What the deployments role needs for one replica: placement metadata, ``model_sync`` (the
+    ``gpufleet.vllm.model_sync`` arguments for the model, into ``<models_root>/<deployment>``) and ``container`` (the
+    ``gpufleet.vllm.vllm_container`` arguments). Neither holds secrets (``secret_env``, ``api_key`` and ``hf_token``
+    stay in ``gpufleet_deployments``; the role looks them up by ``deployment``).
+    """
+    model = dep["model"] or {}
+    models_root = host.get("models_root") or DEFAULT_MODELS_ROOT
+    # hf and url models are brought onto the host by model_sync, at the path it computes: the container serves that
+    # path (no hub id, no revision: model_sync pinned the revision). Local models are served from where they are.
+    synced_here = model.get("source") in ("hf", "url")
+    model_arg = model.get("path") if model.get("source") == "local" else model_path(models_root, dep["name"])
+    container: dict[str, Any] = dict(dep["engine_options"])
+    container.update(
+        name=assignment["name"],
+        state="started",
+        runtime=host.get("runtime") or "docker",
+        model=model_arg,
+        served_model_name=list(dep["served_model_name"] or [dep["name"]]),
+        port=assignment["port"],
+        gpus=list(assignment["gpus"]),
+        tensor_parallel_size=dep["tensor_parallel_size"],
+        pipeline_parallel_size=dep["pipeline_parallel_size"],
+        gpu_memory_utilization=dep["gpu_memory_utilization"],
+        extra_args=list(dep["extra_args"]),
+        lora_modules=[{"name": m["name"], "path": m["path"]} for m in dep["lora_modules"]],
+        env=dict(dep["env"]),
+    )
+    # One duration format for the inventory and vllm_container (module_utils/_duration.py): passed as is.
+    serve_for = dep["serve_for"]
+    container["serve_for"] = format_duration(None if serve_for == INFINITE else serve_for)
+    # The image is vllm_image's business (it resolves vllm_version to an image); vllm_container reads the version
+    # from the image's label, so the deployment's vllm_version (e.g. "latest") is never a container argument.
+    if dep["image"]:
+        container["image"] = dep["image"]
+    if synced_here:
+        container.pop("revision", None)
+    sync: dict[str, Any] = {"name": dep["name"], "source": model.get("source"), "models_root": models_root}
+    if model.get("source") == "hf":
+        sync.update(repo_id=model["repo_id"], revision=model["revision"])
+    elif model.get("source") == "local":
+        sync.update(src=model["path"], allowed_dirs=list(host.get("allowed_model_dirs") or []), link=True)
+    elif model.get("source") == "url":
+        sync.update(url=model["url"])
+    return {
+        "name": assignment["name"],
+        "deployment": dep["name"],
+        "replica": assignment["replica"],
+        "action": assignment["action"],
+        "previous": assignment["previous"],
+        "host": assignment["host"],
+        "gpus": list(assignment["gpus"]),
+        "gpu_uuids": list(assignment["gpu_uuids"]),
+        "port": assignment["port"],
+        "vllm_version": dep["vllm_version"],
+        "image": dep["image"],
+        "model_source": dict(model),
+        "model_sync": sync,
+        "model_path": model_arg,
+        "serve_for": dep["serve_for"],
+        "secret_env_keys": sorted(dep["secret_env"]),
+        "api_key_set": dep["api_key"] is not None,
+        "hf_token_set": dep["hf_token"] is not None,
+        "vram_per_gpu_mib": assignment["vram_per_gpu_mib"],
+        "container": container,
+    }
+
+
+def fleet_plan(
+    hosts: Mapping[str, Mapping[str, Any]],
+    deployments: Any,
+    existing: Iterable[Mapping[str, Any]] = (),
+    *,
+    prune: bool = False,
+    move_from_unreachable: bool = False,
+) -> dict[str, Any]:
+    """``plan()`` plus what the deployments role consumes: ``hosts[<host>]`` = container specs to run there (every
+    host of the inventory has a key, sorted by name), ``remove[<host>]`` = managed containers to remove there,
+    ``images[<host>]`` = the ``[image, vllm_version]`` pairs its specs need (each once) and a ``summary`` of counts.
+    Hosts carry ``runtime`` and ``models_root`` (from ``validate_host_vars``) for the specs.
+    """
+    deps = {d["name"]: d for d in validate_deployments(list(deployments or []))}
+    result = place_validated(hosts, list(deps.values()), existing, prune, move_from_unreachable)
+    per_host: dict[str, list[dict[str, Any]]] = {h: [] for h in sorted(hosts, key=natural_key)}
+    remove: dict[str, list[dict[str, Any]]] = {h: [] for h in per_host}
+    for asg in result["assignments"]:
+        per_host.setdefault(asg["host"], []).append(
+            container_spec(asg, deps[asg["deployment"]], hosts.get(asg["host"], {}))
+        )
+    for rem in result["removals"]:
+        remove.setdefault(rem["host"], []).append(dict(rem))
+    # The images each host resolves (gpufleet.vllm.vllm_image), once per [image, vllm_version], in spec order.
+    images = {
+        h: [list(pair) for pair in dict.fromkeys((s["image"], s["vllm_version"]) for s in specs)]
+        for h, specs in per_host.items()
+    }
+    actions = Counter(a["action"] for a in result["assignments"])
+    result.update(
+        hosts=per_host,
+        remove=remove,
+        images=images,
+        summary={
+            "create": actions["create"],
+            "keep": actions["keep"],
+            "update": actions["update"],
+            "move": actions["move"],
+            "remove": len(result["removals"]),
+            "undeclared": len(result["undeclared"]),
+            "unschedulable": len(result["errors"]),
+        },
+    )
+    return result
