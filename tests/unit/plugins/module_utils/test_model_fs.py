@@ -88,14 +88,37 @@ def test_manifest_roundtrip_and_disk_match(tmp_path):
     assert fs.read_manifest(str(tmp_path), "m") is None
 
 
+def wait_for(cond, what: str, timeout: float = 60.0):
+    """Poll ``cond()`` until it is truthy (the progress thread runs when the machine lets it); the deadline only
+    ends a hung test."""
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+    return value
+
+
+def counting_ticks(monkeypatch) -> list[int]:
+    """Counts the progress thread's passes (each sums the staged bytes once)."""
+    ticks = [0]
+    real = fs.dir_bytes
+
+    def dir_bytes(*a, **kw):
+        ticks[0] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fs, "dir_bytes", dir_bytes)
+    return ticks
+
+
 def test_progress_file(tmp_path):
     p = fs.Progress(str(tmp_path), "m", interval=0.05)
     stage = tmp_path / "stage"
     stage.mkdir()
     p.watch(str(stage), 100)
     (stage / "f").write_bytes(b"x" * 40)
-    time.sleep(0.3)
-    mid = json.loads((tmp_path / ".gpufleet" / "status" / "m.json").read_text())
+    status = tmp_path / ".gpufleet" / "status" / "m.json"
+    mid = wait_for(lambda: (d := json.loads(status.read_text()))["bytes_done"] == 40 and d, "bytes_done == 40")
     assert mid["state"] == "downloading" and mid["bytes_done"] == 40 and mid["bytes_total"] == 100
     p.stop("done", bytes_done=100)
     assert json.loads((tmp_path / ".gpufleet" / "status" / "m.json").read_text())["state"] == "done"
@@ -257,26 +280,31 @@ def test_start_writeback(tmp_path):
 def test_progress_starts_writeback_of_growing_files(tmp_path, monkeypatch):
     started: list[str] = []
     monkeypatch.setattr(fs, "start_writeback", lambda p: started.append(p) or True)
+    ticks = counting_ticks(monkeypatch)
     stage = tmp_path / "stage"
     stage.mkdir()
     p = fs.Progress(str(tmp_path), "m", interval=0.05)
     p.watch(str(stage), 100, writeback=0.02)
     (stage / "f").write_bytes(b"x" * 40)
-    time.sleep(0.3)
+    wait_for(lambda: started, "the first writeback")
     n = len(started)
-    assert started and set(started) == {str(stage / "f")}
-    time.sleep(0.2)
+    assert set(started) == {str(stage / "f")}
+    seen = ticks[0]
+    wait_for(lambda: ticks[0] >= seen + 3, "three more passes")
     assert len(started) == n  # a file that stopped growing is not flushed again and again
     with open(stage / "f", "ab") as fh:
         fh.write(b"y")
-    time.sleep(0.2)
+    wait_for(lambda: len(started) > n, "the writeback of the grown file")
+    seen = ticks[0]
+    wait_for(lambda: ticks[0] >= seen + 3, "three more passes")
     p.stop("done")
     assert len(started) == n + 1
     started.clear()
     q = fs.Progress(str(tmp_path), "m", interval=0.02)
     q.watch(str(stage), 100)  # without writeback: progress only
     (stage / "g").write_bytes(b"z")
-    time.sleep(0.2)
+    seen = ticks[0]
+    wait_for(lambda: ticks[0] >= seen + 3, "three passes")
     q.stop("done")
     assert started == []
 
