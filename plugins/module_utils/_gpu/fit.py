@@ -1,14 +1,21 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""VRAM estimate for one vLLM deployment, the heuristic GPUStack uses for its scheduler.
+"""Whether a vLLM replica fits its GPUs: the one home of the rule, used by the fleet (schema, placement) and by
+vllm_container's pre-checks.
+
+GPUs per replica = tensor_parallel_size x pipeline_parallel_size (``gpus_per_replica``).
+
+Memory: vLLM takes ``gpu_memory_utilization`` x the GPU's total when it starts, so a GPU fits when that much is free
+and, when the model's size is known, that share covers the VRAM estimate below (``fits``).
+
+The VRAM estimate for one deployment is the heuristic GPUStack uses for its scheduler:
 
     total = weights x 1.2 + 2 GiB (+ LoRA adapters)        per GPU = total / (tensor x pipeline parallel size)
 
 The 20 % covers activations and allocator overhead (https://blog.eleuther.ai/transformer-math/), the 2 GiB the CUDA
 graphs and the CUDA context. Weights come from the model's size on disk (safetensors / bin files) or, when only hub
 metadata is known, from its parameter count x the bytes per parameter of its dtype. The estimate is the *minimum* a
-replica needs; what vLLM actually takes is ``gpu_memory_utilization`` x the GPU's total, checked separately by the
-placement.
+replica needs; what vLLM actually takes is ``gpu_memory_utilization`` x the GPU's total (``fits``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ MIB = 1024**2
 GIB = 1024**3
 OVERHEAD_FACTOR = 1.2
 RESERVED_FOOTPRINT_BYTES = 2 * GIB
+DEFAULT_UTILIZATION = 0.9  # vLLM's default --gpu-memory-utilization
 
 # Bytes per parameter. Quantization names are included because `quantization` decides the weight size of a
 # quantized checkpoint regardless of the activation dtype.
@@ -133,3 +141,34 @@ def estimate(
         "total_mib": total,
         "per_gpu_mib": per_gpu_mib(total, gpus),
     }
+
+
+# ---------------------------------------------------------------------------------------------------- the fit rule
+def gpus_per_replica(tensor_parallel_size: int | None, pipeline_parallel_size: int | None) -> int:
+    """GPUs one replica runs on: tensor x pipeline parallel size (an unset size counts as 1)."""
+    return (tensor_parallel_size or 1) * (pipeline_parallel_size or 1)
+
+
+def usable_mib(total_mib: int, utilization: float) -> int:
+    """MiB vLLM may use on a GPU of ``total_mib`` (whole MiB, rounded down): what must cover the estimate."""
+    return int(total_mib * utilization)
+
+
+def reserved_mib(total_mib: int, utilization: float) -> int:
+    """MiB vLLM claims on a GPU of ``total_mib`` when it starts (whole MiB, rounded up)."""
+    return math.ceil(total_mib * utilization)
+
+
+def covers_estimate(total_mib: int, utilization: float, need_mib: int | None) -> bool:
+    """The share vLLM may use covers the per-GPU estimate (True when the estimate is unknown)."""
+    return need_mib is None or usable_mib(total_mib, utilization) >= need_mib
+
+
+def free_enough(total_mib: float, free_mib: float, utilization: float) -> bool:
+    """At least ``utilization`` x total is free (for whole MiB the same as free >= reserved_mib)."""
+    return free_mib >= utilization * total_mib
+
+
+def fits(total_mib: int, free_mib: float, utilization: float, need_mib: int | None = None) -> bool:
+    """One GPU fits one replica's share: enough free memory for vLLM's claim, and that claim covers the estimate."""
+    return covers_estimate(total_mib, utilization, need_mib) and free_enough(total_mib, free_mib, utilization)

@@ -1,4 +1,6 @@
-"""VRAM estimate: weights x 1.2 + 2 GiB (+ LoRA), split over the replica's GPUs."""
+"""The GPU-fit rule (_gpu/fit.py): GPUs per replica = tensor x pipeline parallel size; a GPU fits when
+gpu_memory_utilization x total is free and covers the VRAM estimate (weights x 1.2 + 2 GiB (+ LoRA), split over the
+replica's GPUs)."""
 
 from __future__ import annotations
 
@@ -70,3 +72,32 @@ def test_override():
 def test_negative_sizes_are_refused(kwargs):
     with pytest.raises(GpufleetError):
         vram.weights_bytes(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- the fit rule
+@pytest.mark.parametrize(("tp", "pp", "gpus"), [(None, None, 1), (2, None, 2), (None, 3, 3), (2, 4, 8), (1, 1, 1)])
+def test_gpus_per_replica_is_tensor_times_pipeline(tp, pp, gpus):
+    assert vram.gpus_per_replica(tp, pp) == gpus
+
+
+def test_usable_rounds_down_reserved_rounds_up():
+    assert vram.usable_mib(81559, 0.9) == 73403 and vram.reserved_mib(81559, 0.9) == 73404
+    assert vram.usable_mib(80000, 0.5) == vram.reserved_mib(80000, 0.5) == 40000
+
+
+def test_free_memory_must_cover_the_claim():
+    assert vram.fits(80000, 72000, 0.9) and not vram.fits(80000, 71999, 0.9)
+    # whole MiB: the same as free >= reserved_mib; a fractional free amount is compared with the exact claim
+    assert vram.fits(81559, 73404, 0.9) and not vram.fits(81559, 73403, 0.9)
+    assert vram.fits(81559, 73403.5, 0.9) and not vram.fits(81559, 73403.0, 0.9)
+    assert vram.free_enough(81559, 73403.5, 0.9)
+
+
+def test_the_claim_must_cover_the_estimate():
+    assert vram.fits(80000, 80000, 0.5, need_mib=40000) and not vram.fits(80000, 80000, 0.5, need_mib=40001)
+    assert vram.covers_estimate(80000, 0.5, None)  # unknown model size: only the free memory counts
+    assert not vram.fits(80000, 80000, 0.1, need_mib=8001)
+
+
+def test_default_utilization_is_vllms():
+    assert vram.DEFAULT_UTILIZATION == 0.9
