@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine (and a no-op on a prepared one):
-#   Debian packages, the Python venv (.venv), the collection path (.build/collections),
+#   Debian packages, the Python venv (.venv, from requirements-test.txt: the controller's requirements.txt, the GPU
+#   hosts' requirements-host.txt and the tools), the collection path (.build/collections),
 #   then the simulated test bed (sim/bed.sh up: dockerd/podman, images, fake GPUs, fake hub).
 # Usage: hack/setup.sh [--no-bed]
 set -euo pipefail
@@ -24,7 +25,7 @@ fi
 
 PY=${PYTHON:-python3}
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt requirements-test.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-host.txt requirements-test.txt | sha256sum | cut -d' ' -f1)
 if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   log "creating the Python venv (.venv)"
   [[ -x .venv/bin/python ]] || "$PY" -m venv .venv

@@ -97,7 +97,7 @@ options:
     elements: path
     default: [/etc/cdi, /var/run/cdi]
 notes:
-  - Needs C(nvidia-ml-py) on the target for the NVML source (it is in the collection's requirements.txt); without
+  - Needs C(nvidia-ml-py) on the target for the NVML source (it is in the collection's requirements-host.txt); without
     it the module falls back to nvidia-smi and says so.
   - With O(source=nvidia_smi), RV(ansible_facts.gpu_cuda_version) is V(null) (nvidia-smi has no query field for it).
   - Memory follows nvidia-smi - used excludes the memory the driver reserves, so used + free can be less than total.
