@@ -14,10 +14,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import (
-    _Problems,
-    normalize_reservations,
-)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import Problems, normalize_reservations
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import is_under
 
 
 def natural_key(text: str) -> tuple:
@@ -75,7 +73,7 @@ class Host:
         self.has_shared = False
         self.sig = -1
         self.full_sig: tuple | None = None
-        problems = _Problems()
+        problems = Problems()
         for res in normalize_reservations(info.get("reservations"), name, problems):
             idx = self.resolve(res["gpu"])
             if idx is None:
@@ -141,4 +139,4 @@ def dir_allowed(dep: Mapping[str, Any], host: Host) -> bool:
     if not model or model["source"] != "local" or host.allowed_dirs is None:
         return True
     path = model["path"]
-    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in host.allowed_dirs)
+    return any(is_under(path, d) for d in host.allowed_dirs)

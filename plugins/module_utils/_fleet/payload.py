@@ -16,11 +16,8 @@ from typing import Any
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, format_duration
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity import natural_key
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import place_validated
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import (
-    DEFAULT_MODELS_ROOT,
-    validate_deployments,
-)
-from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import model_path
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import validate_deployments
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT, model_path
 
 
 def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity impo
     selector_miss,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.explain import Explainer, port_reason
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import _gpu_ref, validate_deployments
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import gpu_ref, validate_deployments
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import fit as vram
 
 REPLICA_NAME_RE = re.compile(r"^(?P<deployment>.+)-(?P<replica>\d+)$")
@@ -162,7 +162,7 @@ class _Planner:
             host = self.hosts.get(ex["host"])
             if host is None:
                 continue
-            refs = [_gpu_ref(g) for g in ex["gpus_raw"]]
+            refs = [gpu_ref(g) for g in ex["gpus_raw"]]
             if not host.reachable and not host.gpus:
                 # No facts from an unreachable host: keep what the placement says.
                 ex["gpus"] = [r for r in refs if isinstance(r, int)]

@@ -20,6 +20,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import FOR
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, duration_hours
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.fit import DTYPE_BYTES
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -28,7 +29,6 @@ GPU_UUID_RE = re.compile(r"^(GPU|MIG)-[0-9A-Za-z-]+$")
 
 DEFAULT_PORT = 8000
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
-DEFAULT_MODELS_ROOT = "/var/lib/gpufleet/models"
 RUNTIMES = ("docker", "podman")
 PLACEMENTS = ("spread", "binpack")
 STATES = ("present", "absent")
@@ -111,7 +111,7 @@ _MISSING = object()
 _KIND = {"hf": "repo_id", "local": "path", "url": "url"}
 
 
-class _Problems:
+class Problems:
     """Collects ``<who>: <field>: <what is allowed>`` lines."""
 
     def __init__(self) -> None:
@@ -164,7 +164,7 @@ def _as_bool(value: Any) -> bool | None:
     return None
 
 
-def _str_map(value: Any, who: str, field: str, problems: _Problems, secret: bool = False) -> dict[str, str]:
+def _str_map(value: Any, who: str, field: str, problems: Problems, secret: bool = False) -> dict[str, str]:
     """An environment-style mapping: keys are variable names, values scalars (rendered as strings)."""
     if value is None:
         return {}
@@ -213,7 +213,7 @@ def parse_serve_for(value: Any) -> float | str | None:
     return INFINITE if hours is None else hours
 
 
-def normalize_model(value: Any, who: str, problems: _Problems) -> dict[str, Any] | None:
+def normalize_model(value: Any, who: str, problems: Problems) -> dict[str, Any] | None:
     """Model source → ``{"source": "hf"|"local"|"url", "repo_id", "revision", "path", "url"}``.
 
     Shorthands: ``/abs/path`` (local), ``https://…`` (url), ``org/name`` (Hugging Face hub, revision main).
@@ -272,7 +272,7 @@ def normalize_model(value: Any, who: str, problems: _Problems) -> dict[str, Any]
     return out
 
 
-def _normalize_lora(value: Any, who: str, problems: _Problems) -> list[dict[str, Any]]:
+def _normalize_lora(value: Any, who: str, problems: Problems) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -309,7 +309,7 @@ def _normalize_lora(value: Any, who: str, problems: _Problems) -> list[dict[str,
 
 
 def _int_field(
-    dep: Mapping[str, Any], field: str, who: str, problems: _Problems, minimum: int, default: int | None
+    dep: Mapping[str, Any], field: str, who: str, problems: Problems, minimum: int, default: int | None
 ) -> int | None:
     value = dep.get(field)
     if value is None:
@@ -321,7 +321,7 @@ def _int_field(
     return out
 
 
-def _gpu_ref(value: Any) -> int | str | None:
+def gpu_ref(value: Any) -> int | str | None:
     """A GPU reference: an index (int or digits) or a UUID string (GPU-…/MIG-…)."""
     as_int = _as_int(value)
     if as_int is not None:
@@ -331,7 +331,7 @@ def _gpu_ref(value: Any) -> int | str | None:
     return None
 
 
-def validate_deployment(dep: Any, position: int, problems: _Problems) -> dict[str, Any] | None:
+def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str, Any] | None:
     """Check and normalize one deployment; problems are appended, never raised."""
     if not isinstance(dep, Mapping):
         problems.add(
@@ -461,7 +461,7 @@ def validate_deployment(dep: Any, position: int, problems: _Problems) -> dict[st
         if not isinstance(gpus_pin, list) or not gpus_pin:
             problems.add(who, "gpus", "must be a non-empty list of GPU indices or UUIDs", gpus_pin)
         else:
-            refs = [_gpu_ref(g) for g in gpus_pin]
+            refs = [gpu_ref(g) for g in gpus_pin]
             if any(r is None for r in refs):
                 problems.add(who, "gpus", "must be a list of GPU indices (0, 1, …) or UUIDs (GPU-…)", gpus_pin)
             elif len(set(refs)) != len(refs):
@@ -581,7 +581,7 @@ def _label_value(value: Any) -> str | None:
     return None
 
 
-def _raise(problems: _Problems, what: str) -> None:
+def _raise(problems: Problems, what: str) -> None:
     if problems.lines:
         count = len(problems.lines)
         head = f"{what}: {count} problem{'s' if count > 1 else ''}"
@@ -590,7 +590,7 @@ def _raise(problems: _Problems, what: str) -> None:
 
 def validate_deployments(deployments: Any) -> list[dict[str, Any]]:
     """Validate and normalize ``gpufleet_deployments``; one GpufleetError lists every problem."""
-    problems = _Problems()
+    problems = Problems()
     if deployments is None:
         return []
     if not isinstance(deployments, list):
@@ -612,7 +612,7 @@ def validate_deployments(deployments: Any) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: d["name"])
 
 
-def normalize_reservations(value: Any, who: str, problems: _Problems) -> list[dict[str, Any]]:
+def normalize_reservations(value: Any, who: str, problems: Problems) -> list[dict[str, Any]]:
     """GPU reservations → ``[{"gpu": index|uuid, "memory_mib": int|None (whole GPU), "reason": str}]``.
 
     Accepted: a list of GPU indices/UUIDs (whole GPUs), or of ``{gpu, memory_mib, reason}`` mappings, or a mapping
@@ -635,7 +635,7 @@ def normalize_reservations(value: Any, who: str, problems: _Problems) -> list[di
         unknown = sorted(set(item) - {"gpu", "memory_mib", "reason"})
         if unknown:
             problems.add(who, field, f"unknown key(s) {', '.join(map(str, unknown))}; allowed: gpu, memory_mib, reason")
-        ref = _gpu_ref(item.get("gpu"))
+        ref = gpu_ref(item.get("gpu"))
         if ref is None:
             problems.add(who, f"{field}.gpu", "must be a GPU index or UUID", item.get("gpu"))
             continue
@@ -654,7 +654,7 @@ def normalize_reservations(value: Any, who: str, problems: _Problems) -> list[di
 def validate_host_vars(hostvars: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Validate the ``gpufleet_*`` vars of each host; returns ``{host: {used_ports, runtime, models_root,
     allowed_model_dirs, labels, reservations}}`` and raises one GpufleetError listing every problem."""
-    problems = _Problems()
+    problems = Problems()
     out: dict[str, dict[str, Any]] = {}
     for host in sorted(hostvars):
         hv = hostvars[host] or {}

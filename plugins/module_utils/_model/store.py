@@ -3,7 +3,7 @@
 """Filesystem side of model sync: layout under the models root, per-model lock, free-space check, staging,
 atomic swap, manifest, progress status file, safe local copy and safe archive extraction.
 
-Layout under `<root>` (default /var/lib/gpufleet/models)::
+Layout under `<root>` (``layout.py``: the default root, the model path and name rules)::
 
     <root>/<name>/                       the model (what vllm_container mounts)
     <root>/.gpufleet/manifests/<name>.json   source, resolved commit, files with sizes and mtimes (no-op check)
@@ -29,6 +29,7 @@ from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import fsync_dir, write_atomic
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import is_under
 
 META = ".gpufleet"
 STAGING_MARKER = ".gpufleet-staging"
@@ -42,16 +43,6 @@ def meta_dir(root: str, kind: str) -> str:
     d = os.path.join(root, META, kind)
     os.makedirs(d, mode=0o755, exist_ok=True)
     return d
-
-
-def check_name(name: str) -> str:
-    if not name or name in (".", "..") or "/" in name or name.startswith(".") or "\0" in name:
-        raise GpufleetError(
-            f"model name {name!r} is not usable as a directory name: use letters, digits, '-', '_' or '.', "
-            "not starting with '.' and without '/'",
-            failure_class="bad_args",
-        )
-    return name
 
 
 # ---------------------------------------------------------------- lock
@@ -468,7 +459,7 @@ def resolve_local_source(src: str, allowed_dirs: list[str]) -> str:
         )
     real = os.path.realpath(src)
     allowed = [os.path.realpath(a) for a in allowed_dirs]
-    if not any(_under(real, a) for a in allowed):
+    if not any(is_under(real, a) for a in allowed):
         raise GpufleetError(
             f"local source {src} (resolves to {real}) is not under allowed_dirs {allowed_dirs}: add its directory "
             "to allowed_dirs or move the checkpoint",
@@ -477,10 +468,6 @@ def resolve_local_source(src: str, allowed_dirs: list[str]) -> str:
     if not os.path.isdir(real):
         raise GpufleetError(f"local source {src} is not a directory", failure_class="bad_source")
     return real
-
-
-def _under(path: str, base: str) -> bool:
-    return path == base or path.startswith(base.rstrip("/") + "/")
 
 
 def local_files(src: str, allowed_dirs: list[str]) -> dict[str, dict[str, int]]:
@@ -493,7 +480,7 @@ def local_files(src: str, allowed_dirs: list[str]) -> dict[str, dict[str, int]]:
             full = os.path.join(dirpath, d)
             if os.path.islink(full):
                 target = os.path.realpath(full)
-                if not any(_under(target, a) for a in allowed):
+                if not any(is_under(target, a) for a in allowed):
                     raise GpufleetError(
                         f"local source: symlink {full} points outside allowed_dirs (to {target}); refused",
                         failure_class="bad_source",
@@ -505,7 +492,7 @@ def local_files(src: str, allowed_dirs: list[str]) -> dict[str, dict[str, int]]:
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
                 target = os.path.realpath(full)
-                if not any(_under(target, a) for a in allowed):
+                if not any(is_under(target, a) for a in allowed):
                     raise GpufleetError(
                         f"local source: symlink {rel} points outside allowed_dirs (to {target}); refused",
                         failure_class="bad_source",

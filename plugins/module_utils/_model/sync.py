@@ -25,9 +25,13 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import Gpufl
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import hub
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import store as fs
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import url as urlsrc
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import (
+    DEFAULT_MODELS_ROOT,
+    check_name,
+    model_path,
+)
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.validate import validate_model_dir
 
-DEFAULT_ROOT = "/var/lib/gpufleet/models"
 # How often the progress watcher starts the disk writeback of the files being written (fs.start_writeback).
 WRITEBACK_INTERVAL = 0.25
 
@@ -40,7 +44,7 @@ def argument_spec() -> dict[str, Any]:
         name=dict(type="str", required=True),
         state=dict(type="str", default="present", choices=["present", "absent"]),
         source=dict(type="str", choices=["hf", "local", "url"]),
-        models_root=dict(type="path", default=DEFAULT_ROOT),
+        models_root=dict(type="path", default=DEFAULT_MODELS_ROOT),
         repo_id=dict(type="str"),
         revision=dict(type="str", default="main"),
         token=dict(type="str", no_log=True, fallback=(env_fallback, ["HF_TOKEN"])),
@@ -124,16 +128,9 @@ def _diff(before: dict[str, Any] | None, commit: str | None, files: list[str]) -
     return {"before": b, "after": {"commit": commit, "files": sorted(files)}}
 
 
-def model_path(models_root: str | None, name: str) -> str:
-    """Where model_sync puts model ``name`` under ``models_root`` (its ``path`` result): ``<models_root>/<name>``.
-
-    Pure, so the controller (placement) can tell a container the path before the model is synced."""
-    return os.path.join(os.path.abspath(models_root or DEFAULT_ROOT), fs.check_name(name))
-
-
 def sync(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     """Run model_sync with module parameters `p`; return the module result (raises GpufleetError)."""
-    name = fs.check_name(p["name"])
+    name = check_name(p["name"])
     dest = model_path(p.get("models_root"), name)
     root = os.path.dirname(dest)
     if p.get("state", "present") == "absent":

@@ -12,13 +12,14 @@ import zipfile
 
 import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import layout
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import store as fs
 
 
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", ".hidden"])
 def test_bad_names(bad):
     with pytest.raises(GpufleetError, match="not usable as a directory name"):
-        fs.check_name(bad)
+        layout.check_name(bad)
 
 
 def _hold_lock(root, ready, release):

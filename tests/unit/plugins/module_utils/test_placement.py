@@ -722,7 +722,7 @@ def test_container_spec_serves_the_path_model_sync_produces(tmp_path):
     no hub id and no revision; a local model is served from its own path; vllm_version never reaches the container;
     serve_for is handed over in the one duration format vllm_container reads (module_utils/_duration.py)."""
     from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import parse_duration
-    from ansible_collections.gpufleet.vllm.plugins.module_utils._model import sync as model_sync
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._model import layout
 
     root = tmp_path / "models"
     hosts = {"a": {**host(4), "models_root": str(root) + "/"}}
@@ -736,9 +736,9 @@ def test_container_spec_serves_the_path_model_sync_produces(tmp_path):
         c = specs[name]["container"]
         assert c["model"] == str(root / name) == specs[name]["model_path"]
         assert "revision" not in c and "vllm_version" not in c and "image" not in c
-        # What model_sync itself computes for these arguments (check mode touches nothing).
+        # What model_sync itself computes for these arguments (the one model layout, module_utils/_model/layout.py).
         sync_args = dict(specs[name]["model_sync"])
-        assert model_sync.model_path(sync_args["models_root"], sync_args["name"]) == c["model"]
+        assert layout.model_path(sync_args["models_root"], sync_args["name"]) == c["model"]
     assert specs["loc"]["container"]["model"] == "/data/loc"
     assert parse_duration(specs["hub"]["container"]["serve_for"]).total_seconds() == 12 * 3600
     assert parse_duration(specs["blob"]["container"]["serve_for"]).total_seconds() == 90 * 60
