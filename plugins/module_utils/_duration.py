@@ -10,6 +10,10 @@ A duration is one of:
 
 Case and surrounding blanks do not matter. Anything else (zero, negative numbers, booleans, seconds, words) is an
 error. docs/inventory.md and vllm_container's ``serve_for`` option document the same format.
+
+One code path: the fleet schema parses a deployment's ``serve_for`` once (``duration_hours``: hours as a float, or
+``"infinite"``), the plan hands that normalised value to vllm_container unchanged, and vllm_container reads it with
+the same ``duration_hours`` (a number is hours: nothing is formatted and parsed again on the way).
 """
 
 from __future__ import annotations
@@ -50,17 +54,3 @@ def parse_duration(value: Any, field: str = "serve_for") -> datetime.timedelta |
     """``value`` as a timedelta (None = no expiry); GpufleetError when malformed."""
     hours = duration_hours(value, field)
     return None if hours is None else datetime.timedelta(hours=hours)
-
-
-def format_duration(hours: float | None) -> str:
-    """The canonical text of a duration in hours (what placement hands to vllm_container): ``"12"``, ``"1.5"``,
-    ``"7m"`` (when the hours have no short exact decimal form), ``"infinite"`` for None."""
-    if hours is None:
-        return INFINITE
-    text = f"{hours:g}"
-    if float(text) == hours:
-        return text
-    minutes = hours * 60
-    if abs(minutes - round(minutes)) < 1e-9:
-        return f"{round(minutes)}m"
-    return repr(hours)

@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, format_duration
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity import natural_key
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import place_validated
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import validate_deployments
@@ -48,9 +47,9 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         lora_modules=[{"name": m["name"], "path": m["path"]} for m in dep["lora_modules"]],
         env=dict(dep["env"]),
     )
-    # One duration format for the inventory and vllm_container (module_utils/_duration.py): passed as is.
-    serve_for = dep["serve_for"]
-    container["serve_for"] = format_duration(None if serve_for == INFINITE else serve_for)
+    # serve_for was parsed once by the schema (hours as a number, or "infinite"): vllm_container reads that value with
+    # the same parser (module_utils/_duration.py), so it is handed over as is, never re-formatted.
+    container["serve_for"] = dep["serve_for"]
     # The image is vllm_image's business (it resolves vllm_version to an image); vllm_container reads the version
     # from the image's label, so the deployment's vllm_version (e.g. "latest") is never a container argument.
     if dep["image"]:

@@ -7,7 +7,6 @@ import datetime
 import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import (
     duration_hours,
-    format_duration,
     parse_duration,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
@@ -48,19 +47,12 @@ def test_parse_duration_is_a_timedelta_or_none():
 
 @pytest.mark.parametrize("value", [12, "1.5", "90m", "2h", "1d", "infinite", None])
 def test_inventory_and_module_read_the_same_value(value):
-    """What the inventory schema accepts, placement hands to vllm_container unchanged: both read the same hours."""
+    """What the inventory schema parses once, the plan hands to vllm_container unchanged: the module reads the
+    normalised value exactly as it would have read the inventory's own text."""
     inventory = parse_serve_for(value)
     module = parse_duration(value)
     if inventory == "infinite":
         assert module is None
     else:
         assert module == datetime.timedelta(hours=inventory)
-
-
-@pytest.mark.parametrize(
-    ("hours", "text"), [(12.0, "12"), (1.5, "1.5"), (7 / 60, "7m"), (0.1, "0.1"), (None, "infinite")]
-)
-def test_format_duration_round_trips(hours, text):
-    assert format_duration(hours) == text
-    back = duration_hours(text)
-    assert back is None if hours is None else back == pytest.approx(hours)
+    assert parse_duration(inventory) == module

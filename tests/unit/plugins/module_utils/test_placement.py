@@ -667,7 +667,7 @@ def test_fleet_plan_per_host_container_specs():
     assert "s3cret" not in repr(out) and "k3y" not in repr(out)
     blob = next(s for h in out["hosts"].values() for s in h if s["deployment"] == "blob")
     assert blob["container"]["model"] == blob["model_path"] == blob["model_sync"]["models_root"] + "/blob"
-    assert blob["container"]["serve_for"] == "1.5"
+    assert blob["container"]["serve_for"] == blob["serve_for"] == 1.5  # hours, as the schema parsed it
     assert blob["container"]["image"] == "vllm/vllm-openai:v0.10.2"
     assert "vllm_version" not in blob["container"]
     assert blob["model_sync"]["url"] == "https://x/blob.tar"
@@ -720,7 +720,8 @@ def test_removal_on_an_unreachable_host_is_listed_and_warned():
 def test_container_spec_serves_the_path_model_sync_produces(tmp_path):
     """hf and url models: the container gets exactly the path model_sync returns on that host (its models root),
     no hub id and no revision; a local model is served from its own path; vllm_version never reaches the container;
-    serve_for is handed over in the one duration format vllm_container reads (module_utils/_duration.py)."""
+    serve_for is handed over as the schema parsed it (hours or "infinite"), which vllm_container reads with the same
+    parser (module_utils/_duration.py)."""
     from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import parse_duration
     from ansible_collections.gpufleet.vllm.plugins.module_utils._model import layout
 
@@ -743,6 +744,7 @@ def test_container_spec_serves_the_path_model_sync_produces(tmp_path):
     assert parse_duration(specs["hub"]["container"]["serve_for"]).total_seconds() == 12 * 3600
     assert parse_duration(specs["blob"]["container"]["serve_for"]).total_seconds() == 90 * 60
     assert parse_duration(specs["loc"]["container"]["serve_for"]) is None
+    assert [specs[n]["container"]["serve_for"] for n in ("hub", "blob", "loc")] == [12.0, 1.5, "infinite"]
 
 
 def test_fleet_plan_validates_once_and_places_like_plan(monkeypatch):
