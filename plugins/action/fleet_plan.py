@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_if_changed
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
@@ -63,19 +64,20 @@ def existing_from_info(host: str, info: Any) -> list[dict[str, Any]]:
     for item in info or []:
         if not isinstance(item, Mapping):
             continue
-        labels = item.get("labels") or {}
-        name = item.get("name") or labels.get("gpufleet.deployment")
+        # Fields vllm_deployment_info computed win; otherwise the container's labels, read by the one label schema.
+        parsed = labels.parse(item.get("labels") or {})
+        name = item.get("name") or parsed["name"]
         if not name:
             continue
         name = re.sub(r"^gpufleet-", "", str(name)) if item.get("name") is None else str(name)
         gpus = item.get("gpus")
         if gpus is None:
-            gpus = labels.get("gpufleet.gpus")
+            gpus = parsed["gpus"]
         if isinstance(gpus, str):
             gpus = [g for g in re.split(r"[,\s]+", gpus) if g]
         port = item.get("port")
         if port is None:
-            port = labels.get("gpufleet.port")
+            port = parsed["port"]
         entry: dict[str, Any] = {"host": host, "name": name, "gpus": list(gpus or []), "port": port}
         if item.get("replica") is not None and item.get("deployment") is not None:
             entry.update(deployment=item["deployment"], replica=item["replica"])

@@ -52,7 +52,7 @@ def test_existing_from_info_fields_and_labels():
     }
     assert existing_from_info("h", info) == [
         {"host": "h", "name": "chat-0", "gpus": [0, 1], "port": 8000},
-        {"host": "h", "name": "emb-1", "gpus": ["2", "3"], "port": "8100"},
+        {"host": "h", "name": "emb-1", "gpus": ["2", "3"], "port": 8100},  # labels.parse: the port as a number
         {"host": "h", "name": "x-2", "gpus": ["GPU-9"], "port": 9000, "deployment": "x", "replica": 2},
     ]
     assert existing_from_info("h", None) == []
