@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 MASK = "********"
 TAIL_LINES = 300
@@ -106,6 +106,43 @@ _RULES: list[tuple[str, list[str], str]] = [
         "vLLM refused its arguments; check the engine options and extra_args against this vLLM version",
     ),
 ]
+# vLLM refusing the value of one of the user's options (a ValueError before the engine starts): bad_args, with a hint
+# computed from the numbers in the message. Checked before _RULES: these lines are specific.
+_OPTION_ERRORS: list[tuple[str, Callable[[re.Match[str]], str]]] = [
+    (
+        r"User-specified max_model_len \((\d+)\) is greater than the derived max_model_len \((\w+)=(\d+)",
+        lambda m: (
+            f"max_model_len {m.group(1)} is more than the model's limit {m.group(3)} ({m.group(2)} in its "
+            f"config.json); lower max_model_len to {m.group(3)} or less, or (only for a model with RoPE scaling that "
+            "supports it) set env VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"
+        ),
+    ),
+    (
+        r"Total number of attention heads \((\d+)\) must be divisible by tensor parallel size \((\d+)\)",
+        lambda m: (
+            f"the model's {m.group(1)} attention heads do not split over tensor_parallel_size {m.group(2)}; "
+            f"choose a tensor_parallel_size that divides {m.group(1)}"
+        ),
+    ),
+    (
+        r"max_num_batched_tokens \((\d+)\) is smaller than max_model_len \((\d+)\)",
+        lambda m: (
+            f"max_num_batched_tokens {m.group(1)} is less than max_model_len {m.group(2)}; raise "
+            f"max_num_batched_tokens to {m.group(2)} or more, lower max_model_len, or enable chunked prefill"
+        ),
+    ),
+    (
+        r"GPU memory utilization must be (?:within|between) \(?0, 1\]?\.? Got (\S+?)\.?$",
+        lambda m: f"gpu_memory_utilization {m.group(1)} is outside (0, 1]; use a fraction such as 0.9",
+    ),
+    (
+        r"please set tensor_parallel_size \((\d+)\) to less than max local gpu count \((\d+)\)",
+        lambda m: (
+            f"tensor_parallel_size x pipeline_parallel_size = {m.group(1)} but the container sees "
+            f"{m.group(2)} GPU(s); give as many gpus as tensor x pipeline parallel size, or lower them"
+        ),
+    ),
+]
 _HINTS = {rule[0]: rule[2] for rule in _RULES}
 _HINTS["timeout"] = (
     "the server was not ready within wait_timeout; raise wait_timeout (first starts download and compile)"
@@ -116,7 +153,12 @@ _ERRORISH = r"(Error|Exception|error:|ERROR|Traceback|FATAL)"
 _TOKEN_PATTERNS = [
     r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}",
     r"\bhf_[A-Za-z0-9]{20,}\b",
-    r"(?i)((?:api[_-]?key|token|password|secret)['\"]?\s*[=:]\s*['\"]?)[^\s'\",}]{4,}",
+    # key: value, key=value, 'key': 'value' and vLLM's argparse dumps 'api_key': ['K'] / api_key=['K', 'L']: every
+    # quoted item of a list is masked, whatever its length.
+    r"(?i)((?:api[_-]?keys?|token|password|secret)['\"]?\s*[=:]\s*\[)[^\]]*",
+    r"(?i)((?:api[_-]?keys?|token|password|secret)['\"]?\s*[=:]\s*['\"]?)(?!None\b|\[)[^\s'\",}]{1,}",
+    # a secret flag on a logged command line: --api-key K, --hf-token=K
+    r"(?i)(--(?:api[_-]key|hf[_-]token)(?:=|\s+)['\"]?)[^\s'\",]+",
 ]
 
 
@@ -124,6 +166,11 @@ _TOKEN_PATTERNS = [
 @functools.cache
 def _rules() -> list[tuple[str, list[re.Pattern[str]], str]]:
     return [(cls, [re.compile(p) for p in pats], hint) for cls, pats, hint in _RULES]
+
+
+@functools.cache
+def _option_errors() -> list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]]:
+    return [(re.compile(p), fn) for p, fn in _OPTION_ERRORS]
 
 
 @functools.cache
@@ -146,6 +193,11 @@ def _last_error_line(lines: list[str]) -> str | None:
 def classify(log_lines: Iterable[str], exit_code: int | None = None, timed_out: bool = False) -> tuple[str, str]:
     """Failure class and a one-line hint ``"<class>: <what happened>; <what to do>"`` from the log tail."""
     lines = [ln for chunk in log_lines for ln in str(chunk).splitlines()][-TAIL_LINES:]
+    for pat, hint_fn in _option_errors():
+        for line in lines:
+            m = pat.search(line)
+            if m:
+                return "bad_args", f"bad_args: vLLM refused an option: {hint_fn(m)}"
     for cls, pats, hint in _rules():
         for line in lines:
             if any(p.search(line) for p in pats):

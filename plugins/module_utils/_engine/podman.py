@@ -42,6 +42,9 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._labels import MANAG
 CDI_KIND = "nvidia.com/gpu"
 PODMAN_SERVICE_SOCKET = "unix:///run/gpufleet-podman.sock"
 PODMAN_SYSTEMD_SOCKET = "unix:///run/podman/podman.sock"
+# Seconds one podman CLI call may take (a stop adds its own grace period): a hung podman (storage lock, stuck
+# conmon) then fails the module or the node agent's tick with a clear error instead of hanging it.
+CLI_TIMEOUT = 120.0
 
 
 def create_args(spec: CreateSpec) -> list[str]:
@@ -71,29 +74,61 @@ def create_args(spec: CreateSpec) -> list[str]:
 class PodmanRuntime(Runtime):
     name = "podman"
 
-    def __init__(self, binary: str | None = None, podman_socket: str | None = None, timeout: int | None = None) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        podman_socket: str | None = None,
+        timeout: int | None = None,
+        cli_timeout: float = CLI_TIMEOUT,
+    ) -> None:
         """``podman_socket``: podman's API service for the image operations (found or started on first use; with
-        it given, the podman binary is only needed to start the service)."""
+        it given, the podman binary is only needed to start the service). ``cli_timeout``: seconds one podman
+        command may take."""
         self.bin = binary or shutil.which("podman") or ""
         if not self.bin and not podman_socket:
             raise GpufleetError("podman is not installed on the target (runtime=podman)")
         self.podman_socket = podman_socket
         self.timeout = timeout
+        self.cli_timeout = cli_timeout
         self.service_started = False
         self._images: DockerRuntime | None = None
 
-    def _run(self, args: list[str], what: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+    def _exec(
+        self, args: list[str], what: str, env: dict[str, str] | None = None, extra: float = 0, merged: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``podman ARGS`` with the CLI timeout (+ ``extra`` s); a timeout is one clear error, never a hang."""
+        limit = self.cli_timeout + extra
+        try:
+            return subprocess.run(
+                [self.bin, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+                text=True,
+                env=env,
+                check=False,
+                timeout=limit,
+            )
+        except subprocess.TimeoutExpired:
+            raise GpufleetError(
+                f"podman {what} did not finish within {limit:.0f} s (podman killed): podman looks hung on this host; "
+                "check `podman ps` and `podman info` there (a held storage lock or a stuck conmon), then run again",
+                failure_class="engine_unreachable",
+            ) from None
+
+    def _run(
+        self, args: list[str], what: str, env: dict[str, str] | None = None, check: bool = True, extra: float = 0
+    ) -> str:
         full_env = None
         if env:
             full_env = dict(os.environ)
             full_env.update(env)
-        r = subprocess.run([self.bin, *args], capture_output=True, text=True, env=full_env, check=False)
+        r = self._exec(args, what, full_env, extra)
         if check and r.returncode != 0:
             raise GpufleetError(f"podman {what} failed: {(r.stderr or r.stdout).strip()[-2000:]}")
         return r.stdout
 
     def _inspect(self, kind: str, ref: str) -> dict | None:
-        r = subprocess.run([self.bin, kind, "inspect", ref], capture_output=True, text=True, check=False)
+        r = self._exec([kind, "inspect", ref], f"{kind} inspect")
         if r.returncode != 0:
             err = r.stderr.lower()
             if "no such" in err or "not known" in err or "unknown" in err or "not found" in err:
@@ -109,7 +144,7 @@ class PodmanRuntime(Runtime):
         self._run(["start", cid], "start")
 
     def stop(self, cid: str, timeout: int) -> None:
-        self._run(["stop", "--time", str(timeout), cid], "stop")
+        self._run(["stop", "--time", str(timeout), cid], "stop", extra=max(0, timeout))
 
     def remove(self, cid: str) -> None:
         self._run(["rm", "--force", "--ignore", cid], "rm")
@@ -124,13 +159,7 @@ class PodmanRuntime(Runtime):
         self._run(["unpause", cid], "unpause")
 
     def logs(self, cid: str, tail: int = 300) -> list[str]:
-        r = subprocess.run(
-            [self.bin, "logs", "--tail", str(tail), cid],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            check=False,
-        )
+        r = self._exec(["logs", "--tail", str(tail), cid], "logs", merged=True)
         return r.stdout.splitlines() if r.returncode == 0 else []
 
     def follow(self, cid: str) -> Iterator[str]:
@@ -160,7 +189,7 @@ class PodmanRuntime(Runtime):
         return [state_from_inspect(d) for d in data]
 
     def pids(self, cid: str) -> list[int]:
-        r = subprocess.run([self.bin, "top", cid, "hpid"], capture_output=True, text=True, check=False)
+        r = self._exec(["top", cid, "hpid"], "top")
         return [int(x) for x in r.stdout.split() if x.isdigit()]
 
     # --- image operations, through podman's Docker-compatible API service (see the module docstring)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import validate as container_validate
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.info import gather
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec as container_argspec
@@ -69,6 +70,16 @@ def validated(
     if result.error_messages:
         raise GpufleetError(f"{what}: " + "; ".join(result.error_messages))
     return dict(result.validated_parameters)
+
+
+def container_params(what: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """vllm_container's parameters from ``args``: its argument spec (types, defaults), then the value checks that
+    the module runs first (_container/validate.py: ranges, name, env names, paths, secrets in extra_args)."""
+    params = validated(what, container_argspec(), args)
+    problems = container_validate.option_problems(params, require_name=True)
+    if problems:
+        raise GpufleetError(f"{what}: " + "; ".join(problems), failure_class="bad_args", problems=problems)
+    return params
 
 
 def _diff_entry(what: str, diff: Any) -> dict[str, Any] | None:
@@ -132,6 +143,61 @@ class HostApply:
         if entry is not None:
             self.diffs.append(entry)
 
+    def _container_args(self, spec: Mapping[str, Any], image: Any) -> dict[str, Any]:
+        args = dict(spec.get("container") or {})
+        args.update(
+            image=image,
+            wait=True,
+            wait_timeout=self.p["wait_timeout"],
+            manifest_dir=self.p["manifest_dir"],
+            **self._secrets(str(spec.get("deployment"))),
+        )
+        return args
+
+    def preflight(self) -> bool:
+        """Every removal's and replica's vllm_container arguments checked before any step runs: bad input fails the
+        host's apply with nothing removed, synced or pulled (one record per bad replica or removal)."""
+        ok = True
+        for item in self.p.get("removals") or []:
+            problem = container_validate.name_problem(item.get("name"), "removal name")
+            if problem:
+                ok = False
+                self.records.append(
+                    {
+                        "kind": "remove",
+                        "name": str(item.get("name")),
+                        "changed": False,
+                        "failed": True,
+                        "failure_class": "bad_args",
+                        "hint": problem,
+                    }
+                )
+                self.errors.append(f"removal of {item.get('name')!r}: {problem}")
+        for spec in self.p.get("replicas") or []:
+            name = str(spec.get("name"))
+            try:
+                container_params(f"{name}: vllm_container", self._container_args(spec, "preflight:latest"))
+            except GpufleetError as err:
+                ok = False
+                self.records.append(
+                    {
+                        "kind": "replica",
+                        "name": name,
+                        "deployment": spec.get("deployment"),
+                        "changed": False,
+                        "failed": True,
+                        "failure_class": "bad_args",
+                        "failed_step": "preflight",
+                        "hint": str(err),
+                        "rolled_back": None,
+                        "phase": None,
+                        "endpoint": None,
+                        "actions": [],
+                    }
+                )
+                self.errors.append(str(err))
+        return ok
+
     # ------------------------------------------------------------------------------------------------ steps
     def remove(self, item: Mapping[str, Any]) -> bool:
         name = str(item.get("name"))
@@ -144,9 +210,8 @@ class HostApply:
             "hint": None,
         }
         try:
-            params = validated(
+            params = container_params(
                 f"removal of {name}",
-                container_argspec(),
                 {
                     "name": name,
                     "state": "absent",
@@ -243,16 +308,8 @@ class HostApply:
             rec.update(changed=True, hint="the image would be pulled first; the container would be (re)created")
             self.changed = True
             return True
-        args = dict(spec.get("container") or {})
-        args.update(
-            image=ref,
-            wait=True,
-            wait_timeout=self.p["wait_timeout"],
-            manifest_dir=self.p["manifest_dir"],
-            **self._secrets(str(spec.get("deployment"))),
-        )
         try:
-            params = validated(f"{name}: vllm_container", container_argspec(), args)
+            params = container_params(f"{name}: vllm_container", self._container_args(spec, ref))
             res = Deployment(params, self.rt, self.check_mode, self.warn).run()
         except GpufleetError as err:
             res = _error_result(err)
@@ -280,6 +337,8 @@ class HostApply:
     # ------------------------------------------------------------------------------------------------ entry
     def run(self) -> dict[str, Any]:
         replicas = list(self.p.get("replicas") or [])
+        if not self.preflight():
+            return {"changed": False, "records": self.records, "failed_count": len(self.records), "diff": []}
         removed = [self.remove(item) for item in self.p.get("removals") or []]  # each one, even after a failure
         removals_ok = all(removed)
         if removals_ok and replicas:

@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import validate as container_validate
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec as _container_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import FORMAT as DURATION_FORMAT
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, duration_hours
@@ -54,13 +56,25 @@ OWN_FIELDS = {
     "serve_for": "serve_for",
     "state": "state",
     "runtime": "the host var gpufleet_runtime",
+    # fleet_apply sets these itself for every replica: an engine_options value would be silently replaced
+    "env": "env",
+    "extra_args": "extra_args",
+    "lora_modules": "lora_modules",
+}
+# vllm_container options that fleet_apply sets for every replica from its own parameters (role variables).
+APPLY_OWNED = {
+    "wait": "the role (fleet_apply always waits for readiness)",
+    "wait_timeout": "the role variable gpufleet_wait_timeout (fleet_apply's wait_timeout)",
+    "manifest_dir": "fleet_apply's manifest_dir",
+    "from_manifest": "nothing: a fleet deployment is declared in gpufleet_deployments",
+    "docker_host": "the host's engine settings (fleet_apply's docker_host)",
 }
 
 
 def engine_option_names() -> frozenset[str]:
     """The gpufleet.vllm.vllm_container options a deployment may set in engine_options (from the module's own
     options table, so the two cannot drift)."""
-    return frozenset(_container_spec()) - set(PLACEMENT_OWNED) - set(OWN_FIELDS)
+    return frozenset(_container_spec()) - set(PLACEMENT_OWNED) - set(OWN_FIELDS) - set(APPLY_OWNED)
 
 
 DEPLOYMENT_FIELDS = (
@@ -122,6 +136,24 @@ class Problems:
         if value is not _MISSING:
             line += f", got a {type(value).__name__}" if secret else f", got {_show(value)}"
         self.lines.append(line)
+
+
+def _engine_option_problems(engine: Mapping[str, Any], who: str, problems: Problems) -> None:
+    """The engine_options values checked as vllm_container will check them (its argument spec's types, then
+    _container/validate.py's ranges, paths and secret flags), so a wrong value fails the plan, not the apply after
+    removals and syncs already ran."""
+    allowed = engine_option_names()
+    given = {k: v for k, v in engine.items() if isinstance(k, str) and k in allowed and v is not None}
+    if not given:
+        return
+    spec = _container_spec()
+    result = ArgumentSpecValidator({k: spec[k] for k in given}).validate(dict(given))
+    for message in result.error_messages:
+        problems.add(who, "engine_options", message)
+    if result.error_messages:
+        return
+    for message in container_validate.option_problems(result.validated_parameters):
+        problems.add(who, "engine_options", message)
 
 
 def _show(value: Any) -> str:
@@ -402,6 +434,8 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
             problems.add(who, f"engine_options.{key}", f"is set by the deployment field {PLACEMENT_OWNED[key]}")
         elif key in OWN_FIELDS:
             problems.add(who, f"engine_options.{key}", f"is set by the deployment field {OWN_FIELDS[key]}")
+        elif key in APPLY_OWNED:
+            problems.add(who, f"engine_options.{key}", f"is set by {APPLY_OWNED[key]}")
         elif key not in engine_option_names():
             problems.add(
                 who,
@@ -409,6 +443,7 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
                 "is not an option of gpufleet.vllm.vllm_container (put other vLLM flags in extra_args); allowed: "
                 + ", ".join(sorted(engine_option_names())),
             )
+    _engine_option_problems(engine, who, problems)
     out["engine_options"] = dict(engine)
 
     extra = dep.get("extra_args")
@@ -420,6 +455,8 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
         problems.add(who, "extra_args", "must be a list of strings (appended last to the vllm serve command)", extra)
         extra = []
     out["extra_args"] = [str(a) for a in extra]
+    for message in container_validate.secret_flag_problems(out["extra_args"]):
+        problems.add(who, "extra_args", message)
 
     out["lora_modules"] = _normalize_lora(dep.get("lora_modules"), who, problems)
     out["env"] = _str_map(dep.get("env"), who, "env", problems)

@@ -55,6 +55,8 @@ RENAMES: dict[str, str] = {
     "preemption_mode": "the V1 engine always preempts by recompute",
 }
 
+# Flags whose value is a secret (--api-key, --hf-token): refused in an argv (see secret_flags()).
+SECRET_DEST = re.compile(r"(?:^|_)(?:api_key|token|secret|password|passwd|credentials?)$")
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:[.+-].*)?$")
 
@@ -85,6 +87,21 @@ _INDEX: dict[tuple[str, str], _Index] = {}
 
 # ---------------------------------------------------------------------------------------------------------------
 # versions and tables
+
+
+def is_secret(action: Mapping[str, Any]) -> bool:
+    """Whether a table action takes a secret string (api_key, hf_token; not max_prompt_adapter_token, an int)."""
+    return action["kind"] == "store" and action.get("type") == "str" and bool(SECRET_DEST.search(action["dest"]))
+
+
+def secret_flags() -> list[str]:
+    """The flags of every table whose value is a secret (a store action named like api_key, *_token, *_secret)."""
+    out = set()
+    for version in MODULES:
+        for action in MODULES[version].TABLE["actions"]:
+            if is_secret(action):
+                out.update(o for o in action["option_strings"] if o.startswith("--"))
+    return sorted(out)
 
 
 def _version_key(version: str) -> tuple[int, int, int] | None:
@@ -391,6 +408,15 @@ def _problems(argv: list[str], version: str, entrypoint: str, env: Mapping[str, 
             used_model_option = "exact" if token == "--model" else (used_model_option or "other")
         if kind in ("help", "version"):
             bad("policy", f"{option} makes vLLM print its {kind} and exit instead of serving")
+            continue
+        if is_secret(action):
+            bad(
+                "policy",
+                f"{name} carries a secret, which would show in the container's argv, labels, manifest and ps; set it "
+                "as environment instead (vllm_container api_key, hf_token or secret_env)",
+            )
+            if explicit is None and i < n and not _is_option_like(str(argv[i]), idx):
+                i += 1  # the secret value: never a message of its own
             continue
         if kind in ("store_true", "store_false", "boolean_optional", "store_const", "append_const", "count"):
             if explicit is not None:

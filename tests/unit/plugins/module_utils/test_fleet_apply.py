@@ -168,7 +168,7 @@ def test_removals_first_and_secrets_reach_only_the_container(tmp: Path, fake_run
 def test_a_bad_step_argument_is_one_error_naming_the_replica(tmp: Path, fake_runtime: Any) -> None:
     rep = replica(tmp, "chat", 0, 8000, max_model_len="many")
     out, errors = apply_host(params(tmp, [rep]), runtime=fake_runtime)
-    assert out["records"][0]["failed"] and errors[0].startswith("chat-0: chat-0: vllm_container:")
+    assert out["records"][0]["failed"] and errors[0].startswith("chat-0: vllm_container:")
     assert "max_model_len" in errors[0] and fake_runtime.calls == []
     with pytest.raises(GpufleetError, match="replicas"):
         validated("fleet_apply", ARGUMENT_SPEC, {"replicas": "x"})

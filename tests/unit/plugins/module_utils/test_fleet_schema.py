@@ -410,6 +410,8 @@ def test_engine_option_names_follow_the_container_options_table():
     )
 
     names = engine_option_names()
-    assert {"max_model_len", "enforce_eager", "extra_args", "env"} <= names
+    assert {"max_model_len", "enforce_eager", "hf_cache_dir"} <= names
     assert names <= set(argument_spec())
     assert not names & (set(PLACEMENT_OWNED) | set(OWN_FIELDS))
+    # fleet_apply sets these for every replica: in engine_options they were silently replaced, now refused
+    assert not names & {"env", "extra_args", "lora_modules", "wait", "wait_timeout", "manifest_dir", "from_manifest"}
