@@ -22,6 +22,8 @@ description:
     C(playbooks/redeploy.yml)."
 author:
   - gpufleet maintainers (@gpufleet)
+requirements:
+  - prometheus-client (on the controller, for O(kind=status))
 extends_documentation_fragment:
   - gpufleet.vllm.attributes
 attributes:

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
@@ -27,8 +27,6 @@ STATUS_VERSION = 1
 
 # Worst first: a deployment's status is the worst of its replicas'.
 STATUS_ORDER = ("failed", "unschedulable", "unreachable", "not_run", "changed", "removed", "ok")
-
-_METRIC_RE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
 def _worst(statuses: Iterable[str]) -> str:
@@ -293,9 +291,23 @@ def converge_table(summary: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _metrics_parser() -> Callable[[str], Iterable[Any]]:
+    """prometheus_client's text parser (a controller requirement), or an error that says what to install."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError as e:
+        raise GpufleetError(
+            f"fleet_report kind=status needs prometheus-client on the controller (pip install prometheus-client): {e}"
+        ) from e
+    return text_string_to_metric_families
+
+
 def parse_metrics(text: str | None) -> dict[str, float]:
     """Sums of the vLLM counters the status table shows, from Prometheus text: ``requests`` (finished requests),
-    ``generation_tokens``, ``prompt_tokens``, ``running``, ``waiting``. Missing metrics are left out."""
+    ``generation_tokens``, ``prompt_tokens``, ``running``, ``waiting``. Missing metrics are left out.
+
+    Each sample line is read by prometheus_client's own parser (label values may hold ``}``, ``,`` and escaped
+    quotes); a line it rejects (a scrape cut off mid-line) is skipped and the others still count."""
     wanted = {
         "vllm:request_success_total": "requests",
         "vllm:generation_tokens_total": "generation_tokens",
@@ -304,19 +316,22 @@ def parse_metrics(text: str | None) -> dict[str, float]:
         "vllm:num_requests_waiting": "waiting",
     }
     out: dict[str, float] = {}
-    for raw in (text or "").splitlines():
-        if not raw or raw.startswith("#"):
-            continue
-        m = _METRIC_RE.match(raw)
-        if not m or m.group(1) not in wanted:
+    if not text:
+        return out
+    parse = _metrics_parser()
+    for raw in text.splitlines():
+        line = raw.strip()
+        # Comments (HELP/TYPE) never change a sample's name in the text format: sample lines parse on their own.
+        if not line or line.startswith("#") or not line.startswith(tuple(wanted)):
             continue
         try:
-            value = float(m.group(3))
+            samples = [s for family in parse(line + "\n") for s in family.samples]
         except ValueError:
             continue
-        if math.isfinite(value):
-            key = wanted[m.group(1)]
-            out[key] = out.get(key, 0.0) + value
+        for sample in samples:
+            key = wanted.get(sample.name)
+            if key is not None and math.isfinite(sample.value):
+                out[key] = out.get(key, 0.0) + sample.value
     return out
 
 

@@ -14,7 +14,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 # What only the GPU hosts need: the modules that run there and the node agent import these.
-HOST_ONLY = {"docker", "huggingface-hub", "nvidia-ml-py", "prometheus-client", "requests"}
+HOST_ONLY = {"docker", "huggingface-hub", "nvidia-ml-py", "requests"}
+# Needed on both sides: the node agent's exporter (hosts) and fleet_report's /metrics parser (controller).
+BOTH = {"prometheus-client"}
 
 
 def names(path: Path) -> set[str]:
@@ -39,6 +41,7 @@ def test_controller_and_host_requirements_are_split() -> None:
     controller, host = names(ROOT / "requirements.txt"), names(ROOT / "requirements-host.txt")
     assert HOST_ONLY <= host
     assert not controller & HOST_ONLY
+    assert BOTH <= controller and BOTH <= host
     test_reqs = (ROOT / "requirements-test.txt").read_text().splitlines()
     assert "-r requirements.txt" in test_reqs and "-r requirements-host.txt" in test_reqs
 
