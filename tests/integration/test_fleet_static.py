@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import redeploy as fr_redeploy
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import report as fr
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import status as fr_status
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import summary as fr_summary
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import validate_deployments
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,7 +152,7 @@ def test_converge_summary_from_host_records() -> None:
         ],
         "gpu-c": None,  # its batch never ran
     }
-    summary = fr.converge_summary(plan, results, unreachable=[])
+    summary = fr_summary.converge_summary(plan, results, unreachable=[])
     rows = {r["name"]: r for r in summary["deployments"]["chat"]["replicas"]}
     assert rows["chat-0"]["status"] == "failed" and rows["chat-0"]["failure_class"] == "gpu_oom"
     assert rows["chat-0"]["rolled_back"] is True and rows["chat-0"]["failed_step"] == "vllm_container"
@@ -159,7 +162,7 @@ def test_converge_summary_from_host_records() -> None:
     assert summary["removed"][0]["status"] == "removed"
     assert summary["ok"] is False and summary["deployments"]["chat"]["status"] == "failed"
     assert summary["failed_hosts"] == {"gpu-a": ["chat-0"], "gpu-b": ["chat-1"]}
-    table = fr.converge_table(summary)
+    table = fr_summary.converge_table(summary)
     assert table[0].split() == ["DEPLOYMENT", "REPLICA", "HOST", "GPUS", "ENDPOINT", "ACTION", "STATUS", "FAILURE"]
     assert any(line.startswith("FAILED:") for line in table)
     assert any("chat replica 0 on gpu-a: gpu_oom" in line for line in table)
@@ -169,12 +172,14 @@ def test_converge_summary_ok_and_unreachable() -> None:
     plan = _plan()
     plan["remove"] = {}
     ok = {h: [_rec(f"chat-{i}", endpoint=f"http://10.0.0.{i}:8000")] for i, h in enumerate(["gpu-a", "gpu-b"])}
-    summary = fr.converge_summary(plan, ok, unreachable=["gpu-c"])
+    summary = fr_summary.converge_summary(plan, ok, unreachable=["gpu-c"])
     rows = {r["name"]: r for r in summary["deployments"]["chat"]["replicas"]}
     assert rows["chat-0"]["status"] == "ok" and rows["chat-0"]["endpoint"] == "http://10.0.0.0:8000"
     assert rows["chat-2"]["status"] == "unreachable"
     assert summary["unreachable_hosts"] == ["gpu-c"] and summary["ok"] is False
-    summary = fr.converge_summary({**plan, "hosts": {k: v for k, v in plan["hosts"].items() if k != "gpu-c"}}, ok)
+    summary = fr_summary.converge_summary(
+        {**plan, "hosts": {k: v for k, v in plan["hosts"].items() if k != "gpu-c"}}, ok
+    )
     assert summary["ok"] is True and summary["counts"]["ok"] == 2
 
 
@@ -190,7 +195,7 @@ def test_converge_summary_from_registered_apply_results() -> None:
         },
         "gpu-c": {"skipped": True},
     }
-    summary = fr.converge_summary(plan, results)
+    summary = fr_summary.converge_summary(plan, results)
     rows = {r["name"]: r["status"] for r in summary["deployments"]["chat"]["replicas"]}
     assert rows == {"chat-0": "ok", "chat-1": "not_run", "chat-2": "not_run"}
     assert summary["failed_hosts"] == {
@@ -221,7 +226,7 @@ def test_parse_metrics_and_status_report() -> None:
             'vllm:num_requests_running{model_name="m"} 1.0',
         ]
     )
-    assert fr.parse_metrics(text) == {"requests": 5.0, "generation_tokens": 500.0, "running": 1.0}
+    assert fr_status.parse_metrics(text) == {"requests": 5.0, "generation_tokens": 500.0, "running": 1.0}
     infos = {
         "gpu-a": {
             "deployments": [
@@ -237,11 +242,11 @@ def test_parse_metrics_and_status_report() -> None:
             ]
         }
     }
-    report = fr.status_report(infos, {"gpu-a": {"chat-0": text}}, addresses={"gpu-a": "10.0.0.1"})
+    report = fr_status.status_report(infos, {"gpu-a": {"chat-0": text}}, addresses={"gpu-a": "10.0.0.1"})
     row = report["rows"][0]
     assert (row["deployment"], row["requests"], row["tokens_per_s"]) == ("chat", 5, 5.0)
     assert row["endpoint"] == "http://10.0.0.1:8000"
-    table = fr.status_table(report)
+    table = fr_status.status_table(report)
     assert "TOK/S" in table[0] and re.search(r"chat-0\s+tiny\s+0\s+running", table[2])
 
 
@@ -256,13 +261,13 @@ def test_manifest_params_and_deployment() -> None:
         "port": 8000,
         "env_keys": ["A"],
     }
-    params = fr.manifest_params(manifest)
+    params = fr_redeploy.manifest_params(manifest)
     assert params["gpus"] == ["1"] and params["max_model_len"] == 1024 and params["port"] == 8000
     out = fr.run_report({"kind": "manifest", "manifest": manifest, "manifest_path": None})
     assert out["deployment"] == "chat" and out["manifest"] == manifest
-    assert fr.deployment_of("tp-model") == "tp-model"
+    assert fr_redeploy.deployment_of("tp-model") == "tp-model"
     with pytest.raises(GpufleetError, match="manifest_version"):
-        fr.manifest_params({"name": "x"})
+        fr_redeploy.manifest_params({"name": "x"})
 
 
 def _module_options(names: set[str], env: dict[str, str]) -> dict[str, set[str]]:

@@ -15,7 +15,7 @@ Each step's parameters are validated against that module's own argument spec (``
 ``image_module.ARGUMENT_SPEC``, ``container_spec.argument_spec``), so a plan spec means exactly what it would mean as
 a task of that module. Secrets come from ``secrets`` (deployment name → ``api_key``, ``hf_token``, ``secret_env``);
 the plan never holds them. The result is one record per removal and per replica, in the shape
-``fleet_report.converge_summary`` reads.
+``_fleet/summary.py`` (converge_summary) reads.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def container_params(what: str, args: Mapping[str, Any]) -> dict[str, Any]:
     the module runs first (_container/validate.py: ranges, name, env names, paths, secrets in extra_args)."""
     params = validated(what, container_argspec(), args)
     problems = container_validate.option_problems(params, require_name=True)
+    if not problems and params.get("state") != "absent":
+        problems = container_validate.host_problems(params)
     if problems:
         raise GpufleetError(f"{what}: " + "; ".join(problems), failure_class="bad_args", problems=problems)
     return params

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import report as fr
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import summary as fr_summary
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, gather_host, validated
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import deployment_secrets
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_apply import ARGUMENT_SPEC
@@ -124,7 +124,7 @@ def test_first_failing_container_stops_the_host_and_is_rolled_back(tmp: Path, fa
     # The old chat-1 serves again; emb-0 kept its old spec.
     running = {c["name"]: c for c in fake_runtime.c.values() if c["status"] == "running"}
     assert "gpufleet-chat-1" in running and "FAIL" not in running["gpufleet-chat-1"]["env"]
-    summary = fr.converge_summary({"hosts": {"h": reps}, "remove": {}}, {"h": out["records"]})
+    summary = fr_summary.converge_summary({"hosts": {"h": reps}, "remove": {}}, {"h": out["records"]})
     rows = {r["name"]: r["status"] for r in summary["deployments"]["chat"]["replicas"]}
     assert rows == {"chat-0": "ok", "chat-1": "failed"}
     assert summary["deployments"]["emb"]["replicas"][0]["status"] == "not_run"

@@ -1,9 +1,9 @@
-"""fleet_report's pure parts (plugins/module_utils/_fleet/report.py and the modules it dispatches to)."""
+"""fleet_report's status report: vLLM's /metrics read with prometheus_client's parser (module_utils/_fleet/status.py)."""
 
 from __future__ import annotations
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import report as fr
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import status as fr_status
 
 
 def test_metrics_label_values_with_braces_commas_and_escaped_quotes():
@@ -20,7 +20,7 @@ def test_metrics_label_values_with_braces_commas_and_escaped_quotes():
             'vllm:num_requests_waiting{model_name="q\\"}, x=\\"y"} 4.0',
         ]
     )
-    assert fr.parse_metrics(text) == {"requests": 6.0, "generation_tokens": 500.0, "waiting": 4.0}
+    assert fr_status.parse_metrics(text) == {"requests": 6.0, "generation_tokens": 500.0, "waiting": 4.0}
 
 
 def test_metrics_bad_lines_are_skipped_and_the_rest_counts():
@@ -35,9 +35,9 @@ def test_metrics_bad_lines_are_skipped_and_the_rest_counts():
             "other_metric 9",
         ]
     )
-    assert fr.parse_metrics(text) == {"requests": 3.0, "running": 2.0}
+    assert fr_status.parse_metrics(text) == {"requests": 3.0, "running": 2.0}
 
 
 @pytest.mark.parametrize("text", [None, "", "# only comments\n"])
 def test_no_metrics(text):
-    assert fr.parse_metrics(text) == {}
+    assert fr_status.parse_metrics(text) == {}

@@ -1,0 +1,223 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The status report of the fleet: every managed deployment with its state, phase, uptime and endpoint (from
+``vllm_deployment_info``) and the numbers of vLLM's ``/metrics`` (read with prometheus_client's parser); the JSON and
+the human table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.table import gpus_text, render_table
+
+STATUS_VERSION = 1
+
+
+def _loop_results(registered: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(registered, Mapping):
+        return []
+    return [r for r in registered.get("results") or [] if isinstance(r, Mapping)]
+
+
+def _metrics_parser() -> Callable[[str], Iterable[Any]]:
+    """prometheus_client's text parser (a controller requirement), or an error that says what to install."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError as e:
+        raise GpufleetError(
+            f"fleet_report kind=status needs prometheus-client on the controller (pip install prometheus-client): {e}"
+        ) from e
+    return text_string_to_metric_families
+
+
+def parse_metrics(text: str | None) -> dict[str, float]:
+    """Sums of the vLLM counters the status table shows, from Prometheus text: ``requests`` (finished requests),
+    ``generation_tokens``, ``prompt_tokens``, ``running``, ``waiting``. Missing metrics are left out.
+
+    Each sample line is read by prometheus_client's own parser (label values may hold ``}``, ``,`` and escaped
+    quotes); a line it rejects (a scrape cut off mid-line) is skipped and the others still count."""
+    wanted = {
+        "vllm:request_success_total": "requests",
+        "vllm:generation_tokens_total": "generation_tokens",
+        "vllm:prompt_tokens_total": "prompt_tokens",
+        "vllm:num_requests_running": "running",
+        "vllm:num_requests_waiting": "waiting",
+    }
+    out: dict[str, float] = {}
+    if not text:
+        return out
+    parse = _metrics_parser()
+    for raw in text.splitlines():
+        line = raw.strip()
+        # Comments (HELP/TYPE) never change a sample's name in the text format: sample lines parse on their own.
+        if not line or line.startswith("#") or not line.startswith(tuple(wanted)):
+            continue
+        try:
+            samples = [s for family in parse(line + "\n") for s in family.samples]
+        except ValueError:
+            continue
+        for sample in samples:
+            key = wanted.get(sample.name)
+            if key is not None and math.isfinite(sample.value):
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def _uptime_text(seconds: Any) -> str | None:
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        return None
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def metrics_texts(value: Any) -> dict[str, str | None]:
+    """One host's ``/metrics`` texts by replica name: ``{name: text}`` as is, or the role's registered
+    ``ansible.builtin.uri`` loop over vllm_deployment_info entries (``item.name`` -> ``content``; None when it was
+    not scraped)."""
+    if not isinstance(value, Mapping):
+        return {}
+    if "results" not in value:
+        return dict(value)
+    out: dict[str, str | None] = {}
+    for r in _loop_results(value):
+        item = r.get("item")
+        if isinstance(item, Mapping) and item.get("name") is not None:
+            out[str(item["name"])] = r.get("content")
+    return out
+
+
+def status_report(
+    infos: Mapping[str, Any],
+    metrics: Mapping[str, Mapping[str, str | None]] | None = None,
+    *,
+    unreachable: Iterable[str] = (),
+    addresses: Mapping[str, str] | None = None,
+    generated_at: float | None = None,
+) -> dict[str, Any]:
+    """Status of every managed deployment: ``infos`` = per host, vllm_deployment_info's ``deployments`` list (or its
+    registered result); ``metrics`` = per host, per deployment name, the ``/metrics`` text (None when not scraped), or
+    per host the registered scrape loop (``metrics_texts``).
+
+    Rows carry host, name (replica key), deployment, model, GPUs, state, phase, health, uptime, endpoint,
+    requests, generation tokens, tokens/s (generation tokens over the uptime: the average since start) and the last
+    failure class; ``deployments`` groups them by deployment.
+    """
+    rows: list[dict[str, Any]] = []
+    for host in sorted(infos or {}):
+        info = infos[host]
+        entries = info.get("deployments") if isinstance(info, Mapping) else info
+        for d in entries or []:
+            if not isinstance(d, Mapping):
+                continue
+            name = str(d.get("name"))
+            m = parse_metrics(metrics_texts((metrics or {}).get(host)).get(name))
+            uptime = d.get("uptime_s")
+            tokens = m.get("generation_tokens")
+            tps = None
+            if tokens is not None and isinstance(uptime, (int, float)) and uptime > 0:
+                tps = round(tokens / uptime, 2)
+            deployment = re.sub(r"-\d+$", "", name)
+            endpoint = d.get("endpoint")
+            address = (addresses or {}).get(host)
+            if endpoint and address:
+                endpoint = re.sub(r"^(https?://)(0\.0\.0\.0|127\.0\.0\.1|localhost)(?=:)", rf"\g<1>{address}", endpoint)
+                if endpoint != d.get("endpoint") and str(d.get("host") or "") in ("127.0.0.1", "localhost", "::1"):
+                    endpoint = d.get("endpoint")
+            rows.append(
+                {
+                    "host": host,
+                    "name": name,
+                    "deployment": deployment,
+                    "container": d.get("container_name") or f"gpufleet-{name}",
+                    "model": d.get("model"),
+                    "gpus": list(d.get("gpus") or []),
+                    "state": d.get("state"),
+                    "phase": d.get("phase"),
+                    "health": d.get("health"),
+                    "uptime_s": uptime,
+                    "uptime": _uptime_text(uptime),
+                    "endpoint": endpoint,
+                    "vllm_version": d.get("vllm_version"),
+                    "restart_count": d.get("restart_count"),
+                    "requests": int(m["requests"]) if "requests" in m else None,
+                    "generation_tokens": int(tokens) if tokens is not None else None,
+                    "tokens_per_s": tps,
+                    "running": int(m["running"]) if "running" in m else None,
+                    "last_failure": d.get("last_failure_class"),
+                    "serve_until": d.get("serve_until"),
+                }
+            )
+    rows.sort(key=lambda r: (r["deployment"], r["name"], r["host"]))
+    deployments: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        deployments.setdefault(r["deployment"], []).append(r)
+    return {
+        "version": STATUS_VERSION,
+        "kind": "status",
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generated_at)),
+        "deployments": deployments,
+        "rows": rows,
+        "unreachable_hosts": sorted(str(h) for h in unreachable),
+    }
+
+
+def _short_model(model: Any) -> str | None:
+    """A model path shows as its last component in the table (the JSON keeps the whole path)."""
+    if not model:
+        return None
+    text = str(model)
+    return text.rstrip("/").rsplit("/", 1)[-1] if text.startswith("/") else text
+
+
+def status_table(report: Mapping[str, Any]) -> list[str]:
+    rows = [
+        [
+            r["deployment"],
+            r["host"],
+            r["name"],
+            _short_model(r["model"]),
+            gpus_text(r["gpus"]),
+            r["state"],
+            r["phase"],
+            r["uptime"],
+            r["endpoint"],
+            r["requests"],
+            r["tokens_per_s"],
+            r["last_failure"],
+        ]
+        for r in report.get("rows") or []
+    ]
+    out = render_table(
+        [
+            "DEPLOYMENT",
+            "HOST",
+            "NAME",
+            "MODEL",
+            "GPUS",
+            "STATE",
+            "PHASE",
+            "UPTIME",
+            "ENDPOINT",
+            "REQUESTS",
+            "TOK/S",
+            "LAST FAILURE",
+        ],
+        rows,
+    )
+    if not rows:
+        out.append("(no managed deployments)")
+    if report.get("unreachable_hosts"):
+        out.append("unreachable hosts (not shown): " + ", ".join(report["unreachable_hosts"]))
+    return out

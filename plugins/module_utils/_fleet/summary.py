@@ -1,0 +1,255 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The converge summary of the ``deployments`` role: JSON for CI (per deployment and replica: what the plan said and
+what the host's ``fleet_apply`` run reported) and the human table. Plain functions over the plan and the registered
+results; never sees a secret value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.table import gpus_text, render_table
+
+SUMMARY_VERSION = 1
+
+# Worst first: a deployment's status is the worst of its replicas'.
+STATUS_ORDER = ("failed", "unschedulable", "unreachable", "not_run", "changed", "removed", "ok")
+
+
+def _worst(statuses: Iterable[str]) -> str:
+    found = set(statuses)
+    for status in STATUS_ORDER:
+        if status in found:
+            return status
+    return "ok"
+
+
+def _replica_row(spec: Mapping[str, Any], result: Mapping[str, Any] | None, unreachable: bool) -> dict[str, Any]:
+    """One placed replica: what the plan said plus what the host's run reported."""
+    row: dict[str, Any] = {
+        "deployment": spec.get("deployment"),
+        "replica": spec.get("replica"),
+        "name": spec.get("name"),
+        "container": f"gpufleet-{spec.get('name')}",
+        "host": spec.get("host"),
+        "gpus": list(spec.get("gpus") or []),
+        "gpu_uuids": list(spec.get("gpu_uuids") or []),
+        "port": spec.get("port"),
+        "action": spec.get("action"),
+        "endpoint": None,
+        "status": "not_run",
+        "changed": False,
+        "failed": False,
+        "failure_class": None,
+        "failed_step": None,
+        "hint": None,
+        "rolled_back": None,
+        "phase": None,
+    }
+    if result is None:
+        row["status"] = "unreachable" if unreachable else "not_run"
+        if unreachable:
+            row["failure_class"] = "unreachable"
+            row["hint"] = f"{spec.get('host')} is unreachable: its replicas are kept where they are and not converged"
+        return row
+    for key in ("endpoint", "failure_class", "failed_step", "hint", "rolled_back", "phase"):
+        if result.get(key) is not None:
+            row[key] = result[key]
+    row["changed"] = bool(result.get("changed"))
+    row["failed"] = bool(result.get("failed"))
+    if row["failed"]:
+        row["status"] = "failed"
+        row["failure_class"] = row["failure_class"] or "unknown"
+    elif result.get("skipped"):
+        row["status"] = "not_run"
+    else:
+        row["status"] = "changed" if row["changed"] else "ok"
+    return row
+
+
+def converge_summary(
+    plan: Mapping[str, Any],
+    host_results: Mapping[str, Iterable[Mapping[str, Any]]],
+    *,
+    unreachable: Iterable[str] = (),
+    plan_errors: Iterable[Mapping[str, Any]] = (),
+    check_mode: bool = False,
+    generated_at: float | None = None,
+) -> dict[str, Any]:
+    """The machine-readable converge summary.
+
+    ``plan``: fleet_plan's ``plan`` (``hosts``, ``remove``, ``undeclared``). ``host_results``: per host, the
+    registered ``fleet_apply`` result or its records (``{kind: replica|remove, name,
+    changed, failed, failure_class, hint, endpoint, ...}``); a host with None did not run (unreachable, or a batch
+    stopped the run before it). Returns ``{version, generated_at, check_mode, ok, counts, deployments: {name:
+    {status, replicas: [...]}}, removed: [...], unschedulable: [...], undeclared: [...], unreachable_hosts}``.
+    """
+    unreachable_set = {str(h) for h in unreachable}
+    by_host: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {}
+    apply_errors: dict[str, str] = {}
+    for host, raw in (host_results or {}).items():
+        if isinstance(raw, Mapping):  # the registered fleet_apply result
+            if raw.get("skipped"):
+                continue
+            if raw.get("failed") and not any(
+                isinstance(r, Mapping) and r.get("failed") for r in raw.get("records") or []
+            ):
+                # the apply failed before any record said why (a bad argument, an engine it could not reach)
+                apply_errors[str(host)] = str(raw.get("msg") or "the apply failed").strip().splitlines()[0]
+            raw = raw.get("records") or []
+        if not isinstance(raw, list):
+            continue
+        records = raw
+        entries: dict[tuple[str, str], Mapping[str, Any]] = {}
+        for rec in records or []:
+            if isinstance(rec, Mapping) and rec.get("name") is not None:
+                entries[(str(rec.get("kind") or "replica"), str(rec["name"]))] = rec
+        by_host[str(host)] = entries
+
+    deployments: dict[str, dict[str, Any]] = {}
+    for host, specs in sorted((plan.get("hosts") or {}).items()):
+        for spec in specs or []:
+            result = by_host.get(host, {}).get(("replica", str(spec.get("name"))))
+            row = _replica_row(spec, result, host in unreachable_set)
+            deployments.setdefault(str(spec.get("deployment")), {"replicas": []})["replicas"].append(row)
+
+    removed: list[dict[str, Any]] = []
+    for host, items in sorted((plan.get("remove") or {}).items()):
+        for item in items or []:
+            result = by_host.get(host, {}).get(("remove", str(item.get("name"))))
+            entry = {
+                "deployment": item.get("deployment"),
+                "replica": item.get("replica"),
+                "name": item.get("name"),
+                "host": host,
+                "gpus": list(item.get("gpus") or []),
+                "port": item.get("port"),
+                "reason": item.get("reason"),
+                "status": "not_run",
+                "changed": False,
+                "failed": False,
+                "failure_class": None,
+                "hint": None,
+            }
+            if result is not None:
+                entry["changed"] = bool(result.get("changed"))
+                entry["failed"] = bool(result.get("failed"))
+                entry["hint"] = result.get("hint")
+                entry["status"] = "failed" if entry["failed"] else "removed"
+                if entry["failed"]:
+                    entry["failure_class"] = result.get("failure_class") or "unknown"
+            elif host in unreachable_set:
+                entry["status"] = "unreachable"
+                entry["failure_class"] = "unreachable"
+            removed.append(entry)
+
+    unschedulable = []
+    for err in plan_errors or []:
+        name = str(err.get("deployment"))
+        unschedulable.append(
+            {
+                "deployment": name,
+                "message": err.get("message"),
+                "missing_replicas": list(err.get("missing_replicas") or []),
+            }
+        )
+        deployments.setdefault(name, {"replicas": []})
+
+    for name, dep in deployments.items():
+        statuses = [r["status"] for r in dep["replicas"]]
+        if any(u["deployment"] == name for u in unschedulable):
+            statuses.append("unschedulable")
+        dep["status"] = _worst(statuses) if statuses else "ok"
+        dep["replicas"].sort(key=lambda r: (r["replica"] if isinstance(r["replica"], int) else 0, str(r["host"])))
+
+    counts = {k: 0 for k in ("ok", "changed", "failed", "not_run", "unreachable", "removed", "unschedulable")}
+    for dep in deployments.values():
+        for row in dep["replicas"]:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+    for entry in removed:
+        key = "failed" if entry["status"] == "failed" else entry["status"]
+        counts[key] = counts.get(key, 0) + 1
+    counts["unschedulable"] = len(unschedulable)
+    ok = (
+        counts["failed"] == 0 and counts["unschedulable"] == 0 and counts["unreachable"] == 0 and counts["not_run"] == 0
+    )
+    failed_hosts: dict[str, list[str]] = {}
+    for dep in deployments.values():
+        for row in dep["replicas"]:
+            if row["status"] == "failed":
+                failed_hosts.setdefault(str(row["host"]), []).append(str(row["name"]))
+    for entry in removed:
+        if entry["status"] == "failed":
+            failed_hosts.setdefault(str(entry["host"]), []).append(f"removal of {entry['name']}")
+    for host, message in sorted(apply_errors.items()):
+        failed_hosts.setdefault(host, []).append(f"the apply ({message})")
+    counts["failed"] += len(apply_errors)
+    ok = ok and not apply_errors
+    return {
+        "version": SUMMARY_VERSION,
+        "kind": "converge",
+        "failed_hosts": failed_hosts,
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generated_at)),
+        "check_mode": bool(check_mode),
+        "ok": ok,
+        "counts": counts,
+        "deployments": {k: deployments[k] for k in sorted(deployments)},
+        "removed": removed,
+        "unschedulable": unschedulable,
+        "undeclared": [dict(u) for u in plan.get("undeclared") or []],
+        "unreachable_hosts": sorted(unreachable_set),
+    }
+
+
+def converge_table(summary: Mapping[str, Any]) -> list[str]:
+    """The human table of a converge summary, then one line per problem (failure hints, unschedulable)."""
+    rows: list[list[Any]] = []
+    for name, dep in (summary.get("deployments") or {}).items():
+        for r in dep["replicas"]:
+            rows.append(
+                [
+                    name,
+                    r["replica"],
+                    r["host"],
+                    gpus_text(r["gpus"]),
+                    r["endpoint"] or (f":{r['port']}" if r.get("port") else None),
+                    r["action"],
+                    r["status"],
+                    r["failure_class"],
+                ]
+            )
+    for r in summary.get("removed") or []:
+        rows.append(
+            [
+                r["deployment"],
+                r["replica"],
+                r["host"],
+                gpus_text(r["gpus"]),
+                None,
+                "remove",
+                r["status"],
+                r["failure_class"],
+            ]
+        )
+    for u in summary.get("unschedulable") or []:
+        rows.append([u["deployment"], None, None, None, None, "place", "unschedulable", "unschedulable"])
+    out = render_table(["DEPLOYMENT", "REPLICA", "HOST", "GPUS", "ENDPOINT", "ACTION", "STATUS", "FAILURE"], rows)
+    counts = summary.get("counts") or {}
+    mode = " (check mode: nothing was changed)" if summary.get("check_mode") else ""
+    out.append(
+        f"{'OK' if summary.get('ok') else 'FAILED'}{mode}: "
+        + ", ".join(f"{k}={counts[k]}" for k in sorted(counts) if counts[k])
+    )
+    for name, dep in (summary.get("deployments") or {}).items():
+        for r in dep["replicas"]:
+            if r["status"] in ("failed", "unreachable") and r.get("hint"):
+                extra = "; rolled back to the previous container" if r.get("rolled_back") else ""
+                out.append(f"{name} replica {r['replica']} on {r['host']}: {r['hint']}{extra}")
+    for u in summary.get("unschedulable") or []:
+        out.append(str(u["message"]))
+    if summary.get("unreachable_hosts"):
+        out.append("unreachable hosts: " + ", ".join(summary["unreachable_hosts"]))
+    return out
