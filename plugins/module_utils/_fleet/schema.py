@@ -246,8 +246,9 @@ def parse_serve_for(value: Any) -> float | str | None:
     return INFINITE if hours is None else hours
 
 
-def normalize_model(value: Any, who: str, problems: Problems) -> dict[str, Any] | None:
-    """Model source → ``{"source": "hf"|"local"|"url", "repo_id", "revision", "path", "url"}``.
+def parse_model_source(value: Any, who: str, problems: Problems) -> dict[str, Any] | None:
+    """A deployment's ``model`` field (where the weights come from) → ``{"source": "hf"|"local"|"url", "repo_id",
+    "revision", "path", "url"}``. Not the container's model argument (``_container/spec.py`` normalises that).
 
     Shorthands: ``/abs/path`` (local), ``https://…`` (url), ``org/name`` (Hugging Face hub, revision main).
     """
@@ -397,7 +398,7 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
             problems.add(who, "model", "is required: a hub id (org/name), an absolute path or a URL")
         out["model"] = None
     else:
-        out["model"] = normalize_model(dep["model"], who, problems)
+        out["model"] = parse_model_source(dep["model"], who, problems)
 
     out["model_size_bytes"] = _int_field(dep, "model_size_bytes", who, problems, 0, None)
     out["num_parameters"] = _int_field(dep, "num_parameters", who, problems, 0, None)
