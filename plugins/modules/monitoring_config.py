@@ -23,7 +23,8 @@ description:
   - The Prometheus configuration and rules are checked with C(promtool) (when it is found) before they replace the
     live files. The rules and dashboard are described in C(docs/monitoring.md).
   - "An action plugin fills O(infos) and O(addresses) from the host vars of O(from_hosts), then runs the module on
-    the task's host (the controller with C(delegate_to: localhost), or a C(monitoring) host)."
+    the task's host (the controller with C(delegate_to: localhost), or a C(monitoring) host). The YAML files (rules,
+    configuration) are rendered by the action plugin on the controller, so the monitoring host needs no PyYAML."
 author:
   - gpufleet maintainers (@gpufleet)
 extends_documentation_fragment:
@@ -216,6 +217,11 @@ options:
       - Seconds the reload request may take.
     type: int
     default: 10
+  rendered:
+    description:
+      - Internal, set by the action plugin; a task must not set it. The YAML text of the rules and configuration,
+        rendered on the controller from the documents the module computed, with their digest.
+    type: dict
 seealso:
   - module: gpufleet.vllm.vllm_deployment_info
   - name: Prometheus file-based service discovery
@@ -303,7 +309,7 @@ promtool:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.monitoring import run_config
+from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.run import run_config
 
 ARGUMENT_SPEC = dict(
     infos=dict(type="dict", default={}),
@@ -339,6 +345,7 @@ ARGUMENT_SPEC = dict(
     group=dict(type="str"),
     reload_url=dict(type="str"),
     reload_timeout=dict(type="int", default=10),
+    rendered=dict(type="dict"),
 )
 
 
@@ -348,7 +355,7 @@ def main() -> None:
         result = run_config(module.params, module.check_mode)
     except GpufleetError as err:
         module.fail_json(msg=str(err), **err.details)
-    diff = result.pop("diff")
+    diff = result.pop("diff", None)  # none in a render request
     if module._diff and diff:
         result["diff"] = diff
     module.exit_json(**result)

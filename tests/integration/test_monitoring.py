@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring import monitoring as mon
+from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.dashboard import dashboard_exprs
+from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.targets import split_name
 from fixtures.container import free_port
 
 pytestmark = pytest.mark.integration
@@ -125,7 +126,7 @@ class Prometheus:
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (apt-get install prometheus)")
 def test_prometheus_scrapes_the_server_and_alerts_when_it_stops(ansible_env, ansible_run, server, tmp_path):
-    deployment, replica = mon.split_name(server["name"])
+    deployment, replica = split_name(server["name"])
     base = tmp_path / "prom"
     evars = {
         "gpufleet_monitoring_names": [server["name"]],
@@ -190,7 +191,7 @@ def test_prometheus_scrapes_the_server_and_alerts_when_it_stops(ansible_env, ans
         kv = prom.api("query", query=f"vllm:kv_cache_usage_perc{{{sel}}}")["result"]
         assert kv and kv[0]["metric"]["model_name"] == server["model"]
         # every dashboard expression runs on the real Prometheus and has data for this deployment
-        for expr in mon.dashboard_exprs(board):
+        for expr in dashboard_exprs(board):
             q = expr.replace("$deployment", deployment).replace("$__rate_interval", "1m")
             assert prom.until(lambda q=q: prom.api("query", query=q)["result"], 10, q)[0]["metric"]["deployment"] == (
                 deployment
