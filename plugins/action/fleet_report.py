@@ -12,13 +12,15 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.report import
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_report import ARGUMENT_SPEC
 from ansible_collections.gpufleet.vllm.plugins.plugin_utils.controller_action import ControllerAction
 
-# kind -> (option, host var) pairs read for each host of from_hosts.
-HOST_VARS = {
-    "converge": (("results", "gpufleet_host_results"),),
+# kind -> (option, host vars) read for each host of from_hosts: the first of the host vars that is set. The role
+# gpufleet.vllm.deployments registers the deployments_* names; the gpufleet_* names are what playbooks written
+# before the role's variables took its prefix register (still read).
+HOST_VARS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "converge": (("results", ("deployments_host_results", "gpufleet_host_results")),),
     "status": (
-        ("infos", "gpufleet_status_info"),
-        ("metrics", "gpufleet_status_scraped"),
-        ("addresses", "ansible_host"),
+        ("infos", ("deployments_status_info", "gpufleet_status_info")),
+        ("metrics", ("deployments_status_scraped", "gpufleet_status_scraped")),
+        ("addresses", ("ansible_host",)),
     ),
 }
 
@@ -26,11 +28,12 @@ HOST_VARS = {
 def from_host_vars(params: dict[str, Any], hostvars: Any) -> dict[str, Any]:
     """``params`` with the per-host options of its kind completed from ``hostvars`` of ``from_hosts``."""
     out = dict(params)
-    for option, var in HOST_VARS.get(params["kind"], ()):
+    for option, names in HOST_VARS.get(params["kind"], ()):
         values = dict(out.get(option) or {})
         for host in params.get("from_hosts") or []:
             if host not in values:
-                values[host] = (hostvars.get(host) or {}).get(var) if hostvars is not None else None
+                hv = (hostvars.get(host) or {}) if hostvars is not None else {}
+                values[host] = next((hv.get(n) for n in names if hv.get(n) is not None), None)
         out[option] = values
     return out
 

@@ -69,10 +69,12 @@ options:
     description:
       - Inventory hosts whose host vars fill in what is not given explicitly (only where the action plugin runs, that
         is in a play), so that a play passes its host list instead of gathering host vars in Jinja.
-      - For O(kind=converge), each host's C(gpufleet_host_results) (its registered C(gpufleet.vllm.fleet_apply) result;
-        undefined = did not run).
-      - For O(kind=status), each host's C(gpufleet_status_info) (O(infos)), C(gpufleet_status_scraped) (O(metrics))
-        and C(ansible_host) (O(addresses)).
+      - For O(kind=converge), each host's C(deployments_host_results), else C(gpufleet_host_results) (its registered
+        C(gpufleet.vllm.fleet_apply) result; undefined = did not run).
+      - For O(kind=status), each host's C(deployments_status_info) or C(gpufleet_status_info) (O(infos)),
+        C(deployments_status_scraped) or C(gpufleet_status_scraped) (O(metrics)) and C(ansible_host) (O(addresses)).
+      - The C(deployments_*) names are what role C(gpufleet.vllm.deployments) registers; the C(gpufleet_*) names are
+        still read for playbooks that register those.
     type: list
     elements: str
     default: []

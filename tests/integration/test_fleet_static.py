@@ -33,9 +33,9 @@ def test_redeploy_takes_secrets_from_the_declared_deployment_only() -> None:
         t for t in yaml.safe_load((ROLE / "tasks" / "redeploy.yml").read_text()) if "gpufleet.vllm.vllm_container" in t
     ]
     args = task["gpufleet.vllm.vllm_container"]
-    assert args["from_manifest"] == "{{ _gpufleet_redeploy.manifest }}"
+    assert args["from_manifest"] == "{{ _deployments_redeploy.manifest }}"
     for key in SECRETS:  # never from the manifest (it has none) nor from the overrides
-        assert "_gpufleet_secrets" in args[key]
+        assert "_deployments_secrets" in args[key]
 
 
 def test_engine_options_allowlist_names_real_options() -> None:
@@ -213,6 +213,13 @@ def test_report_reads_host_vars_of_from_hosts() -> None:
     hostvars = {"gpu-a": {"gpufleet_status_info": {"deployments": []}, "ansible_host": "10.0.0.1"}}
     out = from_host_vars({"kind": "status", "from_hosts": ["gpu-a"]}, hostvars)
     assert out["infos"] == {"gpu-a": {"deployments": []}} and out["addresses"] == {"gpu-a": "10.0.0.1"}
+    # The role registers deployments_*; the gpufleet_* names of hand-written playbooks are read when those are unset.
+    hostvars = {
+        "gpu-a": {"deployments_host_results": [_rec("chat-0")], "gpufleet_host_results": [_rec("old-0")]},
+        "gpu-b": {"gpufleet_host_results": [_rec("chat-1")]},
+    }
+    params = {"kind": "converge", "from_hosts": ["gpu-a", "gpu-b"]}
+    assert from_host_vars(params, hostvars)["results"] == {"gpu-a": [_rec("chat-0")], "gpu-b": [_rec("chat-1")]}
     assert out["metrics"] == {"gpu-a": None}
 
 
