@@ -14,8 +14,8 @@ The same steps the single-purpose modules take, in process, with one engine conn
 Each step's parameters are validated against that module's own argument spec (``model_sync.argument_spec``,
 ``image_module.ARGUMENT_SPEC``, ``container_spec.argument_spec``), so a plan spec means exactly what it would mean as
 a task of that module. Secrets come from ``secrets`` (deployment name → ``api_key``, ``hf_token``, ``secret_env``);
-the plan never holds them. The result is one record per removal and per replica, in the shape
-``_fleet/summary.py`` (converge_summary) reads.
+the plan never holds them. The result is one record per removal and per replica (``records.py``: the type
+``_fleet/summary.py`` reads them back into).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec impo
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.records import RemovalRecord, ReplicaRecord
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ARGUMENT_SPEC as IMAGE_ARGSPEC
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ensure_image
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import REQUIRED_IF as SYNC_REQUIRED_IF
@@ -116,7 +117,7 @@ class HostApply:
         self.check_mode = check_mode
         self.warn = warn or (lambda msg: None)
         self._rt = runtime
-        self.records: list[dict[str, Any]] = []
+        self.records: list[ReplicaRecord | RemovalRecord] = []
         self.diffs: list[dict[str, Any]] = []
         self.changed = False
         self.errors: list[str] = []
@@ -163,14 +164,7 @@ class HostApply:
             if problem:
                 ok = False
                 self.records.append(
-                    {
-                        "kind": "remove",
-                        "name": str(item.get("name")),
-                        "changed": False,
-                        "failed": True,
-                        "failure_class": "bad_args",
-                        "hint": problem,
-                    }
+                    RemovalRecord(name=str(item.get("name")), failed=True, failure_class="bad_args", hint=problem)
                 )
                 self.errors.append(f"removal of {item.get('name')!r}: {problem}")
         for spec in self.p.get("replicas") or []:
@@ -180,20 +174,14 @@ class HostApply:
             except GpufleetError as err:
                 ok = False
                 self.records.append(
-                    {
-                        "kind": "replica",
-                        "name": name,
-                        "deployment": spec.get("deployment"),
-                        "changed": False,
-                        "failed": True,
-                        "failure_class": "bad_args",
-                        "failed_step": "preflight",
-                        "hint": str(err),
-                        "rolled_back": None,
-                        "phase": None,
-                        "endpoint": None,
-                        "actions": [],
-                    }
+                    ReplicaRecord(
+                        name=name,
+                        deployment=spec.get("deployment"),
+                        failed=True,
+                        failure_class="bad_args",
+                        failed_step="preflight",
+                        hint=str(err),
+                    )
                 )
                 self.errors.append(str(err))
         return ok
@@ -201,14 +189,7 @@ class HostApply:
     # ------------------------------------------------------------------------------------------------ steps
     def remove(self, item: Mapping[str, Any]) -> bool:
         name = str(item.get("name"))
-        rec: dict[str, Any] = {
-            "kind": "remove",
-            "name": name,
-            "changed": False,
-            "failed": False,
-            "failure_class": None,
-            "hint": None,
-        }
+        rec = RemovalRecord(name=name)
         try:
             params = container_params(
                 f"removal of {name}",
@@ -221,14 +202,14 @@ class HostApply:
                 },
             )
             res = Deployment(params, self.rt, self.check_mode, self.warn).run()
-            rec["changed"] = bool(res.get("changed"))
+            rec.changed = bool(res.get("changed"))
             self._note(f"gpufleet-{name}", res)
         except GpufleetError as err:
             res = _error_result(err)
-            rec.update(failed=True, failure_class=_failure_class(res, "unknown"), hint=failure_hint(res))
+            rec.failed, rec.failure_class, rec.hint = True, _failure_class(res, "unknown"), failure_hint(res)
             self.errors.append(f"removal of {name}: {failure_hint(res)}")
         self.records.append(rec)
-        return not rec["failed"]
+        return not rec.failed
 
     def sync_model(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         deployment = str(spec.get("deployment"))
@@ -277,35 +258,22 @@ class HostApply:
     def run_replica(self, spec: Mapping[str, Any], sync_res: Mapping[str, Any], image_res: Mapping[str, Any]) -> bool:
         """Converge one replica; False when its container failed (the host's rollout stops)."""
         name = str(spec.get("name"))
-        rec: dict[str, Any] = {
-            "kind": "replica",
-            "name": name,
-            "deployment": spec.get("deployment"),
-            "changed": False,
-            "failed": False,
-            "failure_class": None,
-            "failed_step": None,
-            "hint": None,
-            "rolled_back": None,
-            "phase": None,
-            "endpoint": None,
-            "actions": [],
-        }
+        rec = ReplicaRecord(name=name, deployment=spec.get("deployment"))
         self.records.append(rec)
         if sync_res.get("failed"):
-            rec.update(failed=True, failed_step="model_sync", hint=failure_hint(sync_res))
-            rec["failure_class"] = _failure_class(sync_res, "model_sync_failed")
-            self.errors.append(f"{name}: {rec['hint']}")
+            rec.failed, rec.failed_step, rec.hint = True, "model_sync", failure_hint(sync_res)
+            rec.failure_class = _failure_class(sync_res, "model_sync_failed")
+            self.errors.append(f"{name}: {rec.hint}")
             return True
         if image_res.get("failed"):
-            rec.update(failed=True, failed_step="vllm_image", hint=failure_hint(image_res))
-            rec["failure_class"] = _failure_class(image_res, "image_failed")
-            self.errors.append(f"{name}: {rec['hint']}")
+            rec.failed, rec.failed_step, rec.hint = True, "vllm_image", failure_hint(image_res)
+            rec.failure_class = _failure_class(image_res, "image_failed")
+            self.errors.append(f"{name}: {rec.hint}")
             return True
         ref = image_res.get("image")
         if not ref:
             # Check mode, the image would be pulled (or built) first: the container would be created.
-            rec.update(changed=True, hint="the image would be pulled first; the container would be (re)created")
+            rec.changed, rec.hint = True, "the image would be pulled first; the container would be (re)created"
             self.changed = True
             return True
         try:
@@ -313,32 +281,25 @@ class HostApply:
             res = Deployment(params, self.rt, self.check_mode, self.warn).run()
         except GpufleetError as err:
             res = _error_result(err)
-            rec.update(
-                failed=True,
-                changed=bool(err.details.get("changed")),
-                failed_step="vllm_container",
-                failure_class=_failure_class(res, "unknown"),
-                hint=failure_hint(res),
-                rolled_back=res.get("rolled_back"),
-                phase=res.get("phase"),
-            )
-            self.changed = self.changed or rec["changed"]
-            self.errors.append(f"{name}: {rec['hint']}")
+            rec.failed, rec.changed, rec.failed_step = True, bool(err.details.get("changed")), "vllm_container"
+            rec.failure_class, rec.hint = _failure_class(res, "unknown"), failure_hint(res)
+            rec.rolled_back, rec.phase = res.get("rolled_back"), res.get("phase")
+            self.changed = self.changed or rec.changed
+            self.errors.append(f"{name}: {rec.hint}")
             return False
         self._note(f"gpufleet-{name}", res)
-        rec.update(
-            changed=bool(res.get("changed") or sync_res.get("changed") or image_res.get("changed")),
-            phase=res.get("phase"),
-            endpoint=public_endpoint(spec, res, self.p.get("address")),
-            actions=list(res.get("actions") or []),
-        )
+        rec.changed = bool(res.get("changed") or sync_res.get("changed") or image_res.get("changed"))
+        rec.phase = res.get("phase")
+        rec.endpoint = public_endpoint(spec, res, self.p.get("address"))
+        rec.actions = list(res.get("actions") or [])
         return True
 
     # ------------------------------------------------------------------------------------------------ entry
     def run(self) -> dict[str, Any]:
         replicas = list(self.p.get("replicas") or [])
         if not self.preflight():
-            return {"changed": False, "records": self.records, "failed_count": len(self.records), "diff": []}
+            records = [r.to_dict() for r in self.records]
+            return {"changed": False, "records": records, "failed_count": len(records), "diff": []}
         removed = [self.remove(item) for item in self.p.get("removals") or []]  # each one, even after a failure
         removals_ok = all(removed)
         if removals_ok and replicas:
@@ -359,9 +320,9 @@ class HostApply:
         if self._rt is not None:
             self._rt.close()
         out: dict[str, Any] = {
-            "changed": self.changed or any(r["changed"] for r in self.records),
-            "records": self.records,
-            "failed_count": sum(1 for r in self.records if r["failed"]),
+            "changed": self.changed or any(r.changed for r in self.records),
+            "records": [r.to_dict() for r in self.records],
+            "failed_count": sum(1 for r in self.records if r.failed),
             "diff": self.diffs,
         }
         return out

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import records
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.records import RemovalRecord, ReplicaRecord
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.table import gpus_text, render_table
 
 SUMMARY_VERSION = 1
@@ -27,7 +29,7 @@ def _worst(statuses: Iterable[str]) -> str:
     return "ok"
 
 
-def _replica_row(spec: Mapping[str, Any], result: Mapping[str, Any] | None, unreachable: bool) -> dict[str, Any]:
+def _replica_row(spec: Mapping[str, Any], result: ReplicaRecord | None, unreachable: bool) -> dict[str, Any]:
     """One placed replica: what the plan said plus what the host's run reported."""
     row: dict[str, Any] = {
         "deployment": spec.get("deployment"),
@@ -56,15 +58,14 @@ def _replica_row(spec: Mapping[str, Any], result: Mapping[str, Any] | None, unre
             row["hint"] = f"{spec.get('host')} is unreachable: its replicas are kept where they are and not converged"
         return row
     for key in ("endpoint", "failure_class", "failed_step", "hint", "rolled_back", "phase"):
-        if result.get(key) is not None:
-            row[key] = result[key]
-    row["changed"] = bool(result.get("changed"))
-    row["failed"] = bool(result.get("failed"))
+        value = getattr(result, key)
+        if value is not None:
+            row[key] = value
+    row["changed"] = result.changed
+    row["failed"] = result.failed
     if row["failed"]:
         row["status"] = "failed"
         row["failure_class"] = row["failure_class"] or "unknown"
-    elif result.get("skipped"):
-        row["status"] = "not_run"
     else:
         row["status"] = "changed" if row["changed"] else "ok"
     return row
@@ -82,13 +83,13 @@ def converge_summary(
     """The machine-readable converge summary.
 
     ``plan``: fleet_plan's ``plan`` (``hosts``, ``remove``, ``undeclared``). ``host_results``: per host, the
-    registered ``fleet_apply`` result or its records (``{kind: replica|remove, name,
+    registered ``fleet_apply`` result or its records (``records.py``: ``{kind: replica|remove, name,
     changed, failed, failure_class, hint, endpoint, ...}``); a host with None did not run (unreachable, or a batch
     stopped the run before it). Returns ``{version, generated_at, check_mode, ok, counts, deployments: {name:
     {status, replicas: [...]}}, removed: [...], unschedulable: [...], undeclared: [...], unreachable_hosts}``.
     """
     unreachable_set = {str(h) for h in unreachable}
-    by_host: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {}
+    by_host: dict[str, dict[tuple[str, str], ReplicaRecord | RemovalRecord]] = {}
     apply_errors: dict[str, str] = {}
     for host, raw in (host_results or {}).items():
         if isinstance(raw, Mapping):  # the registered fleet_apply result
@@ -102,24 +103,20 @@ def converge_summary(
             raw = raw.get("records") or []
         if not isinstance(raw, list):
             continue
-        records = raw
-        entries: dict[tuple[str, str], Mapping[str, Any]] = {}
-        for rec in records or []:
-            if isinstance(rec, Mapping) and rec.get("name") is not None:
-                entries[(str(rec.get("kind") or "replica"), str(rec["name"]))] = rec
-        by_host[str(host)] = entries
+        by_host[str(host)] = records.by_key(raw)
 
     deployments: dict[str, dict[str, Any]] = {}
     for host, specs in sorted((plan.get("hosts") or {}).items()):
         for spec in specs or []:
-            result = by_host.get(host, {}).get(("replica", str(spec.get("name"))))
-            row = _replica_row(spec, result, host in unreachable_set)
+            result = by_host.get(host, {}).get((records.REPLICA, str(spec.get("name"))))
+            row = _replica_row(spec, result if isinstance(result, ReplicaRecord) else None, host in unreachable_set)
             deployments.setdefault(str(spec.get("deployment")), {"replicas": []})["replicas"].append(row)
 
     removed: list[dict[str, Any]] = []
     for host, items in sorted((plan.get("remove") or {}).items()):
         for item in items or []:
-            result = by_host.get(host, {}).get(("remove", str(item.get("name"))))
+            found = by_host.get(host, {}).get((records.REMOVE, str(item.get("name"))))
+            result = found if isinstance(found, RemovalRecord) else None
             entry = {
                 "deployment": item.get("deployment"),
                 "replica": item.get("replica"),
@@ -135,12 +132,12 @@ def converge_summary(
                 "hint": None,
             }
             if result is not None:
-                entry["changed"] = bool(result.get("changed"))
-                entry["failed"] = bool(result.get("failed"))
-                entry["hint"] = result.get("hint")
+                entry["changed"] = result.changed
+                entry["failed"] = result.failed
+                entry["hint"] = result.hint
                 entry["status"] = "failed" if entry["failed"] else "removed"
                 if entry["failed"]:
-                    entry["failure_class"] = result.get("failure_class") or "unknown"
+                    entry["failure_class"] = result.failure_class or "unknown"
             elif host in unreachable_set:
                 entry["status"] = "unreachable"
                 entry["failure_class"] = "unreachable"
