@@ -50,6 +50,9 @@ def test_build_and_offline_install(repo_root: Path, ansible_env: dict[str, str],
         "plugins/module_utils/_fleet/placement.py",
         "plugins/plugin_utils/controller_action.py",
         "inventories/example/hosts.yml",
+        "extensions/awx/credential_types/hf_token.yml",
+        "extensions/awx/credential_types/vllm_api_key.yml",
+        "collections/requirements.yml",
     }
     shipped |= {f"plugins/modules/{p.name}" for p in (repo_root / "plugins/modules").glob("*.py")}
     shipped |= {f"tests/sanity/{p.name}" for p in (repo_root / "tests/sanity").glob("ignore-*.txt")}
