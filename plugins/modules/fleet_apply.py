@@ -182,6 +182,7 @@ gpu_source:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import secret_values
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, gather_host
 
@@ -204,6 +205,10 @@ ARGUMENT_SPEC = dict(
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    for replica in module.params["replicas"]:  # a secret in a replica's extra_args/env: refused, never echoed
+        container = replica.get("container") if isinstance(replica, dict) else None
+        if isinstance(container, dict):
+            module.no_log_values.update(secret_values(container))
     if module.params["state"] == "gathered":
         try:
             module.exit_json(changed=False, **gather_host(module.params))

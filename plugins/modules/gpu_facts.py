@@ -291,8 +291,37 @@ ARGUMENT_SPEC = dict(
 )
 
 
+# Values the argument spec's types let through: (low, high, low_open, what the option means).
+RANGES = {
+    "timeout": (0, None, True, "seconds NVML / nvidia-smi may take, e.g. 10"),
+    "min_gpus": (0, None, False, "the fewest GPUs this host must have"),
+    "min_free_memory_mib": (0, None, False, "MiB a GPU must have free to count as healthy"),
+    "max_utilization_pct": (0, 100, False, "a percentage"),
+    "max_temperature_c": (0, 150, False, "degrees Celsius, e.g. 85"),
+}
+
+
+def value_problems(p: dict) -> list[str]:
+    out = []
+    for name, (low, high, low_open, what) in RANGES.items():
+        v = p.get(name)
+        if v is None:
+            continue
+        ok = v == v and (v > low if low_open else v >= low) and (high is None or v <= high)
+        if not ok:
+            allowed = f"in [{low}, {high}]" if high is not None else f"{'>' if low_open else '>='} {low}"
+            out.append(f"{name}: {v!r} must be {allowed}; {what}")
+    for path in p.get("cdi_spec_dirs") or []:
+        if not str(path).startswith("/"):
+            out.append(f"cdi_spec_dirs: {path!r} is not an absolute path; give directories such as /etc/cdi")
+    return out
+
+
 def run(module: AnsibleModule) -> None:
     p = module.params
+    problems = value_problems(p)
+    if problems:
+        module.fail_json(msg="gpu_facts: " + "; ".join(problems), problems=problems)
     thresholds = Thresholds(p["max_temperature_c"], p["min_free_memory_mib"], p["max_utilization_pct"])
     try:
         facts = gather_gpus(p["source"], thresholds, p["gpus"], p["nvidia_smi_path"], p["timeout"])

@@ -573,6 +573,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment, apply_manifest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import check as check_options
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import secret_values
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 
@@ -590,6 +591,7 @@ def explicit_params(spec: dict) -> set[str] | None:
 def main() -> None:
     spec = argument_spec()
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module.no_log_values.update(secret_values(module.params))  # a secret in extra_args/env: refused, never echoed
     try:
         params = module.params
         if params.get("from_manifest"):

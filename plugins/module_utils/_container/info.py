@@ -13,12 +13,14 @@ from typing import Any
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import name_problem
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import (
     ContainerState,
     Runtime,
     parse_time,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "name": {"type": "str"},
@@ -87,6 +89,14 @@ def describe(rt: Runtime, st: ContainerState, probe: bool, classify: bool) -> di
 def gather(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:
     """``{deployments: [...]}`` (sorted by name; a deployment whose previous container is kept aside for a rollback
     has ``previous: true``), plus ``gpus`` and ``gpu_source`` with ``params["gpus"]``."""
+    problems = [
+        p
+        for p in [name_problem(params["name"]) if params.get("name") is not None else None]
+        + [name_problem(n, "names:") for n in params.get("names") or []]
+        if p
+    ]
+    if problems:
+        raise GpufleetError("; ".join(problems) + " (names select deployments by their vllm_container name)")
     rt = runtime or get_runtime(params["runtime"], params.get("docker_host"))
     out: dict[str, dict[str, Any]] = {}
     previous = set()

@@ -153,6 +153,63 @@ def secret_flag_problems(args: Iterable[Any], option: str = "extra_args") -> lis
     return out
 
 
+def secret_values(params: Mapping[str, Any]) -> list[str]:
+    """Secret values given in the wrong place (after a secret flag in extra_args, as a secret-named env variable),
+    for the module to add to its no_log values: its error result echoes the arguments and must not show them."""
+    out: list[str] = []
+    args = [str(a) for a in params.get("extra_args") or []] if isinstance(params.get("extra_args"), list) else []
+    for i, token in enumerate(args):
+        if secret_flag(token) is None:
+            continue
+        if "=" in token:
+            out.append(token.split("=", 1)[1])
+            continue
+        for value in args[i + 1 :]:  # newer vLLM takes several keys: --api-key K1 K2
+            if value.startswith("-"):
+                break
+            out.append(value)
+    env = params.get("env")
+    if isinstance(env, Mapping):
+        out += [str(v) for k, v in env.items() if k in SECRET_ENV_NAMES and v not in (None, "")]
+    return [v for v in out if v]
+
+
+def _gpu_problems(gpus: Any) -> list[str]:
+    if not isinstance(gpus, list):
+        return []
+    ids = [str(g).strip() for g in gpus]
+    bad = [g for g in ids if g != "all" and not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
+    out = [
+        f"gpus: {g!r} is neither a GPU index nor a GPU-/MIG- UUID; give indices (0, 1, ...) or UUIDs as gpu_facts "
+        "reports them, or all"
+        for g in bad
+    ]
+    if "all" in ids and len(ids) > 1:
+        out.append("gpus: 'all' cannot be combined with other GPU ids; give either all or a list of GPUs")
+    if len(set(ids)) != len(ids):
+        out.append(f"gpus: {ids} lists a GPU twice; give each GPU once")
+    return out
+
+
+def _mount_problems(mounts: Any) -> list[str]:
+    out = []
+    for text in mounts if isinstance(mounts, list) else []:
+        parts = str(text).split(":")
+        if len(parts) == 2:
+            parts.append("rw")
+        if (
+            len(parts) != 3
+            or not parts[0].startswith("/")
+            or not parts[1].startswith("/")
+            or parts[2] not in ("ro", "rw")
+        ):
+            out.append(
+                f"mounts: {str(text)[:120]!r} is not SRC:DEST[:ro|rw]; give absolute host and container paths, e.g. "
+                "/data/prompts:/prompts:ro"
+            )
+    return out
+
+
 def _path_problems(params: Mapping[str, Any]) -> list[str]:
     out = []
     for option in PATH_OPTIONS:
@@ -186,12 +243,27 @@ def option_problems(params: Mapping[str, Any], *, require_name: bool = False) ->
     out += env_name_problems(params.get("secret_env"), "secret_env")
     out += secret_flag_problems(params.get("extra_args") or [])
     out += _path_problems(params)
+    out += _gpu_problems(params.get("gpus"))
+    out += _mount_problems(params.get("mounts"))
     return out
 
 
+def host_problems(params: Mapping[str, Any]) -> list[str]:
+    """The checks that read the host: max_model_len against the config.json of a model whose weights are here."""
+    # Imported here: only a run that converges a declared server needs it.
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm.model_limits import max_model_len_problem
+
+    env = {**(params.get("env") or {}), **(params.get("secret_env") or {})}
+    problem = max_model_len_problem(params, {str(k): str(v) for k, v in env.items()})
+    return [problem] if problem else []
+
+
 def check(params: Mapping[str, Any], what: str = "vllm_container") -> None:
-    """Raise one GpufleetError (failure class bad_args) listing every problem of ``option_problems``."""
+    """Raise one GpufleetError (failure class bad_args) listing every problem of ``option_problems`` and, when
+    the options are fine and a server is declared (state not absent), of ``host_problems``."""
     problems = option_problems(params)
+    if not problems and params.get("state") != "absent":
+        problems = host_problems(params)
     if problems:
         raise GpufleetError(
             f"{what}: {len(problems)} invalid option{'s' if len(problems) > 1 else ''}: " + "; ".join(problems),

@@ -78,6 +78,8 @@ def container_params(what: str, args: Mapping[str, Any]) -> dict[str, Any]:
     the module runs first (_container/validate.py: ranges, name, env names, paths, secrets in extra_args)."""
     params = validated(what, container_argspec(), args)
     problems = container_validate.option_problems(params, require_name=True)
+    if not problems and params.get("state") != "absent":
+        problems = container_validate.host_problems(params)
     if problems:
         raise GpufleetError(f"{what}: " + "; ".join(problems), failure_class="bad_args", problems=problems)
     return params

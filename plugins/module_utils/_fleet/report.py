@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_atomic
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.redeploy import redeploy
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.status import status_report, status_table
@@ -28,6 +29,9 @@ def write_json(path: str, data: Any) -> None:
 
 def run_report(params: Mapping[str, Any], check_mode: bool = False) -> dict[str, Any]:
     """What the ``fleet_report`` module (and its action plugin) returns for validated ``params``."""
+    dest = params.get("dest")
+    if dest and not os.path.expanduser(str(dest)).startswith("/"):
+        raise GpufleetError(f"dest: {dest!r} is not an absolute path; give a path starting with / (or ~/)")
     out: dict[str, Any] = {"changed": False}
     data: Any = None
     if params["kind"] == "converge":

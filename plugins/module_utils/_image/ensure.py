@@ -48,6 +48,28 @@ def _short_id(image_id: str | None) -> str | None:
     return image_id.split(":", 1)[-1][:12] if image_id else None
 
 
+def _check_values(params: dict[str, Any]) -> None:
+    """Values the argument spec's types let through: one error listing every problem (issue #16)."""
+    problems = []
+    if params.get("version") and params.get("image"):
+        problems.append("version and image are both given; give version (the image is resolved) or image, not both")
+    timeout = params.get("timeout")
+    if timeout is not None and timeout < 1:
+        problems.append(f"timeout: {timeout!r} must be >= 1; seconds one pull or build may take, e.g. 1800")
+    ttl = params.get("release_cache_ttl")
+    if ttl is not None and ttl < 0:
+        problems.append(f"release_cache_ttl: {ttl!r} must be >= 0; seconds the latest-release answer is reused")
+    cache = params.get("release_cache")
+    if cache and not str(cache).startswith("/"):
+        problems.append(f"release_cache: {cache!r} is not an absolute path; give a path starting with / (or ~/)")
+    for option in ("plugins", "pip_find_links"):
+        for path in params.get(option) or []:
+            if not str(path).startswith("/"):
+                problems.append(f"{option}: {path!r} is not an absolute path; give a path on the host starting with /")
+    if problems:
+        raise GpufleetError("vllm_image: " + "; ".join(problems), problems=problems)
+
+
 def ensure_image(
     params: dict[str, Any], check_mode: bool, engine_factory: Callable[[], Any]
 ) -> tuple[dict[str, Any], list[str]]:
@@ -57,6 +79,7 @@ def ensure_image(
         raise GpufleetError(f"pull must be one of {', '.join(PULL_POLICIES)}, not {pull!r}")
 
     # 1. Everything that can be wrong with the input, before the engine is touched.
+    _check_values(params)
     packages = ib.parse_requirements(params.get("extra_pip_packages") or [])
     plugins = ib.plugin_files(params.get("plugins") or [])
     find_links_dirs = list(params.get("pip_find_links") or [])

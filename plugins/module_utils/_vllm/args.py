@@ -415,9 +415,6 @@ def _problems(argv: list[str], version: str, entrypoint: str, env: Mapping[str, 
                 f"{name} carries a secret, which would show in the container's argv, labels, manifest and ps; set it "
                 "as environment instead (vllm_container api_key, hf_token or secret_env)",
             )
-            if explicit is None and i < n and not _is_option_like(str(argv[i]), idx):
-                i += 1  # the secret value: never a message of its own
-            continue
         if kind in ("store_true", "store_false", "boolean_optional", "store_const", "append_const", "count"):
             if explicit is not None:
                 bad("parser", f"{option} is an on/off flag and takes no value (got {option}={explicit})")
@@ -607,6 +604,12 @@ def validate_argv(
     return [p.message for p in found]
 
 
+_ARGV_FIX = (
+    ". Fix the engine options or extra_args for this vLLM version (or set validate_args: false if the image's vLLM "
+    "is known to take them)"
+)
+
+
 def check_argv(
     argv: list[str], version: str | None, entrypoint: str = "serve", env: Mapping[str, Any] | None = None
 ) -> list[str]:
@@ -618,7 +621,7 @@ def check_argv(
         if warning:
             head += f" (checked against the table of vLLM {resolved})"
         raise GpufleetError(
-            head + ": " + "; ".join(p.message for p in found),
+            head + ": " + "; ".join(p.message for p in found) + _ARGV_FIX,
             failure_class="bad_args",
             problems=[p.message for p in found],
             vllm_version=str(version or ""),

@@ -193,3 +193,9 @@ def test_a_hung_podman_is_one_clear_error_not_a_hang(tmp_path):
 def test_podman_stop_gets_its_grace_period_on_top(tmp_path):
     rt = PodmanRuntime(binary=_fake_podman(tmp_path, "sleep 1; exit 0"), cli_timeout=0.5)
     rt.stop("x", 2)  # 1 s < 0.5 + 2 s: no timeout
+
+
+def test_secret_values_are_found_for_the_modules_no_log_values():
+    params = {"extra_args": ["--seed", "1", "--api-key", "k1", "k2", "--port", "1", "--hf_token=t1"], "env": {}}
+    params["env"] = {"HF_TOKEN": "t2", "OTHER": "x"}
+    assert sorted(cv.secret_values(params)) == ["k1", "k2", "t1", "t2"]
