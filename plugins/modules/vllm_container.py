@@ -573,7 +573,10 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment, apply_manifest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import check as check_options
-from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import secret_values
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import (
+    secret_values,
+    with_sleep_mode_host,
+)
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 
@@ -598,6 +601,9 @@ def main() -> None:
             params, warnings = apply_manifest(params, explicit_params(spec))
             for w in warnings:
                 module.warn(w)
+        params, warning = with_sleep_mode_host(params)  # sleep mode: 127.0.0.1 unless host is a loopback address
+        if warning:
+            module.warn(warning)
         check_options(params)  # ranges, name, env names, paths, secrets in extra_args: before anything is touched
         runtime = get_runtime(params["runtime"], params["docker_host"])
         result = Deployment(params, runtime, module.check_mode, module.warn).run()

@@ -42,6 +42,9 @@ SECRET_ENV_NAMES: dict[str, str] = {
     "HUGGING_FACE_HUB_TOKEN": "hf_token",
 }
 PATH_OPTIONS = ("hf_cache_dir", "compile_cache_dir", "manifest_dir")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+WILDCARD = ("", "0.0.0.0", "::")
+SLEEP_MODE_HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,32 @@ def secret_flag_problems(args: Iterable[Any], option: str = "extra_args") -> lis
     return out
 
 
+def with_sleep_mode_host(params: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(params, warning): sleep mode turns on vLLM's dev endpoints (/sleep, /wake_up, /collective_rpc, ...: no
+    authentication, vLLM's api_key guards /v1 only), so a sleep-mode server listens on 127.0.0.1 unless ``host``
+    names a loopback address; a specific non-loopback host is refused by ``option_problems``."""
+    out = dict(params)
+    if out.get("sleep_mode") and str(out.get("host") or "") in WILDCARD:
+        out["host"] = SLEEP_MODE_HOST
+        return out, (
+            f"sleep_mode: vLLM listens on {SLEEP_MODE_HOST} only (sleep mode opens vLLM's unauthenticated dev "
+            "endpoints); to serve other hosts, put a proxy that forwards /v1 only in front of it"
+        )
+    return out, None
+
+
+def _sleep_mode_problems(params: Mapping[str, Any]) -> list[str]:
+    host = str(params.get("host") or "")
+    if not params.get("sleep_mode") or host in WILDCARD or host in LOOPBACK:
+        return []
+    return [
+        f"sleep_mode with host {host!r} would open vLLM's dev endpoints (/sleep, /wake_up, /collective_rpc, "
+        "/reset_prefix_cache, ...) to the network without authentication (vLLM's api_key guards /v1 only); leave "
+        f"host unset (sleep mode then listens on {SLEEP_MODE_HOST}) and put a proxy that forwards /v1 only in front, "
+        "or turn sleep_mode off"
+    ]
+
+
 def secret_values(params: Mapping[str, Any]) -> list[str]:
     """Secret values given in the wrong place (after a secret flag in extra_args, as a secret-named env variable),
     for the module to add to its no_log values: its error result echoes the arguments and must not show them."""
@@ -245,6 +274,7 @@ def option_problems(params: Mapping[str, Any], *, require_name: bool = False) ->
     out += _path_problems(params)
     out += _gpu_problems(params.get("gpus"))
     out += _mount_problems(params.get("mounts"))
+    out += _sleep_mode_problems(params)
     return out
 
 

@@ -54,7 +54,9 @@ def failure_hint(result: Mapping[str, Any]) -> str | None:
 
 def public_endpoint(spec: Mapping[str, Any], result: Mapping[str, Any], address: str | None) -> str | None:
     """The endpoint clients use: the host's inventory address unless the server binds loopback only."""
-    bind = str((spec.get("container") or {}).get("host") or "0.0.0.0")
+    container = spec.get("container") or {}
+    given = {"host": container.get("host"), "sleep_mode": container.get("sleep_mode")}
+    bind = str(container_validate.with_sleep_mode_host(given)[0]["host"] or "0.0.0.0")
     if bind in ("127.0.0.1", "::1", "localhost") or not address:
         return result.get("endpoint") or None
     return f"http://{address}:{spec.get('port')}"
@@ -76,7 +78,7 @@ def validated(
 def container_params(what: str, args: Mapping[str, Any]) -> dict[str, Any]:
     """vllm_container's parameters from ``args``: its argument spec (types, defaults), then the value checks that
     the module runs first (_container/validate.py: ranges, name, env names, paths, secrets in extra_args)."""
-    params = validated(what, container_argspec(), args)
+    params, _warning = container_validate.with_sleep_mode_host(validated(what, container_argspec(), args))
     problems = container_validate.option_problems(params, require_name=True)
     if not problems and params.get("state") != "absent":
         problems = container_validate.host_problems(params)

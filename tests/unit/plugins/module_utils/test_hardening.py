@@ -199,3 +199,17 @@ def test_secret_values_are_found_for_the_modules_no_log_values():
     params = {"extra_args": ["--seed", "1", "--api-key", "k1", "k2", "--port", "1", "--hf_token=t1"], "env": {}}
     params["env"] = {"HF_TOKEN": "t2", "OTHER": "x"}
     assert sorted(cv.secret_values(params)) == ["k1", "k2", "t1", "t2"]
+
+
+def test_sleep_mode_binds_loopback_unless_a_loopback_host_is_given():
+    params, warning = cv.with_sleep_mode_host({"sleep_mode": True, "host": "0.0.0.0"})
+    assert params["host"] == "127.0.0.1" and "127.0.0.1 only" in warning
+    assert cv.with_sleep_mode_host({"sleep_mode": True, "host": "::1"}) == ({"sleep_mode": True, "host": "::1"}, None)
+    assert cv.with_sleep_mode_host({"sleep_mode": False, "host": "0.0.0.0"})[0]["host"] == "0.0.0.0"
+    assert cv.option_problems(params) == []
+
+
+def test_sleep_mode_with_a_network_host_is_refused_with_the_way_out():
+    (problem,) = cv.option_problems({"sleep_mode": True, "host": "10.0.0.5"})
+    assert "dev endpoints" in problem and "leave host unset" in problem and "sleep_mode off" in problem
+    assert cv.option_problems({"sleep_mode": False, "host": "10.0.0.5"}) == []

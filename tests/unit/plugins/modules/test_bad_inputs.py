@@ -134,6 +134,7 @@ CONTAINER_CASES = [
     C("vllm_container", {"name": "chat", "model": "TMP/model"}, "give image and model together"),
     C("vllm_container", container(extra_args=["--no-such-flag"]), "bad_args", "--no-such-flag"),
     C("vllm_container", container(max_model_len=4096), "max_model_len 4096 is more than the model's limit 2048"),
+    C("vllm_container", container(sleep_mode=True, host="10.0.0.5"), "dev endpoints", "leave host unset"),
 ]
 IMAGE_CASES = [
     C("vllm_image", {"version": "0.10.2", "timeout": 0}, "timeout: 0 must be >= 1"),
@@ -302,6 +303,7 @@ PLAN_CASES = [
     ({"tensor_parallel_size": 0}, "tensor_parallel_size: must be an integer >= 1"),
     ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization: must be a number in (0, 1]"),
     ({"name": "../victim"}, "name: is required: letters, digits"),
+    ({"engine_options": {"sleep_mode": True, "host": "10.1.1.1"}}, "would open vLLM's dev endpoints"),
 ]
 
 
