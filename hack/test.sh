@@ -14,6 +14,10 @@ section "lint: ruff"
 ruff check .
 ruff format --check --diff .
 
+# ansible-lint, production profile, offline (.ansible-lint: no skips, offline: true; never installs from Galaxy).
+section "lint: ansible-lint"
+ansible-lint --offline --profile production
+
 section "docs: ansible-doc renders every module"
 mods=$(find plugins/modules -name '*.py' ! -name '__init__.py' -exec basename {} .py \; | sort)
 for m in $mods; do
