@@ -6,6 +6,10 @@ Per job of vLLM servers, two scrape configs read the same target file: ``<job>``
 ``<job>-health`` scrapes ``/health`` (an empty 200 body parses as an empty exposition, so ``up`` of that job is the
 health check; a 5xx makes it 0). The jobs set the ``gpufleet_probe`` label (``metrics`` / ``health``). The node
 agent's exporter has a job of its own (``gpufleet-agent``).
+
+No scrape config carries vLLM's API key: vLLM's ``--api-key`` guards ``/v1`` only, so ``/metrics`` and ``/health``
+answer without it, and a bearer token sent there over plain http would only expose the inference key (issue #16).
+The ``<job>-auth`` jobs keep their names (dashboards and alert rules select by job) but send no authorization.
 """
 
 from __future__ import annotations
@@ -63,11 +67,10 @@ def scrape_configs(
     out: list[dict[str, Any]] = []
     timing = (scrape_interval, scrape_timeout)
     for name in sorted(jobs):
-        cred = jobs[name].credentials_file
         file = targets_file(targets_dir, name)
-        out.append(_job_config(name, "/metrics", "metrics", file, cred, *timing))
+        out.append(_job_config(name, "/metrics", "metrics", file, None, *timing))
         if health:
-            out.append(_job_config(f"{name}-health", "/health", "health", file, cred, *timing))
+            out.append(_job_config(f"{name}-health", "/health", "health", file, None, *timing))
     if agent:
         out.append(_job_config(AGENT_JOB, "/metrics", None, targets_file(targets_dir, AGENT_JOB), None, *timing))
     if scrape_interval:

@@ -19,7 +19,11 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.config i
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.dashboard import DASHBOARD_UID, dashboard
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.files import OutFile, read_target_files
-from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.names import AGENT_JOB, DEFAULT_JOB
+from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.names import (
+    AGENT_JOB,
+    DEFAULT_JOB,
+    duration_seconds,
+)
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.rules import alert_rules
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.targets import (
     Kept,
@@ -55,9 +59,41 @@ def to_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 
 
+PATH_PARAMS = ("targets_dir", "rules_path", "config_path", "dashboards_dir", "credentials_file")
+DURATION_PARAMS = ("scrape_interval", "evaluation_interval", "job_scrape_interval", "scrape_timeout", "rules_interval")
+
+
+def check_params(params: Mapping[str, Any]) -> None:
+    """Values the argument spec's types let through, all checked before any file is planned or written: one error
+    listing every problem (issue #16)."""
+    problems = []
+    for name in PATH_PARAMS:
+        value = params.get(name)
+        if value and not str(value).startswith("/"):
+            problems.append(f"{name}: {value!r} is not an absolute path; give a path starting with /")
+    for name, value in (params.get("credentials_files") or {}).items():
+        if not str(value).startswith("/"):
+            problems.append(f"credentials_files.{name}: {value!r} is not an absolute path; give a path starting with /")
+    for name in DURATION_PARAMS:
+        if params.get(name):
+            try:
+                duration_seconds(params[name], name)
+            except GpufleetError as err:
+                problems.append(str(err))
+    port = params.get("node_agent_port")
+    if port is not None and not 1 <= port <= 65535:
+        problems.append(f"node_agent_port: {port!r} must be in [1, 65535]; the node agent's exporter port, e.g. 9840")
+    timeout = params.get("reload_timeout")
+    if timeout is not None and timeout < 1:
+        problems.append(f"reload_timeout: {timeout!r} must be >= 1; seconds Prometheus' /-/reload may take")
+    if problems:
+        raise GpufleetError("monitoring_config: " + "; ".join(problems), problems=problems)
+
+
 def render(params: Mapping[str, Any]) -> Plan:
     """Everything the ``monitoring_config`` module writes, from its validated ``params`` (on the monitoring host:
     the entries of hosts without an answer are read from the current target files)."""
+    check_params(params)
     targets_dir = str(params["targets_dir"])
     job_name = params.get("job_name") or DEFAULT_JOB
     infos = params.get("infos") or {}

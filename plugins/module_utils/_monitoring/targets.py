@@ -147,14 +147,7 @@ def vllm_targets(
             cred_file = per_name.get(name) or per_name.get(deployment)
             if cred_file:
                 job = f"{job_name}-auth-{_slug(deployment)}"
-            elif d.get("api_key"):
-                if not credentials_file:
-                    raise GpufleetError(
-                        f"{host}/{name} requires an API key: set credentials_file (a file on the monitoring host "
-                        "holding the bearer token) or credentials_files for it",
-                        host=host,
-                        deployment=name,
-                    )
+            elif d.get("api_key") and credentials_file:
                 job, cred_file = f"{job_name}-auth", credentials_file
             else:
                 job = job_name

@@ -145,9 +145,10 @@ def test_api_key_servers_go_to_an_auth_job_with_a_credentials_file():
     assert [e["labels"]["deployment"] for e in out.jobs["vllm"].targets] == ["open"]
 
 
-def test_api_key_server_without_credentials_file_is_an_error():
-    with pytest.raises(GpufleetError, match="set credentials_file"):
-        vllm_targets({"h": _info(_dep("chat-0", 8000, api_key=True))}, {})
+def test_api_key_server_needs_no_credentials_file():
+    # vLLM's api_key guards /v1 only: /metrics and /health are scraped without it (issue #16)
+    out = vllm_targets({"h": _info(_dep("chat-0", 8000, api_key=True))}, {})
+    assert list(out.jobs) == ["vllm"] and out.jobs["vllm"].targets[0]["labels"]["deployment"] == "chat"
 
 
 def test_bad_infos_and_job_name():
@@ -187,7 +188,8 @@ def test_render_full_config_references_target_files_rules_and_credentials_file_n
     assert jobs["vllm-health"]["metrics_path"] == "/health"
     assert jobs["vllm"]["file_sd_configs"] == jobs["vllm-health"]["file_sd_configs"]
     assert jobs["vllm"]["file_sd_configs"][0]["files"] == [f"{p['targets_dir']}/vllm.json"]
-    assert jobs["vllm-auth"]["authorization"] == {"type": "Bearer", "credentials_file": p["credentials_file"]}
+    # no scrape config sends the inference API key: /metrics and /health do not need it (issue #16)
+    assert not any("authorization" in job for job in jobs.values())
     assert jobs["vllm"]["relabel_configs"] == [{"target_label": "gpufleet_probe", "replacement": "metrics"}]
     assert by_path[p["credentials_file"]] == CANARY
     for path, content in by_path.items():

@@ -179,6 +179,12 @@ APPLY_CASES = [
     C("fleet_apply", {"replicas": "chat"}, "replicas", "unable to convert to dict"),
 ]
 MONITORING_CASES = [
+    C("monitoring_config", {"targets_dir": "targets"}, "targets_dir: 'targets' is not an absolute path"),
+    C("monitoring_config", {"targets_dir": "TMP/t", "scrape_interval": "soon"}, "scrape_interval: 'soon'", "e.g. 30s"),
+    C("monitoring_config", {"targets_dir": "TMP/t", "node_agent_port": 0}, "node_agent_port: 0 must be in [1, 65535]"),
+    C("monitoring_config", {"targets_dir": "TMP/t", "node_agent_port": 70000}, "node_agent_port: 70000"),
+    C("monitoring_config", {"targets_dir": "TMP/t", "reload_timeout": 0}, "reload_timeout: 0 must be >= 1"),
+    C("monitoring_config", {"targets_dir": "TMP/t", "config_path": "prom.yml"}, "config_path: 'prom.yml'"),
     C("monitoring_config", {"targets_dir": "TMP/t", "config_mode": "half"}, "config_mode", "one of"),
     C("monitoring_config", {"targets_dir": "TMP/t", "job_name": "bad job"}, "job_name"),
     C("monitoring_config", {}, "targets_dir", "required"),
