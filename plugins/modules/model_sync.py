@@ -61,7 +61,7 @@ options:
     choices: [hf, local, url]
   models_root:
     description:
-      - Directory that holds the models.
+      - Directory that holds the models. Must be an absolute path.
     type: path
     default: /var/lib/gpufleet/models
   repo_id:
@@ -95,7 +95,7 @@ options:
     elements: str
   max_workers:
     description:
-      - Parallel file downloads from the hub.
+      - Parallel file downloads from the hub, from 1 to 64.
     type: int
     default: 8
   download_backend:
@@ -119,7 +119,9 @@ options:
     type: path
   allowed_dirs:
     description:
-      - Directories a local checkpoint may come from (the allowlist).
+      - Directories a local checkpoint may come from (the allowlist); absolute paths.
+      - Every file is opened by its resolved path with no symlink followed on the way, and must lie under one of
+        these directories when it is copied, not only when it was checked.
     type: list
     elements: path
     default: []
@@ -132,8 +134,16 @@ options:
   url:
     description:
       - http(s) URL of a file (e.g. a C(.gguf)) or an archive (C(.tar), C(.tar.gz), C(.tgz), C(.zip)) for
-        O(source=url). Archives with absolute paths, C(..), links pointing outside or device files are refused.
-        A URL without O(checksum) is treated as immutable (use O(force) to fetch it again).
+        O(source=url). Every archive member is checked before anything is written: absolute paths, C(..),
+        links that do not resolve to a file or directory of the archive itself (chains included), members below
+        a link, device files and fifos are refused, and so are archives that would not fit the free space or
+        expand more than 100 times their size. A corrupt archive fails with one error and leaves nothing behind.
+      - A body shorter than the server announced (C(Content-Length)) is refused and resumed by the next run.
+      - A URL without O(checksum) is treated as immutable (use O(force) to fetch it again).
+      - User and password in the URL and its query string (e.g. a pre-signed URL's signature) are masked in the
+        results, the messages and the manifest, which keeps only a sha256 of the whole URL (none when a
+        O(checksum) pins the content). Ansible itself logs module arguments to the host's journal before the
+        module runs; set C(no_log) on the task where that matters.
     type: str
   checksum:
     description:
@@ -158,7 +168,7 @@ options:
     default: false
   lock_timeout:
     description:
-      - Seconds to wait for another run on the same model to finish.
+      - Seconds to wait for another run on the same model to finish, from 0 to 86400.
     type: int
     default: 600
 notes:
@@ -289,7 +299,7 @@ link:
   returned: source local, when changed
   type: bool
 url:
-  description: The URL fetched.
+  description: The URL fetched, with user, password and query string masked (C(***)).
   returned: source url, when changed
   type: str
 sha256:
@@ -311,6 +321,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import REQUIRED_IF, argument_spec, sync
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.url import mask
 
 
 def main() -> None:
@@ -319,13 +330,15 @@ def main() -> None:
         required_if=REQUIRED_IF,
         supports_check_mode=True,
     )
+    # the echoed arguments show the URL masked, like the result (a pre-signed URL's query is a credential)
+    invocation = {"module_args": {**module.params, "url": mask(module.params["url"]) if module.params["url"] else None}}
     try:
         result = sync(module.params, check_mode=module.check_mode)
     except GpufleetError as err:
-        module.fail_json(msg=str(err), **err.details)
+        module.fail_json(msg=str(err), invocation=invocation, **err.details)
     if not module._diff:
         result.pop("diff", None)
-    module.exit_json(**result)
+    module.exit_json(invocation=invocation, **result)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,90 @@ DEFAULT_IGNORE = ["original/*", ".gitattributes"]
 DUPLICATE_FORMATS = ["*.bin", "*.pt", "*.pth", "*.msgpack", "*.h5", "*.ot", "pytorch_model.bin.index.json"]
 
 
+_REPO_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_-])?$")
+# Names a hub listing may not use: the downloaders' own bookkeeping inside the staging directory.
+RESERVED_TOP = (".cache", ".gpufleet-partial", ".gpufleet-staging")
+
+
 def endpoint_of(explicit: str | None) -> str:
-    return (explicit or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    endpoint = (explicit or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        where = "hf_endpoint" if explicit else "HF_ENDPOINT"
+        raise GpufleetError(
+            f"{where} {endpoint!r} is not an http(s) URL of a hub: use e.g. {DEFAULT_ENDPOINT} or "
+            "http://HOST:PORT of a mirror",
+            failure_class="bad_args",
+        )
+    return endpoint
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` when it is NAME or ORG/NAME as the hub spells them; GpufleetError (bad_args) if not (it becomes
+    part of every hub URL: a '..' or an extra '/' would address another path of the hub)."""
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
+    if not 1 <= len(parts) <= 2 or not all(_REPO_PART_RE.match(p) and ".." not in p and "--" not in p for p in parts):
+        raise GpufleetError(
+            f"repo_id {repo_id!r} is not a hub repo id: use ORG/NAME (letters, digits, '-', '_', '.'; no '..' or "
+            "'--'; at most 96 characters each), e.g. Qwen/Qwen2.5-0.5B-Instruct",
+            failure_class="bad_args",
+        )
+    return repo_id
+
+
+def check_revision(revision: str) -> str:
+    """`revision` when it is a usable branch, tag or commit name; GpufleetError (bad_args) if not."""
+    if (
+        not isinstance(revision, str)
+        or not revision.strip()
+        or len(revision) > 256
+        or any(ord(c) < 32 or ord(c) == 127 for c in revision)
+    ):
+        raise GpufleetError(
+            f"revision {revision!r} is not a branch, tag or commit name: use e.g. main, v1.0 or a 40-hex commit sha",
+            failure_class="bad_args",
+        )
+    return revision
+
+
+def check_commit(sha: Any, repo_id: str, revision: str) -> str:
+    """The commit id a hub answered, when it is a 40-hex sha (it becomes part of a directory name); GpufleetError
+    (hub_error) if not."""
+    if not isinstance(sha, str) or not COMMIT_RE.match(sha):
+        raise GpufleetError(
+            f"the hub answered the commit id {str(sha)[:80]!r} for {repo_id}@{revision}, which is not a 40-hex-digit "
+            "sha; refused before anything was written: check that hf_endpoint points at a Hugging Face hub",
+            failure_class="hub_error",
+        )
+    return sha
+
+
+def check_repo_file(path: Any, repo_id: str) -> str:
+    """A file name from a hub listing, when it is a clean relative path that stays inside the staging directory;
+    GpufleetError (hub_error) if it is absolute, climbs with '..', has empty parts, a backslash or a control
+    character, or names the downloaders' own bookkeeping."""
+    why = None
+    if not isinstance(path, str) or not path:
+        why = "is empty"
+    elif path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        why = "is absolute"
+    elif "\\" in path:
+        why = "holds a backslash"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in path):
+        why = "holds a control character"
+    elif any(p in ("", ".", "..") for p in path.split("/")):
+        why = "has an empty, '.' or '..' part"
+    elif path.split("/")[0] in RESERVED_TOP:
+        why = "names the downloader's own bookkeeping"
+    elif any(len(os.fsencode(p)) > 255 for p in path.split("/")) or len(os.fsencode(path)) > 4000:
+        why = "is too long for a file name"
+    if why:
+        raise GpufleetError(
+            f"the hub lists a file {str(path)[:120]!r} in {repo_id} whose name {why}; refused before anything was "
+            "written (it would land outside the model): check that hf_endpoint points at a trusted hub",
+            failure_class="hub_error",
+        )
+    return path
 
 
 def offline() -> bool:
@@ -118,11 +200,20 @@ def resolve(
 
     try:
         info = api.model_info(repo_id, revision=revision)
-        sha = info.sha
+        sha = check_commit(info.sha, repo_id, revision)
         entries = [f for f in api.list_repo_tree(repo_id, recursive=True, revision=sha) if isinstance(f, RepoFile)]
     except (hf_errors.HfHubHTTPError, OSError, ValueError) as err:
         raise _map_error(err, repo_id, revision, endpoint) from None
-    files = {f.path: int(f.size) for f in entries}
+    files: dict[str, int] = {}
+    for f in entries:
+        size = getattr(f, "size", None)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise GpufleetError(
+                f"the hub lists {str(f.path)[:120]!r} in {repo_id} with the size {size!r}; refused: check that "
+                "hf_endpoint points at a Hugging Face hub",
+                failure_class="hub_error",
+            )
+        files[check_repo_file(f.path, repo_id)] = size
     xet = {f.path for f in entries if getattr(f, "xet_hash", None)}
     return sha, files, bool(info.gated), xet
 
@@ -274,6 +365,13 @@ def download(
         )
     except (hf_errors.HfHubHTTPError, hf_errors.LocalEntryNotFoundError) as err:
         raise _map_error(err, repo_id, sha, endpoint) from None
+    except ValueError as err:  # e.g. huggingface_hub refusing a listed name with '..' or an absolute path
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise GpufleetError(
+            f"huggingface_hub refused the hub's answer for {repo_id}@{sha[:12]} ({first}); nothing was installed: "
+            "check that hf_endpoint points at a trusted hub",
+            failure_class="hub_error",
+        ) from None
 
 
 # ---------------------------------------------------------------- built-in downloader
@@ -372,6 +470,8 @@ def download_builtin(
     with the right size are kept, partial ones resumed. Returns the bytes transferred."""
     from concurrent.futures import ThreadPoolExecutor
 
+    for f in wanted:  # before anything is written: every name stays inside the staging directory
+        check_repo_file(f, repo_id)
     todo = sorted((f for f, n in wanted.items() if _size(os.path.join(staging, f)) != n), key=lambda f: -wanted[f])
     if not todo:
         return 0

@@ -20,6 +20,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import stat
 import threading
@@ -115,16 +116,39 @@ def _h(n: float) -> str:
 # ---------------------------------------------------------------- staging and swap
 
 
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_key(key: str) -> str:
+    # A key never holds a dot, so "<name>.<key>" splits back into exactly one (name, key): `qwen2` never matches
+    # the staging of `qwen2.5-7b` (`qwen2.5-7b.<key>` splits into `qwen2.5-7b` and `<key>`).
+    if not _KEY_RE.match(key):
+        raise ValueError(f"staging key {key!r} must be letters, digits, '_' or '-'")
+    return key
+
+
+def is_staging_of(entry: str, name: str) -> bool:
+    """Whether `entry` of the staging directory ("<name>.<key>") belongs to model `name` exactly."""
+    owner, dot, key = entry.rpartition(".")
+    return bool(dot) and owner == name and _KEY_RE.match(key) is not None
+
+
+def is_trash_of(entry: str, name: str) -> bool:
+    """Whether `entry` of the trash directory ("<name>.<pid>.<ns>") belongs to model `name` exactly."""
+    parts = entry.rsplit(".", 2)
+    return len(parts) == 3 and parts[0] == name and parts[1].isdigit() and parts[2].isdigit()
+
+
 def staging_path(root: str, name: str, key: str) -> str:
-    return os.path.join(root, META, "staging", f"{name}.{key}")
+    return os.path.join(root, META, "staging", f"{name}.{_check_key(key)}")
 
 
 def staging_dir(root: str, name: str, key: str) -> str:
-    """Create the staging directory for (name, key); stale staging dirs of other keys are removed."""
+    """Create the staging directory for (name, key); stale staging dirs of other keys of this model are removed."""
     base = meta_dir(root, "staging")
-    mine = f"{name}.{key}"
+    mine = f"{name}.{_check_key(key)}"
     for entry in os.listdir(base):
-        if entry.startswith(f"{name}.") and entry != mine:
+        if entry != mine and is_staging_of(entry, name):
             rmtree_any(os.path.join(base, entry))
     path = os.path.join(base, mine)
     marker = os.path.join(path, STAGING_MARKER)
@@ -138,12 +162,22 @@ def staging_dir(root: str, name: str, key: str) -> str:
     return path
 
 
+def remove_staging(root: str, name: str) -> None:
+    """Remove every staging directory of model `name` (and of no other model)."""
+    base = os.path.join(root, META, "staging")
+    if not os.path.isdir(base):
+        return
+    for entry in os.listdir(base):
+        if is_staging_of(entry, name):
+            rmtree_any(os.path.join(base, entry))
+
+
 def clean_trash(root: str, name: str | None = None) -> None:
     base = os.path.join(root, META, "trash")
     if not os.path.isdir(base):
         return
     for entry in os.listdir(base):
-        if name is None or entry.startswith(f"{name}."):
+        if name is None or is_trash_of(entry, name):
             rmtree_any(os.path.join(base, entry))
 
 
@@ -298,7 +332,7 @@ def recover(root: str, name: str) -> None:
     if os.path.lexists(dest) or not os.path.isdir(base):
         clean_trash(root, name)
         return
-    cands = sorted((e for e in os.listdir(base) if e.startswith(f"{name}.")), key=lambda e: e.rsplit(".", 1)[-1])
+    cands = sorted((e for e in os.listdir(base) if is_trash_of(e, name)), key=lambda e: int(e.rsplit(".", 1)[-1]))
     if cands:
         os.rename(os.path.join(base, cands[-1]), dest)
     clean_trash(root, name)
@@ -504,114 +538,112 @@ def local_files(src: str, allowed_dirs: list[str]) -> dict[str, dict[str, int]]:
     return out
 
 
-def copy_tree(src: str, files: dict[str, dict[str, int]], dst: str, hardlink: bool = True) -> dict[str, int]:
-    """Copy `files` (from local_files) into `dst`, hard-linking where the filesystem allows. Returns counts."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_no_links(path: str) -> int:
+    """A read descriptor of the regular file at the absolute `path`, reached from '/' one component at a time with
+    O_NOFOLLOW: a symlink anywhere on the way (say one swapped in after the checks) fails the open instead of being
+    followed, so what is opened really is `path`. OSError (ELOOP, ENOTDIR, ...) or GpufleetError (not a file)."""
+    parts = [p for p in path.split("/") if p]
+    if not parts or ".." in parts:
+        raise OSError(errno.EINVAL, "not an absolute path without '..'", path)
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(ffd).st_mode):
+        os.close(ffd)
+        raise GpufleetError(f"local source: {path} is not a regular file; refused", failure_class="bad_source")
+    return ffd
+
+
+def _copy_fd(sfd: int, dfd: int) -> None:
+    """Copy all of `sfd` into `dfd` (copy_file_range where the kernel has it, else read/write)."""
+    if hasattr(os, "copy_file_range"):
+        try:
+            while os.copy_file_range(sfd, dfd, 1 << 30):
+                pass
+            return
+        except OSError as err:
+            if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            os.lseek(sfd, 0, os.SEEK_SET)
+            os.lseek(dfd, 0, os.SEEK_SET)
+            os.ftruncate(dfd, 0)
+    while chunk := os.read(sfd, 1 << 20):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dfd, view) :]
+
+
+def _link_fd(fd: int, dest: str) -> None:
+    """Hard-link the file open as `fd` at `dest`: linkat(/proc/self/fd/N, AT_SYMLINK_FOLLOW) links the opened file
+    itself, never whatever its old path names now. (os.link takes linkat, not link(2), only with a dir fd.)"""
+    parent, base = os.path.split(dest)
+    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(f"/proc/self/fd/{fd}", base, src_dir_fd=pfd, dst_dir_fd=pfd, follow_symlinks=True)
+    finally:
+        os.close(pfd)
+
+
+def copy_tree(
+    src: str,
+    files: dict[str, dict[str, int]],
+    dst: str,
+    hardlink: bool = True,
+    allowed_dirs: list[str] | None = None,
+) -> dict[str, int]:
+    """Copy `files` (from local_files) into `dst`, hard-linking where the filesystem allows. Returns counts.
+
+    Every source file is opened by its resolved path with no link followed on the way (open_no_links) and checked
+    to lie under `allowed_dirs` (default: `src`) and to be a regular file; the copy or the hard link is made from
+    that descriptor, never by path again. A file swapped for a symlink after local_files checked it therefore
+    cannot bring anything from outside the allowlist into the model."""
+    allowed = [os.path.realpath(a) for a in (allowed_dirs or [src])]
     linked = copied = 0
     for rel in sorted(files):
-        s = os.path.realpath(os.path.join(src, rel))
-        d = os.path.join(dst, rel)
-        os.makedirs(os.path.dirname(d), exist_ok=True)
-        if os.path.lexists(d):
-            os.unlink(d)
-        if hardlink:
+        real = os.path.realpath(os.path.join(src, rel))
+        if not any(is_under(real, a) for a in allowed):
+            raise GpufleetError(
+                f"local source: {rel} now resolves to {real}, outside allowed_dirs (changed while copying); refused",
+                failure_class="bad_source",
+            )
+        try:
+            sfd = open_no_links(real)
+        except OSError as err:
+            raise GpufleetError(
+                f"local source: {rel} changed while copying ({err.strerror}); refused, run again once the "
+                "checkpoint is stable",
+                failure_class="bad_source",
+            ) from None
+        try:
+            d = os.path.join(dst, rel)
+            os.makedirs(os.path.dirname(d), exist_ok=True)
+            if os.path.lexists(d):
+                os.unlink(d)
+            if hardlink:
+                try:
+                    _link_fd(sfd, d)
+                    linked += 1
+                    continue
+                except OSError:
+                    hardlink = False  # cross-device or not permitted: copy the rest
+            st = os.fstat(sfd)
+            dfd = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                os.link(s, d)
-                linked += 1
-                continue
-            except OSError:
-                hardlink = False  # cross-device or not permitted: copy the rest
-        shutil.copy2(s, d)
-        copied += 1
+                _copy_fd(sfd, dfd)
+                os.fchmod(dfd, stat.S_IMODE(st.st_mode))
+                os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(dfd)
+            copied += 1
+        finally:
+            os.close(sfd)
     return {"linked": linked, "copied": copied}
-
-
-# ---------------------------------------------------------------- archives
-
-
-def archive_kind(name: str) -> str | None:
-    n = name.lower()
-    if n.endswith((".tar.gz", ".tgz")):
-        return "tar.gz"
-    if n.endswith(".tar"):
-        return "tar"
-    if n.endswith(".zip"):
-        return "zip"
-    return None
-
-
-def _safe_rel(member: str, kind: str) -> str:
-    if member.startswith("/") or (len(member) > 1 and member[1] == ":") or "\\" in member:
-        raise GpufleetError(f"archive entry {member!r} has an absolute path; refused", failure_class="bad_archive")
-    parts = [p for p in member.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise GpufleetError(
-            f"archive entry {member!r} escapes the target with '..'; refused", failure_class="bad_archive"
-        )
-    return "/".join(parts)
-
-
-def extract_archive(archive: str, kind: str, dst: str) -> list[str]:
-    """Extract a tar / tar.gz / zip into `dst`, refusing absolute paths, '..', links that point outside, device
-    files and fifos. Every entry is checked before anything is written. Returns the extracted file names."""
-    import tarfile
-    import zipfile
-
-    names: list[str] = []
-    if kind == "zip":
-        with zipfile.ZipFile(archive) as z:
-            infos = z.infolist()
-            for info in infos:
-                rel = _safe_rel(info.filename, kind)
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    raise GpufleetError(
-                        f"archive entry {info.filename!r} is a symlink; refused", failure_class="bad_archive"
-                    )
-                if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                    raise GpufleetError(
-                        f"archive entry {info.filename!r} is not a regular file; refused", failure_class="bad_archive"
-                    )
-                if rel and not info.is_dir():
-                    names.append(rel)
-            for info in infos:
-                rel = _safe_rel(info.filename, kind)
-                if not rel:
-                    continue
-                target = os.path.join(dst, rel)
-                if info.is_dir():
-                    os.makedirs(target, exist_ok=True)
-                    continue
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with z.open(info) as s, open(target, "wb") as d:
-                    shutil.copyfileobj(s, d, 1 << 20)
-        return names
-    with tarfile.open(archive, "r:gz" if kind == "tar.gz" else "r:") as t:
-        members = t.getmembers()
-        for m in members:
-            rel = _safe_rel(m.name, kind)
-            if m.ischr() or m.isblk() or m.isfifo() or m.isdev():
-                raise GpufleetError(
-                    f"archive entry {m.name!r} is a device or fifo; refused", failure_class="bad_archive"
-                )
-            if m.issym() or m.islnk():
-                link = m.linkname
-                if m.issym():
-                    resolved = os.path.normpath(os.path.join(os.path.dirname(rel), link))
-                else:
-                    resolved = os.path.normpath(link)
-                if os.path.isabs(link) or resolved == ".." or resolved.startswith("../"):
-                    raise GpufleetError(
-                        f"archive entry {m.name!r} links outside the target ({link}); refused",
-                        failure_class="bad_archive",
-                    )
-            elif not (m.isfile() or m.isdir()):
-                raise GpufleetError(
-                    f"archive entry {m.name!r} has an unsupported type; refused", failure_class="bad_archive"
-                )
-            if rel and m.isfile():
-                names.append(rel)
-        if hasattr(tarfile, "data_filter"):
-            t.extractall(dst, members=members, filter="data")  # a second line of defence where Python has it
-        else:  # pragma: no cover - Python < 3.10.12 / 3.11.4
-            t.extractall(dst, members=members)
-    return names

@@ -97,7 +97,11 @@ def _identity(p: dict[str, Any], **extra: Any) -> dict[str, Any]:
     elif p["source"] == "local":
         ident.update(src=extra["src"], link=bool(p.get("link")))
     else:
-        ident.update(url=p["url"], checksum=p.get("checksum"))
+        # The manifest is world-readable: it keeps the masked URL, and a digest of the whole URL only where the
+        # mask hid something and no checksum pins the content (a re-signed URL with the same checksum is a no-op).
+        ident.update(url=urlsrc.mask(p["url"]), checksum=p.get("checksum"))
+        if urlsrc.has_secret(p["url"]) and not p.get("checksum"):
+            ident["url_digest"] = urlsrc.digest(p["url"])
     ident.update(extra)
     return ident
 
@@ -128,8 +132,78 @@ def _diff(before: dict[str, Any] | None, commit: str | None, files: list[str]) -
     return {"before": b, "after": {"commit": commit, "files": sorted(files)}}
 
 
+MAX_WORKERS = 64
+MAX_LOCK_TIMEOUT = 24 * 3600
+# Room left in a file name for the suffixes model_sync adds to a model name (".<key>", ".<pid>.<ns>", ".json").
+MAX_NAME_BYTES = 200
+_REQUIRED = {"hf": "repo_id", "local": "src", "url": "url"}
+
+
+def _bad(msg: str) -> GpufleetError:
+    return GpufleetError(msg, failure_class="bad_args")
+
+
+def _check_int(p: dict[str, Any], key: str, low: int, high: int, default: int, what: str) -> None:
+    v = p.get(key, default)
+    if v is None:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+        raise _bad(f"{key} must be a whole number from {low} to {high} (got {v!r}): {what}")
+
+
+def check_params(p: dict[str, Any]) -> None:
+    """Refuse bad option values with one clear error (what is wrong, how to fix it) before anything on the host
+    is read or changed. The module's argument spec checks types and choices; this checks ranges and shapes."""
+    name = check_name(p.get("name") or "")
+    if len(os.fsencode(name)) > MAX_NAME_BYTES or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise _bad(
+            f"model name {name[:60]!r} is longer than {MAX_NAME_BYTES} bytes or holds a control character: use a "
+            "shorter name of letters, digits, '-', '_' or '.'"
+        )
+    root = p.get("models_root")
+    if root is not None:
+        if not isinstance(root, str) or not os.path.isabs(root) or "\0" in root:
+            raise _bad(
+                f"models_root {root!r} is not an absolute path: give one such as {DEFAULT_MODELS_ROOT} (a relative "
+                "one would depend on the directory the module happens to run in)"
+            )
+        if ".." in root.split("/"):
+            raise _bad(f"models_root {root!r} has a '..' part: give the directory itself, e.g. {DEFAULT_MODELS_ROOT}")
+    _check_int(p, "lock_timeout", 0, MAX_LOCK_TIMEOUT, 600, "seconds to wait for another run's lock on the model")
+    if p.get("state", "present") == "absent":
+        return
+    source = p.get("source")
+    if source not in _REQUIRED:
+        raise _bad(f"source {source!r} is not one of hf, local, url: say where the weights come from")
+    if not p.get(_REQUIRED[source]):
+        raise _bad(f"source: {source} needs {_REQUIRED[source]}")
+    _check_int(p, "max_workers", 1, MAX_WORKERS, 8, "how many files download in parallel")
+    if source == "hf":
+        hub.check_repo_id(p["repo_id"])
+        hub.check_revision(p.get("revision") or "main")
+        hub.endpoint_of(p.get("hf_endpoint"))
+        for key in ("allow_patterns", "ignore_patterns"):
+            for pat in p.get(key) or []:
+                if not isinstance(pat, str) or not pat or "\0" in pat:
+                    raise _bad(f"{key} holds {pat!r}: each pattern is a non-empty glob such as '*.safetensors'")
+    elif source == "local":
+        src = p["src"]
+        if not os.path.isabs(src):
+            raise _bad(f"src {src!r} is relative: give the absolute path of the checkpoint directory")
+        for d in p.get("allowed_dirs") or []:
+            if not isinstance(d, str) or not os.path.isabs(d) or d.rstrip("/") == "":
+                raise _bad(
+                    f"allowed_dirs entry {d!r} is not an absolute directory below '/': list the directories local "
+                    "checkpoints may come from, e.g. /srv/checkpoints"
+                )
+    else:
+        urlsrc.file_name(p["url"])  # a usable http(s) URL that ends in a file name
+        urlsrc.parse_checksum(p.get("checksum"))
+
+
 def sync(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     """Run model_sync with module parameters `p`; return the module result (raises GpufleetError)."""
+    check_params(p)
     name = check_name(p["name"])
     dest = model_path(p.get("models_root"), name)
     root = os.path.dirname(dest)
@@ -179,7 +253,7 @@ def _sync_hf(p: dict[str, Any], root: str, name: str, dest: str, check_mode: boo
         hub.check_access(endpoint, repo_id, sha, sorted(wanted, key=lambda f: wanted[f])[0], token)
 
     backend = hub.choose_backend(p.get("download_backend") or "auto", wanted, xet)
-    workers = int(p.get("max_workers") or 8)
+    workers = int(p.get("max_workers") or 8)  # 1..MAX_WORKERS (check_params)
     base = _result(dest, "hf", revision=revision, commit=sha, files=sorted(wanted), size_bytes=total, changed=True)
     base["download_backend"] = backend
     base["diff"] = _diff(manifest, sha, list(wanted))
@@ -367,7 +441,11 @@ def _sync_local(p: dict[str, Any], root: str, name: str, dest: str, check_mode: 
         progress.watch(staging, total, writeback=WRITEBACK_INTERVAL)
         t = time.monotonic()
         try:
-            counts = fs.copy_tree(src, files, staging, hardlink=same_fs)
+            counts = fs.copy_tree(src, files, staging, hardlink=same_fs, allowed_dirs=p.get("allowed_dirs") or [])
+        except GpufleetError as err:
+            progress.stop("failed", error=err.msg)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         except OSError as err:
             progress.stop("failed", error=str(err))
             shutil.rmtree(staging, ignore_errors=True)
@@ -381,9 +459,8 @@ def _sync_local(p: dict[str, Any], root: str, name: str, dest: str, check_mode: 
 
 
 def _sync_url(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bool) -> dict[str, Any]:
-    url = p.get("url")
-    if not url:
-        raise GpufleetError("source: url needs url", failure_class="bad_args")
+    url = p["url"]
+    shown = urlsrc.mask(url)  # what results, messages and the manifest show: no userinfo, no query string
     fname = urlsrc.file_name(url)
     expected = urlsrc.parse_checksum(p.get("checksum"))
     ident = _identity(p)
@@ -391,12 +468,12 @@ def _sync_url(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bo
     if manifest is not None and not p.get("force") and _manifest_noop(manifest, ident, dest):
         return _noop_result(dest, p, manifest)
     size = urlsrc.remote_size(url)
-    archive = fs.archive_kind(fname) is not None
-    base = _result(dest, "url", files=[fname], size_bytes=size or 0, changed=True, url=url)
+    archive = urlsrc.archive_kind(fname) is not None
+    base = _result(dest, "url", files=[fname], size_bytes=size or 0, changed=True, url=shown)
     base["diff"] = _diff(manifest, None, [fname])
     if check_mode:
         base["download_bytes"] = size
-        base["msg"] = f"would download {url} ({size if size is not None else 'unknown'} bytes)"
+        base["msg"] = f"would download {shown} ({size if size is not None else 'unknown'} bytes)"
         return base
     os.makedirs(root, exist_ok=True)
     with fs.model_lock(root, name, float(p.get("lock_timeout", 600))):
@@ -405,29 +482,50 @@ def _sync_url(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bo
         staging = fs.staging_dir(root, name, key)
         target = os.path.join(staging, "model")
         shutil.rmtree(target, ignore_errors=True)
-        download = os.path.join(staging, fname)
+        os.makedirs(os.path.join(staging, "download"), exist_ok=True)
+        download = os.path.join(staging, "download", fname)  # never the same path as `target`, whatever fname is
         have = _size(download + ".part") or 0
         if size is not None:
-            # An archive needs room for itself and its contents.
-            fs.check_free_space(staging, (size - have) + (size if archive else 0), url)
+            # A first estimate (the archive and about as much again); extract_archive checks the real total of
+            # the members against the free space before it writes any of them.
+            fs.check_free_space(staging, (size - have) + (size if archive else 0), shown)
         progress = fs.Progress(root, name)
         progress.watch(staging, size or 0, writeback=WRITEBACK_INTERVAL)
         t = time.monotonic()
         try:
-            got = urlsrc.fetch(url, download, expected)
-            names = urlsrc.materialize(download, url, target)
-        except GpufleetError as err:
+            got = urlsrc.fetch(url, download, expected, expected_size=size)
+        except GpufleetError as err:  # a partial download is kept for the next run to resume
             progress.stop("failed", error=err.msg)
             raise
         except OSError as err:
             progress.stop("failed", error=str(err))
             shutil.rmtree(staging, ignore_errors=True)
-            raise GpufleetError(f"fetching {url} failed: {err}; the installed model was left as it was") from None
-        base.update(sha256=got["sha256"], files=names)
-        base["timings"] = {"download": round(time.monotonic() - t, 3)}
-        result = _finish(p, root, name, dest, target, progress, base, ident, manifest)
-        shutil.rmtree(staging, ignore_errors=True)
-        return result
+            raise _fetch_failed(shown, err) from None
+        try:
+            names = urlsrc.materialize(download, url, target)
+            base.update(sha256=got["sha256"], files=names)
+            base["timings"] = {"download": round(time.monotonic() - t, 3)}
+            return _finish(p, root, name, dest, target, progress, base, ident, manifest)
+        except GpufleetError as err:
+            progress.stop("failed", error=err.msg)
+            raise
+        except OSError as err:
+            progress.stop("failed", error=str(err))
+            raise _fetch_failed(shown, err) from None
+        finally:  # installed or refused: nothing of this download stays behind
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fetch_failed(shown: str, err: OSError) -> GpufleetError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return GpufleetError(
+            f"disk full while fetching {shown}: {err.strerror}; the installed model was left as it was",
+            failure_class="disk_full",
+        )
+    return GpufleetError(
+        f"fetching {shown} failed: {err.strerror or err}; the installed model was left as it was",
+        failure_class="url_error",
+    )
 
 
 # ---------------------------------------------------------------- absent
@@ -480,11 +578,6 @@ def absent(root: str, name: str, force: bool, check_mode: bool) -> dict[str, Any
     with fs.model_lock(root, name, 60.0):
         fs.remove_model(root, name)
         fs.clean_trash(root, name)
-        shutil.rmtree(os.path.join(root, fs.META, "staging", f"{name}.local"), ignore_errors=True)
-        base = os.path.join(root, fs.META, "staging")
-        if os.path.isdir(base):
-            for e in os.listdir(base):
-                if e.startswith(f"{name}."):
-                    fs.rmtree_any(os.path.join(base, e))
+        fs.remove_staging(root, name)  # this model's staging only: not that of `qwen2.5` when removing `qwen2`
     res["msg"] = f"removed {dest}"
     return res

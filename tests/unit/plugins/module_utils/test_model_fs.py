@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._model import layout
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import archive, layout
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import store as fs
 
 
@@ -198,7 +198,7 @@ def test_tar_refusals(tmp_path, entry, attrs, message):
     dst = tmp_path / "out"
     dst.mkdir()
     with pytest.raises(GpufleetError, match=message):
-        fs.extract_archive(path, "tar", str(dst))
+        archive.extract_archive(path, "tar", str(dst))
     assert not os.listdir(dst)  # checked before anything is written
 
 
@@ -206,24 +206,24 @@ def test_tar_inner_links_and_zip(tmp_path):
     path = _tar(tmp_path, "b.tar", lambda t: (_add(t, "d/f"), _add(t, "d/l", type=tarfile.SYMTYPE, linkname="f")))
     dst = tmp_path / "out"
     dst.mkdir()
-    assert fs.extract_archive(path, "tar", str(dst)) == ["d/f"]
+    assert archive.extract_archive(path, "tar", str(dst)) == ["d/f"]
     assert os.readlink(dst / "d" / "l") == "f"
     z = tmp_path / "a.zip"
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("m/config.json", "{}")
     out2 = tmp_path / "out2"
     out2.mkdir()
-    assert fs.extract_archive(str(z), "zip", str(out2)) == ["m/config.json"]
+    assert archive.extract_archive(str(z), "zip", str(out2)) == ["m/config.json"]
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("../slip", "x")
     with pytest.raises(GpufleetError, match=r"'\.\.'"):
-        fs.extract_archive(str(z), "zip", str(out2))
+        archive.extract_archive(str(z), "zip", str(out2))
     with zipfile.ZipFile(z, "w") as zf:
         info = zipfile.ZipInfo("sym")
         info.external_attr = (0o120777) << 16
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(GpufleetError, match="symlink"):
-        fs.extract_archive(str(z), "zip", str(out2))
+        archive.extract_archive(str(z), "zip", str(out2))
 
 
 @pytest.mark.parametrize(
@@ -231,7 +231,7 @@ def test_tar_inner_links_and_zip(tmp_path):
     [("a.tar.gz", "tar.gz"), ("a.TGZ", "tar.gz"), ("a.tar", "tar"), ("a.zip", "zip"), ("a.gguf", None)],
 )
 def test_archive_kind(name, kind):
-    assert fs.archive_kind(name) == kind
+    assert archive.archive_kind(name) == kind
 
 
 def _record_fsyncs(monkeypatch):
@@ -334,7 +334,7 @@ def test_sync_is_durable_before_visible(tmp_path, monkeypatch):
     monkeypatch.setattr(fs, "swap_in", swap_in)
 
     # a copy (not hard links), so the bytes really are new
-    def no_link(*_args):
+    def no_link(*_args, **_kwargs):
         raise OSError(18, "cross-device")
 
     monkeypatch.setattr(os, "link", no_link)
