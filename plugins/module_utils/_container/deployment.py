@@ -2,22 +2,25 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The state machine of vllm_container: plan, pre-check, act (or, in check mode, only plan), wait, roll back.
 
-The plan is computed the same way in check mode and in a real run (``Deployment.plan``); check mode returns it and
-stops, so the two can never disagree about ``changed``.
+The plan is computed the same way in check mode and in a real run (``Deployment.run``); check mode records the
+actions it would take and stops before each engine call, so the two can never disagree about ``changed``. Its pieces live beside it in this package: the image step
+(``pull.py``), the declared container resolved against the image (``desired.py``), the pre-checks
+(``prechecks.py``), and what the engine is asked to create (``create.py``: manifest, labels, CreateSpec).
 """
 
 from __future__ import annotations
 
 import datetime
-import errno
 import os
-import socket
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import create, pull
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import desired as ds
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import manifest as mf
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import prechecks as pc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import parse_duration
@@ -30,62 +33,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 # Imported where used, not here, so that a no-op converge (label hash equal -> changed false) never loads them:
-# gpu (NVML / nvidia-smi, for the GPU pre-checks), vllm_args and its flag tables (argv mapping and validation),
+# gpu facts (NVML / nvidia-smi, for the GPU pre-checks), vllm_args and its flag tables (argv mapping and validation),
 # image_ref (pull). AnsiballZ still ships them: it follows imports inside functions too.
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-def _bad_args(e: GpufleetError) -> GpufleetError:
-    """A vllm_args error as the module reports it: ``bad_args: <message>`` with failure_class bad_args."""
-    details = dict(e.details)
-    details.setdefault("failure_class", "bad_args")
-    return GpufleetError(f"bad_args: {e.msg}", **details)
-
-
-def gpu_facts() -> tuple[list[dict[str, Any]] | None, str | None]:
-    """(gpus list, None) from plugins/module_utils/_gpu/facts.py (NVML, else nvidia-smi), or (None, why not)."""
-    from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import gather_gpus
-
-    try:
-        facts = gather_gpus(timeout=10.0)
-    except Exception as e:  # no NVML on this host is not an error for us: the checks are skipped with a warning
-        return None, f"GPU facts unavailable: {e}"
-    if facts.get("gpu_source") in (None, "none"):
-        return None, f"no GPU source answered ({facts.get('gpu_source_reason') or 'no NVML, no nvidia-smi'})"
-    return list(facts.get("gpus") or []), None
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """True when something on this host already listens on host:port."""
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, port))
-        return False
-    except OSError as e:
-        return e.errno == errno.EADDRINUSE
-    finally:
-        s.close()
-
-
-def apply_manifest(params: dict[str, Any], explicit: Collection[str] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """(parameters, warnings) for ``from_manifest``: the manifest on this host read and merged under the parameters
-    given explicitly (manifest.merge; ``explicit`` = the names the task set, None = those that differ from their
-    default). Without from_manifest: the parameters as they are. The result has from_manifest cleared, so applying
-    it twice changes nothing. Call it before choosing the engine adapter: the manifest may name the runtime."""
-    source = params.get("from_manifest")
-    if not source:
-        return params, []
-    if isinstance(source, Mapping):  # the manifest itself (e.g. read on the controller)
-        manifest = dict(source)
-        mf.check(manifest, "the manifest given")
-    elif isinstance(source, str):
-        manifest = mf.read(os.path.expanduser(source))
-    else:
-        raise GpufleetError("from_manifest: give a manifest file path on this host or the manifest itself (a dict)")
-    return mf.merge(params, manifest, explicit)
 
 
 class Deployment:
@@ -95,38 +44,37 @@ class Deployment:
         runtime: Runtime,
         check_mode: bool = False,
         warn: Callable[[str], None] | None = None,
-        gpu_facts_fn: Callable[[], tuple[list[dict[str, Any]] | None, str | None]] = gpu_facts,
+        gpu_facts_fn: pc.GpuFactsFn = pc.gpu_facts,
         explicit: Collection[str] | None = None,
     ) -> None:
         """``params``: vllm_container's parameters (argument_spec(), defaults applied). With ``from_manifest`` set,
-        the manifest is read and merged here (apply_manifest; ``explicit`` names the parameters the caller set);
-        the ``runtime`` adapter must then be the one of the merged parameters."""
+        the manifest is read and merged here (manifest.apply_manifest; ``explicit`` names the parameters the caller
+        set); the ``runtime`` adapter must then be the one of the merged parameters."""
         self.warn = warn or (lambda msg: None)
         if params.get("from_manifest"):
-            params, warnings = apply_manifest(params, explicit)
+            params, warnings = mf.apply_manifest(params, explicit)
             for w in warnings:
                 self.warn(w)
             if runtime.name in ("docker", "podman") and params.get("runtime") not in (None, runtime.name):
                 raise GpufleetError(
                     f"from_manifest gives runtime {params['runtime']} but the engine adapter is {runtime.name}; "
-                    "merge the manifest first (container.apply_manifest) and build the adapter from the result"
+                    "merge the manifest first (manifest.apply_manifest) and build the adapter from the result"
                 )
         if not params.get("name"):
             raise GpufleetError("name is required (or from_manifest, whose deployment name is then used)")
         self.p = params
         self.rt = runtime
         self.check_mode = check_mode
-        self.gpu_facts_fn = gpu_facts_fn
+        self.gpus = pc.GpuFacts(gpu_facts_fn, self.warn)  # gathered on first use by a GPU pre-check
         self.name = params["name"]
         self.cname = lb.container_name(self.name)
         self.pname = lb.previous_name(self.name)
         self.result: dict[str, Any] = {"changed": False, "actions": [], "container_name": self.cname}
         self.secrets = [v for v in [params.get("api_key"), params.get("hf_token")] if v]
         self.secrets += [str(v) for v in (params.get("secret_env") or {}).values() if v not in (None, "")]
-        self._facts: list[dict[str, Any]] | None = None
-        self._facts_loaded = False
         self.serve_for: datetime.timedelta | None = None  # parsed in run(), before anything is touched
         self.phases: list[str] = []  # pulling (this module) + the start-up phases the server's log showed
+        self.desired: ds.Desired | None = None  # resolved in run() when image and model are given
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _phase(self, phase: str) -> None:
@@ -138,87 +86,29 @@ class Deployment:
         self.result["actions"].append(action)
         self.result["changed"] = True
 
-    def _facts_list(self) -> list[dict[str, Any]] | None:
-        if not self._facts_loaded:
-            self._facts, why = self.gpu_facts_fn()
-            self._facts_loaded = True
-            if self._facts is None and why:
-                self.warn(f"GPU pre-checks skipped: {why}")
-        return self._facts
-
     @property
     def base(self) -> str:
         return rd.base_url(self.p.get("host"), self.p["port"])
 
-    def _image(self) -> ImageInfo | None:
-        """The image, or None when it is absent and ``pull: missing`` says to pull it (``_pull``)."""
-        ref = self.p["image"]
-        img = self.rt.image(ref)
-        if img is None and (self.p.get("pull") or "never") != "missing":
-            raise GpufleetError(
-                f"image {ref} is not present in {self.rt.name}; pull or build it first (gpufleet.vllm.vllm_image), "
-                "or set pull: missing to let vllm_container pull it",
-                precheck="image_absent",
-            )
-        return img
+    @property
+    def want(self) -> ds.Desired:
+        """The resolved Desired (only called on the paths that converge the declared configuration)."""
+        if self.desired is None:  # internal invariant: run() resolves it before any state needs it
+            raise RuntimeError("Deployment.desired is used before run() resolved it")
+        return self.desired
 
     def _pull(self) -> ImageInfo | None:
-        """Pull the absent image through the engine adapter (phase ``pulling``); None in check mode."""
-        from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ref import split_reference
-
+        """Pull the absent image through the engine adapter (phase ``pulling``); nothing in check mode."""
         ref = self.p["image"]
-        repo, tag, digest = split_reference(ref)
         self._act(f"pull {ref}")
         self._phase("pulling")
-        if self.check_mode:
-            return None
-        try:
-            self.rt.pull(repo, digest or tag or "latest")
-        except GpufleetError as e:
-            details = {**e.details, "phase": "pulling", "phases": list(self.phases), "image": ref}
-            details.setdefault("failure_class", "pull_failed")
-            raise GpufleetError(e.msg, **details) from e
-        img = self.rt.image(ref)
-        if img is None:
-            raise GpufleetError(
-                f"pulled {ref} but {self.rt.name} does not show it", failure_class="pull_failed", phase="pulling"
-            )
-        return img
+        return None if self.check_mode else pull.pull(self.rt, ref, self.phases)
 
-    def _predicted_mode(self) -> tuple[str, str | None]:
-        """(model mode, vLLM version) of an image that is not pulled yet (check mode): from vllm_version or the
-        tag (v0.10.2 -> 0.10.2). Images before vLLM 0.9 start with the api_server module (``--model``)."""
-        from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ref import split_reference, version_of_tag
-
-        version = self.p.get("vllm_version") or version_of_tag(split_reference(self.p["image"])[1] or "")
-        parts = [int(x) for x in (version or "").split(".")[:2] if x.isdigit()]
-        return ("option" if len(parts) == 2 and tuple(parts) < (0, 9) else "positional"), version
-
-    def _specs(
-        self, img: ImageInfo | None, mode: str, version: str | None, cur: ContainerState | None
-    ) -> tuple[dict[str, Any], dict[str, str], set[str]]:
-        """(spec, env, secret keys). ``validate_args`` maps the typed options to the flags of this vLLM version (one
-        it lacks is bad_args here, before anything is touched, check mode included). A container whose
-        ``gpufleet.argv-flags`` label says its argv was mapped from the same options for the same version is first
-        compared with the default flags, without loading the flag tables: equal hashes mean a no-op."""
-        image_id = img.id if img is not None else None
-        validate = bool(self.p.get("validate_args"))
-        if not validate:
-            return cs.normalized_spec(self.p, image_id, mode)
-        if (
-            cur is not None
-            and img is not None
-            and cur.labels.get(lb.ARGV_FLAGS) == cs.argv_flags_marker(self.p, version)
-        ):
-            spec, env, secret_keys = cs.normalized_spec(self.p, image_id, mode)
-            if cs.config_hash(spec) == cur.labels.get(lb.CONFIG_HASH):
-                return spec, env, secret_keys
-        try:
-            return cs.normalized_spec(self.p, image_id, mode, check_version=True, vllm_version=version)
-        except GpufleetError as e:
-            if e.details.get("failure_class") == "bad_args":
-                raise _bad_args(e) from e
-            raise
+    def _prechecks(self, cur: ContainerState | None, starting: bool) -> None:
+        """The argv against the image's vLLM flag table, then the pre-checks (prechecks.check): both before anything
+        is created or started; a failure touches nothing."""
+        ds.validate_argv(self.p, self.want, self.warn)
+        pc.check(self.p, self.want.gpus, cur, starting, self.gpus, self.rt)
 
     # ------------------------------------------------------------------------------------------------ entry
     def run(self) -> dict[str, Any]:
@@ -251,42 +141,28 @@ class Deployment:
             return self._absent(cur)
         if by_name:
             return self._by_name(cur)
-        self._host_warning()
-        img = self._image()
+        pc.host_warning(self.p, self.warn)
+        img = pull.present(self.rt, self.p)
         if img is None:
             # pull: missing. The pre-checks that do not need the image run first: a pull can take long.
-            self.ctx = {"spec": {"gpus": cs.gpus_of(self.p)}}
-            self._prechecks(cur, starting=state != "stopped", argv=False)
+            pc.check(self.p, cs.gpus_of(self.p), cur, state != "stopped", self.gpus, self.rt)
             img = self._pull()
-        if img is not None:
-            mode, version = cs.model_mode(img.entrypoint), self.p.get("vllm_version") or img.vllm_version
-        else:  # check mode: the image would be pulled first
-            mode, version = self._predicted_mode()
-        spec, env, secret_keys = self._specs(img, mode, version, cur)
-        h = cs.config_hash(spec)
+        mode, version = pull.model_mode(self.p, img)  # predicted from the tag in check mode before a pull
+        want = self.desired = ds.resolve(self.p, img, mode, version, cur)
         cur_l = lb.parse(cur.labels) if cur else None
-        same = bool(cur and cur_l and cur_l["config_hash"] == h)
-        self.ctx = {
-            "img": img,
-            "mode": mode,
-            "spec": spec,
-            "env": env,
-            "secret_keys": secret_keys,
-            "hash": h,
-            "version": version,
-        }
+        same = bool(cur and cur_l and cur_l["config_hash"] == want.config_hash)
         self.result.update(
-            config_hash=h,
-            spec=cs.masked_spec(spec),
+            config_hash=want.config_hash,
+            spec=cs.masked_spec(want.spec),
             endpoint=self.base,
             vllm_version=version,
-            argv=spec["argv"],
+            argv=want.spec["argv"],
         )
-        d = cs.diff(cur_l["spec"] if cur_l else None, spec)
+        d = cs.diff(cur_l["spec"] if cur_l else None, want.spec)
         self.result["diff"] = {"before": d["before"], "after": d["after"]}
         self.result["changed_keys"] = d["changed_keys"] if not same else []
         if cur is not None and not same:
-            self.result["changed_env_keys"] = cs.changed_env_keys(cur_l["spec"] if cur_l else None, spec)
+            self.result["changed_env_keys"] = cs.changed_env_keys(cur_l["spec"] if cur_l else None, want.spec)
 
         if state == "stopped":
             self._stopped(cur, same)
@@ -562,62 +438,15 @@ class Deployment:
         # The old server may use another api key: /health answering is enough to say it serves again.
         return out.ready or out.health_ok_at is not None or rd.http(self.base + "/health")[0] == 200
 
+    # ------------------------------------------------------------------------------------------------ create
     def _create_spec(self) -> CreateSpec:
-        c = self.ctx
-        spec = c["spec"]
-        serve_until = None
-        if self.serve_for is not None:
-            until = datetime.datetime.now(datetime.timezone.utc) + self.serve_for
-            serve_until = until.strftime("%Y-%m-%dT%H:%M:%SZ")
         manifest = self._build_manifest()
         self.result["manifest"] = manifest
-        labels = lb.build(
-            name=self.name,
-            port=self.p["port"],
-            host=self.p.get("host") or "0.0.0.0",
-            config_hash=c["hash"],
-            vllm_version=c["version"],
-            model=self.p["model"],
-            gpus=spec["gpus"],
-            manifest=manifest,
-            spec=spec,
-            serve_until=serve_until,
-            sleep_mode=bool(self.p.get("sleep_mode")),
-            api_key=bool(self.p.get("api_key")),
-            extra=self.p.get("labels"),
-            argv_flags=cs.argv_flags_marker(self.p, c["version"]) if self.p.get("validate_args") else None,
-        )
-        return CreateSpec(
-            name=self.cname,
-            image=self.p["image"],
-            command=spec["argv"],
-            env=c["env"],
-            mounts=cs.mounts_of(self.p),
-            gpus=spec["gpus"],
-            network=spec["network"],
-            ipc=spec["ipc"],
-            shm_size=spec["shm_size"],
-            restart_policy=spec["restart_policy"],
-            labels=labels,
-            port=self.p["port"],
-            host=self.p.get("host") or "0.0.0.0",
-        )
+        labels = create.labels_of(self.p, self.want, manifest, create.serve_until(self.serve_for))
+        return create.create_spec(self.p, self.want, labels)
 
     def _build_manifest(self) -> dict[str, Any]:
-        c = self.ctx
-        img = c["img"]  # None in check mode before a pull
-        return mf.build(
-            self.p,
-            argv=c["spec"]["argv"],
-            env_keys=list(c["env"]),
-            image_ref=self.p["image"],
-            image_id=img.id if img is not None else None,
-            image_digest=img.digest if img is not None else None,
-            vllm_version=c["version"],
-            gpus=c["spec"]["gpus"],
-            gpu_facts=self._facts if self._facts_loaded else None,
-            config_hash=c["hash"],
-        )
+        return create.manifest_of(self.p, self.want, self.gpus.gathered)
 
     def _manifest(self, same: bool, cur: ContainerState | None) -> None:
         if "manifest" not in self.result:
@@ -634,158 +463,3 @@ class Deployment:
         if changed:
             self.result["actions"].append(f"write manifest {path}")
             self.result["changed"] = True
-
-    # ------------------------------------------------------------------------------------------------ checks
-    def _host_warning(self) -> None:
-        host = self.p.get("host") or "0.0.0.0"
-        if host not in LOOPBACK and not self.p.get("api_key"):
-            self.warn(
-                f"vLLM listens on {host}:{self.p['port']} without api_key: anyone who reaches the port can use the "
-                "server; set api_key or host: 127.0.0.1"
-            )
-
-    def _prechecks(self, cur: ContainerState | None, starting: bool, argv: bool = True) -> None:
-        """Everything that must hold before a container is created (pre-check failures touch nothing). ``argv``:
-        validate the argv too (it needs the image's vLLM version: skipped before a pull)."""
-        if argv:
-            self._validate_argv()
-        if not self.p.get("prechecks"):
-            return
-        p = self.p
-        problems: list[tuple[str, str]] = []
-        gpus = self.ctx["spec"]["gpus"]
-        world = (p.get("tensor_parallel_size") or 1) * (p.get("pipeline_parallel_size") or 1)
-        facts = self._facts_list() if gpus else None
-        if gpus and gpus != ["all"] and world != len(gpus):
-            problems.append(
-                (
-                    "tp_mismatch",
-                    f"tensor_parallel_size x pipeline_parallel_size = {world} but {len(gpus)} GPU(s) are "
-                    f"given ({','.join(gpus)}); make them equal",
-                )
-            )
-        if not gpus and world > 1:
-            problems.append(
-                ("tp_mismatch", f"tensor_parallel_size x pipeline_parallel_size = {world} but no gpus given")
-            )
-        if facts is not None and gpus:
-            by_id: dict[str, dict[str, Any]] = {}
-            for g in facts:
-                by_id[str(g.get("index"))] = g
-                if g.get("uuid"):
-                    by_id[str(g["uuid"])] = g
-            if gpus == ["all"]:
-                selected = list(facts)
-                if world != len(facts) and world > 1:
-                    problems.append(
-                        (
-                            "tp_mismatch",
-                            f"tensor_parallel_size x pipeline_parallel_size = {world} but gpus=all is "
-                            f"{len(facts)} GPU(s)",
-                        )
-                    )
-            else:
-                missing = [g for g in gpus if g not in by_id]
-                if missing:
-                    have = ", ".join(f"{g.get('index')} ({g.get('uuid')})" for g in facts) or "none"
-                    problems.append(("gpu_not_found", f"GPU(s) {', '.join(missing)} not on this host; it has: {have}"))
-                selected = [by_id[g] for g in gpus if g in by_id]
-            frac = p.get("gpu_memory_utilization") or 0.9
-            own = self._own_usage(cur)
-            for g in selected:
-                total = g.get("memory_total_mib")
-                free = g.get("memory_free_mib")
-                if total is None or free is None:
-                    continue
-                free_eff = min(total, free + own.get(str(g.get("index")), 0))
-                need = frac * total
-                if need > free_eff:
-                    problems.append(
-                        (
-                            "gpu_memory",
-                            f"gpu_memory_utilization {frac} x {total} MiB = {need:.0f} MiB on GPU "
-                            f"{g.get('index')} but only {free_eff:.0f} MiB are free; lower gpu_memory_utilization to "
-                            f"{max(0.0, free_eff / total - 0.01):.2f} or free the GPU",
-                        )
-                    )
-        model = p["model"]
-        if cs.is_local_model(model):
-            mp = cs.normalize_model(model)
-            if not os.path.exists(mp):
-                problems.append(
-                    (
-                        "model_missing",
-                        f"model path {mp} does not exist on this host; sync it first (gpufleet.vllm.model_sync)",
-                    )
-                )
-            elif os.path.isdir(mp) and not (
-                os.path.exists(os.path.join(mp, "config.json")) or os.path.exists(os.path.join(mp, "params.json"))
-            ):
-                problems.append(("model_invalid", f"model path {mp} has no config.json"))
-        for lo in p.get("lora_modules") or []:
-            if not os.path.exists(lo["path"]):
-                problems.append(("lora_missing", f"LoRA {lo['name']}: path {lo['path']} does not exist on this host"))
-        if starting and (p.get("network") or "host") == "host":
-            ours = (
-                cur is not None
-                and (cur.running or cur.status == "paused")
-                and lb.parse(cur.labels)["port"] == p["port"]
-            )
-            host = p.get("host") or "0.0.0.0"
-            if not ours and port_in_use(host if host != "localhost" else "127.0.0.1", p["port"]):
-                problems.append(
-                    (
-                        "port_conflict",
-                        f"port {p['port']} is already bound on this host by something else; choose "
-                        "another port or stop what listens there",
-                    )
-                )
-        if problems:
-            raise GpufleetError(
-                "pre-check failed: " + "; ".join(p[1] for p in problems),
-                precheck=[p[0] for p in problems],
-                problems=[p[1] for p in problems],
-                failure_class=problems[0][0] if problems[0][0] == "port_conflict" else None,
-            )
-
-    def _own_usage(self, cur: ContainerState | None) -> dict[str, float]:
-        """MiB this deployment's current container holds per GPU index (counts as free for its replacement)."""
-        if cur is None or not cur.running or not self._facts:
-            return {}
-        pids = set(self.rt.pids(cur.id))
-        out: dict[str, float] = {}
-        for g in self._facts:
-            used = 0.0
-            for proc in g.get("processes") or []:
-                if proc.get("pid") in pids:
-                    used += float(proc.get("used_memory_mib") or proc.get("memory_mib") or 0)
-            if used:
-                out[str(g.get("index"))] = used
-        if not out:
-            # No pid match (e.g. another PID namespace): assume its own share of each GPU it holds.
-            old = lb.parse(cur.labels)
-            frac = ((old["manifest"] or {}).get("gpu_memory_utilization")) or 0.9
-            for g in self._facts:
-                if str(g.get("index")) in old["gpus"] or str(g.get("uuid")) in old["gpus"] or old["gpus"] == ["all"]:
-                    out[str(g.get("index"))] = frac * float(g.get("memory_total_mib") or 0)
-        return out
-
-    def _validate_argv(self) -> None:
-        """The whole argv (typed options + extra_args) against the flag table of the deployment's vLLM version
-        (vllm_args, issue 9): bad_args before anything is created or started. validate_args: false skips it."""
-        if not self.p.get("validate_args"):
-            return
-        from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import args as vllm_args
-
-        c = self.ctx
-        try:
-            warnings = vllm_args.check_argv(
-                c["spec"]["argv"],
-                c["version"],
-                entrypoint=cs.entrypoint_of(c["mode"]),
-                env=cs.argv_check_env(c["env"], c["secret_keys"]),
-            )
-        except GpufleetError as e:
-            raise _bad_args(e) from e
-        for w in warnings:
-            self.warn(str(w))

@@ -259,3 +259,21 @@ def merge(
             "(a manifest records env keys, never values: give them again in env, secret_env, api_key or hf_token)"
         )
     return out, warnings
+
+
+def apply_manifest(params: dict[str, Any], explicit: Collection[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """(parameters, warnings) for ``from_manifest``: the manifest on this host read and merged under the parameters
+    given explicitly (merge; ``explicit`` = the names the task set, None = those that differ from their default).
+    Without from_manifest: the parameters as they are. The result has from_manifest cleared, so applying it twice
+    changes nothing. Call it before choosing the engine adapter: the manifest may name the runtime."""
+    source = params.get("from_manifest")
+    if not source:
+        return params, []
+    if isinstance(source, Mapping):  # the manifest itself (e.g. read on the controller)
+        manifest = dict(source)
+        check(manifest, "the manifest given")
+    elif isinstance(source, str):
+        manifest = read(os.path.expanduser(source))
+    else:
+        raise GpufleetError("from_manifest: give a manifest file path on this host or the manifest itself (a dict)")
+    return merge(params, manifest, explicit)

@@ -8,6 +8,7 @@ import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import deployment as ct
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import manifest as mf
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import prechecks as pc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ImageInfo
@@ -50,7 +51,7 @@ def env(monkeypatch, tmp_path):
 
     monkeypatch.setattr(rd, "wait_ready", wait_ready)
     monkeypatch.setattr(rd, "models", lambda base, key: ["m"])
-    monkeypatch.setattr(ct, "port_in_use", lambda host, port: False)
+    monkeypatch.setattr(pc, "port_in_use", lambda host, port: False)
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     return tmp_path
@@ -255,17 +256,17 @@ def test_deploy_from_manifest_under_another_name_and_port(env):
     assert {k: v for k, v in mb.items() if k not in skip} == {k: v for k, v in ma.items() if k not in skip}
     assert "secret" not in json.dumps(mb)
     # the module resolves the manifest first; feeding the result again is the same (from_manifest cleared)
-    again, _w = ct.apply_manifest(dict(params, name="b", port=18002), explicit={"name", "port", "from_manifest"})
-    assert again["from_manifest"] is None and ct.apply_manifest(again) == (again, [])
+    again, _w = mf.apply_manifest(dict(params, name="b", port=18002), explicit={"name", "port", "from_manifest"})
+    assert again["from_manifest"] is None and mf.apply_manifest(again) == (again, [])
     noop = ct.Deployment(again, rt, False, warnings.append, gpu_facts_fn=facts(GPU(0))).run()
     assert noop["changed"] is False
     # The manifest itself (read on the controller) gives the same parameters as its file on the host.
-    given, _w = ct.apply_manifest(dict(params, from_manifest=ma), explicit={"name", "port", "from_manifest"})
+    given, _w = mf.apply_manifest(dict(params, from_manifest=ma), explicit={"name", "port", "from_manifest"})
     assert given == again
     with pytest.raises(GpufleetError, match="the manifest given"):
-        ct.apply_manifest(dict(params, from_manifest={"name": "x"}))
+        mf.apply_manifest(dict(params, from_manifest={"name": "x"}))
     with pytest.raises(GpufleetError, match="a dict"):
-        ct.apply_manifest(dict(params, from_manifest=["x"]))
+        mf.apply_manifest(dict(params, from_manifest=["x"]))
 
 
 def test_name_comes_from_the_manifest_and_runtime_must_match(env):

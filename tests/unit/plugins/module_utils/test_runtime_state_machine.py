@@ -6,11 +6,12 @@ import socket
 
 import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import deployment as ct
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import prechecks as pc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
-_real_port_in_use = ct.port_in_use
+_real_port_in_use = pc.port_in_use
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_prechecks_fail_before_touching_anything(rt, kw, gf, check):
 
 
 def test_port_conflict_precheck(rt, monkeypatch):
-    monkeypatch.setattr(ct, "port_in_use", _real_port_in_use)
+    monkeypatch.setattr(pc, "port_in_use", _real_port_in_use)
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen()
