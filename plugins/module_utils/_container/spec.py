@@ -3,10 +3,11 @@
 """One declaration per option: the argument spec, the vLLM argv, the normalized spec, its hash and the diff.
 
 ``OPTIONS`` is the single table of vllm_container's options. Each entry says its Ansible type and, for engine
-options, the ``vllm serve`` flag and how it is rendered (``kind``), and how it takes part in the comparison
-(``comparison``): ``argv`` (rendered into the argv list, which is compared as a list), ``env`` (env keys and salted
-value hashes), ``set`` (sorted before hashing: order never causes a recreate), ``value``, or ``ignore`` (never
-causes a recreate: wait, timeouts, state...).
+options, the ``vllm serve`` flag and how it is rendered (``kind``). How an option takes part in the comparison is
+decided by where ``normalized_spec`` puts it: rendered into the argv (compared as a list: engine options, model,
+host, port, LoRA, sleep mode, extra_args), env keys with salted value hashes (env, secret_env, api_key, hf_token),
+sorted lists (gpus, mounts and caches: order never causes a recreate), plain values (runtime, image id, network, ipc,
+shm_size, restart_policy, labels), or not at all (wait, timeouts, state, serve_for, ...: never a recreate).
 
 Idempotence is decided by one value only: the sha256 of the normalized spec, stored in the ``gpufleet.config-hash``
 label. Engine fields are never re-read for comparison, so how an engine reports device requests, digests or env
@@ -36,7 +37,6 @@ class Option:
     type: str  # Ansible type: str, int, float, bool, list, dict, path, raw
     flag: str | None = None  # vLLM flag (engine options only)
     kind: str = "container"  # container | value | store_true | boolean_optional | nargs
-    comparison: str = "ignore"  # argv | env | set | value | ignore
     default: Any = None
     elements: str | None = None
     choices: tuple[Any, ...] | None = None
@@ -46,7 +46,7 @@ class Option:
 
 
 def _e(name: str, type_: str, flag: str, kind: str = "value", **kw: Any) -> Option:
-    return Option(name=name, type=type_, flag=flag, kind=kind, comparison="argv", **kw)
+    return Option(name=name, type=type_, flag=flag, kind=kind, **kw)
 
 
 # Engine options, in argv order. Everything here is optional (None = vLLM's default, nothing rendered).
@@ -82,39 +82,33 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
 _LORA_SUBOPTIONS = {"name": {"type": "str", "required": True}, "path": {"type": "path", "required": True}}
 
 CONTAINER_OPTIONS: tuple[Option, ...] = (
-    Option("name", "str", comparison="value"),  # required unless from_manifest gives it (container.Deployment)
+    Option("name", "str"),  # required unless from_manifest gives it (deployment.Deployment)
     Option("state", "str", default="started", choices=("started", "stopped", "paused", "absent", "restarted")),
-    Option("runtime", "str", default="docker", choices=("docker", "podman"), comparison="value"),
+    Option("runtime", "str", default="docker", choices=("docker", "podman")),
     Option("docker_host", "str"),
-    Option("image", "str", comparison="value"),
-    Option("model", "str", comparison="argv"),
-    Option("host", "str", default="0.0.0.0", comparison="argv"),
-    Option("port", "int", default=8000, comparison="argv"),
-    Option("gpus", "list", elements="str", comparison="set"),
-    Option("extra_args", "list", elements="str", default=[], comparison="argv"),
-    Option("lora_modules", "list", elements="dict", suboptions=_LORA_SUBOPTIONS, comparison="argv"),
-    Option("env", "dict", default={}, comparison="env"),
-    Option("secret_env", "dict", default={}, no_log=True, comparison="env"),
-    Option("api_key", "str", no_log=True, comparison="env"),
-    Option("hf_token", "str", no_log=True, comparison="env"),
-    Option("hf_cache_dir", "path", default="/var/lib/gpufleet/hf-cache", comparison="set"),
-    Option("compile_cache_dir", "path", default="/var/lib/gpufleet/vllm-cache", comparison="set"),
-    Option("mounts", "list", elements="str", default=[], comparison="set"),
-    Option("network", "str", default="host", comparison="value"),
-    Option("ipc", "str", default="host", comparison="value"),
-    Option("shm_size", "str", comparison="value"),
-    Option(
-        "restart_policy",
-        "str",
-        default="unless-stopped",
-        choices=("no", "on-failure", "always", "unless-stopped"),
-        comparison="value",
-    ),
-    Option("labels", "dict", default={}, comparison="value"),
+    Option("image", "str"),
+    Option("model", "str"),
+    Option("host", "str", default="0.0.0.0"),
+    Option("port", "int", default=8000),
+    Option("gpus", "list", elements="str"),
+    Option("extra_args", "list", elements="str", default=[]),
+    Option("lora_modules", "list", elements="dict", suboptions=_LORA_SUBOPTIONS),
+    Option("env", "dict", default={}),
+    Option("secret_env", "dict", default={}, no_log=True),
+    Option("api_key", "str", no_log=True),
+    Option("hf_token", "str", no_log=True),
+    Option("hf_cache_dir", "path", default="/var/lib/gpufleet/hf-cache"),
+    Option("compile_cache_dir", "path", default="/var/lib/gpufleet/vllm-cache"),
+    Option("mounts", "list", elements="str", default=[]),
+    Option("network", "str", default="host"),
+    Option("ipc", "str", default="host"),
+    Option("shm_size", "str"),
+    Option("restart_policy", "str", default="unless-stopped", choices=("no", "on-failure", "always", "unless-stopped")),
+    Option("labels", "dict", default={}),
     Option("wait", "bool", default=True),
     Option("wait_timeout", "int", default=1800),
     Option("stop_timeout", "int", default=30),
-    Option("sleep_mode", "bool", default=False, comparison="argv"),
+    Option("sleep_mode", "bool", default=False),
     Option("sleep_level", "int", default=1, choices=(1, 2)),
     Option("serve_for", "raw"),  # module_utils/_duration.py: a bare number is hours, 90m / 2h / 1d, infinite
     Option("manifest_dir", "path", default="/var/lib/gpufleet/manifests"),
