@@ -8,13 +8,13 @@ Mutable state of one ``placement.plan()`` run (never shared between runs). ``pla
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import Problems, normalize_reservations
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import fit
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import is_under
 
 
@@ -114,16 +114,15 @@ class Requirement:
         self.sharing: bool = bool(dep["gpu_sharing"])
         self.key = (need, self.reserve_frac)
 
+    # The fit rule is _gpu/fit.py's (shared with vllm_container's pre-checks).
     def usable(self, total: int) -> int:
-        return int(total * self.reserve_frac)
+        return fit.usable_mib(total, self.reserve_frac)
 
     def reserve(self, total: int) -> int:
-        return math.ceil(total * self.reserve_frac)
+        return fit.reserved_mib(total, self.reserve_frac)
 
     def fits_mem(self, total: int, avail: int) -> bool:
-        if self.need is not None and self.usable(total) < self.need:
-            return False
-        return avail >= self.reserve(total)
+        return fit.fits(total, avail, self.reserve_frac, self.need)
 
 
 def selector_miss(dep: Mapping[str, Any], host: Host) -> str | None:

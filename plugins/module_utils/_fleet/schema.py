@@ -21,7 +21,11 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec impo
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import FORMAT as DURATION_FORMAT
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, duration_hours
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.fit import DTYPE_BYTES
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.fit import (
+    DEFAULT_UTILIZATION,
+    DTYPE_BYTES,
+    gpus_per_replica,
+)
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -30,7 +34,7 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]
 GPU_UUID_RE = re.compile(r"^(GPU|MIG)-[0-9A-Za-z-]+$")
 
 DEFAULT_PORT = 8000
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+DEFAULT_GPU_MEMORY_UTILIZATION = DEFAULT_UTILIZATION  # vLLM's, from _gpu/fit.py
 RUNTIMES = ("docker", "podman")
 PLACEMENTS = ("spread", "binpack")
 STATES = ("present", "absent")
@@ -513,18 +517,18 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
         else:
             gpr = len(pinned_gpus) // replicas
     if gpr is None:
-        gpr = (tp or 1) * (pp or 1)
+        gpr = gpus_per_replica(tp, pp)
     if tp is None:
         if gpr % (pp or 1):
             problems.add(who, "gpus_per_replica", f"must be a multiple of pipeline_parallel_size ({pp})", gpr)
             tp = 1
         else:
             tp = gpr // (pp or 1)
-    if tp * (pp or 1) != gpr:
+    if gpus_per_replica(tp, pp) != gpr:
         problems.add(
             who,
             "gpus_per_replica",
-            f"must equal tensor_parallel_size x pipeline_parallel_size = {tp} x {pp} = {tp * (pp or 1)}",
+            f"must equal tensor_parallel_size x pipeline_parallel_size = {tp} x {pp} = {gpus_per_replica(tp, pp)}",
             gpr,
         )
     if pinned_gpus is not None and replicas is not None and len(pinned_gpus) != gpr * replicas:
