@@ -570,8 +570,10 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment
-from ansible_collections.gpufleet.vllm.plugins.module_utils._container.manifest import apply_manifest
+from contextlib import nullcontext
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment, apply_manifest
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.lock import converge_lock, state_dir
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import check as check_options
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import (
@@ -607,7 +609,10 @@ def main() -> None:
             module.warn(warning)
         check_options(params)  # ranges, name, env names, paths, secrets in extra_args: before anything is touched
         runtime = get_runtime(params["runtime"], params["docker_host"])
-        result = Deployment(params, runtime, module.check_mode, module.warn).run()
+        # One converge of a name at a time on this host (check mode changes nothing: no lock).
+        locked = params.get("name") and not module.check_mode
+        with converge_lock(state_dir(params["manifest_dir"]), params["name"]) if locked else nullcontext():
+            result = Deployment(params, runtime, module.check_mode, module.warn).run()
     except GpufleetError as e:
         module.fail_json(msg=str(e), **e.details)
     if not module._diff:

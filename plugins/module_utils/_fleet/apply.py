@@ -27,6 +27,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import validate as container_validate
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.info import gather
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.lock import converge_lock, state_dir
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec as container_argspec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
@@ -148,6 +149,13 @@ class HostApply:
         if entry is not None:
             self.diffs.append(entry)
 
+    def _converge(self, params: dict[str, Any]) -> dict[str, Any]:
+        """vllm_container's run, holding the deployment's converge lock (none in check mode: nothing changes)."""
+        if self.check_mode:
+            return Deployment(params, self.rt, self.check_mode, self.warn).run()
+        with converge_lock(state_dir(params["manifest_dir"]), params["name"]):
+            return Deployment(params, self.rt, self.check_mode, self.warn).run()
+
     def _container_args(self, spec: Mapping[str, Any], image: Any) -> dict[str, Any]:
         args = dict(spec.get("container") or {})
         args.update(
@@ -205,7 +213,7 @@ class HostApply:
                     "manifest_dir": self.p["manifest_dir"],
                 },
             )
-            res = Deployment(params, self.rt, self.check_mode, self.warn).run()
+            res = self._converge(params)
             rec.changed = bool(res.get("changed"))
             self._note(f"gpufleet-{name}", res)
         except GpufleetError as err:
@@ -282,7 +290,7 @@ class HostApply:
             return True
         try:
             params = container_params(f"{name}: vllm_container", self._container_args(spec, ref))
-            res = Deployment(params, self.rt, self.check_mode, self.warn).run()
+            res = self._converge(params)
         except GpufleetError as err:
             res = _error_result(err)
             rec.failed, rec.changed, rec.failed_step = True, bool(err.details.get("changed")), "vllm_container"

@@ -213,3 +213,33 @@ def test_sleep_mode_with_a_network_host_is_refused_with_the_way_out():
     (problem,) = cv.option_problems({"sleep_mode": True, "host": "10.0.0.5"})
     assert "dev endpoints" in problem and "leave host unset" in problem and "sleep_mode off" in problem
     assert cv.option_problems({"sleep_mode": False, "host": "10.0.0.5"}) == []
+
+
+def test_converge_lock_refuses_a_second_converge_of_the_same_name(tmp_path):
+    import subprocess
+    import sys
+
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container.lock import converge_lock, lock_path
+
+    with converge_lock(str(tmp_path), "chat") as path:
+        assert path == str(tmp_path / "locks" / "chat.lock")
+        # another process (flock is per open file: a second open in this process would conflict the same way)
+        code = (
+            "import sys\n"
+            "from ansible_collections.gpufleet.vllm.plugins.module_utils._container.lock import converge_lock\n"
+            "try:\n"
+            f"    with converge_lock({str(tmp_path)!r}, 'chat'):\n"
+            "        print('got it')\n"
+            "except Exception as e:\n"
+            "    print(e)\n"
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert "another converge of chat is running on this host" in out.stdout, out.stdout + out.stderr
+        assert f"(pid {os.getpid()})" in out.stdout
+        with converge_lock(str(tmp_path), "other"):  # other names are independent
+            pass
+    with converge_lock(str(tmp_path), "chat"):  # released
+        pass
+    with pytest.raises(GpufleetError, match="not a valid deployment name"):
+        lock_path(str(tmp_path), "../victim")

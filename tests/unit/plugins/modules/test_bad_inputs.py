@@ -209,8 +209,11 @@ def _fill(value: Any, tmp: Path) -> Any:
 
 
 def _tree(root: Path) -> dict[str, str]:
+    """Every directory and file under root with its content hash; the converge locks (state_dir/locks, one small
+    file per deployment name, held only while a run converges it) are not state and are left out."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "locks"]
         for d in dirnames:
             out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
         for f in filenames:
@@ -320,3 +323,16 @@ def test_fleet_plan_schema_refuses_bad_deployments_with_one_error(fields, fragme
     msg = str(err.value)
     assert fragment in msg and SECRET not in msg
     assert FIX_WORDS.search(msg) or "must" in msg
+
+
+def test_a_second_converge_of_the_same_name_is_refused_while_the_first_runs(bed, capsys):
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container.lock import converge_lock
+
+    root, rt = bed["root"], bed["rt"]
+    args = _fill(container(manifest_dir="TMP/manifests", hf_cache_dir="TMP/hf", compile_cache_dir="TMP/cc"), root)
+    before = json.dumps(rt.c, sort_keys=True)
+    with converge_lock(str(root), "chat"):  # the first run (flock: a second open file conflicts, even in-process)
+        result = _run(vllm_container, args, capsys)
+    assert result["rc"] == 1 and result["failure_class"] == "locked"
+    assert "another converge of chat is running on this host" in result["msg"] and "run again" in result["msg"]
+    assert json.dumps(rt.c, sort_keys=True) == before and rt.calls == []
