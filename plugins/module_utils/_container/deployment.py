@@ -23,6 +23,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container import ma
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import prechecks as pc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import name_problem
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import parse_duration
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import (
     ContainerState,
@@ -62,6 +63,9 @@ class Deployment:
                 )
         if not params.get("name"):
             raise GpufleetError("name is required (or from_manifest, whose deployment name is then used)")
+        bad_name = name_problem(params["name"])  # it becomes file names: the manifest, the compile cache, the lock
+        if bad_name:
+            raise GpufleetError(bad_name, failure_class="bad_args")
         self.p = params
         self.rt = runtime
         self.check_mode = check_mode

@@ -20,6 +20,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec impo
     OPTION_BY_NAME,
     env_of,
 )
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import name_problem
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_if_changed
 
@@ -107,16 +108,24 @@ def build(
     }
 
 
+def path_of(directory: str, name: str) -> str:
+    """``<directory>/<name>.json``; a name that is not a deployment name (``../victim``, ``a/b``) is refused."""
+    problem = name_problem(name)
+    if problem:
+        raise GpufleetError(problem, failure_class="bad_args")
+    return os.path.join(directory, f"{name}.json")
+
+
 def write(directory: str, name: str, manifest: dict[str, Any]) -> tuple[str, bool]:
     """Write atomically when the content differs; (path, changed)."""
-    path = os.path.join(directory, f"{name}.json")
+    path = path_of(directory, name)
     os.makedirs(directory, mode=0o755, exist_ok=True)
     return path, write_if_changed(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def remove(directory: str, name: str) -> bool:
     try:
-        os.unlink(os.path.join(directory, f"{name}.json"))
+        os.unlink(path_of(directory, name))
         return True
     except FileNotFoundError:
         return False

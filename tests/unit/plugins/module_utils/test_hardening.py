@@ -243,3 +243,24 @@ def test_converge_lock_refuses_a_second_converge_of_the_same_name(tmp_path):
         pass
     with pytest.raises(GpufleetError, match="not a valid deployment name"):
         lock_path(str(tmp_path), "../victim")
+
+
+def test_names_never_become_paths_outside_their_directory(tmp_path, fake_runtime):
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container import manifest as mf
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec
+
+    victim = tmp_path / "victim.json"
+    victim.write_text("{}")
+    (tmp_path / "manifests").mkdir()
+    params = {k: v.get("default") for k, v in argument_spec().items()}
+    params.update(name="../victim", state="absent", manifest_dir=str(tmp_path / "manifests"))
+    with pytest.raises(GpufleetError, match="not a valid deployment name"):
+        Deployment(params, fake_runtime).run()
+    for call in (
+        lambda: mf.remove(str(tmp_path / "manifests"), "../victim"),
+        lambda: mf.write(str(tmp_path), "a/b", {}),
+    ):
+        with pytest.raises(GpufleetError, match="not a valid deployment name"):
+            call()
+    assert victim.read_text() == "{}" and fake_runtime.calls == []
