@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import store
 
 pytestmark = pytest.mark.integration
 
@@ -388,20 +389,14 @@ def test_two_concurrent_runs(fake_hub, model_sync, tmp_path):
     assert all(not r.get("failed") for r in results), results
     assert sorted(r["changed"] for r in results) == [False, True]  # one downloaded, the other waited and saw it
     assert all(r["commit"] == sha for r in results)
-    # a run that cannot wait long enough says so
-    fake_hub.make_repo(repo, shards=2, shard_bytes=512 * 1024, seed=5)
-    fake_hub.set_options(repo, throttle_bps=128 * 1024)
-    slow = model_sync.spawn(_hf("m", repo, root), tmp_path / "slow")
-    status = root / ".gpufleet" / "status" / "m.json"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if status.exists() and json.loads(status.read_text()).get("pid") == slow.pid:
-            break
-        time.sleep(0.05)
-    quick = model_sync.direct(_hf("m", repo, root, lock_timeout=1), tmp_path / "quick").result
-    slow.communicate(timeout=120)
+    # a run that cannot wait long enough says so: the lock is held (by this process, through the same flock a
+    # running model_sync holds) for as long as the quick run takes, however slow the machine is
+    fake_hub.make_repo(repo, shards=2, shard_bytes=512 * 1024, seed=5)  # a new commit: the quick run needs the lock
+    with store.model_lock(str(root), "m", 5):
+        quick = model_sync.direct(_hf("m", repo, root, lock_timeout=1), tmp_path / "quick").result
     fake_hub.set_options(repo, throttle_bps=0)
     assert quick.get("failed") and quick["failure_class"] == "locked" and "another model_sync" in quick["msg"]
+    assert f"held by pid {os.getpid()}" in quick["msg"]
 
 
 # ---------------------------------------------------------------- absent
