@@ -1,38 +1,93 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): set-up, lint, ansible-doc, ansible-test sanity, then unit and
-# integration tests (pytest) on the real daemons of the simulated test bed.
-# Extra arguments go to pytest, e.g. `hack/test.sh -k gpu_facts`.
+# integration tests (pytest) on the real daemons of the simulated test bed; a table of each phase's seconds at the end.
+# Extra arguments go to both pytest phases, e.g. `hack/test.sh -k gpu_facts`.
+#
+# Phases run in order; a failed phase is reported and the others still run (set-up failing stops everything), and the
+# exit status is the first failure's. To add a phase: one `phase "name" command args...` line below.
+#
+# Environment:
+#   GPUFLEET_TEST_WORKERS   pytest-xdist workers for the pytest phases (default 2; 0 = no xdist)
+#   GPUFLEET_TEST_SKIP      space-separated phase names to skip (e.g. "sanity")
+# shellcheck disable=SC2317  # phase functions are called indirectly, through phase
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-"$ROOT/hack/setup.sh"
-# shellcheck source=env.sh
-source "$ROOT/hack/env.sh"
+WORKERS=${GPUFLEET_TEST_WORKERS:-2}
+SKIP=" ${GPUFLEET_TEST_SKIP:-} "
+
+TABLE=()  # "name|seconds|result"
+FIRST_RC=0
+T_START=$(date +%s.%N)
+
 section() { printf '\n=== %s\n' "$*"; }
 
-section "lint: ruff"
-ruff check .
-ruff format --check --diff .
+# phase NAME COMMAND [ARGS...]: run, time and record one phase.
+phase() {
+  local name=$1 t0 rc=0 secs
+  shift
+  if [[ "$SKIP" == *" $name "* ]]; then
+    TABLE+=("$name|0.0|skipped")
+    return 0
+  fi
+  section "$name"
+  t0=$(date +%s.%N)
+  "$@" || rc=$?
+  secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  TABLE+=("$name|$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")")
+  if [[ $rc -ne 0 && $FIRST_RC -eq 0 ]]; then FIRST_RC=$rc; fi
+  return 0
+}
 
-# ansible-lint, production profile, offline (.ansible-lint: no skips, offline: true; never installs from Galaxy).
-section "lint: ansible-lint"
-ansible-lint --offline --profile production
+print_table() {
+  local total row
+  total=$(awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  printf '\n=== timing (seconds)\n'
+  printf '%-22s %9s  %s\n' phase seconds result
+  for row in "${TABLE[@]}"; do
+    IFS='|' read -r n s r <<<"$row"
+    printf '%-22s %9s  %s\n' "$n" "$s" "$r"
+  done
+  printf '%-22s %9s\n' total "$total"
+}
+trap print_table EXIT
 
-section "docs: ansible-doc renders every module"
-mods=$(find plugins/modules -name '*.py' ! -name '__init__.py' -exec basename {} .py \; | sort)
-for m in $mods; do
-  ansible-doc -t module "gpufleet.vllm.$m" >/dev/null || { echo "ansible-doc failed for $m" >&2; exit 1; }
-done
-echo "ok: $(echo "$mods" | wc -w) modules"
+# ------------------------------------------------------------------------------------------------ phases
+phase "setup" "$ROOT/hack/setup.sh"
+if [[ $FIRST_RC -ne 0 ]]; then exit "$FIRST_RC"; fi
+# shellcheck source=env.sh
+source "$ROOT/hack/env.sh"
 
-section "ansible-test sanity"
-"$ROOT/hack/sanity.sh"
+lint_ruff() {
+  ruff check . && ruff format --check --diff .
+}
 
-section "pytest: unit + integration"
-set +e
-python -m pytest tests "$@"
-rc=$?
-set -e
+# One ansible-doc process renders every module (each failure is named in its output; rc 1 if any fails).
+docs_ansible_doc() {
+  local mods
+  mapfile -t mods < <(find plugins/modules -name '*.py' ! -name '__init__.py' -exec basename {} .py \; | sort)
+  ansible-doc -t module "${mods[@]/#/gpufleet.vllm.}" >/dev/null && echo "ok: ${#mods[@]} modules"
+}
+
 # pytest exits 5 when nothing was collected: with a filter that is the caller's choice, without one it is a failure.
-if [[ $rc -eq 5 && $# -gt 0 ]]; then rc=0; fi
-exit $rc
+run_pytest() {
+  local rc=0
+  python -m pytest "$@" || rc=$?
+  if [[ $rc -eq 5 && $FILTERED -eq 1 ]]; then rc=0; fi
+  return "$rc"
+}
+FILTERED=$(($# > 0 ? 1 : 0))
+XDIST=()
+if [[ "$WORKERS" != 0 ]]; then XDIST=(-n "$WORKERS"); fi
+
+phase "lint: ruff" lint_ruff
+# ansible-lint, production profile, offline (.ansible-lint: no skips, offline: true; never installs from Galaxy).
+phase "lint: ansible-lint" ansible-lint --offline --profile production
+phase "docs: ansible-doc" docs_ansible_doc
+phase "sanity" "$ROOT/hack/sanity.sh"
+# Unit tests are independent: spread test by test. Integration tests: one xdist group per file, and one for the
+# fleets on the shared simulated hosts (tests/conftest.py), so module fixtures are set up once and fleets never overlap.
+phase "pytest: unit" run_pytest tests/unit "${XDIST[@]}" "$@"
+phase "pytest: integration" run_pytest tests/integration "${XDIST[@]}" ${XDIST:+--dist loadgroup} "$@"
+
+exit "$FIRST_RC"
