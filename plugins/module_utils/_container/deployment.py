@@ -45,7 +45,7 @@ class Deployment:
         runtime: Runtime,
         check_mode: bool = False,
         warn: Callable[[str], None] | None = None,
-        gpu_facts_fn: pc.GpuFactsFn = pc.gpu_facts,
+        gpu_facts_fn: Callable[[], tuple[list[dict[str, Any]] | None, str | None]] = pc.gpu_facts,
         explicit: Collection[str] | None = None,
     ) -> None:
         """``params``: vllm_container's parameters (argument_spec(), defaults applied). With ``from_manifest`` set,

@@ -22,8 +22,6 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import fit
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
-GpuFactsFn = Callable[[], tuple[list[dict[str, Any]] | None, str | None]]
-
 
 def gpu_facts() -> tuple[list[dict[str, Any]] | None, str | None]:
     """(gpus list, None) from plugins/module_utils/_gpu/facts.py (NVML, else nvidia-smi), or (None, why not)."""
@@ -42,7 +40,11 @@ def gpu_facts() -> tuple[list[dict[str, Any]] | None, str | None]:
 class GpuFacts:
     """The host's GPUs, gathered on first use only (a run whose pre-checks need no GPU never asks)."""
 
-    def __init__(self, fn: GpuFactsFn = gpu_facts, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[], tuple[list[dict[str, Any]] | None, str | None]] = gpu_facts,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self._fn = fn
         self._warn = warn or (lambda msg: None)
         self._gpus: list[dict[str, Any]] | None = None
