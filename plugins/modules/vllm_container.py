@@ -572,8 +572,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from contextlib import nullcontext
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment, apply_manifest
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.lock import converge_lock, state_dir
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.manifest import apply_manifest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import check as check_options
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import (
