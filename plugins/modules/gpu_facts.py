@@ -261,6 +261,8 @@ ansible_facts:
           type: dict
 """
 
+import math
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
@@ -307,7 +309,7 @@ def value_problems(p: dict) -> list[str]:
         v = p.get(name)
         if v is None:
             continue
-        ok = v == v and (v > low if low_open else v >= low) and (high is None or v <= high)
+        ok = math.isfinite(v) and (v > low if low_open else v >= low) and (high is None or v <= high)
         if not ok:
             allowed = f"in [{low}, {high}]" if high is not None else f"{'>' if low_open else '>='} {low}"
             out.append(f"{name}: {v!r} must be {allowed}; {what}")
