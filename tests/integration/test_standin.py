@@ -70,12 +70,12 @@ def runs(client, standin_images, standin_model_dir) -> Iterator[Runs]:
             pass
 
 
-def wait_exit(c, timeout: float = 20) -> tuple[int, str]:
+def wait_exit(c, timeout: float = 120) -> tuple[int, str]:
     status = c.wait(timeout=timeout)["StatusCode"]
     return status, c.logs().decode()
 
 
-def wait_ready(url: str, c, timeout: float = 20) -> None:
+def wait_ready(url: str, c, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -399,7 +399,7 @@ def test_podman_cdi_gpu(podman_images, standin_model_dir):
             pytest.fail("podman's default OCI runtime crun cannot run on this host's hybrid cgroups; the bed must "
                         'configure `[engine] runtime = "runc"` (sim/engine/podman.sh): ' + run.stderr)  # fmt: skip
         assert run.returncode == 0, run.stderr
-        end = time.monotonic() + 20
+        end = time.monotonic() + 120
         while time.monotonic() < end:
             try:
                 if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
@@ -439,7 +439,7 @@ def fake_hub_url(tmp_path_factory) -> Iterator[str]:
     port_file = root / "port"
     proc = subprocess.Popen([sys.executable, str(hub_dir / "fakehub.py"), "--root", str(root), "--port-file",
                              str(port_file)])  # fmt: skip
-    end = time.monotonic() + 10
+    end = time.monotonic() + 60
     while not (port_file.exists() and port_file.read_text().strip()) and time.monotonic() < end:
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port_file.read_text().strip()}"
