@@ -134,7 +134,7 @@ options:
   url:
     description:
       - http(s) URL of a file (e.g. a C(.gguf)) or an archive (C(.tar), C(.tar.gz), C(.tgz), C(.zip)) for
-        O(source=url). Every archive member is checked before anything is written: absolute paths, C(..),
+        O(source=url). Every archive member is checked before anything is written; absolute paths, C(..),
         links that do not resolve to a file or directory of the archive itself (chains included), members below
         a link, device files and fifos are refused, and so are archives that would not fit the free space or
         expand more than 100 times their size. A corrupt archive fails with one error and leaves nothing behind.

@@ -347,6 +347,12 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def _split(rel: str) -> tuple[str, str]:
+    """('a/b', 'c') for 'a/b/c'; ('', 'c') for 'c'."""
+    parent, _sep, base = rel.rpartition("/")
+    return parent, base
+
+
 def _write(dst: str, members: list[Member], reader: Callable[[Member], IO[bytes]]) -> list[str]:
     fds: dict[str, int] = {"": os.open(dst, _DIR_FLAGS)}
 
@@ -354,7 +360,7 @@ def _write(dst: str, members: list[Member], reader: Callable[[Member], IO[bytes]
         """A descriptor of directory `rel` (created as needed), reached from `dst` without following a link."""
         if rel in fds:
             return fds[rel]
-        parent, _, base = rel.rpartition("/")
+        parent, base = _split(rel)
         pfd = dir_fd(parent)
         try:
             os.mkdir(base, 0o755, dir_fd=pfd)
@@ -369,7 +375,7 @@ def _write(dst: str, members: list[Member], reader: Callable[[Member], IO[bytes]
             if m.kind == "dir":
                 dir_fd(m.name)
                 continue
-            parent, _, base = m.name.rpartition("/")
+            parent, base = _split(m.name)
             pfd = dir_fd(parent)
             if m.kind == "symlink":
                 os.symlink(os.path.relpath(m.resolved, parent or "."), base, dir_fd=pfd)
@@ -377,7 +383,7 @@ def _write(dst: str, members: list[Member], reader: Callable[[Member], IO[bytes]
             if m.kind == "file":
                 src: IO[bytes] = reader(m)
             else:  # a hard link is written as a copy of the file already extracted
-                tparent, _, tbase = m.resolved.rpartition("/")
+                tparent, tbase = _split(m.resolved)
                 src = os.fdopen(
                     os.open(tbase, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd(tparent)), "rb"
                 )
