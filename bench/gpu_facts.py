@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COLLECTIONS = ROOT / ".build" / "collections"
 sys.path.insert(0, str(COLLECTIONS))
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import SMI_FIELDS, gather_gpus  # noqa: E402
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import gather_gpus  # noqa: E402
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.smi import SMI_FIELDS  # noqa: E402
 
 MODULE = ROOT / "plugins" / "modules" / "gpu_facts.py"
 

@@ -266,12 +266,8 @@ import math
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import (
-    SOURCES,
-    Thresholds,
-    gather_gpus,
-    unhealthy_summary,
-)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import SOURCES, gather_gpus
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import Thresholds, unhealthy_summary
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.gpu_runtime import (
     DEFAULT_CDI_DIRS,
     container_readiness,

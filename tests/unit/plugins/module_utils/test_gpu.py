@@ -1,4 +1,4 @@
-"""module_utils/_gpu/facts.py: pure helpers, and collection through the real nvidia-ml-py / fake nvidia-smi on fake GPUs."""
+"""module_utils/_gpu (record, health, nvml, smi, facts): pure helpers, and collection through the real nvidia-ml-py / fake nvidia-smi on fake GPUs."""
 
 from __future__ import annotations
 
@@ -7,22 +7,23 @@ import time
 
 import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import (
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import gather_gpus
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import Thresholds, evaluate_health
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.nvml import nvml_init_reason
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.record import (
     GPU_KEYS,
-    SMI_FIELDS,
     SourceUnavailable,
-    Thresholds,
-    collect_nvidia_smi,
     cuda_version_str,
     empty_gpu,
-    evaluate_health,
-    gather_gpus,
     normalize_bus_id,
-    nvml_init_reason,
+    select_gpus,
+)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.smi import (
+    SMI_FIELDS,
+    collect_nvidia_smi,
     parse_smi_apps,
     parse_smi_gpus,
     run_bounded,
-    select_gpus,
     smi_value,
 )
 from fixtures.nvml import SMI_BIN, make_gpu
@@ -366,7 +367,7 @@ def test_old_driver_functions_fall_back_and_are_no_health_issue():
     """Against a stand-in pynvml: an old library lacks the unversioned/new calls; we use the older ones."""
     from types import SimpleNamespace
 
-    from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import _nvml_gpu
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.nvml import _nvml_gpu
 
     class NVMLError(Exception):
         def __init__(self, value):

@@ -1,0 +1,49 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""GPU health: the thresholds a GPU must keep and the plain-words issues when it breaks one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Health limits; a GPU breaking one is ``healthy: false`` with a line in ``health_issues``."""
+
+    max_temperature_c: int | None = 85
+    min_free_memory_mib: int | None = 0
+    max_utilization_pct: int | None = 100
+
+
+def evaluate_health(gpu: dict[str, Any], thresholds: Thresholds) -> list[str]:
+    """Health issues of one GPU (read errors already in ``gpu['health_issues']`` are kept first).
+
+    A value the device does not report (None) breaks no threshold: it cannot be judged.
+    """
+    issues = list(gpu.get("health_issues") or [])
+    temp = gpu.get("temperature_c")
+    if thresholds.max_temperature_c is not None and temp is not None and temp > thresholds.max_temperature_c:
+        issues.append(f"temperature {temp} C is above max_temperature_c ({thresholds.max_temperature_c} C)")
+    free = gpu.get("memory_free_mib")
+    if thresholds.min_free_memory_mib and free is not None and free < thresholds.min_free_memory_mib:
+        issues.append(f"free memory {free} MiB is below min_free_memory_mib ({thresholds.min_free_memory_mib} MiB)")
+    util = gpu.get("utilization_gpu_pct")
+    if thresholds.max_utilization_pct is not None and util is not None and util > thresholds.max_utilization_pct:
+        issues.append(f"utilization {util}% is above max_utilization_pct ({thresholds.max_utilization_pct}%)")
+    return issues
+
+
+def apply_health(gpus: list[dict[str, Any]], thresholds: Thresholds) -> None:
+    for gpu in gpus:
+        gpu["health_issues"] = evaluate_health(gpu, thresholds)
+        gpu["healthy"] = not gpu["health_issues"]
+
+
+def unhealthy_summary(gpus: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"GPU {g['index']} ({g.get('uuid') or g.get('name')}): {', '.join(g['health_issues'])}"
+        for g in gpus
+        if not g["healthy"]
+    )
