@@ -10,7 +10,17 @@ short_description: Put validated model weights on a host, atomically, and do not
 description:
   - Fetches model weights from the Hugging Face hub (through C(huggingface_hub), honouring E(HF_ENDPOINT),
     E(HF_HUB_OFFLINE) and C(hf_xet) when installed), from a local checkpoint directory, or from an http(s) file or
-    archive, into O(models_root)/O(name). The result's RV(path) is what C(gpufleet.vllm.vllm_container) mounts.
+    archive, into O(models_root)/O(name)/REVISION_ID. The result's RV(path) is what
+    C(gpufleet.vllm.vllm_container) mounts, and RV(revision_id) what it hashes (its O(gpufleet.vllm.vllm_container#module:model_revision)).
+  - Each identity of the weights is a revision with its own directory, never changed once installed - the hub
+    commit the revision resolves to (and the allow/ignore patterns), the URL and its checksum, or a digest of
+    the names, sizes and mtimes of a local checkpoint's files. A new revision is installed beside the old one, so
+    a running container keeps the weights it started with until it is replaced. Revisions that no managed
+    container (docker or podman, running or not) mounts are removed beyond the newest O(keep_revisions); when
+    an engine does not answer, none is removed.
+  - A model synced by an older release lies flat in O(models_root)/O(name). It is kept as it is while its
+    identity is unchanged (RV(path) is then that directory and RV(revision_id) null, so its containers are not
+    restarted); a new revision is installed below it, and the flat files go once no container uses them.
   - Downloads land in a staging directory on the same filesystem (O(models_root)/.gpufleet/staging/), are
     validated, flushed to disk (fsync of every file and directory), then swapped in with one rename; the installed
     version stays untouched until then, and is kept if anything fails. A killed run, or a power loss, leaves the
@@ -18,8 +28,10 @@ description:
     bytes come in, so the flush before the swap mostly waits for the last fraction of a second.
   - The free space is checked from the remote sizes plus a margin before any byte is written.
   - A per-model lock (flock on O(models_root)/.gpufleet/locks/NAME.lock) keeps two runs on one host apart.
-  - A manifest in O(models_root)/.gpufleet/manifests/NAME.json (source, resolved commit, file names, sizes, mtimes)
-    makes a re-run with the same source answer C(changed=false) without hashing or downloading.
+  - A manifest in O(models_root)/.gpufleet/manifests/NAME.json (source, resolved commit, revision id, file names,
+    sizes, mtimes) makes a re-run with the same source answer C(changed=false) without hashing or downloading;
+    each installed revision has its own in O(models_root)/.gpufleet/revisions/NAME/, so going back to a revision
+    still installed fetches nothing.
   - Progress (state, bytes_done, bytes_total) is written to O(models_root)/.gpufleet/status/NAME.json while it
     runs, for the status playbook and the node agent; the module works under C(async)/C(poll).
 version_added: 0.1.0
@@ -38,7 +50,7 @@ attributes:
   diff_mode:
     support: full
     details:
-      - Old and new commit and file list.
+      - Old and new revision id, commit and file list.
   idempotent:
     support: full
 options:
@@ -127,8 +139,9 @@ options:
     default: []
   link:
     description:
-      - With O(source=local), use the checkpoint in place (O(models_root)/O(name) becomes a symlink to it)
-        instead of copying it (hard links are used where the filesystem allows).
+      - With O(source=local), use the checkpoint in place (the revision directory becomes a symlink to it)
+        instead of copying it (hard links are used where the filesystem allows, so write a changed checkpoint's
+        files anew and rename them into place; a file rewritten in place changes its installed copy too).
     type: bool
     default: false
   url:
@@ -171,6 +184,12 @@ options:
       - Seconds to wait for another run on the same model to finish, from 0 to 86400.
     type: int
     default: 600
+  keep_revisions:
+    description:
+      - How many of the newest revisions to keep installed, from 1 to 100; the current one counts as one of them.
+        Older ones are removed unless a managed container mounts them.
+    type: int
+    default: 2
 notes:
   - Requires C(huggingface_hub) on the target for O(source=hf), and the C(docker) SDK for the in-use check of
     O(state=absent) (skipped when no docker daemon answers).
@@ -217,10 +236,25 @@ EXAMPLES = r"""
 
 RETURN = r"""
 path:
-  description: Directory of the model on the host (what vllm_container mounts).
+  description:
+    - Directory of the installed revision on the host (what vllm_container mounts); for a flat install of an
+      older release, O(models_root)/O(name) itself.
   returned: always
   type: str
-  sample: /var/lib/gpufleet/models/llama-3.1-8b
+  sample: /var/lib/gpufleet/models/llama-3.1-8b/1c2fbd64d08c0dd4c6cbd50331369cad10102c4a
+revision_id:
+  description:
+    - Id of the installed (in check mode, the wanted) revision - the commit sha for the hub, C(url-...) and
+      C(local-...) digests otherwise - to pass as vllm_container's O(gpufleet.vllm.vllm_container#module:model_revision).
+    - Null for a flat install of an older release, and with O(state=absent).
+  returned: always
+  type: str
+  sample: 1c2fbd64d08c0dd4c6cbd50331369cad10102c4a
+removed_revisions:
+  description: Revisions removed (in check mode, that would be) because no container uses them and newer ones are kept.
+  returned: with O(state=present), when more than O(keep_revisions) revisions are installed
+  type: list
+  elements: str
 source:
   description: The source kind (V(hf), V(local), V(url)), or V(none) for O(state=absent).
   returned: always

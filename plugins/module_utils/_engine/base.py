@@ -108,6 +108,7 @@ class ContainerState:
     # The container's environment. Values may be secrets (API key, HF token, secret_env): only for masking, never to
     # print, label or write.
     env: dict[str, str] = field(default_factory=dict, repr=False)
+    mounts: list[str] = field(default_factory=list)  # host paths of its bind mounts (model_sync's in-use check)
 
 
 @dataclass
@@ -256,6 +257,7 @@ def state_from_inspect(data: dict[str, Any]) -> ContainerState:
         oom_killed=bool(st.get("OOMKilled")),
         pid=st.get("Pid") or None,
         env=dict(e.split("=", 1) for e in cfg.get("Env") or [] if isinstance(e, str) and "=" in e),
+        mounts=[str(m["Source"]) for m in data.get("Mounts") or [] if isinstance(m, dict) and m.get("Source")],
     )
 
 

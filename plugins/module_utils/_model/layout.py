@@ -5,12 +5,22 @@ payload tell a container its model path before the model is synced) and by the h
 
 ``<models_root>/<name>`` is a model; the default models root is ``DEFAULT_MODELS_ROOT``; ``name`` must be usable as
 one directory name. A local checkpoint is allowed when its path lies under an allowed directory (``is_under``).
-Pure: no filesystem access (``store.py`` is the filesystem side).
+
+Revisions: each identity of a model's weights (``revision_id``: the hub commit, the URL and its checksum, or a digest of
+a local checkpoint's file list) is installed in its own directory ``<models_root>/<name>/<revision_id>``
+(``revision_path``), never changed once a container mounts it. A model synced before revisions existed is *flat*: its
+files lie in ``<models_root>/<name>`` itself (``LEGACY_REVISION`` names it in the revision list).
+Pure: no filesystem access (``store.py`` and ``revisions.py`` are the filesystem side).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+from collections.abc import Mapping
+from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
@@ -37,3 +47,57 @@ def is_under(path: str, base: str) -> bool:
     """Whether ``path`` is ``base`` or lies below it (compared as written: resolve symlinks first where they
     matter)."""
     return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+# A revision id is one directory name: letters, digits, '_' and '-' only (no dot: ``<name>.<key>`` staging and trash
+# entries stay unambiguous), at most 64 characters.
+REVISION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+LEGACY_REVISION = "legacy"  # the files of a flat (pre-revision) install, at <models_root>/<name> itself
+_PATTERN_KEYS = ("allow_patterns", "ignore_patterns")
+
+
+def _digest(obj: Any, n: int) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:n]
+
+
+def revision_id(identity: Mapping[str, Any]) -> str:
+    """The id of the weights an identity (model_sync's manifest identity) describes, usable as a directory name.
+
+    hub: the commit sha (plus a digest of allow/ignore patterns when given: another file selection is other weights);
+    url: ``url-`` and the checksum's hex, else a digest of the masked URL (and of the whole URL when it held a secret);
+    local: ``local-`` and a digest of the resolved path, ``link`` and every file's name, size and mtime (a changed
+    checkpoint is a new revision)."""
+    source = identity.get("source")
+    if source == "hf":
+        sha = str(identity.get("commit") or "")
+        if not re.fullmatch(r"[0-9a-f]{40}", sha):
+            raise ValueError(f"hub revision without a 40-hex commit: {sha!r}")
+        patterns = {k: identity.get(k) for k in _PATTERN_KEYS if identity.get(k)}
+        return f"{sha}-{_digest(patterns, 8)}" if patterns else sha
+    if source == "url":
+        checksum = str(identity.get("checksum") or "")
+        if checksum:
+            return "url-" + checksum.split(":", 1)[-1].lower()[:40]
+        return "url-" + _digest([identity.get("url"), identity.get("url_digest")], 16)
+    if source == "local":
+        return "local-" + _digest([identity.get("src"), bool(identity.get("link")), identity.get("source_files")], 16)
+    raise ValueError(f"unknown model source {source!r}")
+
+
+def check_revision_id(revision: str) -> str:
+    """``revision`` when it is a usable revision directory name; ValueError if not."""
+    if not REVISION_ID_RE.match(revision or "") or revision == LEGACY_REVISION:
+        raise ValueError(f"revision id {revision!r} must be 1-64 letters, digits, '_' or '-'")
+    return revision
+
+
+def revision_path(models_root: str | None, name: str, revision: str) -> str:
+    """Where model_sync installs revision ``revision`` of model ``name``: ``<models_root>/<name>/<revision>``."""
+    return os.path.join(model_path(models_root, name), check_revision_id(revision))
+
+
+def uses(mount_source: str, path: str) -> bool:
+    """Whether a container mounting ``mount_source`` uses ``path``: the same directory, one below it, or one above
+    it (a container of a flat install mounts ``<models_root>/<name>``, which holds the revision directories)."""
+    a, b = mount_source.rstrip("/") or "/", path.rstrip("/") or "/"
+    return is_under(a, b) or is_under(b, a)

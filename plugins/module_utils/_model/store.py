@@ -5,7 +5,8 @@ atomic swap, manifest, progress status file, safe local copy and safe archive ex
 
 Layout under `<root>` (``layout.py``: the default root, the model path and name rules)::
 
-    <root>/<name>/                       the model (what vllm_container mounts)
+    <root>/<name>/<revision_id>/         a revision of the model (what vllm_container mounts; revisions.py)
+    <root>/<name>/                       the model itself when synced before revisions existed (flat)
     <root>/.gpufleet/manifests/<name>.json   source, resolved commit, files with sizes and mtimes (no-op check)
     <root>/.gpufleet/status/<name>.json      progress: state, bytes_done, bytes_total, updated (status/node agent)
     <root>/.gpufleet/locks/<name>.lock       flock per model
@@ -291,19 +292,20 @@ def _renameat2_exchange(a: str, b: str) -> bool:
     raise OSError(err, os.strerror(err), b)
 
 
-def swap_in(root: str, name: str, new: str) -> None:
-    """Make `new` (a directory or symlink on the same filesystem) become <root>/<name> atomically.
+def swap_in(root: str, name: str, new: str, dest: str | None = None) -> None:
+    """Make `new` (a directory or symlink on the same filesystem) become `dest` (default <root>/<name>, else a
+    revision directory of model `name`) atomically.
 
     With renameat2(RENAME_EXCHANGE) the destination is never absent; elsewhere the old version is renamed aside
     and restored if the second rename fails. The old version goes to the trash and is removed."""
-    dest = os.path.join(root, name)
+    dest = dest or os.path.join(root, name)
     trash = os.path.join(meta_dir(root, "trash"), f"{name}.{os.getpid()}.{time.time_ns()}")
     if not os.path.islink(new):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(new, STAGING_MARKER))
     if not os.path.lexists(dest):
         os.rename(new, dest)
-        _fsync_dirs(root, os.path.dirname(new))
+        _fsync_dirs(os.path.dirname(dest), os.path.dirname(new))
         return
     if _renameat2_exchange(new, dest):
         os.rename(new, trash)  # `new` now names the old version
@@ -314,7 +316,7 @@ def swap_in(root: str, name: str, new: str) -> None:
         except BaseException:
             os.rename(trash, dest)
             raise
-    _fsync_dirs(root, os.path.dirname(new), os.path.dirname(trash))
+    _fsync_dirs(os.path.dirname(dest), os.path.dirname(new), os.path.dirname(trash))
     rmtree_any(trash)
 
 
@@ -369,6 +371,11 @@ def list_tree(path: str) -> dict[str, dict[str, int]]:
 
 def _write_json_atomic(path: str, data: dict[str, Any], durable: bool = False) -> None:
     write_atomic(path, json.dumps(data, indent=1, sort_keys=True), makedirs=False, durable=durable)
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON at ``path``, atomically and durably (the directory must exist)."""
+    _write_json_atomic(path, data, durable=True)
 
 
 def manifest_path(root: str, name: str) -> str:

@@ -1,34 +1,42 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The state machine of gpufleet.vllm.model_sync: put validated model weights at <models_root>/<name>, atomically,
-and answer changed=false cheaply when they are already there.
+"""The state machine of gpufleet.vllm.model_sync: put validated model weights at
+<models_root>/<name>/<revision_id>, atomically, and answer changed=false cheaply when they are already there.
 
-present:  resolve the source (hf: revision → commit; local: allowlisted real path; url: url + checksum)
-          → no-op if the manifest records the same source and every recorded file still has its size and mtime
+present:  resolve the source (hf: revision → commit; local: allowlisted real path + its files; url: url + checksum)
+          → the revision id of that identity (layout.revision_id)
+          → no-op if the current manifest records the same source and every recorded file still has its size and
+            mtime (a flat install of the same identity, synced before revisions existed, is kept as it is)
+          → an installed revision of that identity becomes the current one again without a fetch
           → check mode stops here with what would be fetched and how many bytes
           → per-model flock → free-space check → fetch into a staging dir on the same filesystem (resumable)
-          → validate → swap in with one rename (renameat2 exchange) → manifest → status "done".
+          → validate → rename into its own revision directory (never one a container mounts) → manifests
+          → remove the revisions no managed container uses beyond the newest keep_revisions (revisions.py).
 absent:   refuse when a running gpufleet-managed container mounts the model (unless force), then remove it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
 import time
 from typing import Any
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._files import fsync_dir
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import hub
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import revisions as revs
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import store as fs
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import url as urlsrc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import (
     DEFAULT_MODELS_ROOT,
+    LEGACY_REVISION,
+    REVISION_ID_RE,
     check_name,
     model_path,
+    revision_id,
+    uses,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.validate import validate_model_dir
 
@@ -62,6 +70,7 @@ def argument_spec() -> dict[str, Any]:
         require_tokenizer=dict(type="bool", default=True),
         force=dict(type="bool", default=False),
         lock_timeout=dict(type="int", default=600),
+        keep_revisions=dict(type="int", default=revs.DEFAULT_KEEP),
     )
 
 
@@ -83,6 +92,7 @@ def _result(path: str, source: str, **kw: Any) -> dict[str, Any]:
         "size_bytes": 0,
         "changed": False,
         "validation": None,
+        "revision_id": None,
     }
     out.update(kw)
     return out
@@ -106,34 +116,127 @@ def _identity(p: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return ident
 
 
-def _manifest_noop(manifest: dict[str, Any] | None, ident: dict[str, Any], dest: str) -> bool:
-    if not manifest:
-        return False
-    if any(manifest.get(k) != v for k, v in ident.items()):
-        return False
-    return fs.manifest_matches_disk(manifest, dest)
+def installed_path(root: str, name: str, manifest: dict[str, Any] | None) -> str:
+    """Where the files a manifest records lie: its revision directory, or <root>/<name> for a flat install."""
+    rev = (manifest or {}).get("revision_id")
+    if isinstance(rev, str) and REVISION_ID_RE.match(rev) and rev != LEGACY_REVISION:
+        return os.path.join(root, name, rev)
+    return os.path.join(root, name)
 
 
-def _noop_result(dest: str, p: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
-    return _result(
-        dest,
+def _matches(manifest: dict[str, Any] | None, ident: dict[str, Any], path: str) -> bool:
+    """The manifest records this identity and its files are on disk at ``path`` as recorded (a link install: the
+    link still points at the source)."""
+    if not manifest or any(manifest.get(k) != v for k, v in ident.items()):
+        return False
+    if os.path.islink(path) and ident.get("src") and os.path.realpath(path) != ident["src"]:
+        return False
+    return fs.manifest_matches_disk(manifest, path)
+
+
+def _manifest_noop(manifest: dict[str, Any] | None, ident: dict[str, Any], root: str, name: str) -> bool:
+    return _matches(manifest, ident, installed_path(root, name, manifest))
+
+
+def _noop_result(root: str, name: str, p: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    res = _result(
+        installed_path(root, name, manifest),
         p["source"],
         revision=p.get("revision") if p["source"] == "hf" else None,
         commit=manifest.get("commit"),
         files=sorted(manifest.get("files", {})),
         size_bytes=manifest.get("size_bytes", 0),
         validation=manifest.get("validation"),
+        revision_id=manifest.get("revision_id"),
         msg="already in sync",
     )
+    return res
 
 
-def _diff(before: dict[str, Any] | None, commit: str | None, files: list[str]) -> dict[str, Any]:
-    b = {"commit": before.get("commit"), "files": sorted(before.get("files", {}))} if before else {}
-    return {"before": b, "after": {"commit": commit, "files": sorted(files)}}
+def _diff(before: dict[str, Any] | None, rev: str | None, commit: str | None, files: list[str]) -> dict[str, Any]:
+    b = {}
+    if before:
+        b = {"revision_id": before.get("revision_id"), "commit": before.get("commit")}
+        b["files"] = sorted(before.get("files", {}))
+    return {"before": b, "after": {"revision_id": rev, "commit": commit, "files": sorted(files)}}
+
+
+def _reuse(
+    p: dict[str, Any], root: str, name: str, rev: str, ident: dict[str, Any], manifest: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """An installed revision of this identity that is not the current one: it becomes current (no fetch)."""
+    if p.get("force"):
+        return None
+    rec = revs.read(root, name, rev)
+    path = os.path.join(root, name, rev)
+    if rec is None or not _matches(rec, ident, path):
+        return None
+    res = _noop_result(root, name, p, rec)
+    res.update(changed=True, msg=f"revision {rev} of {name} was installed already; it is the current one again")
+    res["diff"] = _diff(manifest, rev, rec.get("commit"), list(rec.get("files") or {}))
+    return res
+
+
+def _make_current(p: dict[str, Any], root: str, name: str, res: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    if check_mode:
+        return res
+    with fs.model_lock(root, name, float(p.get("lock_timeout", 600))):
+        rec = revs.read(root, name, str(res["revision_id"]))
+        if rec is not None:
+            fs.write_manifest(root, name, {k: v for k, v in rec.items() if k != "version"})
+        _collect(p, root, name, res, check_mode, locked=True)
+    return res
+
+
+def _collect(
+    p: dict[str, Any], root: str, name: str, res: dict[str, Any], check_mode: bool, locked: bool = False
+) -> None:
+    """Remove the revisions nobody uses beyond the newest keep_revisions (revisions.collect); reported as
+    ``removed_revisions`` (and changed). No engine is asked while there are no more revisions than that."""
+    keep = int(p.get("keep_revisions") or revs.DEFAULT_KEEP)
+    if revs.count(root, name) <= keep:
+        return
+    if locked or check_mode:
+        out = revs.collect(root, name, keep, res.get("revision_id") or LEGACY_REVISION, check_mode)
+    else:
+        with fs.model_lock(root, name, float(p.get("lock_timeout", 600))):
+            out = revs.collect(root, name, keep, res.get("revision_id") or LEGACY_REVISION, check_mode)
+    res["removed_revisions"] = out["removed"]
+    if out.get("skipped"):
+        res["collect_skipped"] = out["skipped"]
+    if out["removed"]:
+        res["changed"] = True
+        verb = "would remove" if check_mode else "removed"
+        res["msg"] = f"{res.get('msg') or ''}; {verb} unused revisions {', '.join(out['removed'])}".lstrip("; ")
+
+
+def _prepare_model_dir(root: str, name: str, old: dict[str, Any] | None) -> None:
+    """Make <root>/<name> a directory that can hold revision directories. A flat install (synced before revisions)
+    stays where it is, recorded as revision ``legacy`` so that its files go once no container uses them; a link
+    install's symlink (the checkpoint is not ours) is dropped unless a container mounts that very path."""
+    flat = os.path.join(root, name)
+    if os.path.islink(flat):
+        mounts = revs.container_mounts() or []
+        users = sorted({c for c, srcs in mounts for s in srcs if uses(s, flat)})
+        if users:
+            raise GpufleetError(
+                f"model {name} is a link install mounted as {flat} by container(s) {', '.join(users)}: a new "
+                "revision cannot be installed beside it; remove or redeploy those containers first",
+                failure_class="in_use",
+                mounted_by=users,
+            )
+        os.unlink(flat)
+    elif os.path.isdir(flat):
+        if old and not old.get("revision_id") and revs.read(root, name, LEGACY_REVISION) is None:
+            revs.write(root, name, LEGACY_REVISION, {**old, "path": flat})
+        return
+    os.makedirs(flat, mode=0o755, exist_ok=True)
+    fsync_dir(root)  # the new directory survives a power loss before the revision renamed into it
 
 
 MAX_WORKERS = 64
 MAX_LOCK_TIMEOUT = 24 * 3600
+MAX_KEEP = 100
 # Room left in a file name for the suffixes model_sync adds to a model name (".<key>", ".<pid>.<ns>", ".json").
 MAX_NAME_BYTES = 200
 _REQUIRED = {"hf": "repo_id", "local": "src", "url": "url"}
@@ -170,6 +273,7 @@ def check_params(p: dict[str, Any]) -> None:
         if ".." in root.split("/"):
             raise _bad(f"models_root {root!r} has a '..' part: give the directory itself, e.g. {DEFAULT_MODELS_ROOT}")
     _check_int(p, "lock_timeout", 0, MAX_LOCK_TIMEOUT, 600, "seconds to wait for another run's lock on the model")
+    _check_int(p, "keep_revisions", 1, MAX_KEEP, revs.DEFAULT_KEEP, "how many of the newest revisions to keep")
     if p.get("state", "present") == "absent":
         return
     source = p.get("source")
@@ -205,24 +309,37 @@ def sync(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     """Run model_sync with module parameters `p`; return the module result (raises GpufleetError)."""
     check_params(p)
     name = check_name(p["name"])
-    dest = model_path(p.get("models_root"), name)
-    root = os.path.dirname(dest)
+    root = os.path.dirname(model_path(p.get("models_root"), name))
     if p.get("state", "present") == "absent":
         return absent(root, name, force=bool(p.get("force")), check_mode=check_mode)
     source = p["source"]
     if source == "hf":
-        return _sync_hf(p, root, name, dest, check_mode)
-    if source == "local":
-        return _sync_local(p, root, name, dest, check_mode)
-    if source == "url":
-        return _sync_url(p, root, name, dest, check_mode)
-    raise GpufleetError(f"unknown source {source!r}", failure_class="bad_args")
+        res = _sync_hf(p, root, name, check_mode)
+    elif source == "local":
+        res = _sync_local(p, root, name, check_mode)
+    elif source == "url":
+        res = _sync_url(p, root, name, check_mode)
+    else:
+        raise GpufleetError(f"unknown source {source!r}", failure_class="bad_args")
+    if not res["changed"]:
+        _collect(p, root, name, res, check_mode)  # a no-op run still lets the revisions nobody uses go
+    return res
+
+
+def _settle(
+    p: dict[str, Any], root: str, name: str, rev: str, ident: dict[str, Any], manifest: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The answer when nothing needs fetching: the current manifest matches (no-op) or an installed revision of this
+    identity becomes current again (changed, no fetch)."""
+    if manifest and not p.get("force") and _manifest_noop(manifest, ident, root, name):
+        return _noop_result(root, name, p, manifest)
+    return _reuse(p, root, name, rev, ident, manifest)
 
 
 # ---------------------------------------------------------------- hf
 
 
-def _sync_hf(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bool) -> dict[str, Any]:
+def _sync_hf(p: dict[str, Any], root: str, name: str, check_mode: bool) -> dict[str, Any]:
     repo_id, revision, token = p["repo_id"], p.get("revision") or "main", p.get("token") or None
     endpoint = hub.endpoint_of(p.get("hf_endpoint"))
     manifest = fs.read_manifest(root, name)
@@ -233,8 +350,8 @@ def _sync_hf(p: dict[str, Any], root: str, name: str, dest: str, check_mode: boo
         sha = hub.fast_resolve(endpoint, repo_id, revision, token)
         if sha is None and hub.offline() and manifest.get("revision") == revision:
             sha = manifest.get("commit")  # offline: trust what this host already has
-        if sha and _manifest_noop(manifest, _identity(p, commit=sha), dest):
-            return _noop_result(dest, p, manifest)
+        if sha and _manifest_noop(manifest, _identity(p, commit=sha), root, name):
+            return _noop_result(root, name, p, manifest)
 
     sha, remote, gated, xet = hub.resolve(endpoint, repo_id, revision, token)
     allow, ignore = hub.effective_patterns(remote, p.get("allow_patterns"), p.get("ignore_patterns"))
@@ -246,8 +363,11 @@ def _sync_hf(p: dict[str, Any], root: str, name: str, dest: str, check_mode: boo
         )
     total = sum(wanted.values())
     ident = _identity(p, commit=sha)
-    if manifest and not force and _manifest_noop(manifest, ident, dest):
-        return _noop_result(dest, p, manifest)
+    rev = revision_id(ident)
+    dest = os.path.join(root, name, rev)
+    settled = _settle(p, root, name, rev, ident, manifest)
+    if settled is not None:
+        return settled if not settled["changed"] else _make_current(p, root, name, settled, check_mode)
     if gated:
         # Gated/private content fails on the first file; find out before creating anything.
         hub.check_access(endpoint, repo_id, sha, sorted(wanted, key=lambda f: wanted[f])[0], token)
@@ -255,8 +375,8 @@ def _sync_hf(p: dict[str, Any], root: str, name: str, dest: str, check_mode: boo
     backend = hub.choose_backend(p.get("download_backend") or "auto", wanted, xet)
     workers = int(p.get("max_workers") or 8)  # 1..MAX_WORKERS (check_params)
     base = _result(dest, "hf", revision=revision, commit=sha, files=sorted(wanted), size_bytes=total, changed=True)
-    base["download_backend"] = backend
-    base["diff"] = _diff(manifest, sha, list(wanted))
+    base.update(download_backend=backend, revision_id=rev)
+    base["diff"] = _diff(manifest, rev, sha, list(wanted))
     if check_mode:
         base["would_download"] = sorted(wanted)
         base["download_bytes"] = total
@@ -267,8 +387,8 @@ def _sync_hf(p: dict[str, Any], root: str, name: str, dest: str, check_mode: boo
     os.makedirs(root, exist_ok=True)
     with fs.model_lock(root, name, float(p.get("lock_timeout", 600))):
         manifest = fs.read_manifest(root, name)  # another run may have finished while we waited
-        if manifest and not force and _manifest_noop(manifest, ident, dest):
-            return _noop_result(dest, p, manifest)
+        if manifest and not force and _manifest_noop(manifest, ident, root, name):
+            return _noop_result(root, name, p, manifest)
         fs.recover(root, name)
         staging = fs.staging_path(root, name, sha[:16])
         if force:
@@ -364,36 +484,45 @@ def _finish(
     except OSError as err:
         progress.stop("failed", error=str(err))
         raise GpufleetError(f"could not flush {name} to disk: {err}", failure_class="swap_failed") from None
-    fs.drop_manifest(root, name)
     t = time.monotonic()
     try:
-        fs.swap_in(root, name, staged)
+        _prepare_model_dir(root, name, old_manifest)
+        fs.drop_manifest(root, name)
+        fs.swap_in(root, name, staged, dest)
+    except GpufleetError as err:
+        progress.stop("failed", error=err.msg)
+        raise
     except OSError as err:
         progress.stop("failed", error=str(err))
         raise GpufleetError(f"could not swap {name} into place: {err}", failure_class="swap_failed") from None
     timings["swap"] = round(time.monotonic() - t, 3)
     files = fs.list_tree(dest)
     size = sum(f["size"] for f in files.values())
+    rev = str(base["revision_id"])
     manifest = {
         **ident,
         "revision": base.get("revision"),
+        "revision_id": rev,
+        "path": dest,
         "files": files,
         "size_bytes": size,
         "validation": report,
         "synced_at": time.time(),
     }
+    revs.write(root, name, rev, manifest)
     fs.write_manifest(root, name, manifest)
     progress.stop("done", bytes_done=size, bytes_total=size, commit=base.get("commit"))
     base.update(files=sorted(files), size_bytes=size, validation=report, changed=True)
-    base["diff"] = _diff(old_manifest, base.get("commit"), list(files))
-    base["msg"] = f"synced {name} ({len(files)} files, {size} bytes)"
+    base["diff"] = _diff(old_manifest, rev, base.get("commit"), list(files))
+    base["msg"] = f"synced {name} revision {rev} ({len(files)} files, {size} bytes)"
+    _collect(p, root, name, base, check_mode=False, locked=True)
     return base
 
 
 # ---------------------------------------------------------------- local
 
 
-def _sync_local(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bool) -> dict[str, Any]:
+def _sync_local(p: dict[str, Any], root: str, name: str, check_mode: bool) -> dict[str, Any]:
     if not p.get("src"):
         raise GpufleetError("source: local needs src (the checkpoint directory)", failure_class="bad_args")
     src = fs.resolve_local_source(p["src"], p.get("allowed_dirs") or [])
@@ -403,21 +532,15 @@ def _sync_local(p: dict[str, Any], root: str, name: str, dest: str, check_mode: 
     total = sum(f["size"] for f in files.values())
     link = bool(p.get("link"))
     ident = _identity(p, src=src, source_files=files)
+    rev = revision_id(ident)
+    dest = os.path.join(root, name, rev)
     manifest = fs.read_manifest(root, name)
-    if link:
-        noop = (
-            manifest is not None
-            and not p.get("force")
-            and all(manifest.get(k) == v for k, v in ident.items())
-            and os.path.islink(dest)
-            and os.path.realpath(dest) == src
-        )
-    else:
-        noop = not p.get("force") and _manifest_noop(manifest, ident, dest)
-    if noop and manifest is not None:  # a no-op always has a manifest; the test narrows the type
-        return _noop_result(dest, p, manifest)
+    settled = _settle(p, root, name, rev, ident, manifest)
+    if settled is not None:
+        return settled if not settled["changed"] else _make_current(p, root, name, settled, check_mode)
     base = _result(dest, "local", files=sorted(files), size_bytes=total, changed=True, src=src, link=link)
-    base["diff"] = _diff(manifest, None, list(files))
+    base["revision_id"] = rev
+    base["diff"] = _diff(manifest, rev, None, list(files))
     if check_mode:
         base["would_copy"] = [] if link else sorted(files)
         base["copy_bytes"] = 0 if link else total
@@ -458,19 +581,23 @@ def _sync_local(p: dict[str, Any], root: str, name: str, dest: str, check_mode: 
 # ---------------------------------------------------------------- url
 
 
-def _sync_url(p: dict[str, Any], root: str, name: str, dest: str, check_mode: bool) -> dict[str, Any]:
+def _sync_url(p: dict[str, Any], root: str, name: str, check_mode: bool) -> dict[str, Any]:
     url = p["url"]
     shown = urlsrc.mask(url)  # what results, messages and the manifest show: no userinfo, no query string
     fname = urlsrc.file_name(url)
     expected = urlsrc.parse_checksum(p.get("checksum"))
     ident = _identity(p)
+    rev = revision_id(ident)
+    dest = os.path.join(root, name, rev)
     manifest = fs.read_manifest(root, name)
-    if manifest is not None and not p.get("force") and _manifest_noop(manifest, ident, dest):
-        return _noop_result(dest, p, manifest)
+    settled = _settle(p, root, name, rev, ident, manifest)
+    if settled is not None:
+        return settled if not settled["changed"] else _make_current(p, root, name, settled, check_mode)
     size = urlsrc.remote_size(url)
     archive = urlsrc.archive_kind(fname) is not None
     base = _result(dest, "url", files=[fname], size_bytes=size or 0, changed=True, url=shown)
-    base["diff"] = _diff(manifest, None, [fname])
+    base["revision_id"] = rev
+    base["diff"] = _diff(manifest, rev, None, [fname])
     if check_mode:
         base["download_bytes"] = size
         base["msg"] = f"would download {shown} ({size if size is not None else 'unknown'} bytes)"
@@ -532,33 +659,14 @@ def _fetch_failed(shown: str, err: OSError) -> GpufleetError:
 
 
 def mounted_by(path: str) -> list[str]:
-    """Names of running gpufleet-managed containers that mount `path` (or something under it). Empty when no
-    docker daemon answers or the docker SDK is missing."""
-    try:
-        import docker  # type: ignore[import-not-found]
-    except ImportError:
-        return []
-    try:
-        client = docker.from_env(timeout=5)
-        containers = client.api.containers(filters={"label": f"{labels.MANAGED}=true", "status": "running"})
-    except Exception:  # no daemon, no permission: nothing can be mounting it through docker
-        return []
-    paths = {path.rstrip("/"), os.path.realpath(path).rstrip("/")}
-    users = []
-    for c in containers:
-        for m in c.get("Mounts") or []:
-            srcs = {(m.get("Source") or "").rstrip("/")}
-            if any(s == p or s.startswith(p + "/") for s in srcs for p in paths if s):
-                users.append((c.get("Names") or ["?"])[0].lstrip("/"))
-                break
-    with contextlib.suppress(Exception):
-        client.close()
-    return sorted(set(users))
+    """Names of running (or paused) gpufleet-managed containers, docker or podman, that mount `path`, a revision
+    below it, or a directory above it. Empty when no engine answers: nothing can be mounting it through them."""
+    return revs.users_of(path, revs.container_mounts(running_only=True) or [])
 
 
 def absent(root: str, name: str, force: bool, check_mode: bool) -> dict[str, Any]:
     dest = os.path.join(root, name)
-    present = os.path.lexists(dest) or fs.read_manifest(root, name) is not None
+    present = os.path.lexists(dest) or fs.read_manifest(root, name) is not None or revs.count(root, name) > 0
     res = _result(dest, "none", changed=present)
     if not present:
         res["msg"] = "not present"
@@ -576,7 +684,8 @@ def absent(root: str, name: str, force: bool, check_mode: bool) -> dict[str, Any
         res["msg"] = f"would remove {dest}"
         return res
     with fs.model_lock(root, name, 60.0):
-        fs.remove_model(root, name)
+        fs.remove_model(root, name)  # every revision: they all lie under <root>/<name>
+        revs.forget(root, name)
         fs.clean_trash(root, name)
         fs.remove_staging(root, name)  # this model's staging only: not that of `qwen2.5` when removing `qwen2`
     res["msg"] = f"removed {dest}"

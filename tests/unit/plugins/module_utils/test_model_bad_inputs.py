@@ -530,7 +530,8 @@ def test_short_body_is_refused_and_never_installed(bed, files):
     handler.blobs["/short.gguf"] = body
     handler.lies.pop("/short.gguf")
     res = model_sync.sync(params)
-    assert res["changed"] and (bed / "models" / "short" / "short.gguf").read_bytes() == body
+    assert res["changed"] and res["path"] == str(bed / "models" / "short" / res["revision_id"])
+    assert (bed / "models" / "short" / res["revision_id"] / "short.gguf").read_bytes() == body
 
 
 def test_url_secrets_are_masked(bed, files):

@@ -324,12 +324,12 @@ def test_sync_is_durable_before_visible(tmp_path, monkeypatch):
     seen_at_swap: dict[str, list[str]] = {}
     real_swap = fs.swap_in
 
-    def swap_in(r, name, new):
+    def swap_in(r, name, new, dest=None):
         seen_at_swap["synced"] = list(synced)
         seen_at_swap["files"] = [
             os.path.join(d, f) for d, _dirs, fs_ in os.walk(new) for f in fs_ if f != ".gpufleet-staging"
         ]
-        real_swap(r, name, new)
+        real_swap(r, name, new, dest)
 
     monkeypatch.setattr(fs, "swap_in", swap_in)
 
@@ -347,8 +347,10 @@ def test_sync_is_durable_before_visible(tmp_path, monkeypatch):
     staged = str(root / ".gpufleet" / "staging" / "m.local")
     assert staged_files and all(f.startswith(staged + "/") for f in staged_files)
     assert {staged, staged + "/sub"} <= set(seen_at_swap["synced"])
-    # the rename itself is made durable: the models root is fsynced after the swap
-    assert str(root) in synced[len(seen_at_swap["synced"]) :]
+    # the rename itself is made durable: the model's directory (which holds its revisions) is fsynced after the
+    # swap, and the models root once that directory was created
+    assert res["path"] == str(root / "m" / res["revision_id"])
+    assert str(root / "m") in synced[len(seen_at_swap["synced"]) :] and str(root) in synced
     # the manifest (the no-op authority) is written durably too: its file before the rename, then its directory
     manifests = str(root / ".gpufleet" / "manifests")
     after = synced[len(seen_at_swap["synced"]) :]
