@@ -3,7 +3,8 @@
 """Why a vLLM server did not come up: a failure class and one line a person can act on, from its log tail.
 
 ``classify(log_lines, exit_code=None, timed_out=False)`` -> ``(failure_class, hint)``. Classes: gpu_oom,
-kv_cache_too_small, no_gpu, hf_auth, model_not_found, port_conflict, bad_args, timeout, unknown.
+kv_cache_too_small, no_gpu, hf_auth, model_not_found, port_conflict, bad_args, timeout, unknown; ``smoke_failed``
+(the server came up but its one smoke request failed) is decided by ``smoke_hint``, not from the log.
 ``mask(lines, secrets)`` replaces every secret value (and bearer tokens / hf_ tokens) by ``********``.
 """
 
@@ -25,6 +26,7 @@ FAILURE_CLASSES = (
     "port_conflict",
     "bad_args",
     "timeout",
+    "smoke_failed",
     "unknown",
 )
 
@@ -148,6 +150,10 @@ _HINTS["timeout"] = (
     "the server was not ready within wait_timeout; raise wait_timeout (first starts download and compile)"
 )
 _HINTS["unknown"] = "the server failed; read log_tail"
+_HINTS["smoke_failed"] = (
+    "the server answered /health and /v1/models but not one real request; read its answer and log_tail (a broken "
+    "model revision, a bad chat template), or set smoke_test: false for an engine without this endpoint"
+)
 
 _ERRORISH = r"(Error|Exception|error:|ERROR|Traceback|FATAL)"
 _TOKEN_PATTERNS = [
@@ -210,6 +216,16 @@ def classify(log_lines: Iterable[str], exit_code: int | None = None, timed_out: 
     detail = f" (last error: {last})" if last else ""
     code = f" with exit code {exit_code}" if exit_code not in (None, 0) else ""
     return "unknown", f"unknown: the server stopped{code}{detail}; read log_tail"
+
+
+def smoke_hint(endpoint: str, status: int, answer: str | bytes, secrets: Iterable[str | None] = ()) -> str:
+    """The hint of a failed smoke request: what was asked, what the server answered (secrets masked, at most 300
+    characters of it), what to do."""
+    if isinstance(answer, bytes):
+        answer = answer.decode("utf-8", "replace")
+    text = " ".join(mask([answer], secrets)[0].split())[:300]
+    got = f"answered {status}: {text}" if status else "did not answer"
+    return f"smoke_failed: POST {endpoint} (max_tokens 1) {got}; {_HINTS['smoke_failed']}"
 
 
 def mask(lines: Iterable[str], secrets: Iterable[str | None] = ()) -> list[str]:

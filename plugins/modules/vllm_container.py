@@ -201,6 +201,17 @@ options:
       - "Model to serve: an absolute host path (from C(gpufleet.vllm.model_sync)), mounted read-only at the same path, or a hub id (vLLM downloads
         it into O(hf_cache_dir) at start, phase C(downloading))."
       - Required with O(image) for O(state=started); for the other states give both or neither (see O(state)).
+      - With C(gpufleet.vllm.model_sync), give its RV(gpufleet.vllm.model_sync#module:path) (the directory of one
+        revision, never changed while mounted) and its RV(gpufleet.vllm.model_sync#module:revision_id) as
+        O(model_revision). Without O(served_model_name) the API's model id is this path, so it changes with the
+        revision.
+    type: str
+  model_revision:
+    description:
+      - Identity of the weights at O(model), e.g. model_sync's RV(gpufleet.vllm.model_sync#module:revision_id) (a
+        hub commit). Part of the configuration hash, so new weights replace the container (readiness-gated,
+        rolled back on failure) even where the path stays the same (a local checkpoint served in place). Not
+        given, the hash is the one of earlier releases.
     type: str
   mounts:
     description:
@@ -365,6 +376,16 @@ options:
       - Seconds to wait for readiness (first starts download and compile).
     type: int
     default: 1800
+  smoke_test:
+    description:
+      - After a start, the server counts as ready only once one real request through the OpenAI API succeeds
+        (C(/v1/completions) with C(max_tokens=1) and the O(api_key), to the first served model; C(/v1/chat/completions)
+        when the server has no completions route for it; C(/v1/embeddings) when the argv says C(--task embed),
+        C(--runner pooling) or C(--convert embed)). A failure is failure class C(smoke_failed), with the server's
+        answer (secrets masked) in RV(hint), and is rolled back like any other start failure.
+      - Set V(false) for an engine with none of these endpoints. Not part of the configuration hash.
+    type: bool
+    default: true
 requirements:
   - docker (Python SDK) on the target for O(runtime=docker); the podman CLI for O(runtime=podman).
 notes:
@@ -535,7 +556,9 @@ manifest_path:
   returned: unless O(state=absent)
   type: str
 failure_class:
-  description: Failure class when the server did not come up or a pre-check failed on a port.
+  description:
+    - Failure class when the server did not come up or a pre-check failed on a port; C(smoke_failed) when it came up
+      but its smoke request (O(smoke_test)) failed.
   returned: failure
   type: str
   sample: gpu_oom

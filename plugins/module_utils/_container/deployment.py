@@ -387,7 +387,11 @@ class Deployment:
                 if self.phases:  # pulled: say that it went on to ready
                     self._phase("ready")
                 return
-        out = rd.wait_ready(self.rt, cid, self.base, self.p.get("api_key"), self.p["wait_timeout"], self.secrets)
+        argv = self.desired.argv if self.desired is not None else list(self.result.get("argv") or [])
+        smoke = rd.smoke_kind(argv) if self.p.get("smoke_test", True) else None
+        out = rd.wait_ready(
+            self.rt, cid, self.base, self.p.get("api_key"), self.p["wait_timeout"], self.secrets, smoke=smoke
+        )
         for phase in [*out.phases, out.phase]:
             self._phase(phase)
         self.result["readiness"] = out.as_dict()

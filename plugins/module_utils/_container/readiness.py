@@ -1,6 +1,7 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Readiness of a vLLM server: poll ``/health`` then ``/v1/models`` while following the log for the phase.
+"""Readiness of a vLLM server: poll ``/health`` then ``/v1/models`` while following the log for the phase, then one
+real request through the OpenAI API (the smoke test: ``max_tokens`` 1, with the API key) before it counts as ready.
 
 Polling starts fast (50 ms) and backs off to 2 s; every new log line wakes the poller at once, so the server's
 "Application startup complete." is answered within milliseconds rather than at the next back-off tick.
@@ -95,11 +96,18 @@ def base_url(host: str | None, port: int) -> str:
 
 
 def http(
-    url: str, method: str = "GET", api_key: str | None = None, timeout: float = 2.0, body: bytes | None = None
+    url: str,
+    method: str = "GET",
+    api_key: str | None = None,
+    timeout: float = 2.0,
+    body: bytes | None = None,
+    json_body: bool = False,
 ) -> tuple[int, bytes]:
     """(status, body); status 0 when nothing answers."""
     u = urllib.parse.urlsplit(url)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if json_body:
+        headers["Content-Type"] = "application/json"
     path = u.path + (f"?{u.query}" if u.query else "")
     try:
         return raw_http((u.hostname or "127.0.0.1", u.port or 80), method, path or "/", headers, body, timeout)
@@ -133,6 +141,60 @@ def sleep(base: str, api_key: str | None, level: int = 1) -> bool:
 
 def wake_up(base: str, api_key: str | None) -> bool:
     return http(base + "/wake_up", method="POST", api_key=api_key, timeout=120)[0] == 200
+
+
+SMOKE_TIMEOUT = 120.0
+SMOKE_PROMPT = "Hello"
+_POOLING = {"--task": ("embed", "embedding"), "--runner": ("pooling",), "--convert": ("embed",)}
+
+
+def smoke_kind(argv: list[str]) -> str:
+    """Which request the smoke test sends: ``embeddings`` for a server whose argv says it runs an embedding model
+    (``--task embed``, ``--runner pooling``, ``--convert embed``), else ``completions`` (``chat`` when the server has
+    no completions endpoint for the model)."""
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if not eq and i + 1 < len(argv):
+            value = argv[i + 1]
+        if flag in _POOLING and value in _POOLING[flag]:
+            return "embeddings"
+    return "completions"
+
+
+def smoke_request(base: str, api_key: str | None, model: str, kind: str, timeout: float) -> tuple[str, int, bytes]:
+    """One real request: (endpoint, status, body). ``completions`` falls back to chat when the server has no
+    completions route for the model (404/405, or a 400 that says the model is chat-only)."""
+    bodies = {
+        "completions": {"model": model, "prompt": SMOKE_PROMPT, "max_tokens": 1, "temperature": 0},
+        "chat": {"model": model, "messages": [{"role": "user", "content": SMOKE_PROMPT}], "max_tokens": 1},
+        "embeddings": {"model": model, "input": SMOKE_PROMPT},
+    }
+    paths = {"completions": "/v1/completions", "chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}
+    status, body = 0, b""
+    for attempt in ("first", "again"):  # a connection refused right after /v1/models answered: once more
+        status, body = http(
+            base + paths[kind], "POST", api_key, timeout, json.dumps(bodies[kind]).encode(), json_body=True
+        )
+        if status or attempt == "again":
+            break
+        time.sleep(0.5)
+    chat_only = status == 400 and b"chat" in body.lower() and b"completion" in body.lower()
+    if kind == "completions" and (status in (404, 405) or chat_only):
+        return smoke_request(base, api_key, model, "chat", timeout)
+    return paths[kind], status, body
+
+
+def smoke_ok(kind_path: str, status: int, body: bytes) -> bool:
+    """A smoke answer counts when it is 200 with at least one choice (or embedding)."""
+    if status != 200:
+        return False
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return (
+        bool(data.get("data" if kind_path.endswith("embeddings") else "choices")) if isinstance(data, dict) else False
+    )
 
 
 @dataclass
@@ -172,8 +234,11 @@ def wait_ready(
     timeout: float,
     secrets: list[str] | None = None,
     follow: bool = True,
+    smoke: str | None = None,
 ) -> Outcome:
-    """Wait until /health and /v1/models answer, the container dies or restarts, or ``timeout`` passes."""
+    """Wait until /health and /v1/models answer, the container dies or restarts, or ``timeout`` passes. With
+    ``smoke`` (smoke_kind), one real request to the first served model must then succeed too: if not, the outcome
+    is failure class ``smoke_failed`` with the server's answer (secrets masked) in its hint."""
     t0 = time.monotonic()
     wake = threading.Event()
     lines: deque[str] = deque(maxlen=failures.TAIL_LINES)
@@ -240,6 +305,23 @@ def wait_ready(
                     # The log lines of the last phases may still be on their way: wait (briefly) for the reader.
                     log_ready.wait(LOG_CATCH_UP_S)
                 phases = in_order({*list(seen), "ready"})
+                if smoke and names:
+                    left = max(1.0, min(SMOKE_TIMEOUT, timeout - (time.monotonic() - t0)))
+                    path, code, answer = smoke_request(base, api_key, names[0], smoke, left)
+                    if not smoke_ok(path, code, answer):
+                        return Outcome(
+                            ready=False,
+                            phase="ready",
+                            waited_s=time.monotonic() - t0,
+                            models=names,
+                            failure_class="smoke_failed",
+                            hint=failures.smoke_hint(path, code, answer, [api_key, *(secrets or [])]),
+                            log_tail=failures.mask(
+                                runtime.logs(cid, failures.TAIL_LINES) or list(lines), secrets or []
+                            ),
+                            health_ok_at=health_at,
+                            phases=phases,
+                        )
                 return Outcome(
                     ready=True,
                     phase="ready",

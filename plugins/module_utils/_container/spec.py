@@ -7,7 +7,8 @@ options, the ``vllm serve`` flag and how it is rendered (``kind``). How an optio
 decided by where ``normalized_spec`` puts it: rendered into the argv (compared as a list: engine options, model,
 host, port, LoRA, sleep mode, extra_args), env keys with salted value hashes (env, secret_env, api_key, hf_token),
 sorted lists (gpus, mounts and caches: order never causes a recreate), plain values (runtime, image id, network, ipc,
-shm_size, restart_policy, labels), or not at all (wait, timeouts, state, serve_for, ...: never a recreate).
+shm_size, restart_policy, labels, model_revision when given), or not at all (wait, timeouts, smoke_test, state,
+serve_for, ...: never a recreate).
 
 Idempotence is decided by one value only: the sha256 of the normalized spec, stored in the ``gpufleet.config-hash``
 label. Engine fields are never re-read for comparison, so how an engine reports device requests, digests or env
@@ -88,6 +89,7 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option("docker_host", "str"),
     Option("image", "str"),
     Option("model", "str"),
+    Option("model_revision", "str"),  # model_sync's revision_id: part of the config hash
     Option("host", "str", default="0.0.0.0"),
     Option("port", "int", default=8000),
     Option("gpus", "list", elements="str"),
@@ -107,6 +109,7 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option("labels", "dict", default={}),
     Option("wait", "bool", default=True),
     Option("wait_timeout", "int", default=1800),
+    Option("smoke_test", "bool", default=True),
     Option("stop_timeout", "int", default=30),
     Option("sleep_mode", "bool", default=False),
     Option("sleep_level", "int", default=1, choices=(1, 2)),
@@ -349,6 +352,11 @@ def normalized_spec(
         "restart_policy": params.get("restart_policy") or "no",
         "labels": {str(k): str(v) for k, v in sorted((params.get("labels") or {}).items())},
     }
+    if params.get("model_revision"):
+        # The identity of the weights (model_sync's revision_id): new weights are a new container, even where the
+        # model path stays the same (a local checkpoint served in place). Absent when not given: hashes of
+        # containers created before this option exist stay as they were.
+        spec["model_revision"] = str(params["model_revision"])
     return spec, env, secret_keys
 
 

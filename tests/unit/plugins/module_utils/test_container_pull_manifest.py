@@ -44,7 +44,7 @@ class PullRuntime(FakeRuntime):
 
 @pytest.fixture
 def env(monkeypatch, tmp_path):
-    def wait_ready(runtime, cid, base, api_key, timeout, secrets=None, follow=True):
+    def wait_ready(runtime, cid, base, api_key, timeout, secrets=None, follow=True, smoke=None):
         return rd.Outcome(
             True, "ready", 0.1, models=["m"], health_ok_at=1.0, phases=["starting", "loading_weights", "ready"]
         )

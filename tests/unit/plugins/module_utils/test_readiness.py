@@ -140,3 +140,91 @@ def test_a_failure_lists_the_phases_of_the_tail():
     out = rd.wait_ready(_Rt(lines, running=False, exit_code=1), "id", "http://127.0.0.1:9", None, timeout=5)
     assert not out.ready and out.failure_class == "kv_cache_too_small"
     assert out.phases == ["starting", "downloading", "loading_weights"] and out.phase == "loading_weights"
+
+
+# ---------------------------------------------------------------- smoke test (issue #15)
+
+
+class _SmokeHandler(http.server.BaseHTTPRequestHandler):
+    """/health and /v1/models answer; what /v1/completions (and chat) answer is set per test."""
+
+    completions: tuple[int, bytes] = (200, b'{"choices":[{"text":"x"}]}')
+    chat: tuple[int, bytes] = (200, b'{"choices":[{"message":{"content":"x"}}]}')
+    seen: list = []
+
+    def log_message(self, *a):
+        pass
+
+    def _answer(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/health":
+            self._answer(200, b"")
+        else:
+            self._answer(200, b'{"data":[{"id":"served"}]}')
+
+    def do_POST(self):
+        import json
+
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        _SmokeHandler.seen.append((self.path, body, self.headers.get("Authorization")))
+        if self.path == "/v1/completions":
+            self._answer(*self.completions)
+        elif self.path == "/v1/chat/completions":
+            self._answer(*self.chat)
+        elif self.path == "/v1/embeddings":
+            self._answer(200, b'{"data":[{"embedding":[0.1]}]}')
+        else:
+            self._answer(404, b'{"detail":"Not Found"}')
+
+
+@pytest.fixture
+def smoke_server():
+    _SmokeHandler.completions = (200, b'{"choices":[{"text":"x"}]}')
+    _SmokeHandler.seen = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SmokeHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_smoke_request_counts_for_ready(smoke_server):
+    out = rd.wait_ready(_Rt([]), "id", smoke_server, "key-123", timeout=10, follow=False, smoke="completions")
+    assert out.ready and out.failure_class is None
+    path, body, auth = _SmokeHandler.seen[0]
+    assert path == "/v1/completions" and body["max_tokens"] == 1 and body["model"] == "served"
+    assert auth == "Bearer key-123"
+
+
+def test_smoke_failure_is_classified_with_the_answer_masked(smoke_server):
+    _SmokeHandler.completions = (500, b'{"error":"engine died; api_key=key-123 token hf_abcdefghijklmnopqrstuvwxyz"}')
+    out = rd.wait_ready(_Rt(["ok"]), "id", smoke_server, "key-123", timeout=10, follow=False, smoke="completions")
+    assert not out.ready and out.failure_class == "smoke_failed" and out.models == ["served"]
+    assert out.hint.startswith("smoke_failed: POST /v1/completions (max_tokens 1) answered 500: ")
+    assert "engine died" in out.hint and "key-123" not in out.hint and "hf_abcdef" not in out.hint
+    # a 200 without any choice is not a completion either
+    _SmokeHandler.completions = (200, b'{"choices":[]}')
+    out = rd.wait_ready(_Rt([]), "id", smoke_server, None, timeout=10, follow=False, smoke="completions")
+    assert out.failure_class == "smoke_failed"
+
+
+def test_smoke_falls_back_to_chat_and_embeddings_by_argv(smoke_server):
+    _SmokeHandler.completions = (400, b'{"error":"this model only supports the chat completions API"}')
+    out = rd.wait_ready(_Rt([]), "id", smoke_server, None, timeout=10, follow=False, smoke="completions")
+    assert out.ready and [s[0] for s in _SmokeHandler.seen] == ["/v1/completions", "/v1/chat/completions"]
+    assert rd.smoke_kind(["/m", "--task", "embed"]) == "embeddings"
+    assert rd.smoke_kind(["/m", "--runner=pooling"]) == "embeddings"
+    assert rd.smoke_kind(["/m", "--task", "generate"]) == "completions"
+    _SmokeHandler.seen = []
+    out = rd.wait_ready(_Rt([]), "id", smoke_server, None, timeout=10, follow=False, smoke="embeddings")
+    assert out.ready and _SmokeHandler.seen[0][0] == "/v1/embeddings"
+
+
+def test_no_smoke_when_off(smoke_server):
+    _SmokeHandler.completions = (500, b"broken")
+    out = rd.wait_ready(_Rt([]), "id", smoke_server, None, timeout=10, follow=False, smoke=None)
+    assert out.ready and _SmokeHandler.seen == []

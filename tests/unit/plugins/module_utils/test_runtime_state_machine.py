@@ -73,6 +73,33 @@ def test_failed_replacement_rolls_back(rt):
     assert list(rt.c) == [old] and rt.c[old]["name"] == "gpufleet-t" and rt.c[old]["status"] == "running"
 
 
+def test_smoke_failure_rolls_back_and_smoke_test_false_skips_it(rt):
+    """Issue #15: a replacement that serves /v1/models but fails its one real request is a start failure
+    (smoke_failed), rolled back like any other; smoke_test: false asks for no request."""
+    run(rt, gpus=["0"], model_revision="r1")
+    old = rt._find("gpufleet-t")
+    assert rt.smoke_kinds == ["completions"]
+    with pytest.raises(GpufleetError) as e:
+        run(rt, gpus=["0"], model_revision="r2", env={"SMOKE_FAIL": "1"})
+    d = e.value.details
+    assert d["failure_class"] == "smoke_failed" and d["rolled_back"] is True and d["rollback_ready"] is True
+    assert list(rt.c) == [old] and rt.c[old]["name"] == "gpufleet-t" and rt.c[old]["status"] == "running"
+    assert rt.smoke_kinds[-1] is None  # the rollback waits for the old server without a smoke request
+    res = run(rt, gpus=["0"], model_revision="r2", env={"SMOKE_FAIL": "1"}, smoke_test=False)
+    assert res["changed"] and res["ready"] and rt.smoke_kinds[-1] is None
+
+
+def test_model_revision_is_part_of_the_hash(rt):
+    first = run(rt, gpus=["0"])
+    assert "model_revision" not in first["spec"]  # not given: hashes of older containers stay as they were
+    second = run(rt, gpus=["0"], model_revision="r1")
+    assert second["changed"] and "model_revision" in second["changed_keys"]
+    assert second["diff"]["after"]["model_revision"] == "r1"
+    assert run(rt, gpus=["0"], model_revision="r1", smoke_test=False)["changed"] is False  # smoke_test: no recreate
+    check = run(rt, gpus=["0"], model_revision="r2", check=True)
+    assert check["changed"] and check["diff"]["before"]["model_revision"] == "r1"
+
+
 def test_first_start_failure_keeps_stopped_container(rt):
     with pytest.raises(GpufleetError) as e:
         run(rt, gpus=["0"], env={"FAIL": "1"})
