@@ -15,7 +15,9 @@ from typing import Any
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_if_changed
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import state as fleet_state
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.rollout import wave_lines
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import HOST_FIELDS, validate_host_vars
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_plan import ARGUMENT_SPEC
 from ansible_collections.gpufleet.vllm.plugins.plugin_utils.controller_action import ControllerAction
@@ -79,6 +81,12 @@ def existing_from_info(host: str, info: Any) -> list[dict[str, Any]]:
         if port is None:
             port = parsed["port"]
         entry: dict[str, Any] = {"host": host, "name": name, "gpus": list(gpus or []), "port": port}
+        # For the rollout (_fleet/rollout.py): what the container was declared with, and whether it serves now.
+        digest = item.get("plan_digest") or parsed.get("plan_digest")
+        if digest:
+            entry["plan_digest"] = str(digest)
+        if item.get("state"):
+            entry["state"] = str(item["state"])
         if item.get("replica") is not None and item.get("deployment") is not None:
             entry.update(deployment=item["deployment"], replica=item["replica"])
         out.append(entry)
@@ -175,12 +183,25 @@ def gather(
         for name, info in per_host.items():
             if info["reachable"]:
                 existing.extend(existing_from_info(name, _plain(info["_hv"].get(args["existing_var"]))))
-    # Unreachable hosts report nothing: their last known placements come from the state file.
+    # Unreachable hosts report nothing: their last known placements come from the copy of the fleet's placements
+    # that the reachable hosts keep (the newest one, _fleet/state.py), else from the state file when one is given.
     known = {e.get("host") for e in existing}
-    for placement in read_state(args.get("state_path")):
+    kept = host_state(all_hostvars, [n for n in names if n not in unreachable], args["existing_var"])
+    remembered = kept["placements"] if kept else read_state(args.get("state_path"))
+    for placement in remembered:
         if placement.get("host") in unreachable and placement.get("host") not in known:
-            existing.append(placement)
+            existing.append(dict(placement))
     return hosts, existing, unreachable
+
+
+def host_state(all_hostvars: Mapping[str, Any], reachable: list[str], var: str) -> dict[str, Any] | None:
+    """The newest copy of the fleet's placements among the reachable hosts' facts (``<var>.fleet_state``)."""
+    copies = []
+    for name in reachable:
+        facts = (all_hostvars.get(name) or {}).get(var)
+        if isinstance(facts, Mapping) and facts.get("fleet_state") is not None:
+            copies.append(_plain(facts["fleet_state"]))
+    return fleet_state.newest(copies)
 
 
 class ActionModule(ControllerAction):
@@ -189,6 +210,8 @@ class ActionModule(ControllerAction):
     def act(self, params: dict[str, Any], task_vars: dict[str, Any], result: dict[str, Any]) -> None:
         args = params
         hosts, existing, unreachable = gather(task_vars, args)
+        reachable = [h for h in hosts if h not in unreachable]
+        previous = host_state(task_vars.get("hostvars") or {}, reachable, args["existing_var"])
         deployments = [dict(d) for d in _plain(args["deployments"])]
         for dep in deployments:
             size = (args.get("model_sizes") or {}).get(dep.get("name"))
@@ -215,10 +238,13 @@ class ActionModule(ControllerAction):
                 "before_header": "placements now",
                 "after_header": "placements planned",
                 "before": diff_lines(existing),
-                "after": diff_lines(planned["assignments"], errors),
+                "after": diff_lines(planned["assignments"], errors)
+                + "".join(f"# rollout {line}\n" for line in wave_lines(planned["rollout"])),
             }
         if errors and args["fail_on_unschedulable"]:
             result.update(failed=True, msg="\n".join(e["message"] for e in errors))
             return
+        # What the hosts keep (fleet_apply fleet_state): the newest copy they sent, or its next generation.
+        result["fleet_state"] = None if errors else fleet_state.next_state(previous, planned["assignments"])
         if args.get("state_path") and not self._task.check_mode and not errors:
             write_state(args["state_path"], planned["assignments"])

@@ -46,8 +46,8 @@ options:
   state:
     description:
       - V(applied) converges the host to O(replicas) and O(removals).
-      - V(gathered) only reads the host (RV(deployments), RV(gpus), RV(gpu_source)); O(replicas) and O(removals) are
-        ignored.
+      - V(gathered) only reads the host (RV(deployments), RV(gpus), RV(gpu_source), RV(fleet_state));
+        O(replicas) and O(removals) are ignored.
     type: str
     choices: [applied, gathered]
     default: applied
@@ -118,6 +118,14 @@ options:
     description:
       - Hugging Face hub endpoint for the model syncs (C(gpufleet.vllm.model_sync) O(gpufleet.vllm.model_sync#module:hf_endpoint)).
     type: str
+  fleet_state:
+    description:
+      - The whole fleet's placements (RV(gpufleet.vllm.fleet_plan#module:fleet_state) of C(gpufleet.vllm.fleet_plan)),
+        kept on this host in C(fleet/placements.json) of O(manifest_dir)'s parent (C(/var/lib/gpufleet) by default),
+        so that a later run from any controller knows where the replicas of a host that is unreachable then are.
+      - Written only when it differs from the host's copy (that counts as a change). Check mode only compares.
+      - O(state=gathered) returns the host's copy as RV(fleet_state).
+    type: dict
 seealso:
   - module: gpufleet.vllm.fleet_plan
   - module: gpufleet.vllm.model_sync
@@ -179,6 +187,17 @@ gpu_source:
   description: Where the GPU list came from (C(nvml), C(nvidia-smi) or C(none)).
   returned: O(state=gathered)
   type: str
+fleet_state:
+  description:
+    - The fleet's placements this host keeps (O(fleet_state) of the last apply on it); null when it keeps none.
+  returned: O(state=gathered)
+  type: dict
+  sample: {version: 1, generation: 3, placements: [{deployment: chat, replica: 0, host: gpu-a, gpus: ["0"],
+           gpu_uuids: ["GPU-0a"], port: 8000}]}
+fleet_state_changed:
+  description: Whether the host's copy of O(fleet_state) was written (would be, in check mode).
+  returned: O(state=applied) and O(fleet_state) given
+  type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -200,6 +219,7 @@ ARGUMENT_SPEC = dict(
     image_repository=dict(type="str", default="vllm/vllm-openai"),
     image_pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
     hf_endpoint=dict(type="str"),
+    fleet_state=dict(type="dict"),
 )
 
 

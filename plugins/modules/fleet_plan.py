@@ -110,8 +110,9 @@ options:
   state_path:
     description:
       - A JSON file on the controller where the plan's placements are saved after each run (not in check mode).
-        Placements of hosts that are unreachable now are read back from it, so they are kept instead of being
-        silently placed again elsewhere.
+        Placements of hosts that are unreachable now are read back from it when no reachable host keeps a copy
+        (RV(fleet_state)), so they are kept instead of being silently placed again elsewhere.
+      - Optional; the role keeps the placements on the hosts instead (nothing lives only on the controller).
     type: path
 seealso:
   - module: gpufleet.vllm.gpu_facts
@@ -224,6 +225,17 @@ unreachable_hosts:
   returned: always
   type: list
   elements: str
+fleet_state:
+  description:
+    - The fleet's placements after this plan, for the hosts to keep (C(gpufleet.vllm.fleet_apply)
+      O(gpufleet.vllm.fleet_apply#module:fleet_state)); its C(generation) is the newest one the hosts reported
+      (in C(<existing_var>.fleet_state)), one more when the placements changed. Null when the plan has errors.
+    - Placements of unreachable hosts are read from the newest copy the reachable hosts keep, so a run from another
+      controller (or a fresh execution-environment container) keeps them as the last run did.
+  returned: success
+  type: dict
+  sample: {version: 1, generation: 2, placements: [{deployment: chat, replica: 0, host: gpu-a, gpus: ["0"],
+           gpu_uuids: ["GPU-0a"], port: 8000}]}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -32,6 +32,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec impo
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import state as fleet_state
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.records import RemovalRecord, ReplicaRecord
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ARGUMENT_SPEC as IMAGE_ARGSPEC
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ensure_image
@@ -348,12 +349,16 @@ def apply_host(
 ) -> tuple[dict[str, Any], list[str]]:
     """Apply one host's part of the plan: the result and the one-line errors of what failed (empty: all ok)."""
     host = HostApply(params, check_mode, warn, runtime)
-    return host.run(), host.errors
+    result = host.run()
+    if params.get("fleet_state"):  # the whole plan's placements, kept on every host (_fleet/state.py)
+        kept = fleet_state.write(params["manifest_dir"], params["fleet_state"], check_mode)
+        result.update(fleet_state_changed=kept, changed=result["changed"] or kept)
+    return result, host.errors
 
 
 def gather_host(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:
     """``state=gathered``: the host's managed deployments (no /health probe, no log classification) and its GPUs."""
-    return gather(
+    out = gather(
         {
             "runtime": params["runtime"],
             "docker_host": params.get("docker_host"),
@@ -363,3 +368,5 @@ def gather_host(params: Mapping[str, Any], runtime: Runtime | None = None) -> di
         },
         runtime,
     )
+    out["fleet_state"] = fleet_state.read(params["manifest_dir"])
+    return out

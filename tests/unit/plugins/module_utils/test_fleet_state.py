@@ -1,0 +1,113 @@
+"""The fleet's placements kept on the hosts (_fleet/state.py): generations, the newest copy, the host's file
+(fleet_apply fleet_state / state=gathered), and fleet_plan reading the unreachable hosts' placements from the copies
+the reachable hosts sent (no state that lives only on the controller)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible_collections.gpufleet.vllm.plugins.action.fleet_plan import gather, host_state
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import state
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, gather_host, validated
+from ansible_collections.gpufleet.vllm.plugins.modules.fleet_apply import ARGUMENT_SPEC
+
+GPU = {"index": 0, "uuid": "GPU-0", "memory_total_mib": 81920, "memory_free_mib": 81000, "memory_used_mib": 920}
+
+
+def assignment(dep: str, replica: int, host: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "deployment": dep,
+        "replica": replica,
+        "host": host,
+        "gpus": ["0"],
+        "gpu_uuids": ["GPU-0"],
+        "port": 8000,
+        "action": "keep",
+        "name": f"{dep}-{replica}",
+        **extra,
+    }
+
+
+def test_generation_grows_only_when_the_placements_change() -> None:
+    first = state.next_state(None, [assignment("chat", 1, "b"), assignment("chat", 0, "a")])
+    assert first["generation"] == 1 and [p["replica"] for p in first["placements"]] == [0, 1]
+    assert "action" not in first["placements"][0]  # placement fields only
+    same = state.next_state(first, [assignment("chat", 0, "a", action="update"), assignment("chat", 1, "b")])
+    assert same == first  # order and other fields do not matter: nothing to write
+    moved = state.next_state(first, [assignment("chat", 0, "a"), assignment("chat", 1, "c")])
+    assert moved["generation"] == 2
+    assert state.next_state({"version": 99}, [])["generation"] == 1  # a foreign copy counts as none
+
+
+def test_newest_copy_wins_and_bad_copies_are_ignored() -> None:
+    old = state.next_state(None, [assignment("chat", 0, "a")])
+    new = state.next_state(old, [assignment("chat", 0, "b")])
+    assert state.newest([old, None, {"version": 1}, "junk", new, old]) == new
+    assert state.newest([None, {"generation": 5}]) is None
+
+
+def test_host_file_write_read_and_check_mode(tmp_path: Path) -> None:
+    manifests = str(tmp_path / "gpufleet" / "manifests")
+    assert state.state_path(manifests) == str(tmp_path / "gpufleet" / "fleet" / "placements.json")
+    assert state.read(manifests) is None
+    s = state.next_state(None, [assignment("chat", 0, "a")])
+    assert state.write(manifests, s, check_mode=True) is True
+    assert state.read(manifests) is None  # check mode only compares
+    assert state.write(manifests, s) is True
+    assert state.read(manifests) == s
+    assert state.write(manifests, s) is False and state.write(manifests, s, check_mode=True) is False
+    Path(state.state_path(manifests)).write_text("{not json")
+    assert state.read(manifests) is None  # a broken copy: the other hosts have one
+    with pytest.raises(GpufleetError, match="fleet_state: not a gpufleet placement state"):
+        state.write(manifests, {"placements": []})
+
+
+def test_fleet_apply_keeps_the_state_and_gathered_returns_it(tmp_path: Path, fake_runtime: Any) -> None:
+    s = state.next_state(None, [assignment("chat", 0, "other-host")])
+    p = validated("fleet_apply", ARGUMENT_SPEC, {"manifest_dir": str(tmp_path / "manifests"), "fleet_state": s})
+    out, errors = apply_host(p, check_mode=True, runtime=fake_runtime)
+    assert errors == [] and out["changed"] is True and out["fleet_state_changed"] is True
+    assert gather_host(p, runtime=fake_runtime)["fleet_state"] is None
+    out, _ = apply_host(p, runtime=fake_runtime)
+    assert out["changed"] is True and out["fleet_state_changed"] is True
+    assert gather_host(p, runtime=fake_runtime)["fleet_state"] == s
+    out, _ = apply_host(p, runtime=fake_runtime)
+    assert out["changed"] is False and out["fleet_state_changed"] is False  # converged: no write
+    without = validated("fleet_apply", ARGUMENT_SPEC, {"manifest_dir": str(tmp_path / "manifests")})
+    out, _ = apply_host(without, runtime=fake_runtime)
+    assert "fleet_state_changed" not in out
+
+
+def test_plan_keeps_unreachable_placements_from_the_newest_host_copy() -> None:
+    old = state.next_state(None, [assignment("chat", 0, "b")])
+    new = state.next_state(old, [assignment("chat", 0, "b"), assignment("chat", 1, "c")])
+    facts = "deployments_facts"
+    hostvars = {
+        "a": {"gpus": [GPU], facts: {"deployments": [], "fleet_state": old}},
+        "b": {"gpus": [GPU], facts: {"deployments": [], "fleet_state": new}},
+        "c": {"gpus": [GPU], facts: {"fleet_state": state.next_state(new, [])}},  # unreachable: not read
+    }
+    tv = {"hostvars": hostvars, "ansible_play_hosts_all": ["a", "b", "c"], "ansible_play_hosts": ["a", "b"]}
+    args = {"gpu_facts_var": "gpus", "existing_var": facts, "unreachable": [], "state_path": None}
+    assert host_state(hostvars, ["a", "b"], facts) == new
+    _hosts, existing, unreachable = gather(tv, args)
+    assert unreachable == ["c"]
+    # b reports its own containers (none); c cannot: its replica comes from the newest copy (b's, generation 2).
+    assert existing == [{k: v for k, v in assignment("chat", 1, "c").items() if k in state.FIELDS}]
+
+
+def test_plan_without_host_copies_falls_back_to_the_state_file(tmp_path: Path) -> None:
+    path = tmp_path / "placements.json"
+    path.write_text(json.dumps({"version": 1, "placements": [assignment("chat", 0, "c")]}))
+    tv = {
+        "hostvars": {"a": {"gpus": [GPU]}, "c": {}},
+        "ansible_play_hosts_all": ["a", "c"],
+        "ansible_play_hosts": ["a"],
+    }
+    args = {"gpu_facts_var": "gpus", "existing_var": "f", "unreachable": [], "state_path": str(path)}
+    _hosts, existing, _ = gather(tv, args)
+    assert [(e["deployment"], e["host"]) for e in existing] == [("chat", "c")]
