@@ -20,6 +20,7 @@ the plan never holds them. The result is one record per removal and per replica 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -87,6 +88,17 @@ def container_params(what: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if problems:
         raise GpufleetError(f"{what}: " + "; ".join(problems), failure_class="bad_args", problems=problems)
     return params
+
+
+def with_revision(args: dict[str, Any], spec: Mapping[str, Any], sync_res: Mapping[str, Any]) -> dict[str, Any]:
+    """The container arguments with the weights model_sync installed (issue #15): hub and URL models are served from
+    the revision directory it returned, and every model's revision id is hashed (``model_revision``), so a new
+    revision replaces the container (readiness-gated, rolled back on failure) and never changes the running one."""
+    if sync_res.get("path") and (spec.get("model_sync") or {}).get("source") in ("hf", "url"):
+        args["model"] = sync_res["path"]
+    if sync_res.get("revision_id"):
+        args["model_revision"] = sync_res["revision_id"]
+    return args
 
 
 def _diff_entry(what: str, diff: Any) -> dict[str, Any] | None:
@@ -239,7 +251,14 @@ class HostApply:
             return _error_result(err)
         self._note(f"model {deployment}", res)
         expected = spec.get("model_path")
-        if args.get("source") in ("hf", "url") and res.get("path") and expected and res["path"] != expected:
+        # model_sync installs each revision in <model_path>/<revision_id> (or keeps a flat install at model_path).
+        where = res.get("path")
+        if (
+            args.get("source") in ("hf", "url")
+            and where
+            and expected
+            and expected not in (where, os.path.dirname(where))
+        ):
             return {
                 "failed": True,
                 "changed": bool(res.get("changed")),
@@ -290,7 +309,8 @@ class HostApply:
             self.changed = True
             return True
         try:
-            params = container_params(f"{name}: vllm_container", self._container_args(spec, ref))
+            args = with_revision(self._container_args(spec, ref), spec, sync_res)
+            params = container_params(f"{name}: vllm_container", args)
             res = self._converge(params)
         except GpufleetError as err:
             res = _error_result(err)
@@ -306,6 +326,23 @@ class HostApply:
         rec.endpoint = public_endpoint(spec, res, self.p.get("address"))
         rec.actions = list(res.get("actions") or [])
         return True
+
+    def collect_revisions(self, specs: list[Mapping[str, Any]], syncs: dict[str, dict[str, Any]]) -> None:
+        """Once the replicas of a deployment whose model got a new revision have converged, model_sync again (a
+        no-op) removes the revisions no container uses any more beyond its keep_revisions (the old containers have
+        left by now; a replica still on an old revision keeps it)."""
+        if self.check_mode:
+            return
+        failed = {r.deployment for r in self.records if isinstance(r, ReplicaRecord) and r.failed}
+        for spec in specs:
+            dep = str(spec.get("deployment"))
+            res = syncs.get(dep)
+            if res is None or dep in failed or not res.get("changed") or res.get("failed") or res.get("collected"):
+                continue
+            again = self.sync_model(spec)
+            res["collected"] = True
+            if again.get("removed_revisions"):
+                self.changed = True
 
     # ------------------------------------------------------------------------------------------------ entry
     def run(self) -> dict[str, Any]:
@@ -330,6 +367,7 @@ class HostApply:
                 key = image_key(spec.get("image"), spec.get("vllm_version"))
                 if not self.run_replica(spec, syncs[str(spec.get("deployment"))], images[key]):
                     break
+            self.collect_revisions(replicas, syncs)
         if self._rt is not None:
             self._rt.close()
         out: dict[str, Any] = {

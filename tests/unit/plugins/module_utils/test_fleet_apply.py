@@ -186,3 +186,21 @@ def test_gathered_lists_what_the_apply_left(tmp: Path, fake_runtime: Any) -> Non
     ]
     assert "gpus" in got and got["gpu_source"] in ("nvml", "nvidia_smi", "none")
     assert fake_runtime.calls == calls  # read-only
+
+
+def test_the_revision_model_sync_installed_is_served_and_hashed():
+    """Issue #15: hub and URL models are served from the revision directory model_sync returned; every model's
+    revision id becomes the container's model_revision (a local checkpoint stays served where it is)."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import with_revision
+
+    sync_res = {"path": "/m/chat/" + "a" * 40, "revision_id": "a" * 40}
+    hub = with_revision({"model": "/m/chat"}, {"model_sync": {"source": "hf"}}, sync_res)
+    assert hub == {"model": "/m/chat/" + "a" * 40, "model_revision": "a" * 40}
+    local = with_revision(
+        {"model": "/ckpt/x"}, {"model_sync": {"source": "local"}}, {"path": "/m/x/local-1", "revision_id": "local-1"}
+    )
+    assert local == {"model": "/ckpt/x", "model_revision": "local-1"}
+    flat = with_revision(
+        {"model": "/m/chat"}, {"model_sync": {"source": "hf"}}, {"path": "/m/chat", "revision_id": None}
+    )
+    assert flat == {"model": "/m/chat"}  # a flat install of an older release: served and hashed as before
