@@ -230,6 +230,7 @@ class ActionModule(ControllerAction):
         # changed = the plan changes the fleet (something starts, moves or stops); the task itself touches nothing.
         summary = planned["summary"]
         fleet_changes = summary["create"] + summary["update"] + summary["move"] + summary["remove"]
+        fleet_changes += sum(len(wave["replicas"]) for wave in planned["rollout"]["waves"])  # replicas that roll
         result.update(changed=fleet_changes > 0, plan=planned, errors=errors, unreachable_hosts=unreachable)
         if warnings:
             result["warnings"] = warnings

@@ -75,6 +75,7 @@ def describe(rt: Runtime, st: ContainerState, probe: bool, classify: bool) -> di
         "image_id": st.image_id,
         "vllm_version": lab["vllm_version"],
         "config_hash": lab["config_hash"],
+        "plan_digest": lab["plan_digest"],
         "started_at": st.started_at,
         "uptime_s": _uptime(st.started_at) if st.running else None,
         "restart_count": st.restart_count,

@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import rollout
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity import natural_key
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import place_validated
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import validate_deployments
@@ -56,6 +58,10 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         container["image"] = dep["image"]
     if synced_here:
         container.pop("revision", None)
+    # What the replica is declared with, as a label: the controller compares it with the running container's to
+    # plan the rolling update (_fleet/rollout.py). It is part of the config hash like any label.
+    digest = rollout.plan_digest(container, dep)
+    container["labels"] = {**(container.get("labels") or {}), labels.PLAN_DIGEST: digest}
     sync: dict[str, Any] = {"name": dep["name"], "source": model.get("source"), "models_root": models_root}
     if model.get("source") == "hf":
         sync.update(repo_id=model["repo_id"], revision=model["revision"])
@@ -83,6 +89,7 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         "api_key_set": dep["api_key"] is not None,
         "hf_token_set": dep["hf_token"] is not None,
         "vram_per_gpu_mib": assignment["vram_per_gpu_mib"],
+        "digest": digest,
         "container": container,
     }
 
@@ -97,10 +104,12 @@ def fleet_plan(
 ) -> dict[str, Any]:
     """``plan()`` plus what the deployments role consumes: ``hosts[<host>]`` = container specs to run there (every
     host of the inventory has a key, sorted by name), ``remove[<host>]`` = managed containers to remove there,
-    ``images[<host>]`` = the ``[image, vllm_version]`` pairs its specs need (each once) and a ``summary`` of counts.
-    Hosts carry ``runtime`` and ``models_root`` (from ``validate_host_vars``) for the specs.
+    ``images[<host>]`` = the ``[image, vllm_version]`` pairs its specs need (each once), ``rollout`` (the waves of the
+    replicas that roll, ``rollout.compute``) and a ``summary`` of counts. Hosts carry ``runtime`` and ``models_root``
+    (from ``validate_host_vars``) for the specs; ``existing`` entries may carry ``plan_digest`` and ``state``.
     """
     deps = {d["name"]: d for d in validate_deployments(list(deployments or []))}
+    existing = list(existing or [])
     result = place_validated(hosts, list(deps.values()), existing, prune, move_from_unreachable)
     per_host: dict[str, list[dict[str, Any]]] = {h: [] for h in sorted(hosts, key=natural_key)}
     remove: dict[str, list[dict[str, Any]]] = {h: [] for h in per_host}
@@ -108,6 +117,8 @@ def fleet_plan(
         per_host.setdefault(asg["host"], []).append(
             container_spec(asg, deps[asg["deployment"]], hosts.get(asg["host"], {}))
         )
+    waves = rollout.compute(hosts, deps, per_host, existing)
+    result["errors"] = sorted([*result["errors"], *waves.pop("errors")], key=lambda e: e["deployment"])
     for rem in result["removals"]:
         remove.setdefault(rem["host"], []).append(dict(rem))
     # The images each host resolves (gpufleet.vllm.vllm_image), once per [image, vllm_version], in spec order.
@@ -120,6 +131,7 @@ def fleet_plan(
         hosts=per_host,
         remove=remove,
         images=images,
+        rollout=waves,
         summary={
             "create": actions["create"],
             "keep": actions["keep"],

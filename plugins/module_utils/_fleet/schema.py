@@ -113,6 +113,8 @@ DEPLOYMENT_FIELDS = (
     "state",
     "serve_for",
     "move_from_unreachable",
+    "max_unavailable",
+    "max_surge",
 )
 SECRET_FIELDS = ("secret_env", "api_key", "hf_token")
 
@@ -237,6 +239,24 @@ def parse_port_range(value: Any) -> tuple[int, int] | None:
     if lo_i is None or hi_i is None or not (1 <= lo_i <= hi_i <= 65535):
         return None
     return lo_i, hi_i
+
+
+ROLLOUT_AMOUNT = "a whole number >= 0 or a percentage of replicas such as '25%'"
+
+
+def parse_rollout_amount(value: Any) -> int | str | None:
+    """``max_unavailable`` / ``max_surge``: an int >= 0 or ``"N%"`` (0..100) as given; None when invalid."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return int(text)
+        if text.endswith("%") and text[:-1].strip().isdigit() and int(text[:-1]) <= 100:
+            return f"{int(text[:-1])}%"
+    return None
 
 
 def parse_serve_for(value: Any) -> float | str | None:
@@ -613,6 +633,20 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
         problems.add(who, "serve_for", f"must be {DURATION_FORMAT}", dep.get("serve_for"))
         serve_for = "infinite"
     out["serve_for"] = serve_for
+
+    # Rolling update (docs/rollouts.md): Kubernetes' meaning. max_surge defaults to 1; max_unavailable None = "auto"
+    # (0 when every rolling replica can surge on its host, else 1), resolved by _fleet/rollout.py with the GPUs.
+    for field, default in (("max_unavailable", None), ("max_surge", 1)):
+        raw = dep.get(field)
+        amount = default if raw is None else parse_rollout_amount(raw)
+        if raw is not None and amount is None:
+            problems.add(who, field, f"must be {ROLLOUT_AMOUNT}", raw)
+            amount = default
+        out[field] = amount
+    if out["max_unavailable"] in (0, "0%") and out["max_surge"] in (0, "0%"):
+        problems.add(
+            who, "max_surge", "and max_unavailable are both 0: a rollout could never replace a replica; set one above 0"
+        )
     return out
 
 

@@ -58,6 +58,8 @@ def test_defaults():
         "port": 8000,
         "port_range": None,
         "serve_for": "infinite",
+        "max_unavailable": None,
+        "max_surge": 1,
     }
 
 

@@ -653,7 +653,10 @@ def test_fleet_plan_per_host_container_specs():
         "lora_modules": [{"name": "sql", "path": "/l/sql"}],
         "env": {"A": "1"},
         "serve_for": "infinite",
+        # what the replica is declared with, compared by the rollout (never a secret: a salted hash of them)
+        "labels": {"gpufleet.plan-digest": spec["digest"]},
     }
+    assert len(spec["digest"]) == 16 and "s3cret" not in str(spec) and "k3y" not in str(spec)
     assert spec["model_path"] == "/srv/m/chat" and spec["vllm_version"] == "latest"
     assert spec["model_sync"] == {
         "name": "chat",
