@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import random
 import re
 import socket
@@ -51,6 +52,17 @@ class ServerState:
     @property
     def v(self) -> tuple[int, ...]:
         return version_key(self.version)
+
+
+FAIL_COMPLETIONS_FILE = "standin-fail-completions"
+
+
+def fail_completions(model_path: str) -> bool:
+    """Completions and chat answer 500 (the rest serves): ``STANDIN_FAIL=completions``, or a file named
+    ``standin-fail-completions`` in the served model directory (a model revision that loads but cannot generate)."""
+    if os.environ.get("STANDIN_FAIL", "").strip().lower() == "completions":
+        return True
+    return model_path.startswith("/") and os.path.exists(os.path.join(model_path, FAIL_COMPLETIONS_FILE))
 
 
 def count_tokens(text: str) -> int:
@@ -192,6 +204,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _generate(self, body: dict, prompt_text: str, default_max: int | None) -> tuple[str, int, int, str] | None:
         st = self.state
+        if fail_completions(st.model_path):
+            # A server that loads and lists its model but cannot answer one request (a broken revision): vLLM's
+            # answer when the engine fails a request.
+            self._error(500, "EngineCore encountered an issue: RuntimeError: CUDA error: an illegal memory access "
+                        "was encountered (standin: completions fail)", "InternalServerError")  # fmt: skip
+            return None
         if st.sleeping:
             self._error(503, "The engine is sleeping; call /wake_up first.", "ServiceUnavailableError")
             return None

@@ -1,6 +1,6 @@
 """`vllm serve` / `python3 -m vllm.entrypoints.openai.api_server` of the stand-in.
 
-Env knobs (see sim/standin/README.md): VLLM_VERSION, STANDIN_FAIL=oom|kv_cache|gated|not_found|crash|no_gpu,
+Env knobs (see sim/standin/README.md): VLLM_VERSION, STANDIN_FAIL=oom|kv_cache|gated|not_found|crash|no_gpu|completions,
 STANDIN_CRASH_AFTER=<s>, STANDIN_START_DELAY=<s>, STANDIN_ALLOW_NO_GPU=1, STANDIN_REQUEST_DELAY=<s>,
 STANDIN_LOG_SECRETS=1, STANDIN_TABLES=<dir>.
 """

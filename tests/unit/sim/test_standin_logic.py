@@ -175,3 +175,15 @@ def test_local_dir_needs_config_json(tmp_path):
     assert "Invalid repository ID or local directory specified" in e.value.text
     (tmp_path / "config.json").write_text("{}")
     assert hub.resolve(str(tmp_path)).local
+
+
+def test_fail_completions_by_env_or_by_a_file_in_the_model(tmp_path, monkeypatch):
+    """Issue #15: the stand-in can be told to fail completions (vllm_container's smoke_failed case)."""
+    from standin.api import FAIL_COMPLETIONS_FILE, fail_completions
+
+    monkeypatch.delenv("STANDIN_FAIL", raising=False)
+    assert not fail_completions(str(tmp_path)) and not fail_completions("org/model")
+    (tmp_path / FAIL_COMPLETIONS_FILE).write_text("")
+    assert fail_completions(str(tmp_path))
+    monkeypatch.setenv("STANDIN_FAIL", "completions")
+    assert fail_completions("org/model")
