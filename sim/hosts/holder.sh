@@ -28,7 +28,9 @@ fi
 # the repository, the venv's base interpreter, e.g. pyenv's under /root) are bound into the per-host directory
 # first (in this mount namespace only), and the per-host directory is then bound recursively.
 IFS=: read -r -a keep <<<"${GPUFLEET_HOSTS_KEEP:-}"
-for d in run var/lib/docker etc/docker var/lib/containers var/lib/gpufleet etc/cdi root tmp; do
+# GPUFLEET_HOSTS_EXTRA_DIRS (space-separated, e.g. "opt/gpufleet" for a bare host): more per-host directories.
+# shellcheck disable=SC2086
+for d in run var/lib/docker etc/docker var/lib/containers var/lib/gpufleet etc/cdi root tmp ${GPUFLEET_HOSTS_EXTRA_DIRS:-}; do
   mkdir -p "$FS/$d" "/$d"
   for k in "${keep[@]}"; do
     if [[ -n $k && $k == /$d/* && -d $k ]]; then
