@@ -232,6 +232,7 @@ class ActionModule(ControllerAction):
         fleet_changes = summary["create"] + summary["update"] + summary["move"] + summary["remove"]
         fleet_changes += sum(len(wave["replicas"]) for wave in planned["rollout"]["waves"])  # replicas that roll
         result.update(changed=fleet_changes > 0, plan=planned, errors=errors, unreachable_hosts=unreachable)
+        result["rollout_waves"] = wave_lines(planned["rollout"])
         if warnings:
             result["warnings"] = warnings
         if self._task.diff:

@@ -56,9 +56,26 @@ options:
       - The host's replicas from the plan (C(plan.hosts[<host>]) of C(gpufleet.vllm.fleet_plan)), each with
         C(name), C(deployment), C(model_sync) (C(gpufleet.vllm.model_sync) arguments), C(model_path), C(image),
         C(vllm_version) and C(container) (C(gpufleet.vllm.vllm_container) arguments without the image), C(port).
+      - A replica with C(rollout.mode=surge) (set by the plan's rollout waves) is replaced with a surge - a copy of its
+        new configuration, C(<name>-surge) on C(rollout.surge_gpus) and C(rollout.surge_port), started and gated
+        first, serving while the replica is replaced in place, removed afterwards; a surge that fails is removed and
+        the replica is left serving as it was (C(rolled_back=true)).
       - None of them holds a secret; secrets come from O(secrets).
     type: list
     elements: dict
+    default: []
+  only:
+    description:
+      - Converge only the replicas of O(replicas) with these names (their model and image included); the others are
+        left as they are. The role's rollout waves set it (docs/rollouts.md). Unset, every replica is converged.
+    type: list
+    elements: str
+  defer:
+    description:
+      - Replicas of O(replicas) whose model and image are made ready but which are not converged in this run (a
+        later rollout wave converges them with O(only)).
+    type: list
+    elements: str
     default: []
   removals:
     description:
@@ -208,6 +225,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["applied", "gathered"], default="applied"),
     replicas=dict(type="list", elements="dict", default=[]),
+    only=dict(type="list", elements="str"),
+    defer=dict(type="list", elements="str", default=[]),
     removals=dict(type="list", elements="dict", default=[]),
     secrets=dict(type="dict", default={}, no_log=True),
     address=dict(type="str"),

@@ -204,6 +204,19 @@ plan:
       description: Managed containers of deployments no longer declared, kept because O(prune) is off.
       type: list
       elements: dict
+    rollout:
+      description:
+        - "The rolling update of the replicas whose declaration changed (docs/rollouts.md): C(waves) (each
+          C({index, replicas: [{name, deployment, host, mode, surge_port, surge_gpus, wave}]}), C(mode) C(surge) or
+          C(in_place)), C(deferred) and C(held) (per host, the replicas the first apply only prepares: those the waves
+          replace, and those a rollout error holds back) and C(strategy) (per deployment, the resolved
+          C(max_unavailable), C(max_surge) and the C(rolling) replicas). A rolling spec in RV(plan.hosts) carries
+          C(rollout) (its wave, mode, surge port and GPUs) and every spec its C(digest)."
+      type: dict
+      sample: {"waves": [{"index": 1, "replicas": [{"name": "chat-0", "deployment": "chat", "host": "gpu-a",
+               "mode": "surge", "surge_port": 8002, "surge_gpus": [1], "wave": 1}]}],
+               "deferred": {"gpu-a": ["chat-0"]}, "held": {"gpu-a": []},
+               "strategy": {"chat": {"max_unavailable": 0, "max_surge": 1, "rolling": ["chat-0"]}}}
     estimates:
       description: The VRAM estimate per deployment (C(known), C(source), C(weights_bytes), C(total_mib), C(per_gpu_mib)).
       type: dict
@@ -220,6 +233,12 @@ errors:
     - deployment: chat-70b
       message: "chat-70b: 0/3 hosts fit — gpu-a: 2 GPUs free, needs 4; gpu-b: selector zone=eu1 not matched; gpu-c: unreachable"
       missing_replicas: [0]
+rollout_waves:
+  description: The rollout order, one line per wave (also at the end of the diff).
+  returned: always
+  type: list
+  elements: str
+  sample: ["wave 1: chat-0 on gpu-a (surge :8002 gpus=1)", "wave 2: chat-1 on gpu-b (in place)"]
 unreachable_hosts:
   description: The hosts the plan treated as unreachable.
   returned: always

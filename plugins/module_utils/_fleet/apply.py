@@ -11,6 +11,10 @@ The same steps the single-purpose modules take, in process, with one engine conn
    fails stops the host's rollout (vllm_container has already rolled it back to its previous container). A replica
    whose model sync or image failed is reported failed at that step and not started; the others still run.
 
+``only`` and ``defer`` select the replicas a run converges (the role's rollout waves, ``rollout.py``): ``defer``-red
+replicas get their model and image only; with ``only``, only those replicas are prepared and converged. A replica
+whose plan spec says ``rollout.mode: surge`` is replaced with a surge (``_surge``).
+
 Each step's parameters are validated against that module's own argument spec (``model_sync.argument_spec``,
 ``image_module.ARGUMENT_SPEC``, ``container_spec.argument_spec``), so a plan spec means exactly what it would mean as
 a task of that module. Secrets come from ``secrets`` (deployment name → ``api_key``, ``hf_token``, ``secret_env``);
@@ -35,6 +39,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory impo
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import state as fleet_state
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.records import RemovalRecord, ReplicaRecord
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.rollout import SURGE_SUFFIX
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ARGUMENT_SPEC as IMAGE_ARGSPEC
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ensure_image
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import REQUIRED_IF as SYNC_REQUIRED_IF
@@ -311,7 +316,8 @@ class HostApply:
         try:
             args = with_revision(self._container_args(spec, ref), spec, sync_res)
             params = container_params(f"{name}: vllm_container", args)
-            res = self._converge(params)
+            surge = (spec.get("rollout") or {}).get("mode") == "surge"
+            res = self._surge(spec, params) if surge else self._converge(params)
         except GpufleetError as err:
             res = _error_result(err)
             rec.failed, rec.changed, rec.failed_step = True, bool(err.details.get("changed")), "vllm_container"
@@ -326,6 +332,54 @@ class HostApply:
         rec.endpoint = public_endpoint(spec, res, self.p.get("address"))
         rec.actions = list(res.get("actions") or [])
         return True
+
+    def _remove_container(self, name: str) -> dict[str, Any]:
+        params = container_params(
+            f"removal of {name}",
+            {
+                "name": name,
+                "state": "absent",
+                "runtime": self.p["runtime"],
+                "docker_host": self.p.get("docker_host"),
+                "manifest_dir": self.p["manifest_dir"],
+            },
+        )
+        return self._converge(params)
+
+    def _surge(self, spec: Mapping[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """Replace a replica with a surge: a copy of its new configuration (``<name>-surge``, on the plan's free GPUs
+        and port) starts and passes the readiness gate first, serves while the replica is replaced in place, then is
+        removed. A surge that fails is removed and the replica is left as it was (still serving)."""
+        roll = spec.get("rollout") or {}
+        sname = f"{params['name']}{SURGE_SUFFIX}"
+        sparams = dict(params, name=sname, port=int(roll["surge_port"]), gpus=[str(g) for g in roll["surge_gpus"]])
+        actions = [f"surge: start {sname} on GPUs {','.join(sparams['gpus'])} port {sparams['port']} and wait"]
+        leftover = self._remove_container(sname)  # from an interrupted run
+        actions += [f"surge: {a}" for a in leftover.get("actions") or []]
+        try:
+            surged = self._converge(sparams)
+        except GpufleetError as err:
+            try:
+                self._remove_container(sname)
+            except GpufleetError as cleanup:
+                self.warn(f"{sname}: could not remove the failed surge container: {cleanup}")
+            details = dict(err.details, rolled_back=True, actions=actions + list(err.details.get("actions") or []))
+            raise GpufleetError(
+                f"{err} (surge {sname}; {params['name']} was not touched and still serves)", **details
+            ) from err
+        try:
+            res = self._converge(params)
+        finally:
+            removed = self._remove_container(sname)
+        res = dict(res)
+        res["actions"] = [
+            *actions,
+            *[f"surge: {a}" for a in surged.get("actions") or []],
+            *list(res.get("actions") or []),
+            *[f"surge: {a}" for a in removed.get("actions") or []],
+        ]
+        res["changed"] = True
+        return res
 
     def collect_revisions(self, specs: list[Mapping[str, Any]], syncs: dict[str, dict[str, Any]]) -> None:
         """Once the replicas of a deployment whose model got a new revision have converged, model_sync again (a
@@ -346,20 +400,25 @@ class HostApply:
 
     # ------------------------------------------------------------------------------------------------ entry
     def run(self) -> dict[str, Any]:
-        replicas = list(self.p.get("replicas") or [])
+        everything = list(self.p.get("replicas") or [])
+        only = self.p.get("only")
+        defer = set(self.p.get("defer") or [])
+        if only is not None:
+            everything = [s for s in everything if str(s.get("name")) in set(only)]
+        replicas = [s for s in everything if str(s.get("name")) not in defer]
         if not self.preflight():
             records = [r.to_dict() for r in self.records]
             return {"changed": False, "records": records, "failed_count": len(records), "diff": []}
         removed = [self.remove(item) for item in self.p.get("removals") or []]  # each one, even after a failure
         removals_ok = all(removed)
-        if removals_ok and replicas:
+        if removals_ok and everything:
             syncs: dict[str, dict[str, Any]] = {}
-            for spec in replicas:
+            for spec in everything:  # deferred replicas too: their rollout wave then finds model and image ready
                 dep = str(spec.get("deployment"))
                 if dep not in syncs:
                     syncs[dep] = self.sync_model(spec)
             images: dict[str, dict[str, Any]] = {}
-            for spec in replicas:
+            for spec in everything:
                 key = image_key(spec.get("image"), spec.get("vllm_version"))
                 if key not in images:
                     images[key] = self.ensure_image(spec.get("image"), spec.get("vllm_version"))
@@ -367,7 +426,7 @@ class HostApply:
                 key = image_key(spec.get("image"), spec.get("vllm_version"))
                 if not self.run_replica(spec, syncs[str(spec.get("deployment"))], images[key]):
                     break
-            self.collect_revisions(replicas, syncs)
+            self.collect_revisions(everything, syncs)
         if self._rt is not None:
             self._rt.close()
         out: dict[str, Any] = {
