@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_collections.gpufleet.vllm.plugins.module_utils._agent import agent as na
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.shipping import MODULE, shipped_files
 from fixtures.container import free_port, inspect, logs
 from fixtures.hosts import recap
 
@@ -36,7 +37,7 @@ PORTS = (18600, 18699)
 # Runs the agent module (as `python -m` does) with time.time() frozen at argv[1]: a tick is one pass at one `now`.
 FROZEN_CLOCK = (
     "import runpy, sys, time; now = float(sys.argv.pop(1)); time.time = lambda: now; "
-    f"runpy.run_module({na.MODULE!r}, run_name='__main__', alter_sys=True)"
+    f"runpy.run_module({MODULE!r}, run_name='__main__', alter_sys=True)"
 )
 
 
@@ -81,7 +82,7 @@ def agent_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if d == root:
             break
         (d / "__init__.py").write_text("")
-    for f in na.shipped_files():
+    for f in shipped_files():
         (code / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(MODULE_UTILS / f, code / f)
     return root
@@ -137,7 +138,7 @@ class TestAgentOnDockerd:
         def once(names: list[str], *extra: str, now: float | None = None) -> subprocess.CompletedProcess[str]:
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
             env["PYTHONPATH"] = str(agent_tree)
-            cmd = [str(PYTHON), "-m", na.MODULE] if now is None else [str(PYTHON), "-c", FROZEN_CLOCK, repr(now)]
+            cmd = [str(PYTHON), "-m", MODULE] if now is None else [str(PYTHON), "-c", FROZEN_CLOCK, repr(now)]
             cmd += ["--once", "--port", "0", "--state-dir", str(state)]
             cmd += ["--names", ",".join(names), *extra]
             proc = subprocess.run(
@@ -260,7 +261,7 @@ class TestAgentOnDockerd:
         proc = agent([name])
         ev = self.events(agent.state)
         assert [e["event"] for e in ev] == ["failure", "not_restarted"] and ev[0]["failure_class"] == "hf_auth"
-        assert any(na.failures.MASK in line for line in ev[0]["tail"])
+        assert any(failures.MASK in line for line in ev[0]["tail"])
         for path in agent.state.iterdir():
             text = path.read_text()
             assert CANARY_URL not in text and CANARY_KEY not in text, path.name
@@ -301,7 +302,7 @@ class TestAgentOnDockerd:
         port = free_port(*PORTS)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["PYTHONPATH"] = str(agent_tree)
-        cmd = [str(PYTHON), "-m", na.MODULE, "--interval", "0.5", "--port", str(port), "--address", "127.0.0.1"]
+        cmd = [str(PYTHON), "-m", MODULE, "--interval", "0.5", "--port", str(port), "--address", "127.0.0.1"]
         cmd += ["--state-dir", str(tmp_path / "exporter"), "--names", name]
         proc = subprocess.Popen(cmd, cwd=agent_tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
@@ -371,8 +372,8 @@ def test_role_on_sim_host(sim_hosts, sim_fleet_lock, tmp_path):
         # The no-drift rule: exactly the shipped files, byte for byte the collection's.
         code = f"{SIM_INSTALL}/ansible_collections/gpufleet/vllm/plugins/module_utils"
         listed = sim_hosts.in_host(host, "find", code, "-type", "f", "-name", "*.py", "-printf", "%P\\n")
-        assert sorted(listed.stdout.split()) == sorted([*na.shipped_files(), "__init__.py"])
-        sums = sim_hosts.in_host(host, "sha256sum", *[f"{code}/{f}" for f in na.shipped_files()])
+        assert sorted(listed.stdout.split()) == sorted([*shipped_files(), "__init__.py"])
+        sums = sim_hosts.in_host(host, "sha256sum", *[f"{code}/{f}" for f in shipped_files()])
         assert sums.returncode == 0, sums.stderr
         remote = {str(Path(p).relative_to(code)): s for s, p in (line.split() for line in sums.stdout.splitlines())}
         local = {f: subprocess.check_output(["sha256sum", str(MODULE_UTILS / f)], text=True).split()[0] for f in remote}
@@ -380,7 +381,7 @@ def test_role_on_sim_host(sim_hosts, sim_fleet_lock, tmp_path):
 
         # The agent runs (supervised, in gpu-c's namespaces) and answers on gpu-c's address.
         pid = agent_pid()
-        assert pid is not None and na.MODULE in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        assert pid is not None and MODULE in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
         url = f"http://{sim_hosts.address(host)}:{port}/metrics"
         text, deadline = "", time.monotonic() + 30
         while "gpufleet_agent_ticks_total" not in text and time.monotonic() < deadline:

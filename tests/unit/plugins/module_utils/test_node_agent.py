@@ -1,24 +1,32 @@
-"""The node agent's decisions (plugins/module_utils/_agent/agent.py) against an in-memory engine: restarts with a budget
-and back-off, classes a restart cannot fix, health failures, serve-for expiry, masking, events, metrics, state."""
+"""The node agent's decisions (plugins/module_utils/_agent/loop.py) against an in-memory engine: restarts with a budget
+and back-off, classes a restart cannot fix, health failures, serve-for expiry, masking, events, metrics, state.
+The pure policy, the event log file and the shipped files: test_agent_policy.py, test_agent_events.py,
+test_agent_shipping.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
-from ansible_collections.gpufleet.vllm.plugins.module_utils._agent import agent as na
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.cli import build_parser
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.diagnosis import secret_values
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import EventLog, utc_iso
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.loop import tick
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.metrics import render_metrics
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import Policy, backoff_s
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.runner import Agent
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import AgentState, load_state, save_state
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from fixtures.fake_runtime import FakeRuntime
 
 SECRET = "canary-apikey-0a1b2c3d"
 SECRET_ENV = "canary-secretenv-9z8y"
 NOW = 1_800_000_000.0
-MODULE_UTILS = Path(__file__).resolve().parents[4] / "plugins" / "module_utils"
 
 CRASH_LOG = [
     "INFO Application startup complete.",
@@ -35,7 +43,7 @@ LOGS = {
 
 
 def iso(t: float) -> str:
-    return na._iso(t)
+    return utc_iso(t)
 
 
 class AgentRuntime(FakeRuntime):
@@ -155,15 +163,13 @@ def down(base, timeout):
 
 
 def run(rt, state, events, now, policy=None, probe=None, names=None):
-    return na.tick(
-        rt, state, policy or na.Policy(), events, now=now, probe=probe or (lambda base, t: True), names=names
-    )
+    return tick(rt, state, policy or Policy(), events, now=now, probe=probe or (lambda base, t: True), names=names)
 
 
 # ------------------------------------------------------------------------------------------------ restarts
 def test_crash_is_restarted_classified_and_recorded(rt, events):
     cid = rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG)
-    state = run(rt, na.AgentState(), events, NOW)
+    state = run(rt, AgentState(), events, NOW)
     assert rt.calls == ["start"] and rt.c[cid]["status"] == "running"
     assert events.kinds() == ["failure", "restart"]
     fail, restart = events
@@ -177,9 +183,9 @@ def test_crash_is_restarted_classified_and_recorded(rt, events):
 
 
 def test_backoff_doubles_between_restarts(rt, events):
-    policy = na.Policy(backoff_base_s=10, backoff_max_s=25, max_restarts=10)
+    policy = Policy(backoff_base_s=10, backoff_max_s=25, max_restarts=10)
     cid = rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG)
-    state = na.AgentState()
+    state = AgentState()
     run(rt, state, events, NOW, policy)
     assert rt.calls.count("start") == 1
     rt.crash(cid, when="12:00:01")
@@ -192,15 +198,15 @@ def test_backoff_doubles_between_restarts(rt, events):
     assert rt.calls.count("start") == 2
     run(rt, state, events, NOW + 30, policy)
     assert rt.calls.count("start") == 3
-    assert [na.backoff_s(n, policy) for n in range(5)] == [0, 10, 20, 25, 25]  # capped at backoff_max_s
+    assert [backoff_s(n, policy) for n in range(5)] == [0, 10, 20, 25, 25]  # capped at backoff_max_s
     # One failure event per crash, never one per tick.
     assert events.kinds().count("failure") == 3
 
 
 def test_budget_exhausted_then_window_slides(rt, events):
-    policy = na.Policy(max_restarts=2, window_s=100, backoff_base_s=0)
+    policy = Policy(max_restarts=2, window_s=100, backoff_base_s=0)
     cid = rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG)
-    state = na.AgentState()
+    state = AgentState()
     for i in range(4):
         run(rt, state, events, NOW + i, policy)
         rt.crash(cid, when=f"12:00:0{i}")
@@ -208,51 +214,43 @@ def test_budget_exhausted_then_window_slides(rt, events):
     assert events.kinds().count("restart_budget_exhausted") == 1
     st = state.deployments["chat"]
     assert st.blocked == "budget" and st.next_restart_at == NOW + 100
-    assert 'gpufleet_agent_restart_blocked{deployment="chat",reason="budget"} 1.0' in na.render_metrics(state, NOW)
+    assert 'gpufleet_agent_restart_blocked{deployment="chat",reason="budget"} 1.0' in render_metrics(state, NOW)
     run(rt, state, events, NOW + 100, policy)  # the first restart left the window
     assert rt.calls.count("start") == 3 and st.blocked is None
-
-
-def test_restart_decision_pure():
-    p = na.Policy(max_restarts=3, window_s=60, backoff_base_s=5)
-    assert na.restart_decision([], NOW, p) == ("restart", None)
-    assert na.restart_decision([NOW - 2], NOW, p) == ("backoff", NOW + 3)
-    assert na.restart_decision([NOW - 70, NOW - 6], NOW, p) == ("restart", None)  # the old one is out of the window
-    assert na.restart_decision([NOW - 50, NOW - 40, NOW - 30], NOW, p) == ("budget", NOW + 10)
 
 
 @pytest.mark.parametrize("cls", sorted(LOGS))
 def test_classes_a_restart_cannot_fix_are_not_restarted(rt, events, cls):
     rt.add("chat", status="exited", exit_code=1, logs=LOGS[cls])
-    state = na.AgentState()
+    state = AgentState()
     for i in range(3):
         run(rt, state, events, NOW + 1000 * i)
     assert rt.calls == []
     assert events.kinds() == ["failure", "not_restarted"]
     assert events[0]["failure_class"] == cls
     assert state.deployments["chat"].blocked == cls
-    text = na.render_metrics(state, NOW)
+    text = render_metrics(state, NOW)
     assert f'gpufleet_agent_last_failure_timestamp_seconds{{deployment="chat",failure_class="{cls}"}}' in text
     assert 'gpufleet_agent_restarts_total{deployment="chat"} 0.0' in text
 
 
 def test_exit_code_2_is_bad_args_even_without_a_message(rt, events):
     rt.add("chat", status="exited", exit_code=2, logs=["usage: vllm serve ..."])
-    run(rt, na.AgentState(), events, NOW)
+    run(rt, AgentState(), events, NOW)
     assert rt.calls == [] and events[0]["failure_class"] == "bad_args"
 
 
 @pytest.mark.parametrize("code", [0, 143])
 def test_clean_stop_is_left_alone(rt, events, code):
     rt.add("chat", status="exited", exit_code=code, logs=["Shutting down"])
-    state = run(rt, na.AgentState(), events, NOW)
+    state = run(rt, AgentState(), events, NOW)
     assert rt.calls == [] and events == []
     assert state.deployments["chat"].up is False
 
 
 def test_engine_restart_loop_of_unfixable_class_is_stopped(rt, events):
     cid = rt.add("chat", logs=LOGS["bad_args"], restart_count=0)
-    state = run(rt, na.AgentState(), events, NOW)
+    state = run(rt, AgentState(), events, NOW)
     rt.c[cid]["restart_count"] = 4  # the engine's restart policy restarted it 4 times since
     run(rt, state, events, NOW + 15)
     assert events.kinds() == ["engine_restart", "stopped_restart_loop"]
@@ -265,17 +263,17 @@ def test_engine_restart_loop_of_unfixable_class_is_stopped(rt, events):
 
 def test_engine_restart_of_fixable_class_is_only_recorded(rt, events):
     cid = rt.add("chat", logs=CRASH_LOG)
-    state = run(rt, na.AgentState(), events, NOW)
+    state = run(rt, AgentState(), events, NOW)
     rt.c[cid]["restart_count"] = 1
     run(rt, state, events, NOW + 15)
     assert events.kinds() == ["engine_restart"] and rt.calls == []
-    assert 'gpufleet_agent_engine_restarts_total{deployment="chat"} 1.0' in na.render_metrics(state, NOW)
+    assert 'gpufleet_agent_engine_restarts_total{deployment="chat"} 1.0' in render_metrics(state, NOW)
 
 
 def test_new_container_gets_a_fresh_budget(rt, events):
-    policy = na.Policy(max_restarts=1, backoff_base_s=0)
+    policy = Policy(max_restarts=1, backoff_base_s=0)
     cid = rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG)
-    state = na.AgentState()
+    state = AgentState()
     run(rt, state, events, NOW, policy)
     rt.crash(cid)
     run(rt, state, events, NOW + 1, policy)
@@ -288,9 +286,9 @@ def test_new_container_gets_a_fresh_budget(rt, events):
 
 # ------------------------------------------------------------------------------------------------ health
 def test_health_failures_restart_after_n_consecutive(rt, events):
-    policy = na.Policy(health_failures=3, backoff_base_s=0)
+    policy = Policy(health_failures=3, backoff_base_s=0)
     rt.add("chat", logs=CRASH_LOG)
-    state = na.AgentState()
+    state = AgentState()
     run(rt, state, events, NOW, policy, probe=lambda b, t: True)  # healthy once since its start
     run(rt, state, events, NOW + 1, policy, probe=down)
     run(rt, state, events, NOW + 2, policy, probe=down)
@@ -303,7 +301,7 @@ def test_health_failures_restart_after_n_consecutive(rt, events):
 
 def test_health_failure_resets_on_success(rt, events):
     rt.add("chat")
-    state = na.AgentState()
+    state = AgentState()
     seq = iter([True, False, False, True, False, False, True])
     for i in range(7):
         run(rt, state, events, NOW + i, probe=lambda b, t: next(seq))
@@ -311,9 +309,9 @@ def test_health_failure_resets_on_success(rt, events):
 
 
 def test_starting_server_gets_its_grace(rt, events):
-    policy = na.Policy(health_failures=2, start_grace_s=600, backoff_base_s=0)
+    policy = Policy(health_failures=2, start_grace_s=600, backoff_base_s=0)
     rt.add("chat", logs=["Loading safetensors checkpoint shards"])
-    state = na.AgentState()
+    state = AgentState()
     for i in range(5):  # never healthy, within the grace: loading weights, not broken
         run(rt, state, events, NOW + i * 100, policy, probe=down)
     assert rt.calls == [] and events == []
@@ -325,21 +323,21 @@ def test_starting_server_gets_its_grace(rt, events):
 def test_probe_gets_the_endpoint_from_labels(rt, events):
     rt.add("chat", port=18642)
     seen = []
-    run(rt, na.AgentState(), events, NOW, probe=lambda base, t: seen.append(base) or True)
+    run(rt, AgentState(), events, NOW, probe=lambda base, t: seen.append(base) or True)
     assert seen == ["http://127.0.0.1:18642"]
 
 
 # ------------------------------------------------------------------------------------------------ expiry
 def test_expired_is_stopped_not_removed_and_never_restarted(rt, events):
     cid = rt.add("chat", serve_until=iso(NOW - 1))
-    state = run(rt, na.AgentState(), events, NOW)
+    state = run(rt, AgentState(), events, NOW)
     assert rt.calls == ["stop"] and cid in rt.c and rt.c[cid]["status"] == "exited"
     assert events.kinds() == ["expired"] and events[0]["stopped"] is True
     st = state.deployments["chat"]
     assert st.expired and not st.up
     run(rt, state, events, NOW + 60)
     assert rt.calls == ["stop"] and len(events) == 1
-    text = na.render_metrics(state, NOW + 60)
+    text = render_metrics(state, NOW + 60)
     assert 'gpufleet_agent_expired{deployment="chat"} 1.0' in text
     assert re.search(r'gpufleet_agent_serve_until_seconds\{deployment="chat"\} -6\d\.0', text)
     # Started by hand past its serve-until: stopped again.
@@ -350,55 +348,36 @@ def test_expired_is_stopped_not_removed_and_never_restarted(rt, events):
 
 def test_expired_while_crashed_is_not_restarted(rt, events):
     rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG, serve_until=iso(NOW - 1))
-    run(rt, na.AgentState(), events, NOW)
+    run(rt, AgentState(), events, NOW)
     assert rt.calls == [] and events.kinds() == ["expired"] and events[0]["stopped"] is False
 
 
 def test_not_yet_expired_shows_seconds_left(rt, events):
     rt.add("chat", serve_until=iso(NOW + 3600))
-    state = run(rt, na.AgentState(), events, NOW)
+    state = run(rt, AgentState(), events, NOW)
     assert rt.calls == []
-    assert 'gpufleet_agent_serve_until_seconds{deployment="chat"} 3600.0' in na.render_metrics(state, NOW)
+    assert 'gpufleet_agent_serve_until_seconds{deployment="chat"} 3600.0' in render_metrics(state, NOW)
 
 
 def test_paused_expired_is_unpaused_then_stopped(rt, events):
     rt.add("chat", status="paused", serve_until=iso(NOW - 1))
-    run(rt, na.AgentState(), events, NOW)
+    run(rt, AgentState(), events, NOW)
     assert rt.calls == ["unpause", "stop"]
-
-
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("2026-11-23T10:00:00Z", 1795428000.0),
-        ("2026-11-23T10:00:00.5Z", 1795428000.5),
-        ("2026-11-23T10:00:00.123456789Z", 1795428000.123456789),
-        ("2026-11-23T11:00:00+01:00", 1795428000.0),
-        ("2026-11-23 10:00:00.25 +0000 UTC", 1795428000.25),
-        ("2026-11-23 10:00:00.25 +0000 UTC m=+12.5", 1795428000.25),
-        ("0001-01-01T00:00:00Z", None),
-        ("", None),
-        ("soon", None),
-    ],
-)
-def test_parse_time(text, expected):
-    got = na.parse_time(text)
-    assert got == pytest.approx(expected) if expected is not None else got is None
 
 
 # ------------------------------------------------------------------------------------------------ masking, events
 def test_secrets_never_in_events_nor_metrics(rt, events, tmp_path):
     rt.add("chat", status="exited", exit_code=1, logs=[*CRASH_LOG, f"MY_SECRET is {SECRET_ENV}"])
     rt.add("gated", status="exited", exit_code=1, logs=LOGS["hf_auth"])
-    log = na.EventLog(str(tmp_path / "events.jsonl"))
-    state = na.tick(rt, na.AgentState(), na.Policy(), lambda e: (events(e), log(e)), now=NOW, probe=lambda b, t: True)
+    log = EventLog(str(tmp_path / "events.jsonl"))
+    state = tick(rt, AgentState(), Policy(), lambda e: (events(e), log(e)), now=NOW, probe=lambda b, t: True)
     text = (tmp_path / "events.jsonl").read_text()
     assert SECRET not in text and SECRET_ENV not in text
-    assert SECRET not in na.render_metrics(state, NOW) and SECRET_ENV not in na.render_metrics(state, NOW)
+    assert SECRET not in render_metrics(state, NOW) and SECRET_ENV not in render_metrics(state, NOW)
     tails = [line for e in events for line in e.get("tail", [])]
     assert any("api_key=********" in line for line in tails)
-    assert any(f"MY_SECRET is {na.failures.MASK}" == line for line in tails)
-    assert any(f"hub/{na.failures.MASK}/m" in line for line in tails)  # a secret_env value inside a URL
+    assert any(f"MY_SECRET is {failures.MASK}" == line for line in tails)
+    assert any(f"hub/{failures.MASK}/m" in line for line in tails)  # a secret_env value inside a URL
     for line in text.splitlines():
         rec = json.loads(line)
         assert rec["host"] and rec["ts"].endswith("Z")
@@ -406,28 +385,16 @@ def test_secrets_never_in_events_nor_metrics(rt, events, tmp_path):
 
 def test_secret_values_come_from_the_spec_keys_and_known_names(rt):
     cid = rt.add("chat", env={"VLLM_API_KEY": "k1k1", "MY_SECRET": "s2s2", "OTHER": "o3o3"}, secret_keys=["MY_SECRET"])
-    assert sorted(na.secret_values(rt.container(cid))) == ["k1k1", "s2s2"]
-
-
-def test_event_log_rotates_by_size(tmp_path):
-    path = tmp_path / "events.jsonl"
-    log = na.EventLog(str(path), max_bytes=400, backups=2)
-    for i in range(20):
-        log({"event": "restart", "i": i, "pad": "x" * 50})
-    assert path.stat().st_size <= 400
-    assert (tmp_path / "events.jsonl.1").exists() and (tmp_path / "events.jsonl.2").exists()
-    assert not (tmp_path / "events.jsonl.3").exists()
-    last = [json.loads(line) for line in path.read_text().splitlines()]
-    assert last[-1]["i"] == 19
+    assert sorted(secret_values(rt.container(cid))) == ["k1k1", "s2s2"]
 
 
 # ------------------------------------------------------------------------------------------------ metrics, state
 def test_metrics_text(rt, events):
     rt.add("chat")
     rt.add("crashy", status="exited", exit_code=1, logs=CRASH_LOG)
-    state = run(rt, na.AgentState(), events, NOW, probe=lambda b, t: b.endswith(":18000"))
+    state = run(rt, AgentState(), events, NOW, probe=lambda b, t: b.endswith(":18000"))
     state.last_tick_duration_s = 0.25
-    text = na.render_metrics(state, NOW)
+    text = render_metrics(state, NOW)
     for sample in (
         'gpufleet_agent_deployment_up{deployment="chat"} 1.0',
         'gpufleet_agent_deployment_healthy{deployment="chat"} 1.0',
@@ -443,11 +410,11 @@ def test_metrics_text(rt, events):
 
 class Broken(AgentRuntime):
     def list_managed(self):
-        raise na.GpufleetError("cannot reach dockerd at unix:///var/run/docker.sock")
+        raise GpufleetError("cannot reach dockerd at unix:///var/run/docker.sock")
 
 
 def test_tick_errors_are_counted_and_the_tick_goes_on(rt, events):
-    state = run(Broken(), na.AgentState(), events, NOW)
+    state = run(Broken(), AgentState(), events, NOW)
     assert state.tick_errors_total == 1 and events.kinds() == ["agent_error"]
 
     class OneFails(AgentRuntime):
@@ -460,91 +427,47 @@ def test_tick_errors_are_counted_and_the_tick_goes_on(rt, events):
     rt2.add("bad", status="exited", exit_code=1)
     rt2.add("good", status="exited", exit_code=1, logs=CRASH_LOG)
     ev = Recorder()
-    state = run(rt2, na.AgentState(), ev, NOW)
+    state = run(rt2, AgentState(), ev, NOW)
     assert state.tick_errors_total == 1 and "restart" in ev.kinds() and "agent_error" in ev.kinds()
-    assert "gpufleet_agent_tick_errors_total 1.0" in na.render_metrics(state, NOW)
+    assert "gpufleet_agent_tick_errors_total 1.0" in render_metrics(state, NOW)
 
 
 def test_names_filter_and_previous_containers_are_skipped(rt, events):
     rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG)
     rt.add("other", status="exited", exit_code=1, logs=CRASH_LOG)
     rt.add("chat-2", status="exited", exit_code=1, logs=CRASH_LOG, container=lb.previous_name("chat-2"))
-    state = run(rt, na.AgentState(), events, NOW, names=["chat"])
+    state = run(rt, AgentState(), events, NOW, names=["chat"])
     assert sorted(state.deployments) == ["chat"] and rt.calls == ["start"]
 
 
 def test_removed_deployment_leaves_the_state(rt, events):
     cid = rt.add("chat")
-    state = run(rt, na.AgentState(), events, NOW)
+    state = run(rt, AgentState(), events, NOW)
     del rt.c[cid]
     run(rt, state, events, NOW + 1)
     assert state.deployments == {}
 
 
 def test_state_round_trip_keeps_the_budget(rt, events, tmp_path):
-    policy = na.Policy(max_restarts=1, backoff_base_s=0)
+    policy = Policy(max_restarts=1, backoff_base_s=0)
     cid = rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG)
     path = str(tmp_path / "state.json")
-    na.save_state(path, run(rt, na.AgentState(), events, NOW, policy))
+    save_state(path, run(rt, AgentState(), events, NOW, policy))
     rt.crash(cid)
-    state = na.load_state(path)  # a new process (--once): same budget, same counters
+    state = load_state(path)  # a new process (--once): same budget, same counters
     run(rt, state, events, NOW + 1, policy)
     assert rt.calls.count("start") == 1 and state.deployments["chat"].restarts_total == 1
-    assert na.load_state(str(tmp_path / "missing.json")).deployments == {}
+    assert load_state(str(tmp_path / "missing.json")).deployments == {}
     (tmp_path / "junk.json").write_text("{not json")
-    assert na.load_state(str(tmp_path / "junk.json")).ticks_total == 0
+    assert load_state(str(tmp_path / "junk.json")).ticks_total == 0
 
 
 def test_agent_once_writes_state_events_and_metrics(rt, tmp_path):
     rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG)
-    args = na.build_parser().parse_args(["--once", "--state-dir", str(tmp_path), "--port", "0"])
-    agent = na.Agent(args, rt=rt)
+    args = build_parser().parse_args(["--once", "--state-dir", str(tmp_path), "--port", "0"])
+    agent = Agent(args, rt=rt)
     assert agent.run() == 0
     assert json.loads((tmp_path / "state.json").read_text())["deployments"]["chat"]["restarts_total"] == 1
     kinds = [json.loads(line)["event"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert kinds == ["failure", "restart"]
     assert 'gpufleet_agent_restarts_total{deployment="chat"} 1.0' in (tmp_path / "metrics.prom").read_text()
-
-
-# ------------------------------------------------------------------------------------------------ shipped files
-def test_shipped_files_are_the_import_closure():
-    files = na.shipped_files()
-    assert files == sorted(files) and "_agent/agent.py" in files
-    assert {
-        "_labels.py",
-        "_failures.py",
-        "_engine/__init__.py",
-        "_engine/base.py",
-        "_engine/docker.py",
-        "_engine/podman.py",
-        "_container/readiness.py",
-    } <= set(files)
-    for f in files:
-        assert (MODULE_UTILS / f).is_file()
-    # Closed: every gpufleet module_utils import of a shipped file is shipped too, with its package's __init__.py.
-    for f in files:
-        src = (MODULE_UTILS / f).read_text()
-        for pkg, names in re.findall(r"plugins\.module_utils((?:\.\w+)*) import ([\w, ]+)", src):
-            base = pkg.strip(".").replace(".", "/")
-            if base:
-                assert f"{base}.py" in files or f"{base}/__init__.py" in files, (f, base)
-            for name in (n.split(" as ")[0].strip() for n in names.split(",")):
-                path = f"{base}/{name}" if base else name
-                if (MODULE_UTILS / f"{path}.py").is_file():
-                    assert f"{path}.py" in files, (f, path)
-    # Nothing the agent does not import (e.g. the container state machine, the flag tables).
-    assert "_container/deployment.py" not in files and "_vllm/args.py" not in files
-
-
-def test_list_files_cli(capsys):
-    assert na.main(["--list-files"]) == 0
-    assert json.loads(capsys.readouterr().out) == na.shipped_files()
-
-
-def test_shipped_files_refuses_a_missing_module(tmp_path):
-    (tmp_path / "_agent").mkdir()
-    (tmp_path / "_agent" / "__init__.py").write_text("")
-    (tmp_path / "_agent" / "agent.py").write_text(f"from {na.PACKAGE}.nowhere import x\n")
-    with pytest.raises(na.GpufleetError, match="nowhere"):
-        na.shipped_files(str(tmp_path))
-    assert os.path.exists(tmp_path / "_agent" / "agent.py")

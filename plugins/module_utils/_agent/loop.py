@@ -1,0 +1,355 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One pass of the node agent (``tick``) over the managed containers of the host, and the decisions for one
+container (``handle``):
+
+- **restarts**: a container that exited with a non-zero code, or whose ``/health`` failed ``health_failures``
+  probes in a row (after its start-up grace), is restarted within a budget (``max_restarts`` per ``window_s``,
+  exponential back-off between restarts). Its failure is classified from the log tail and recorded. A class that a
+  restart cannot fix (``NO_RESTART``) is never restarted by the agent; one that the engine's own restart policy
+  keeps restarting is stopped.
+- **serve-for expiry**: past ``gpufleet.serve-until`` the container is stopped (never removed) and stays stopped.
+
+Events go to ``emit`` (``events.EventLog``), masked; the state is updated in place. Tested against an in-memory
+engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.diagnosis import (
+    Diagnosis,
+    classify_tail,
+    http_probe,
+    secret_values,
+)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import Emit
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import (
+    Policy,
+    health_counts,
+    is_clean_exit,
+    is_expired,
+    restart_decision,
+)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import AgentState, DeploymentState
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState, Runtime
+
+Probe = Callable[[str, float], bool]
+LIVE = ("paused", "restarting")  # not running, yet holding (or about to hold) the GPUs: stopped like a running one
+
+
+@dataclass(frozen=True)
+class Target:
+    """One managed container as the agent sees it: its deployment (from the labels) and where it answers."""
+
+    deployment: str
+    container: str
+    container_id: str
+    host: str | None
+    port: int | None
+    serve_until: str | None
+
+    @classmethod
+    def of(cls, c: ContainerState) -> Target:
+        lab = lb.parse(c.labels)
+        return cls(lab["name"], c.name, c.id, lab["host"], lab["port"], lab["serve_until"])
+
+    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """An event about this container: ``event``, ``deployment``, ``container``, short ``container_id``."""
+        ids = {"deployment": self.deployment, "container": self.container, "container_id": self.container_id[:12]}
+        return {"event": kind, **ids, **fields}
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why the agent restarts a container: it ``exited`` (with ``exit_code``) or failed its ``health`` probes
+    (``consecutive_failures`` in a row), and the failure class recorded for it."""
+
+    reason: str
+    failure_class: str
+    exit_code: int | None = None
+    consecutive_failures: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        if self.reason == "exited":
+            detail: dict[str, Any] = {"exit_code": self.exit_code}
+        else:
+            detail = {"consecutive_failures": self.consecutive_failures}
+        return {"reason": self.reason, **detail, "failure_class": self.failure_class}
+
+
+def _stop(rt: Runtime, c: ContainerState, policy: Policy) -> None:
+    if c.status == "paused":
+        rt.unpause(c.id)
+    rt.stop(c.id, policy.stop_timeout)
+
+
+def _restart(
+    rt: Runtime, c: ContainerState, st: DeploymentState, now: float, policy: Policy, emit: Emit, t: Target, why: Cause
+) -> None:
+    """Restart within the budget and back-off; records the decision."""
+    verdict, not_before = restart_decision(st.restarts, now, policy)
+    st.restarts = [r for r in st.restarts if now - r < policy.window_s]
+    if verdict == "backoff":
+        st.next_restart_at = not_before
+        return
+    if verdict == "budget":
+        st.next_restart_at = not_before
+        if st.blocked != "budget":
+            st.blocked = "budget"
+            emit(
+                t.event(
+                    "restart_budget_exhausted",
+                    **why.fields(),
+                    restarts_in_window=len(st.restarts),
+                    window_s=policy.window_s,
+                    retry_after=not_before,
+                )
+            )
+        return
+    if c.running or c.status in LIVE:
+        _stop(rt, c, policy)
+    rt.start(c.id)
+    st.restarts.append(now)
+    st.restarts_total += 1
+    st.blocked = None
+    st.next_restart_at = None
+    st.health_failures = 0
+    st.healthy_since_start = False
+    st.running_since = now
+    st.up = True
+    emit(t.event("restart", **why.fields(), restarts_in_window=len(st.restarts), restarts_total=st.restarts_total))
+
+
+def _observe(c: ContainerState, st: DeploymentState, now: float) -> None:
+    if c.id != st.container_id:  # a new container (redeploy): a fresh budget; the counters stay
+        st.container_id = c.id
+        st.restarts, st.crash_seen, st.blocked, st.next_restart_at, st.expired = [], "", None, None, False
+        st.restart_count_seen = c.restart_count
+        st.healthy_since_start, st.health_failures, st.started_at, st.running_since = False, 0, None, None
+    st.container = c.name
+    st.status = c.status
+    st.up = c.running
+    if c.started_at != st.started_at:
+        st.started_at = c.started_at
+        st.running_since = now if c.running else None
+        st.healthy_since_start = False
+        st.health_failures = 0
+    elif c.running and st.running_since is None:
+        st.running_since = now
+
+
+def _crash_id(c: ContainerState) -> str:
+    return f"{c.id}|{c.finished_at}|{c.restart_count}|{c.exit_code}"
+
+
+def handle(
+    rt: Runtime,
+    c: ContainerState,
+    st: DeploymentState,
+    now: float,
+    policy: Policy,
+    emit: Emit,
+    probe: Probe = http_probe,
+) -> None:
+    """The decisions for one managed container (see the module docstring)."""
+    t = Target.of(c)
+    _observe(c, st, now)
+    st.serve_until = t.serve_until
+    secrets: list[str] | None = None
+
+    def diagnose() -> Diagnosis:
+        nonlocal secrets
+        if secrets is None:
+            secrets = secret_values(c)
+        return classify_tail(rt, c, secrets, policy.event_tail_lines)
+
+    # Serve-for expiry: stop (never remove), and never restart it afterwards.
+    if is_expired(st.serve_until, now):
+        live = c.running or c.status in LIVE
+        if live:
+            _stop(rt, c, policy)
+            st.up = False
+            st.healthy = False
+        if live or not st.expired:
+            emit(t.event("expired", serve_until=st.serve_until, stopped=live))
+        st.expired = True
+        return
+
+    # The engine's own restart policy restarted it since the last tick: record why, and end a futile loop.
+    if c.restart_count > st.restart_count_seen:
+        d = diagnose()
+        n = c.restart_count - st.restart_count_seen
+        st.restart_count_seen = c.restart_count
+        st.engine_restarts_total += n
+        st.record_failure(d.failure_class, now)
+        emit(t.event("engine_restart", count=n, failure_class=d.failure_class, hint=d.hint, tail=d.tail))
+        if d.failure_class in policy.no_restart:
+            rt.stop(c.id, policy.stop_timeout)
+            st.up, st.healthy, st.blocked = False, False, d.failure_class
+            st.crash_seen = _crash_id(c)
+            emit(t.event("stopped_restart_loop", failure_class=d.failure_class, hint=d.hint))
+            return
+
+    if c.status in ("exited", "dead"):
+        _handle_exited(rt, c, st, now, policy, emit, t, diagnose)
+        return
+
+    if c.status != "running" or not c.running:
+        st.healthy = False  # paused (on purpose), restarting (the engine's policy is at work), created
+        return
+    _handle_running(rt, c, st, now, policy, emit, t, diagnose, probe)
+
+
+def _handle_exited(
+    rt: Runtime,
+    c: ContainerState,
+    st: DeploymentState,
+    now: float,
+    policy: Policy,
+    emit: Emit,
+    t: Target,
+    diagnose: Callable[[], Diagnosis],
+) -> None:
+    st.healthy = False
+    st.health_failures = 0
+    if is_clean_exit(c):
+        return  # stopped on purpose: left alone
+    crash = _crash_id(c)
+    if crash != st.crash_seen:
+        d = diagnose()
+        st.crash_seen = crash
+        st.record_failure(d.failure_class, now)
+        emit(
+            t.event(
+                "failure",
+                reason="exited",
+                exit_code=c.exit_code,
+                failure_class=d.failure_class,
+                hint=d.hint,
+                tail=d.tail,
+            )
+        )
+        if d.failure_class in policy.no_restart:
+            st.blocked = d.failure_class
+            emit(t.event("not_restarted", failure_class=d.failure_class, hint=d.hint))
+        elif st.blocked in policy.no_restart:
+            st.blocked = None  # started again by hand and failed differently: restartable now
+    if st.blocked in policy.no_restart:
+        return
+    why = Cause("exited", st.last_failure_class or "unknown", exit_code=c.exit_code)
+    _restart(rt, c, st, now, policy, emit, t, why)
+
+
+def _handle_running(
+    rt: Runtime,
+    c: ContainerState,
+    st: DeploymentState,
+    now: float,
+    policy: Policy,
+    emit: Emit,
+    t: Target,
+    diagnose: Callable[[], Diagnosis],
+    probe: Probe,
+) -> None:
+    if t.port is None:
+        st.healthy = False
+        return
+    ok = probe(rd.base_url(t.host, t.port), policy.health_timeout_s)
+    st.healthy = ok
+    if ok:
+        st.healthy_since_start = True
+        st.health_failures = 0
+        if st.blocked == "budget":
+            st.blocked = None
+        return
+    if not health_counts(st, now, policy):
+        return
+    st.health_failures += 1
+    if st.health_failures < policy.health_failures:
+        return
+    if st.health_failures == policy.health_failures:
+        d = diagnose()
+        st.record_failure(d.failure_class, now)
+        emit(
+            t.event(
+                "failure",
+                reason="health",
+                consecutive_failures=st.health_failures,
+                failure_class=d.failure_class,
+                hint=d.hint,
+                tail=d.tail,
+            )
+        )
+    cls = st.last_failure_class or "unknown"
+    if cls in policy.no_restart:
+        if st.blocked != cls:
+            st.blocked = cls
+            emit(t.event("not_restarted", failure_class=cls))
+        return
+    why = Cause("health", cls, consecutive_failures=st.health_failures)
+    _restart(rt, c, st, now, policy, emit, t, why)
+
+
+def managed_containers(rt: Runtime, names: list[str] | None = None) -> list[ContainerState]:
+    """The host's managed containers the agent watches: labelled by the one label schema, not a rollout's kept-aside
+    ``-previous`` container, and chosen by ``names`` (deployment or replica names, labels.selected)."""
+    out = []
+    for c in rt.list_managed():
+        lab = lb.parse(c.labels)
+        if not lb.is_managed(c.labels) or c.name.endswith(lb.PREVIOUS_SUFFIX) or c.status == "removing":
+            continue
+        if lb.selected(lab["name"], names):
+            out.append(c)
+    return out
+
+
+def tick(
+    rt: Runtime,
+    state: AgentState,
+    policy: Policy,
+    emit: Emit,
+    *,
+    now: float | None = None,
+    probe: Probe = http_probe,
+    names: list[str] | None = None,
+) -> AgentState:
+    """One pass over the host's managed containers; ``state`` is updated in place (and returned).
+
+    An error on one container is recorded (event ``agent_error``, tick_errors_total) and the others still get their
+    pass; an engine that cannot be listed makes the whole tick an error."""
+    t0 = time.monotonic()
+    now = time.time() if now is None else now
+    errors = 0
+    try:
+        containers: list[ContainerState] | None = managed_containers(rt, names)
+    except Exception as e:  # the engine is down: the next tick tries again
+        containers = None
+        errors += 1
+        emit({"event": "agent_error", "error": failures.mask([f"cannot list containers: {e}"])[0]})
+    if containers is not None:
+        seen = set()
+        for c in sorted(containers, key=lambda c: not c.running):
+            name = lb.parse(c.labels)["name"]
+            if name in seen:  # two containers claim one deployment: the running one counts
+                continue
+            seen.add(name)
+            st = state.deployments.setdefault(name, DeploymentState())
+            try:
+                handle(rt, c, st, now, policy, emit, probe)
+            except Exception as e:
+                errors += 1
+                emit({"event": "agent_error", "deployment": name, "error": failures.mask([str(e)])[0]})
+        for gone in set(state.deployments) - seen:
+            del state.deployments[gone]
+    state.ticks_total += 1
+    state.tick_errors_total += errors
+    state.last_tick_at = now
+    state.last_tick_duration_s = time.monotonic() - t0
+    return state

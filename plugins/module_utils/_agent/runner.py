@@ -1,0 +1,98 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The long-running node agent: loads its state, runs one tick per interval, and after each tick saves the state
+and writes the metrics file; serves ``/metrics`` while it runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import EVENTS_FILE, EventLog
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.loop import tick
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.metrics import (
+    METRICS_FILE,
+    render_metrics,
+    serve_metrics,
+)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import Policy
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import (
+    STATE_FILE,
+    AgentState,
+    load_state,
+    save_state,
+)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_atomic
+
+
+def policy_of(args: argparse.Namespace) -> Policy:
+    """The policy the command-line options set (cli.build_parser)."""
+    return Policy(
+        max_restarts=args.max_restarts,
+        window_s=args.restart_window,
+        backoff_base_s=args.backoff_base,
+        backoff_max_s=args.backoff_max,
+        health_failures=args.health_failures,
+        start_grace_s=args.start_grace,
+        stop_timeout=args.stop_timeout,
+    )
+
+
+class Agent:
+    """The long-running agent: state file, event log, metrics file and endpoint, one tick per interval."""
+
+    def __init__(self, args: argparse.Namespace, rt: Runtime | None = None) -> None:
+        self.args = args
+        self.state_dir = args.state_dir
+        os.makedirs(self.state_dir, mode=0o750, exist_ok=True)
+        self.state_path = os.path.join(self.state_dir, STATE_FILE)
+        self.state = load_state(self.state_path)
+        self.events = EventLog(os.path.join(self.state_dir, EVENTS_FILE), args.log_max_bytes, args.log_backups, True)
+        self.policy = policy_of(args)
+        self.names = [n for n in (args.names or "").split(",") if n] or None
+        self.rt = rt
+        self.stop_event = threading.Event()
+
+    def runtime(self) -> Runtime:
+        if self.rt is None:
+            self.rt = get_runtime(self.args.runtime, docker_host=self.args.docker_host or None)
+        return self.rt
+
+    def tick(self) -> None:
+        try:
+            rt = self.runtime()
+        except GpufleetError as e:
+            self.events({"event": "agent_error", "error": str(e)})
+            self.state.tick_errors_total += 1
+            self.state.ticks_total += 1
+            self.state.last_tick_at = time.time()
+        else:
+            tick(rt, self.state, self.policy, self.events, names=self.names)
+        save_state(self.state_path, self.state)
+        write_atomic(os.path.join(self.state_dir, METRICS_FILE), render_metrics(self.state), 0o640, makedirs=False)
+
+    def serve_metrics(self) -> None:
+        if self.args.port:
+            serve_metrics(self.args.port, self.args.address, self._state)
+
+    def _state(self) -> AgentState:
+        return self.state
+
+    def run(self) -> int:
+        self.serve_metrics()
+        parent = os.getppid()
+        while True:
+            self.tick()
+            if self.args.once:
+                return 0
+            deadline = time.monotonic() + self.args.interval
+            while (left := deadline - time.monotonic()) > 0:
+                if self.stop_event.wait(min(left, 1.0)):
+                    return 0
+                if self.args.worker and os.getppid() != parent:
+                    return 0  # the supervisor is gone (killed): do not run on unsupervised
