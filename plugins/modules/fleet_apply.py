@@ -68,6 +68,8 @@ options:
     description:
       - Converge only the replicas of O(replicas) with these names (their model and image included); the others are
         left as they are. The role's rollout waves set it (docs/rollouts.md). Unset, every replica is converged.
+      - With O(only), a failing replica stops only its own deployment's replicas in this run (the others of the wave
+        still converge); without it, the first failing container stops the host's apply.
     type: list
     elements: str
   defer:

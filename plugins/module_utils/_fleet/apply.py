@@ -422,10 +422,16 @@ class HostApply:
                 key = image_key(spec.get("image"), spec.get("vllm_version"))
                 if key not in images:
                     images[key] = self.ensure_image(spec.get("image"), spec.get("vllm_version"))
+            halted: set[str] = set()
             for spec in replicas:
+                dep = str(spec.get("deployment"))
+                if dep in halted:
+                    continue
                 key = image_key(spec.get("image"), spec.get("vllm_version"))
-                if not self.run_replica(spec, syncs[str(spec.get("deployment"))], images[key]):
-                    break
+                if not self.run_replica(spec, syncs[dep], images[key]):
+                    if only is None:
+                        break
+                    halted.add(dep)  # a rollout wave: only this deployment's rollout stops
             self.collect_revisions(everything, syncs)
         if self._rt is not None:
             self._rt.close()

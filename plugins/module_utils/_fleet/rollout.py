@@ -64,7 +64,7 @@ def rolling_names(specs: Iterable[Mapping[str, Any]], existing: Iterable[Mapping
         if spec.get("action") != "keep":
             continue
         ex = now.get((str(spec.get("host")), str(spec.get("name"))))
-        if ex is None or ex.get("state", "running") != "running":
+        if ex is None or ex.get("state") != "running":  # a placement without a container state: nothing to roll
             continue
         if ex.get("plan_digest") != spec.get("digest"):
             out.add(str(spec["name"]))
@@ -135,29 +135,32 @@ def compute(
     strategy: dict[str, dict[str, Any]] = {}
     errors: list[dict[str, Any]] = []
     reqs: dict[str, Requirement] = {}
+    surgeable: dict[str, bool] = {}
     for name, items in sorted(by_dep.items()):
         dep = deps[name]
         total = max(1, int(dep.get("replicas") or len(items)))
         reqs[name] = Requirement(dep, items[0].get("vram_per_gpu_mib"))
         surge = resolve_amount(dep.get("max_surge"), total, round_up=True)
         pinned = dep.get("gpus") is not None
-        can_surge = (
-            surge > 0
-            and not pinned
-            and all(
-                s["host"] in pools and pools[s["host"]].fitting(reqs[name], len(s["gpus"]) or 1, set()) is not None
-                for s in items
-            )
-        )
+        for s in items:  # can it ever surge: enough free GPUs on its host when no other surge runs there
+            pool = pools.get(s["host"])
+            fits = surge > 0 and not pinned and pool is not None
+            surgeable[s["name"]] = fits and pool.fitting(reqs[name], len(s["gpus"]) or 1, set()) is not None
+        all_fit = all(surgeable[s["name"]] for s in items)
         if dep.get("max_unavailable") is None:
-            unavailable = 0 if can_surge else 1
+            unavailable = 0 if all_fit else 1
         else:
             unavailable = min(total, resolve_amount(dep["max_unavailable"], total, round_up=False))
-        if not can_surge:
+        if not any(surgeable[s["name"]] for s in items):
             surge = 0
         strategy[name] = {"max_unavailable": unavailable, "max_surge": surge, "rolling": [s["name"] for s in items]}
-        if unavailable == 0 and surge == 0:
-            why = "GPUs are pinned (gpus)" if pinned else "no host of its changed replicas has free GPUs for a surge"
+        if unavailable == 0 and not all_fit:
+            why = (
+                "its GPUs are pinned (gpus)"
+                if pinned
+                else "no free GPUs for a surge on "
+                + ", ".join(sorted({s["host"] for s in items if not surgeable[s["name"]]}, key=natural_key))
+            )
             errors.append(
                 {
                     "deployment": name,
@@ -181,7 +184,7 @@ def compute(
                 entry = {"name": spec["name"], "deployment": name, "host": spec["host"], "mode": "in_place"}
                 pool = pools.get(spec["host"])
                 gpus = None
-                if surged < plan["max_surge"] and pool is not None:
+                if surged < plan["max_surge"] and pool is not None and surgeable[spec["name"]]:
                     gpus = pool.fitting(reqs[name], len(spec["gpus"]) or 1, pool.taken)
                 if gpus is not None and pool is not None:
                     port = pool.port_after(_range_end(deps[name]) + 1)
