@@ -35,6 +35,12 @@ def _tree_hash(path: Path) -> dict[str, str]:
     }
 
 
+def _current(root: Path, name: str = "m") -> Path:
+    """The directory of the model's current revision (model_sync installs each in <root>/<name>/<revision_id>)."""
+    rev = (store.read_manifest(str(root), name) or {}).get("revision_id")
+    return root / name / rev if rev else root / name
+
+
 def _hf(name: str, repo: str, root: Path, **kw) -> dict:
     return {"name": name, "source": "hf", "repo_id": repo, "models_root": str(root), **kw}
 
@@ -51,13 +57,13 @@ def test_hub_download_then_noop(fake_hub, model_sync, tmp_path, backend):
     assert not run.failed, run.output
     assert r["changed"] is True and r["commit"] == sha and r["revision"] == "main"
     assert r["download_backend"] == ("huggingface_hub" if backend == "auto" else backend)
-    assert r["path"] == str(tmp_path / "m")
+    assert r["path"] == str(tmp_path / "m" / sha) and r["revision_id"] == sha
     assert r["validation"]["ok"] is True and r["validation"]["format"] == "safetensors"
     # default patterns: no original/ duplicates, no .bin next to safetensors
     assert "model-00003-of-00003.safetensors" in r["files"]
     assert not any(f.startswith("original/") or f.endswith(".bin") for f in r["files"])
-    assert sorted(_tree_hash(tmp_path / "m")) == r["files"]
-    assert r["size_bytes"] == sum((tmp_path / "m" / f).stat().st_size for f in r["files"])
+    assert sorted(_tree_hash(_current(tmp_path))) == r["files"]
+    assert r["size_bytes"] == sum((_current(tmp_path) / f).stat().st_size for f in r["files"])
     status = json.loads((tmp_path / ".gpufleet" / "status" / "m.json").read_text())
     assert status["state"] == "done" and status["bytes_done"] == status["bytes_total"] == r["size_bytes"]
     assert not list((tmp_path / ".gpufleet" / "staging").iterdir())
@@ -72,10 +78,10 @@ def test_hub_download_then_noop(fake_hub, model_sync, tmp_path, backend):
     assert stats.get("GET resolve file", 0) == 0 and stats.get("tree", 0) == 0  # nothing re-listed or re-fetched
 
     # a file changed on disk behind our back: the manifest no longer matches, so it is fetched again
-    (tmp_path / "m" / "config.json").write_text("{}")
+    (_current(tmp_path) / "config.json").write_text("{}")
     healed = model_sync.ansible(_hf("m", repo, tmp_path))
     assert healed.result["changed"] is True
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "llama"
+    assert json.loads((_current(tmp_path) / "config.json").read_text())["model_type"] == "llama"
 
 
 def test_revision_change_and_pins(fake_hub, model_sync, tmp_path):
@@ -83,7 +89,7 @@ def test_revision_change_and_pins(fake_hub, model_sync, tmp_path):
     first = fake_hub.make_repo(repo, shards=2, seed=1, tags=["v1"])
     r1 = model_sync.ansible(_hf("m", repo, tmp_path)).result
     assert r1["commit"] == first
-    before = _tree_hash(tmp_path / "m")
+    before = _tree_hash(_current(tmp_path))
     second = fake_hub.make_repo(repo, shards=3, seed=2)  # main moves to a new commit with other files
     run = model_sync.direct(_hf("m", repo, tmp_path), tmp_path / "args", diff=True)
     r2 = run.result
@@ -91,11 +97,11 @@ def test_revision_change_and_pins(fake_hub, model_sync, tmp_path):
     assert r2["diff"]["before"]["commit"] == first and r2["diff"]["after"]["commit"] == second
     assert "model-00003-of-00003.safetensors" in r2["diff"]["after"]["files"]
     assert "model-00001-of-00002.safetensors" in r2["diff"]["before"]["files"]
-    after = _tree_hash(tmp_path / "m")
+    after = _tree_hash(_current(tmp_path))
     assert after != before and "model-00001-of-00002.safetensors" not in after  # old shards do not linger
     # a tag and a commit sha pin the old version
     r3 = model_sync.ansible(_hf("m", repo, tmp_path, revision="v1")).result
-    assert r3["changed"] is True and r3["commit"] == first and _tree_hash(tmp_path / "m") == before
+    assert r3["changed"] is True and r3["commit"] == first and _tree_hash(_current(tmp_path)) == before
     r4 = model_sync.ansible(_hf("m", repo, tmp_path, revision=first)).result
     assert r4["changed"] is False and r4["commit"] == first
 
@@ -150,12 +156,12 @@ def test_missing_shard_keeps_old_model(fake_hub, model_sync, model_gen, tmp_path
     repo = f"org/shard-{_uid()}"
     good = fake_hub.make_repo(repo, shards=3, seed=1)
     assert model_sync.ansible(_hf("m", repo, tmp_path)).result["commit"] == good
-    before = _tree_hash(tmp_path / "m")
+    before = _tree_hash(_current(tmp_path))
     fake_hub.make_repo(repo, shards=3, seed=2, drop_files=["model-00002-of-00003.safetensors"])
     r = model_sync.ansible(_hf("m", repo, tmp_path)).result
     assert r["failed"] and r["failure_class"] == "invalid_model"
     assert "model-00002-of-00003.safetensors" in r["msg"]
-    assert _tree_hash(tmp_path / "m") == before
+    assert _tree_hash(_current(tmp_path)) == before
     # a truncated shard (size differs from its header) is caught too
     fake_hub.commit_files(
         repo,
@@ -169,7 +175,7 @@ def test_missing_shard_keeps_old_model(fake_hub, model_sync, model_gen, tmp_path
     )
     r = model_sync.ansible(_hf("m", repo, tmp_path)).result
     assert r["failed"] and "model.safetensors" in r["msg"] and "header says" in r["msg"]
-    assert _tree_hash(tmp_path / "m") == before
+    assert _tree_hash(_current(tmp_path)) == before
     # the same model name is still a no-op for the good commit
     assert model_sync.ansible(_hf("m", repo, tmp_path, revision=good)).result["changed"] is False
 
@@ -209,7 +215,7 @@ def test_local_allowlist_escapes_and_hardlinks(model_sync, model_gen, tmp_path):
 
     r = model_sync.ansible({**base, "src": str(src)}).result
     assert r["changed"] is True and r["validation"]["ok"], r
-    a, b = src / "config.json", root / "loc" / "config.json"
+    a, b = src / "config.json", _current(root, "loc") / "config.json"
     assert a.stat().st_ino == b.stat().st_ino  # same filesystem: hard links, no copy
     assert model_sync.ansible({**base, "src": str(src)}).result["changed"] is False
 
@@ -224,11 +230,11 @@ def test_local_allowlist_escapes_and_hardlinks(model_sync, model_gen, tmp_path):
     (inner / "tokenizer.model").symlink_to(outside / "tokenizer.json")
     r = model_sync.ansible({**base, "src": str(inner)}).result
     assert r["failed"] and "points outside allowed_dirs" in r["msg"]
-    assert _tree_hash(root / "loc") == _tree_hash(src)  # the installed copy is untouched by the refusals
+    assert _tree_hash(_current(root, "loc")) == _tree_hash(src)  # the installed copy is untouched by the refusals
 
     linked = model_sync.ansible({**base, "name": "inplace", "src": str(src), "link": True}).result
     assert linked["changed"] is True
-    assert os.path.realpath(root / "inplace") == str(src)
+    assert os.path.realpath(Path(linked["path"])) == str(src) and linked["path"] == str(_current(root, "inplace"))
     assert model_sync.ansible({**base, "name": "inplace", "src": str(src), "link": True}).result["changed"] is False
     gone = model_sync.ansible({"name": "inplace", "state": "absent", "models_root": str(root)}).result
     assert gone["changed"] is True and not (root / "inplace").exists() and (src / "config.json").exists()
@@ -257,13 +263,13 @@ def test_url_archive_checksum_and_zip_slip(model_sync, model_gen, file_server, t
     args = {"name": "u", "source": "url", "url": f"{file_server.url}/{name}", "models_root": str(root)}
     r = model_sync.ansible({**args, "checksum": f"sha256:{digest}"}).result
     assert r["changed"] is True and r["validation"]["ok"], r
-    assert (root / "u" / "config.json").exists()  # the single top directory was unwrapped
+    assert (_current(root, "u") / "config.json").exists()  # the single top directory was unwrapped
     assert model_sync.ansible({**args, "checksum": f"sha256:{digest}"}).result["changed"] is False
-    before = _tree_hash(root / "u")
+    before = _tree_hash(_current(root, "u"))
 
     bad = model_sync.ansible({**args, "checksum": "sha256:" + "0" * 64}).result
     assert bad["failed"] and bad["failure_class"] == "checksum_mismatch" and digest in bad["msg"]
-    assert _tree_hash(root / "u") == before
+    assert _tree_hash(_current(root, "u")) == before
 
     zname = f"slip-{_uid()}.zip"
     with zipfile.ZipFile(file_server.root / zname, "w") as z:
@@ -272,7 +278,7 @@ def test_url_archive_checksum_and_zip_slip(model_sync, model_gen, file_server, t
     r = model_sync.ansible({**args, "url": f"{file_server.url}/{zname}"}).result
     assert r["failed"] and r["failure_class"] == "bad_archive" and "evil.txt" in r["msg"]
     assert not (tmp_path / "evil.txt").exists() and not (root / ".gpufleet" / "evil.txt").exists()
-    assert _tree_hash(root / "u") == before
+    assert _tree_hash(_current(root, "u")) == before
 
     tname = f"link-{_uid()}.tar"
     with tarfile.open(file_server.root / tname, "w") as t:
@@ -291,7 +297,7 @@ def test_url_archive_checksum_and_zip_slip(model_sync, model_gen, file_server, t
         t.addfile(info)
     r = model_sync.ansible({**args, "url": f"{file_server.url}/{dname}"}).result
     assert r["failed"] and "device" in r["msg"]
-    assert _tree_hash(root / "u") == before
+    assert _tree_hash(_current(root, "u")) == before
 
 
 def test_url_single_gguf(model_sync, model_gen, file_server, tmp_path):
@@ -326,12 +332,12 @@ def test_disk_full_keeps_old_model(fake_hub, model_sync, small_tmpfs, monkeypatc
     root = small_tmpfs
     first = model_sync.ansible(_hf("m", repo, root)).result
     assert first["changed"] is True, first
-    before = _tree_hash(root / "m")
+    before = _tree_hash(_current(root))
     fake_hub.make_repo(repo, shards=4, shard_bytes=2 * 1024 * 1024, seed=2)  # 8 MiB: cannot fit
     r = model_sync.ansible(_hf("m", repo, root)).result
     assert r["failed"] and r["failure_class"] == "disk_full"
     assert "not enough disk space" in r["msg"] and "free" in r["msg"]
-    assert _tree_hash(root / "m") == before
+    assert _tree_hash(_current(root)) == before
     assert not list((root / ".gpufleet" / "staging").iterdir())  # nothing was written for it
 
 
@@ -341,7 +347,7 @@ def test_kill_during_download_then_rerun(fake_hub, model_sync, tmp_path, backend
     old = fake_hub.make_repo(repo, shards=2, shard_bytes=4096, seed=1)
     root = tmp_path / "models"
     assert model_sync.direct(_hf("m", repo, root), tmp_path).result["commit"] == old
-    before = _tree_hash(root / "m")
+    before = _tree_hash(_current(root))
     new = fake_hub.make_repo(repo, shards=4, shard_bytes=4 * 1024 * 1024, seed=2)
     fake_hub.set_options(repo, throttle_bps=512 * 1024)  # per response: ~8 s for the new shards
     proc = model_sync.spawn(_hf("m", repo, root, download_backend=backend), tmp_path)
@@ -363,7 +369,7 @@ def test_kill_during_download_then_rerun(fake_hub, model_sync, tmp_path, backend
     assert proc.poll() is None, "the download finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert _tree_hash(root / "m") == before  # kill -9 mid-download: the installed model is intact
+    assert _tree_hash(_current(root)) == before  # kill -9 mid-download: the installed model is intact
     staging = list((root / ".gpufleet" / "staging").iterdir())
     assert len(staging) == 1  # the partial download is there to be resumed (or cleaned)
     fake_hub.set_options(repo, throttle_bps=0)
@@ -425,7 +431,7 @@ def test_absent_refuses_model_in_use(fake_hub, model_sync, tmp_path):
     try:
         r = model_sync.ansible({"name": "m", "state": "absent", "models_root": str(root)}).result
         assert r["failed"] and r["failure_class"] == "in_use" and name in r["msg"]
-        assert (root / "m" / "config.json").exists()
+        assert (_current(root) / "config.json").exists()
     finally:
         subprocess.run([docker, "rm", "-f", name], capture_output=True, check=False)
     r = model_sync.ansible({"name": "m", "state": "absent", "models_root": str(root)}, check=True).result
