@@ -9,8 +9,10 @@ module: model_sync
 short_description: Put validated model weights on a host, atomically, and do nothing when they are already there
 description:
   - Fetches model weights from the Hugging Face hub (through C(huggingface_hub), honouring E(HF_ENDPOINT),
-    E(HF_HUB_OFFLINE) and C(hf_xet) when installed), from a local checkpoint directory, or from an http(s) file or
-    archive, into O(models_root)/O(name)/REVISION_ID. The result's RV(path) is what
+    E(HF_HUB_OFFLINE) and C(hf_xet) when installed), from a local checkpoint directory, from an http(s) file or
+    archive, from S3 or an S3-compatible store such as Cloudflare R2 (O(source=s3)), or from a snapshot already in a
+    Hugging Face cache on the host (O(source=hf_cache)), into O(models_root)/O(name)/REVISION_ID. O(sources) tries
+    several in order and RV(served_by) says which one served. The result's RV(path) is what
     C(gpufleet.vllm.vllm_container) mounts, and RV(revision_id) what it hashes (its O(gpufleet.vllm.vllm_container#module:model_revision)).
   - Each identity of the weights is a revision with its own directory, never changed once installed - the hub
     commit the revision resolves to (and the allow/ignore patterns), the URL and its checksum, or a digest of
@@ -39,6 +41,7 @@ author:
   - gpufleet maintainers (@gpufleet)
 requirements:
   - huggingface_hub (for O(source=hf))
+  - boto3 (for O(source=s3) only)
   - docker (Python SDK, optional, for the in-use check of O(state=absent))
 extends_documentation_fragment:
   - gpufleet.vllm.attributes
@@ -68,9 +71,20 @@ options:
     default: present
   source:
     description:
-      - Where the weights come from. Required with O(state=present).
+      - Where the weights come from. O(source) or O(sources) is required with O(state=present).
+      - V(hf) the hub (O(repo_id)); V(local) a checkpoint directory (O(src)); V(url) an http(s) file or archive
+        (O(url)); V(s3) every object under O(s3_url); V(hf_cache) a snapshot of O(repo_id) at O(revision) already in
+        the Hugging Face cache O(hf_cache_dir), hard-linked (no copy) into the revision directory.
     type: str
-    choices: [hf, local, url]
+    choices: [hf, local, url, s3, hf_cache]
+  sources:
+    description:
+      - An order of sources to try instead of one O(source), e.g. C([local, hf_cache, s3, hub]) (V(hub) is V(hf)).
+        The first that can serve the model wins (RV(served_by)); the ones before it and why they could not are
+        RV(tried). When none can, one error lists why each failed. Every listed source needs its options.
+      - A mistake in the options, or another run holding the model's lock, stops the order at once.
+    type: list
+    elements: str
   models_root:
     description:
       - Directory that holds the models. Must be an absolute path.
@@ -184,6 +198,46 @@ options:
       - Seconds to wait for another run on the same model to finish, from 0 to 86400.
     type: int
     default: 600
+  s3_url:
+    description:
+      - C(s3://BUCKET/PREFIX) for O(source=s3) - every object below the prefix is a file of the model (directory
+        markers are skipped). Keys whose name below the prefix is absolute, has C(..), empty parts, a backslash or
+        a control character are refused before anything is written.
+      - The revision is a digest of every (key, ETag, size) - a new, removed or changed object is a new revision
+        (a container serving the old one is rolled like for a new hub commit), an unchanged listing is a no-op
+        (one listing request). Each ranged download is pinned to the listed ETag (C(If-Match)), so an object
+        replaced meanwhile fails the run instead of mixing versions; each range and file must have its exact size.
+    type: str
+  endpoint_url:
+    description:
+      - URL of an S3-compatible store (Cloudflare R2 C(https://ACCOUNT.r2.cloudflarestorage.com), MinIO, ...) for
+        O(source=s3); path-style addressing is used with it. Default - AWS.
+    type: str
+  region:
+    description:
+      - Region of the bucket (V(auto) for R2). Default - boto3's (E(AWS_DEFAULT_REGION), the shared config).
+    type: str
+  aws_access_key_id:
+    description:
+      - Access key for O(source=s3), with O(aws_secret_access_key). Never logged. When neither is given, boto3's
+        own chain is used (E(AWS_ACCESS_KEY_ID) / E(AWS_SECRET_ACCESS_KEY) / E(AWS_SESSION_TOKEN), a profile, an
+        instance role).
+    type: str
+  aws_secret_access_key:
+    description:
+      - Secret key for O(source=s3). Never logged.
+    type: str
+  aws_session_token:
+    description:
+      - Session token of temporary credentials for O(source=s3). Never logged.
+    type: str
+  hf_cache_dir:
+    description:
+      - The Hugging Face hub cache for O(source=hf_cache) (C(models--ORG--NAME/snapshots/SHA) layout). Default -
+        E(HF_HUB_CACHE), else E(HF_HOME)/hub, else C(~/.cache/huggingface/hub).
+      - It must be on the filesystem of O(models_root) (the files are hard-linked, never copied); otherwise this
+        source fails and a O(sources) order moves on.
+    type: path
   keep_revisions:
     description:
       - How many of the newest revisions to keep installed, from 1 to 100; the current one counts as one of them.
@@ -228,6 +282,25 @@ EXAMPLES = r"""
   async: 7200
   poll: 10
 
+- name: Weights from S3 (or R2 with endpoint_url), credentials from the vault
+  gpufleet.vllm.model_sync:
+    name: llama-3.1-8b
+    source: s3
+    s3_url: s3://models-bucket/llama-3.1-8b
+    aws_access_key_id: "{{ vault_aws_access_key_id }}"
+    aws_secret_access_key: "{{ vault_aws_secret_access_key }}"
+  no_log: true
+
+- name: The first source that has the weights - a local copy, the host's HF cache, S3, then the hub
+  gpufleet.vllm.model_sync:
+    name: qwen
+    sources: [local, hf_cache, s3, hub]
+    src: /data/checkpoints/qwen
+    allowed_dirs: [/data/checkpoints]
+    repo_id: Qwen/Qwen2.5-0.5B-Instruct
+    s3_url: s3://models-bucket/qwen
+  register: model   # model.served_by says which one served
+
 - name: Remove a model nobody serves any more
   gpufleet.vllm.model_sync:
     name: old-model
@@ -256,98 +329,27 @@ removed_revisions:
   type: list
   elements: str
 source:
-  description: The source kind (V(hf), V(local), V(url)), or V(none) for O(state=absent).
+  description: The source kind (V(hf), V(local), V(url), V(s3), V(hf_cache)), or V(none) for O(state=absent).
   returned: always
   type: str
-revision:
-  description: The requested hub revision.
-  returned: always
+served_by:
+  description: The source that served the model (with O(sources), the first one that could).
+  returned: with O(state=present)
   type: str
-commit:
-  description: The commit sha the revision resolved to (hub source), else null.
-  returned: always
-  type: str
-  sample: 1c2fbd64d08c0dd4c6cbd50331369cad10102c4a
-files:
-  description: Relative names of the model's files.
-  returned: always
+  sample: s3
+tried:
+  description: With O(sources), the sources tried before RV(served_by) and why each could not serve.
+  returned: with O(sources)
   type: list
-  elements: str
-size_bytes:
-  description: Total size of the model's files.
-  returned: always
-  type: int
-changed:
-  description: Whether the model was (or in check mode would be) fetched, replaced or removed.
-  returned: always
-  type: bool
-validation:
-  description: Validation report (ok, format, problems, files_checked, weight_bytes), null when skipped.
-  returned: always
-  type: dict
-timings:
-  description:
-    - Seconds spent in the phases of a sync that changed something, C(download) (hub and url sources), C(copy)
-      (local source without O(link)), C(validate) (when O(validate=true)), C(fsync) (the flush to disk before the
-      swap) and C(swap).
-  returned: with O(state=present), when changed, not in check mode
-  type: dict
-  sample: {download: 2.41, validate: 0.004, fsync: 0.03, swap: 0.001}
-download_backend:
-  description: How the hub files were (or would be) fetched, see O(download_backend).
-  returned: source hf, when changed
+  elements: dict
+  sample: [{source: local, failure_class: bad_source, error: local source /data/x is not a directory}]
+s3_url:
+  description: The bucket and prefix served from.
+  returned: source s3
   type: str
-  sample: builtin
-would_download:
-  description: Hub files a real run would fetch.
-  returned: in check mode, source hf, when changed
-  type: list
-  elements: str
-download_bytes:
-  description: Bytes a real run would download.
-  returned: in check mode, source hf or url, when changed
-  type: int
-free_bytes:
-  description: Free bytes under models_root.
-  returned: in check mode, source hf, when changed
-  type: int
-would_copy:
-  description: Files a real run would copy from the local source.
-  returned: in check mode, source local, when changed
-  type: list
-  elements: str
-copy_bytes:
-  description: Bytes a real run would copy from the local source.
-  returned: in check mode, source local, when changed
-  type: int
-copy:
-  description: How many files were hard-linked and copied from the local source.
-  returned: source local, when copied
-  type: dict
-src:
-  description: The resolved local source directory.
-  returned: source local, when changed
-  type: str
-link:
-  description: Whether the local source is used in place.
-  returned: source local, when changed
-  type: bool
-url:
-  description: The URL fetched, with user, password and query string masked (C(***)).
-  returned: source url, when changed
-  type: str
-sha256:
-  description: sha256 of the fetched file.
-  returned: source url, when fetched
-  type: str
-mounted_by:
-  description: Running managed containers that mount the model.
-  returned: state absent, when present
-  type: list
-  elements: str
-msg:
-  description: One line on what happened.
-  returned: always
+snapshot:
+  description: The HF cache snapshot directory the files were hard-linked from.
+  returned: source hf_cache, when changed
   type: str
 """
 

@@ -89,10 +89,10 @@ def check_commit(sha: Any, repo_id: str, revision: str) -> str:
     return sha
 
 
-def check_repo_file(path: Any, repo_id: str) -> str:
-    """A file name from a hub listing, when it is a clean relative path that stays inside the staging directory;
-    GpufleetError (hub_error) if it is absolute, climbs with '..', has empty parts, a backslash or a control
-    character, or names the downloaders' own bookkeeping."""
+def name_problem(path: Any) -> str | None:
+    """Why a remote file name (a hub listing's path, an S3 key below its prefix) is not a clean relative path that
+    stays inside the staging directory, or None when it is: absolute, climbing with '..', empty parts, a backslash
+    or a control character, the downloaders' own bookkeeping, too long."""
     why = None
     if not isinstance(path, str) or not path:
         why = "is empty"
@@ -108,6 +108,13 @@ def check_repo_file(path: Any, repo_id: str) -> str:
         why = "names the downloader's own bookkeeping"
     elif any(len(os.fsencode(p)) > 255 for p in path.split("/")) or len(os.fsencode(path)) > 4000:
         why = "is too long for a file name"
+    return why
+
+
+def check_repo_file(path: Any, repo_id: str) -> str:
+    """A file name from a hub listing, when it is a clean relative path that stays inside the staging directory;
+    GpufleetError (hub_error) if not (name_problem says why)."""
+    why = name_problem(path)
     if why:
         raise GpufleetError(
             f"the hub lists a file {str(path)[:120]!r} in {repo_id} whose name {why}; refused before anything was "

@@ -65,6 +65,7 @@ def revision_id(identity: Mapping[str, Any]) -> str:
 
     hub: the commit sha (plus a digest of allow/ignore patterns when given: another file selection is other weights);
     url: ``url-`` and the checksum's hex, else a digest of the masked URL (and of the whole URL when it held a secret);
+    s3: ``s3-`` and a digest of the bucket/prefix, the endpoint and the digest of every object's (key, ETag, size);
     local: ``local-`` and a digest of the resolved path, ``link`` and every file's name, size and mtime (a changed
     checkpoint is a new revision)."""
     source = identity.get("source")
@@ -79,6 +80,9 @@ def revision_id(identity: Mapping[str, Any]) -> str:
         if checksum:
             return "url-" + checksum.split(":", 1)[-1].lower()[:40]
         return "url-" + _digest([identity.get("url"), identity.get("url_digest")], 16)
+    if source == "s3":
+        # the digest of every (key, ETag, size) under the prefix (s3.objects_digest), with where it was listed
+        return "s3-" + _digest([identity.get("s3_url"), identity.get("endpoint_url"), identity.get("objects")], 24)
     if source == "local":
         return "local-" + _digest([identity.get("src"), bool(identity.get("link")), identity.get("source_files")], 16)
     raise ValueError(f"unknown model source {source!r}")

@@ -25,7 +25,7 @@ from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import fsync_dir
-from ansible_collections.gpufleet.vllm.plugins.module_utils._model import hub
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import hf_cache, hub, s3
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import revisions as revs
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import store as fs
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model import url as urlsrc
@@ -51,7 +51,8 @@ def argument_spec() -> dict[str, Any]:
     return dict(
         name=dict(type="str", required=True),
         state=dict(type="str", default="present", choices=["present", "absent"]),
-        source=dict(type="str", choices=["hf", "local", "url"]),
+        source=dict(type="str", choices=list(SOURCES)),
+        sources=dict(type="list", elements="str"),
         models_root=dict(type="path", default=DEFAULT_MODELS_ROOT),
         repo_id=dict(type="str"),
         revision=dict(type="str", default="main"),
@@ -71,14 +72,28 @@ def argument_spec() -> dict[str, Any]:
         force=dict(type="bool", default=False),
         lock_timeout=dict(type="int", default=600),
         keep_revisions=dict(type="int", default=revs.DEFAULT_KEEP),
+        s3_url=dict(type="str"),
+        endpoint_url=dict(type="str"),
+        region=dict(type="str"),
+        aws_access_key_id=dict(type="str", no_log=True),
+        aws_secret_access_key=dict(type="str", no_log=True),
+        aws_session_token=dict(type="str", no_log=True),
+        hf_cache_dir=dict(type="path"),
     )
 
 
-REQUIRED_IF: list[tuple[str, str, list[str]]] = [
-    ("state", "present", ["source"]),
+# The sources and what each needs; ``sources`` (an order to try) may also say ``hub`` for ``hf``.
+SOURCES = {"hf": "repo_id", "local": "src", "url": "url", "s3": "s3_url", "hf_cache": "repo_id"}
+SOURCE_ALIASES = {"hub": "hf"}
+
+
+REQUIRED_IF: list[tuple[Any, ...]] = [
+    ("state", "present", ["source", "sources"], True),
     ("source", "hf", ["repo_id"]),
     ("source", "local", ["src"]),
     ("source", "url", ["url"]),
+    ("source", "s3", ["s3_url"]),
+    ("source", "hf_cache", ["repo_id"]),
 ]
 
 
@@ -239,7 +254,6 @@ MAX_LOCK_TIMEOUT = 24 * 3600
 MAX_KEEP = 100
 # Room left in a file name for the suffixes model_sync adds to a model name (".<key>", ".<pid>.<ns>", ".json").
 MAX_NAME_BYTES = 200
-_REQUIRED = {"hf": "repo_id", "local": "src", "url": "url"}
 
 
 def _bad(msg: str) -> GpufleetError:
@@ -276,13 +290,36 @@ def check_params(p: dict[str, Any]) -> None:
     _check_int(p, "keep_revisions", 1, MAX_KEEP, revs.DEFAULT_KEEP, "how many of the newest revisions to keep")
     if p.get("state", "present") == "absent":
         return
-    source = p.get("source")
-    if source not in _REQUIRED:
-        raise _bad(f"source {source!r} is not one of hf, local, url: say where the weights come from")
-    if not p.get(_REQUIRED[source]):
-        raise _bad(f"source: {source} needs {_REQUIRED[source]}")
     _check_int(p, "max_workers", 1, MAX_WORKERS, 8, "how many files download in parallel")
-    if source == "hf":
+    for source in _order(p):
+        _check_source(p, source)
+
+
+def _order(p: dict[str, Any]) -> list[str]:
+    """The sources to try, in order: ``[source]``, or ``sources`` (aliases resolved); bad_args when neither or both
+    are given, or ``sources`` repeats or names an unknown one."""
+    if p.get("sources") and p.get("source"):
+        raise _bad("give source (one) or sources (an order to try), not both")
+    if not p.get("sources"):
+        if p.get("source") not in SOURCES:
+            raise _bad(
+                f"source {p.get('source')!r} is not one of {', '.join(SOURCES)}: say where the weights come from"
+            )
+        return [p["source"]]
+    order = [SOURCE_ALIASES.get(s, s) for s in p["sources"]]
+    unknown = [s for s in order if s not in SOURCES]
+    if unknown or len(set(order)) != len(order):
+        raise _bad(
+            f"sources {p['sources']!r}: each must be one of {', '.join([*SOURCES, *SOURCE_ALIASES])}, at most once "
+            "(e.g. [local, hf_cache, s3, hub])"
+        )
+    return order
+
+
+def _check_source(p: dict[str, Any], source: str) -> None:
+    if not p.get(SOURCES[source]):
+        raise _bad(f"source: {source} needs {SOURCES[source]}")
+    if source in ("hf", "hf_cache"):
         hub.check_repo_id(p["repo_id"])
         hub.check_revision(p.get("revision") or "main")
         hub.endpoint_of(p.get("hf_endpoint"))
@@ -300,9 +337,14 @@ def check_params(p: dict[str, Any]) -> None:
                     f"allowed_dirs entry {d!r} is not an absolute directory below '/': list the directories local "
                     "checkpoints may come from, e.g. /srv/checkpoints"
                 )
-    else:
+    elif source == "s3":
+        s3.parse_url(p["s3_url"])
+        s3.check_endpoint(p.get("endpoint_url"))
+    elif source == "url":
         urlsrc.file_name(p["url"])  # a usable http(s) URL that ends in a file name
         urlsrc.parse_checksum(p.get("checksum"))
+    if source == "hf_cache" and p.get("hf_cache_dir") and not os.path.isabs(p["hf_cache_dir"]):
+        raise _bad(f"hf_cache_dir {p['hf_cache_dir']!r} is relative: give the absolute path of the HF hub cache")
 
 
 def sync(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
@@ -312,15 +354,29 @@ def sync(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     root = os.path.dirname(model_path(p.get("models_root"), name))
     if p.get("state", "present") == "absent":
         return absent(root, name, force=bool(p.get("force")), check_mode=check_mode)
-    source = p["source"]
-    if source == "hf":
-        res = _sync_hf(p, root, name, check_mode)
-    elif source == "local":
-        res = _sync_local(p, root, name, check_mode)
-    elif source == "url":
-        res = _sync_url(p, root, name, check_mode)
+    order = _order(p)
+    tried: list[dict[str, str]] = []
+    for source in order:
+        try:
+            res = _SYNC[source]({**p, "source": source}, root, name, check_mode)
+        except GpufleetError as err:
+            # one source alone, a mistake in the options, or another run holding the model: no other source
+            if len(order) == 1 or err.details.get("failure_class") in ("bad_args", "locked"):
+                raise
+            tried.append(
+                {"source": source, "failure_class": err.details.get("failure_class") or "error", "error": err.msg}
+            )
+            continue
+        res["served_by"] = source
+        if len(order) > 1:
+            res["tried"] = tried
+        break
     else:
-        raise GpufleetError(f"unknown source {source!r}", failure_class="bad_args")
+        raise GpufleetError(
+            f"no source could serve model {name}: " + "; ".join(f"{t['source']}: {t['error']}" for t in tried),
+            failure_class="no_source",
+            tried=tried,
+        )
     if not res["changed"]:
         _collect(p, root, name, res, check_mode)  # a no-op run still lets the revisions nobody uses go
     return res
@@ -508,6 +564,7 @@ def _finish(
         "size_bytes": size,
         "validation": report,
         "synced_at": time.time(),
+        "served_by": base.get("source"),
     }
     revs.write(root, name, rev, manifest)
     fs.write_manifest(root, name, manifest)
@@ -653,6 +710,123 @@ def _fetch_failed(shown: str, err: OSError) -> GpufleetError:
         f"fetching {shown} failed: {err.strerror or err}; the installed model was left as it was",
         failure_class="url_error",
     )
+
+
+# ---------------------------------------------------------------- s3, hf_cache (s3.py, hf_cache.py)
+
+
+def _sync_s3(p: dict[str, Any], root: str, name: str, check_mode: bool) -> dict[str, Any]:
+    bucket, prefix = s3.parse_url(p["s3_url"])
+    where = s3.shown(bucket, prefix)
+    workers = int(p.get("max_workers") or 8)
+    client = s3.client(p, workers)
+    objects = s3.list_objects(client, bucket, prefix)  # one request per 1000 keys: also the no-op's cost
+    ident = {"source": "s3", "s3_url": where, "endpoint_url": s3.check_endpoint(p.get("endpoint_url"))}
+    ident["objects"] = s3.objects_digest(objects)
+    files = {rel: o["size"] for rel, o in objects.items()}
+
+    def fetch(staging: str) -> dict[str, Any]:
+        return {"bytes_transferred": s3.download(client, bucket, objects, staging, workers)}
+
+    return _sync_staged(p, root, name, check_mode, ident, files, where, fetch, extra={"s3_url": where})
+
+
+def _sync_hf_cache(p: dict[str, Any], root: str, name: str, check_mode: bool) -> dict[str, Any]:
+    cache = hf_cache.cache_dir(p.get("hf_cache_dir"))
+    revision = p.get("revision") or "main"
+    sha, snap, repo_dir = hf_cache.find_snapshot(cache, p["repo_id"], revision)
+    found = hf_cache.snapshot_files(snap, repo_dir)
+    allow, ignore = hub.effective_patterns(
+        {f: v["size"] for f, v in found.items()}, p.get("allow_patterns"), p.get("ignore_patterns")
+    )
+    files = hub.select({f: v["size"] for f, v in found.items()}, allow, ignore)
+    if not files:
+        raise GpufleetError(f"the HF cache snapshot {snap} holds no wanted file", failure_class="not_in_cache")
+    hf_cache.check_same_filesystem(repo_dir, root)
+    ident = _identity({**p, "source": "hf"}, commit=sha)  # the hub's identity: the same commit is the same revision
+
+    def fetch(staging: str) -> dict[str, Any]:
+        return {"copy": hf_cache.link_into(snap, repo_dir, {f: found[f] for f in files}, staging)}
+
+    extra = {"commit": sha, "revision": revision, "snapshot": snap}
+    return _sync_staged(p, root, name, check_mode, ident, files, snap, fetch, extra=extra, need_space=False)
+
+
+def _sync_staged(
+    p: dict[str, Any],
+    root: str,
+    name: str,
+    check_mode: bool,
+    ident: dict[str, Any],
+    files: dict[str, int],
+    what: str,
+    fetch: Any,
+    extra: dict[str, Any],
+    need_space: bool = True,
+) -> dict[str, Any]:
+    """The common path of a source that fills a staging directory (s3, hf_cache): settle (no-op, reuse) → check mode
+    → lock → free space → ``fetch(staging)`` → sizes → validate, flush, swap (_finish)."""
+    rev = revision_id(ident)
+    dest = os.path.join(root, name, rev)
+    manifest = fs.read_manifest(root, name)
+    settled = _settle(p, root, name, rev, ident, manifest)
+    if settled is not None:
+        settled.update({k: v for k, v in extra.items() if k != "snapshot"})
+        return settled if not settled["changed"] else _make_current(p, root, name, settled, check_mode)
+    total = sum(files.values())
+    base = _result(dest, p["source"], files=sorted(files), size_bytes=total, changed=True, revision_id=rev, **extra)
+    base["diff"] = _diff(manifest, rev, extra.get("commit"), list(files))
+    if check_mode:
+        base["would_download"] = sorted(files)
+        base["download_bytes"] = total if need_space else 0
+        base["msg"] = f"would {'download' if need_space else 'hard-link'} {len(files)} files ({total} bytes) of {what}"
+        return base
+    os.makedirs(root, exist_ok=True)
+    with fs.model_lock(root, name, float(p.get("lock_timeout", 600))):
+        manifest = fs.read_manifest(root, name)  # another run may have finished while we waited
+        if manifest and not p.get("force") and _manifest_noop(manifest, ident, root, name):
+            return _noop_result(root, name, p, manifest)
+        fs.recover(root, name)
+        key = rev[:64] if p["source"] != "hf_cache" else "hfc-" + rev[:40]
+        if p.get("force") or not need_space:
+            shutil.rmtree(fs.staging_path(root, name, key), ignore_errors=True)
+        if need_space:
+            path = fs.staging_path(root, name, key)
+            already = _staged_bytes(path, files) if os.path.exists(os.path.join(path, fs.STAGING_MARKER)) else 0
+            fs.check_free_space(root, total - already, what)  # before any byte is written
+        staging = fs.staging_dir(root, name, key)
+        progress = fs.Progress(root, name)
+        progress.watch(staging, total, writeback=WRITEBACK_INTERVAL if need_space else 0.0)
+        t = time.monotonic()
+        try:
+            base.update(fetch(staging))
+            bad = sorted(f for f, size in files.items() if _size(os.path.join(staging, f)) != size)
+            if bad:
+                raise GpufleetError(
+                    f"staged files of {what} have the wrong size: {', '.join(bad)}", failure_class="download_error"
+                )
+        except GpufleetError as err:
+            progress.stop("failed", error=err.msg)
+            raise
+        except OSError as err:
+            progress.stop("failed", error=str(err))
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                shutil.rmtree(staging, ignore_errors=True)
+                raise GpufleetError(
+                    f"disk full while fetching {what}: {err.strerror}; the installed model was left as it was",
+                    failure_class="disk_full",
+                ) from None
+            raise GpufleetError(
+                f"fetching {what} failed: {err}; the installed model was left as it was", failure_class="download_error"
+            ) from None
+        except BaseException:
+            progress.stop("failed", error="interrupted")
+            raise
+        base.setdefault("timings", {})["download" if need_space else "link"] = round(time.monotonic() - t, 3)
+        return _finish(p, root, name, dest, staging, progress, base, ident, manifest)
+
+
+_SYNC = {"hf": _sync_hf, "local": _sync_local, "url": _sync_url, "s3": _sync_s3, "hf_cache": _sync_hf_cache}
 
 
 # ---------------------------------------------------------------- absent
