@@ -204,11 +204,42 @@ def host_state(all_hostvars: Mapping[str, Any], reachable: list[str], var: str) 
     return fleet_state.newest(copies)
 
 
+def job_slice(task_vars: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(slice number, slice count) when AWX/AAP runs this job as one slice of a sliced job template (it sets
+    ``awx_job_slice_number``/``awx_job_slice_count``, and the ``tower_`` names), else None."""
+    for prefix in ("awx", "tower"):
+        count = task_vars.get(f"{prefix}_job_slice_count")
+        try:
+            count = int(count) if count is not None else 0
+        except (TypeError, ValueError):
+            continue
+        if count > 1:
+            try:
+                number = int(task_vars.get(f"{prefix}_job_slice_number") or 0)
+            except (TypeError, ValueError):
+                number = 0
+            return number, count
+    return None
+
+
+def slicing_refused(number: int, count: int) -> str:
+    return (
+        f"fleet_plan: this job is slice {number} of {count} of a sliced job template: it sees only its slice's hosts, "
+        "so its plan would place replicas that other slices place too and prune (or move) the other slices' "
+        "replicas. The plan is global: run the converge as one job (job slicing 1; raise forks for a large fleet, "
+        "docs/awx.md 'Large fleets'). status.yml and stop.yml may be sliced."
+    )
+
+
 class ActionModule(ControllerAction):
     ARGUMENT_SPEC = ARGUMENT_SPEC
 
     def act(self, params: dict[str, Any], task_vars: dict[str, Any], result: dict[str, Any]) -> None:
         args = params
+        sliced = job_slice(task_vars)
+        if sliced:
+            result.update(failed=True, msg=slicing_refused(*sliced))
+            return
         hosts, existing, unreachable = gather(task_vars, args)
         reachable = [h for h in hosts if h not in unreachable]
         previous = host_state(task_vars.get("hostvars") or {}, reachable, args["existing_var"])

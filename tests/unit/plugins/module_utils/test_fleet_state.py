@@ -1,15 +1,16 @@
 """The fleet's placements kept on the hosts (_fleet/state.py): generations, the newest copy, the host's file
 (fleet_apply fleet_state / state=gathered), and fleet_plan reading the unreachable hosts' placements from the copies
-the reachable hosts sent (no state that lives only on the controller)."""
+the reachable hosts sent (no state that lives only on the controller); fleet_plan refusing a sliced AWX job."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.gpufleet.vllm.plugins.action.fleet_plan import gather, host_state
+from ansible_collections.gpufleet.vllm.plugins.action.fleet_plan import gather, host_state, job_slice
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import state
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, gather_host, validated
@@ -111,3 +112,32 @@ def test_plan_without_host_copies_falls_back_to_the_state_file(tmp_path: Path) -
     args = {"gpu_facts_var": "gpus", "existing_var": "f", "unreachable": [], "state_path": str(path)}
     _hosts, existing, _ = gather(tv, args)
     assert [(e["deployment"], e["host"]) for e in existing] == [("chat", "c")]
+
+
+@pytest.mark.parametrize(
+    ("extra", "want"),
+    [
+        ({}, None),
+        ({"awx_job_slice_number": 1, "awx_job_slice_count": 1}, None),  # slicing 1: one job, the whole inventory
+        ({"awx_job_slice_number": 2, "awx_job_slice_count": 4}, (2, 4)),
+        ({"tower_job_slice_number": "3", "tower_job_slice_count": "3"}, (3, 3)),
+        ({"awx_job_slice_count": "many"}, None),
+    ],
+)
+def test_job_slice_detection(extra: dict[str, Any], want: Any) -> None:
+    assert job_slice(extra) == want
+
+
+def test_sliced_converge_is_refused_before_any_host_is_touched(tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    (tmp_path / "inv.yml").write_text("all:\n  hosts:\n    h1: {ansible_connection: local}\n")
+    (tmp_path / "pb.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - gpufleet.vllm.fleet_plan: {deployments: [], existing: []}\n      run_once: true\n"
+    )
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", "inv.yml", "pb.yml", "-e", "awx_job_slice_number=2", "-e", "awx_job_slice_count=4"],
+        cwd=tmp_path, env=ansible_env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "this job is slice 2 of 4 of a sliced job template" in proc.stdout
+    assert "run the converge as one job" in proc.stdout
