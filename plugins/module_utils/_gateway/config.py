@@ -1,0 +1,144 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the gateway runs: one vllm-router per deployment, its port and its workers, from the fleet plan.
+
+``routers()`` turns the plan's assignments (fleet_plan: ``deployment``, ``host``, ``port`` per replica) and the
+hosts' addresses into one ``Router`` per deployment; ``router_argv()`` is the router's command line (no secret: the
+API key goes through a file, see launch.py). Ports: ``ports[name]`` when given, else ``base_port`` + the position of
+the deployment's name among all declared names, sorted (stable while the set of names does not change; pin ports in
+``ports`` for deployments that come and go). The Prometheus port is the router's port + ``metrics_offset``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+
+POLICIES = ("random", "round_robin", "cache_aware", "power_of_two", "consistent_hash")
+_HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]-]+$")
+
+
+@dataclass(frozen=True)
+class Router:
+    """One deployment's router: where it listens and the worker URLs it must route to (sorted)."""
+
+    deployment: str
+    port: int
+    metrics_port: int
+    workers: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "deployment": self.deployment,
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "workers": list(self.workers),
+        }
+
+
+def worker_url(address: str, port: int) -> str:
+    """``http://address:port`` (IPv6 addresses bracketed); refuses what is not a host name or address."""
+    address = str(address).strip()
+    if not address or not _HOST_RE.match(address):
+        raise GpufleetError(f"worker address {address!r} is not a host name or IP address")
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    port = int(port)
+    if not 1 <= port <= 65535:
+        raise GpufleetError(f"worker port {port} is not in 1..65535")
+    return f"http://{address}:{port}"
+
+
+def routers(
+    names: Iterable[str],
+    assignments: Iterable[Mapping[str, Any]],
+    addresses: Mapping[str, str],
+    ports: Mapping[str, int] | None = None,
+    base_port: int = 30000,
+    metrics_offset: int = 1000,
+) -> list[Router]:
+    """One Router per deployment name (sorted), its workers from the plan's assignments.
+
+    ``addresses`` maps an inventory host to the address the gateway reaches its replicas at (the host's
+    ``gpufleet_advertise_address``, else ``ansible_host``, else its name). An assignment without a port, or on a
+    host with no address, is an error: a gateway that silently drops a replica hides a broken plan."""
+    ports = dict(ports or {})
+    all_names = sorted(set(names))
+    index = {n: i for i, n in enumerate(all_names)}
+    unknown = sorted(set(ports) - set(all_names))
+    if unknown:
+        raise GpufleetError(f"gateway ports given for undeclared deployment(s): {', '.join(unknown)}")
+    workers: dict[str, set[str]] = {n: set() for n in all_names}
+    for asg in assignments:
+        dep = str(asg["deployment"])
+        if dep not in workers:
+            continue
+        if asg.get("port") is None:
+            raise GpufleetError(f"{dep}: replica {asg.get('replica')} on {asg.get('host')} has no port in the plan")
+        host = str(asg["host"])
+        workers[dep].add(worker_url(addresses.get(host) or host, int(asg["port"])))
+    out, used = [], {}
+    for name in all_names:
+        port = int(ports.get(name, base_port + index[name]))
+        metrics = port + int(metrics_offset)
+        for p in (port, metrics):
+            if not 1 <= p <= 65535:
+                raise GpufleetError(f"{name}: gateway port {p} is not in 1..65535 (gateway ports / base port)")
+            if p in used:
+                raise GpufleetError(f"{name}: gateway port {p} is already used by {used[p]}'s router")
+            used[p] = name
+        out.append(Router(name, port, metrics, tuple(sorted(workers[name]))))
+    return out
+
+
+def router_argv(router: Router, bind: str, settings: Mapping[str, Any]) -> list[str]:
+    """The router's arguments (one per element; the role writes one per line into router.args). Never a secret."""
+    if not bind or (bind in ("0.0.0.0", "::") and not settings.get("allow_any_address")):
+        raise GpufleetError(
+            f"{router.deployment}: refusing to bind the gateway to {bind or 'nothing'!r}; name an address "
+            "(set gateway_allow_any_address=true to listen on every interface)"
+        )
+    policy = str(settings.get("policy", "round_robin"))
+    if policy not in POLICIES:
+        raise GpufleetError(f"gateway policy {policy!r} is not one of {', '.join(POLICIES)}")
+    s = {
+        "health_check_interval_secs": 2,
+        "health_check_timeout_secs": 2,
+        "health_failure_threshold": 2,
+        "health_success_threshold": 1,
+        "retry_max_retries": 3,
+        "worker_startup_timeout_secs": 120,
+        "worker_startup_check_interval": 1,
+        "request_timeout_secs": 1800,
+        "metrics_address": bind,
+        "log_level": "info",
+    }
+    s.update({k: v for k, v in settings.items() if v is not None and v != ""})
+    argv = [
+        f"--host={bind}",
+        f"--port={router.port}",
+        f"--policy={policy}",
+        f"--prometheus-host={s['metrics_address']}",
+        f"--prometheus-port={router.metrics_port}",
+        "--health-check-endpoint=/health",
+    ]
+    for key in (
+        "health_check_interval_secs",
+        "health_check_timeout_secs",
+        "health_failure_threshold",
+        "health_success_threshold",
+        "retry_max_retries",
+        "worker_startup_timeout_secs",
+        "worker_startup_check_interval",
+        "request_timeout_secs",
+    ):
+        value = int(s[key])
+        if value < (0 if key == "retry_max_retries" else 1):
+            raise GpufleetError(f"gateway {key} must be a positive integer, got {value}")
+        argv.append(f"--{key.replace('_', '-')}={value}")
+    argv.append(f"--log-level={s['log_level']}")
+    return argv

@@ -1,0 +1,275 @@
+# Copyright (c) gpufleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The gateway's program on a gateway host: runs one vllm-router for one deployment.
+
+The role ``gpufleet.vllm.gateway`` copies this one file (it imports only the standard library and, at run time,
+``vllm_router``) next to the router's venv and runs it under systemd or as its own supervised process:
+
+    <venv>/bin/python launch.py @<dir>/router.args [--api-key-file F] [--workers-file W]
+    <venv>/bin/python launch.py @<dir>/router.args --pidfile P --log L --daemonize | --stop | --restart
+
+Why a launcher and not ``vllm-router`` itself:
+
+- **The API key never reaches argv.** vllm-router takes ``--api-key`` only on its command line (visible to every
+  user in ``ps``/``/proc/PID/cmdline``); its launcher is Python, so this program reads the key from a 0600 file and
+  hands it to ``vllm_router.launch_router`` in process.
+- **Workers survive a restart without restarting on a change.** The router starts with no workers (so it serves at
+  once instead of waiting for every worker to be healthy); a helper process then adds the URLs of ``--workers-file``
+  through the router's own ``POST /add_worker``. gateway_workers keeps that file equal to the live set, so a worker change
+  never touches the arguments (no restart) and a restarted router comes back with the current set.
+- **Supervision without systemd** (``--daemonize``): a supervisor (double fork, new session, pid file) starts the
+  router again when it dies (back-off 1 s doubling to 60 s); SIGTERM stops both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+SUPERVISE = "--supervise-internal"
+ADD_WORKERS = "--add-workers-internal"  # argv[1] of the helper process that adds the workers file's URLs
+MARK = "gpufleet-gateway"  # in every supervisor's argv: how a pid file's process is recognised
+
+
+def read_lines(path: str) -> list[str]:
+    """Non-empty, non-comment lines of a file; [] when it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+    except FileNotFoundError:
+        return []
+
+
+def _router_url(argv: list[str]) -> str:
+    ns, _ = _bind_parser().parse_known_args(argv)
+    host = ns.host if ns.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{ns.port}"
+
+
+def _bind_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    return p
+
+
+def _post(url: str, timeout: float) -> int:
+    req = urllib.request.Request(url, method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
+
+
+def add_workers_when_up(base: str, workers: list[str], deadline_s: float = 600.0) -> None:
+    """Wait for the router's /health, then add each worker (a thread each: /add_worker blocks until the worker is
+    healthy) and wait for them, within ``deadline_s``."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as resp:
+                if resp.status < 500:
+                    break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            time.sleep(0.2)
+    threads = []
+    for url in workers:
+        q = urllib.parse.urlencode({"url": url})
+        t = threading.Thread(target=_post, args=(f"{base}/add_worker?{q}", max(1.0, end - time.monotonic())))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+
+
+def run_router(argv: list[str], api_key_file: str, workers_file: str) -> None:
+    """Run vllm-router in this process (blocks): argv plus the key read from its file, workers added after start."""
+    from vllm_router.launch_router import launch_router, parse_router_args  # the router's venv only
+
+    args = list(argv)
+    if api_key_file:
+        key = "".join(read_lines(api_key_file))
+        if key:
+            args += ["--api-key", key]
+    router_args = parse_router_args(args)
+    del args
+    if workers_file and read_lines(workers_file):
+        # A helper process, not a thread: vllm-router's start() keeps the GIL while it runs, so no Python thread of
+        # this process would ever get to send the adds.
+        subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), ADD_WORKERS, _router_url(argv), workers_file],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    launch_router(router_args)
+
+
+# --- supervision without systemd ---------------------------------------------------------------------------------
+
+
+def _read_pid(pidfile: str) -> int | None:
+    try:
+        with open(pidfile, encoding="ascii") as fh:
+            pid = int(fh.read().strip() or "0")
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
+def running_pid(pidfile: str) -> int | None:
+    """The pid of the live supervisor of ``pidfile``, else None."""
+    pid = _read_pid(pidfile)
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    return pid if MARK in cmdline and pidfile in cmdline else None
+
+
+def stop(pidfile: str, timeout: float = 20.0) -> bool:
+    """SIGTERM the supervisor (it stops the router); True when one was running."""
+    pid = running_pid(pidfile)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and running_pid(pidfile) == pid:
+        time.sleep(0.1)
+    if running_pid(pidfile) == pid:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        os.unlink(pidfile)
+    except OSError:
+        pass
+    return True
+
+
+def supervise(worker: list[str], pidfile: str) -> None:
+    """Run the worker, start it again when it dies (1 s doubling to 60 s), stop it on SIGTERM."""
+    stopping = threading.Event()
+    proc: list[subprocess.Popen[bytes]] = []
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        stopping.set()
+        for p in proc:
+            if p.poll() is None:
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    delay = 1.0
+    while not stopping.is_set():
+        started = time.monotonic()
+        p = subprocess.Popen(worker)
+        proc[:] = [p]
+        p.wait()
+        if stopping.is_set():
+            break
+        delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 60.0)
+        stopping.wait(delay)
+    if _read_pid(pidfile) == os.getpid():
+        try:
+            os.unlink(pidfile)
+        except OSError:
+            pass
+
+
+def daemonize(worker: list[str], pidfile: str, log_path: str) -> tuple[bool, int]:
+    """Start a supervisor of ``worker`` (double fork, new session) unless one runs: (started, pid)."""
+    pid = running_pid(pidfile)
+    if pid is not None:
+        return False, pid
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(r)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        try:
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            tmp = f"{pidfile}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="ascii") as fh:
+                fh.write(f"{os.getpid()}\n")
+            os.replace(tmp, pidfile)
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), SUPERVISE, MARK, pidfile, *worker])
+        except BaseException:  # nothing can be reported from here but the exit code
+            os._exit(1)
+    os.close(w)
+    os.waitpid(child, 0)
+    with os.fdopen(r, "rb") as fh:
+        got = fh.read().decode() or "0"
+    return True, int(got)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpufleet-gateway",
+        description="Run vllm-router for one gpufleet deployment. Unknown arguments go to vllm-router; @FILE reads "
+        "arguments from a file, one per line.",
+        fromfile_prefix_chars="@",
+    )
+    p.add_argument("--api-key-file", default="", help="file holding the deployment's API key (never on argv)")
+    p.add_argument("--workers-file", default="", help="worker URLs added after start, one per line")
+    p.add_argument("--pidfile", default="", help="with --daemonize/--stop/--restart: the supervisor's pid file")
+    p.add_argument("--log", default="/dev/null", help="with --daemonize: the router's log file")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--daemonize", action="store_true", help="start a supervised background router (idempotent)")
+    mode.add_argument("--stop", action="store_true", help="stop the background router of --pidfile")
+    mode.add_argument("--restart", action="store_true", help="stop, then start the background router")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [SUPERVISE]:
+        supervise(argv[3:], argv[2])
+        return 0
+    if argv[:1] == [ADD_WORKERS]:
+        add_workers_when_up(argv[1], read_lines(argv[2]))
+        return 0
+    ns, router_argv = build_parser().parse_known_args(argv)
+    if ns.daemonize or ns.stop or ns.restart:
+        if not ns.pidfile:
+            print("--pidfile is required with --daemonize, --stop and --restart", file=sys.stderr)
+            return 2
+        stopped = stop(ns.pidfile) if (ns.stop or ns.restart) else False
+        if ns.stop:
+            print("stopped" if stopped else "not running")
+            return 0
+        worker = [sys.executable, os.path.abspath(__file__), *router_argv]
+        worker += [f"--api-key-file={ns.api_key_file}", f"--workers-file={ns.workers_file}"]
+        started, pid = daemonize(worker, ns.pidfile, ns.log)
+        print(f"{'started' if started else 'running'} {pid}")
+        return 0
+    run_router(router_argv, ns.api_key_file, ns.workers_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
