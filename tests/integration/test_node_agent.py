@@ -7,6 +7,7 @@ touches another test's containers."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
@@ -14,12 +15,14 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 import yaml
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
@@ -346,6 +349,11 @@ def test_role_on_sim_host(sim_hosts, sim_fleet_lock, tmp_path):
         "gpufleet_agent_port": port,
         "gpufleet_agent_interval": 1,
         "gpufleet_agent_names": ["agent-sim-none"],
+        # Exposed on gpu-c's address (the default is 127.0.0.1), so it asks for credentials (exporter-toolkit style).
+        "gpufleet_agent_listen_address": sim_hosts.address(host),
+        "gpufleet_agent_web_config": {
+            "basic_auth_users": {"prom": bcrypt.hashpw(b"scrape-pw", bcrypt.gensalt(4)).decode()}
+        },
     }
     (tmp_path / "vars.yml").write_text(yaml.safe_dump(extra))
 
@@ -383,14 +391,22 @@ def test_role_on_sim_host(sim_hosts, sim_fleet_lock, tmp_path):
         pid = agent_pid()
         assert pid is not None and MODULE in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
         url = f"http://{sim_hosts.address(host)}:{port}/metrics"
-        text, deadline = "", time.monotonic() + 30
+        auth = {"Authorization": "Basic " + base64.b64encode(b"prom:scrape-pw").decode()}
+        text, deadline = "", time.monotonic() + 120
         while "gpufleet_agent_ticks_total" not in text and time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=auth), timeout=5) as resp:
                     text = resp.read().decode()
             except OSError:
                 time.sleep(0.3)
         assert "gpufleet_agent_ticks_total" in text and "gpufleet_agent_tick_errors_total 0.0" in text, text
+        # Without the credentials (or with wrong ones) the exporter answers 401, from this other network namespace.
+        for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"prom:wrong").decode()}):
+            with pytest.raises(urllib.error.HTTPError) as denied:
+                urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+            assert denied.value.code == 401
+        mode = sim_hosts.in_host(host, "stat", "-c", "%a", f"{SIM_STATE}/web-config.json")
+        assert mode.stdout.strip() == "600", mode
 
         second = play()
         assert second.returncode == 0, second.stdout[-4000:]

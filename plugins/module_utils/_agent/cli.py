@@ -54,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=("docker", "podman"), default="docker")
     p.add_argument("--docker-host", default="", help="docker engine address (default DOCKER_HOST or the socket)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"metrics port, 0 = none (default {DEFAULT_PORT})")
-    p.add_argument("--address", default="0.0.0.0", help="metrics listen address (default 0.0.0.0)")
+    p.add_argument("--address", default="127.0.0.1", help="metrics listen address (default 127.0.0.1: this host only)")
+    p.add_argument(
+        "--web-config-file",
+        default="",
+        help="exporter-toolkit web config as JSON (tls_server_config, basic_auth_users with bcrypt hashes)",
+    )
     p.add_argument(
         "--state-dir", default=DEFAULT_STATE_DIR, help=f"state, events, metrics (default {DEFAULT_STATE_DIR})"
     )
@@ -66,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-failures", type=int, default=Policy.health_failures)
     p.add_argument("--start-grace", type=float, default=Policy.start_grace_s, help="seconds")
     p.add_argument("--stop-timeout", type=int, default=Policy.stop_timeout, help="seconds")
-    p.add_argument("--log-max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="rotate events.jsonl before it reaches this size")
+    p.add_argument(
+        "--log-max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="rotate events.jsonl before it reaches this size"
+    )
     p.add_argument("--log-backups", type=int, default=DEFAULT_BACKUPS)
     p.add_argument("--pidfile", default="", help="with --daemonize/--stop/--restart: the supervisor's pid file")
     mode = p.add_mutually_exclusive_group()

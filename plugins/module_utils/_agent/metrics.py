@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.exporter import load_web_config, serve
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import seconds_until
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import AgentState
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
@@ -115,6 +116,8 @@ def render_metrics(state: AgentState, now: float | None = None) -> str:
     return prometheus().generate_latest(registry).decode()
 
 
-def serve_metrics(port: int, address: str, get_state: Callable[[], AgentState]) -> None:
-    """The ``/metrics`` endpoint, in a background thread of this process."""
-    prometheus().start_http_server(port, addr=address, registry=registry_for(get_state))
+def serve_metrics(port: int, address: str, get_state: Callable[[], AgentState], web_config: str | None = None) -> Any:
+    """The ``/metrics`` endpoint, in a background thread of this process, with the exporter-toolkit web config's TLS
+    and basic auth when ``web_config`` (a JSON file) names them. Returns the server (``shutdown()`` stops it)."""
+    config = load_web_config(web_config)
+    return serve(port, address, registry_for(get_state), config, prometheus().make_wsgi_app)

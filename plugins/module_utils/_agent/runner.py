@@ -78,7 +78,7 @@ class Agent:
 
     def serve_metrics(self) -> None:
         if self.args.port:
-            serve_metrics(self.args.port, self.args.address, self._state)
+            serve_metrics(self.args.port, self.args.address, self._state, getattr(self.args, "web_config_file", ""))
 
     def _state(self) -> AgentState:
         return self.state
