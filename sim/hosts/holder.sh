@@ -40,6 +40,15 @@ for d in run var/lib/docker etc/docker var/lib/containers var/lib/gpufleet etc/c
   done
   mount --rbind "$FS/$d" "/$d"
 done
+# GPUFLEET_HOSTS_OVERLAYS (space-separated, e.g. "usr" for a bare host): directories the host may write to without
+# touching the machine's: an overlay with the machine's directory below and $HOSTDIR/overlay/<dir>/upper on top
+# (a package installed inside the host lands there; the host's own dpkg database is one of the EXTRA_DIRS).
+# shellcheck disable=SC2086
+for d in ${GPUFLEET_HOSTS_OVERLAYS:-}; do
+  mkdir -p "$HOSTDIR/overlay/$d/upper" "$HOSTDIR/overlay/$d/work"
+  mount -t overlay "gpufleet-$NAME-$d" \
+    -o "lowerdir=/$d,upperdir=$HOSTDIR/overlay/$d/upper,workdir=$HOSTDIR/overlay/$d/work" "/$d"
+done
 chmod 1777 /tmp
 chmod 700 /root
 mkdir -p /run/sshd /run/lock

@@ -129,9 +129,8 @@ host_files() {                                    # host_files NAME INDEX
   path="$ROOT/sim/nvml/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
   local gpus=$ROOT/sim/nvml/examples/$set.json
   if [[ $n == "${BARE:-}" ]]; then
-    # A bare host: the NVIDIA toolkit's stand-ins (nvidia-ctk, nvidia-container-runtime) on its PATH, and its own copy
-    # of the fake GPU set (a test may change the driver version in it).
-    path="$ROOT/sim/hosts/toolkit:$path"
+    # A bare host: its own copy of the fake GPU set (a test may change the driver version in it). No NVIDIA toolkit:
+    # role gpu_host installs it from the bed's apt repository (sim/hosts/toolkit/aptrepo.sh) into the host's /usr.
     [[ -f $hd/fake-gpus.json ]] || cp "$gpus" "$hd/fake-gpus.json"
     gpus=$hd/fake-gpus.json
   fi
@@ -188,7 +187,8 @@ start_holder() {                                  # start_holder NAME INDEX -> c
   rm -f "$hd/fs/run/netns"/cni-* 2>/dev/null || true
   local keep
   keep=$ROOT:$(readlink -f "$ROOT"):$("$VENV_PY" -c 'import os, sys; print(os.path.realpath(sys.base_prefix))' 2>/dev/null || true)
-  GPUFLEET_HOSTS_KEEP=$keep GPUFLEET_HOSTS_EXTRA_DIRS=${EXTRA_DIRS:-} setsid unshare --mount --uts --propagation private -- \
+  GPUFLEET_HOSTS_KEEP=$keep GPUFLEET_HOSTS_EXTRA_DIRS=${EXTRA_DIRS:-} \
+    GPUFLEET_HOSTS_OVERLAYS=${OVERLAYS:-} setsid unshare --mount --uts --propagation private -- \
     ip netns exec "$ns" "$HERE/holder.sh" "$n" "$hd" </dev/null >"$hd/holder.log" 2>&1 &
   for _ in $(seq 1 100); do
     [[ -s $hd/holder.pid ]] && break
@@ -452,17 +452,38 @@ bare_index() {                                    # bare_index NAME -> its index
   echo "${#prefix}"
 }
 
+# A bare host's own package state, so that apt and dpkg inside it (role gpu_host's repository and package tasks) never
+# touch the machine's: /etc/apt with no source (the bed reaches no distribution mirror; a role adds its own),
+# empty apt lists and cache, a copy of the machine's dpkg database (the packages the machine has, which its /usr
+# holds), its own /var/log; /usr is an overlay (holder.sh) whose upper layer takes what a package installs.
+BARE_SYSTEM_DIRS="etc/apt var/lib/apt var/cache/apt var/lib/dpkg var/log"
+bare_system() {                                   # bare_system HOSTDIR: create the per-host package state if missing
+  local fs=$1/fs f
+  [[ -f $fs/var/lib/dpkg/status ]] && return 0
+  rm -rf "$fs/etc/apt" "$fs/var/lib/apt" "$fs/var/cache/apt" "$fs/var/lib/dpkg" "$fs/var/log" "$1/overlay"
+  mkdir -p "$fs/etc/apt"/{apt.conf.d,auth.conf.d,keyrings,preferences.d,sources.list.d,trusted.gpg.d} \
+    "$fs/var/lib/apt/lists/partial" "$fs/var/cache/apt/archives/partial" "$fs/var/log/apt" "$fs/var/lib/dpkg"
+  for f in 01autoremove 70debconf; do                # what Debian's own packages put there; no site settings
+    [[ -f /etc/apt/apt.conf.d/$f ]] && cp /etc/apt/apt.conf.d/$f "$fs/etc/apt/apt.conf.d/"
+  done
+  cp /etc/apt/trusted.gpg.d/debian-archive-* "$fs/etc/apt/trusted.gpg.d/" 2>/dev/null || true
+  cp -a /var/lib/dpkg/. "$fs/var/lib/dpkg/"
+  rm -f "$fs/var/lib/dpkg/lock" "$fs/var/lib/dpkg/lock-frontend" "$fs/var/lib/dpkg/triggers/Lock"
+}
+
 bare_up() {                                       # bare_up NAME: holder, dockerd (no daemon.json), sshd, images
   local n=$1 i p hd=$B/$1 base=gpufleet/bed-base:bookworm
   i=$(bare_index "$n")
   BARE=$n
-  EXTRA_DIRS=opt/gpufleet                         # the venv's default place (/opt/gpufleet/venv) is per host
+  EXTRA_DIRS="opt/gpufleet $BARE_SYSTEM_DIRS"     # the venv's default place (/opt/gpufleet/venv) is per host
+  OVERLAYS=usr
   names+=("$n")
   ensure_tools
   ensure_bridge
   ensure_keys
   host_files "$n" "$i"
   if ! p=$(holder_pid "$n"); then
+    bare_system "$hd"
     start_holder "$n" "$i"
     p=$(pid_in "$hd/holder.pid")
   fi
@@ -512,6 +533,7 @@ bare_reset() {                                    # bare_reset NAME: down, then 
   [[ -d $hd ]] || return 0
   stop_host "$n" quiet
   rm -rf "$hd/fs/opt" "$hd/fs/etc/docker" "$hd/fs/etc/cdi" "$hd/fs/var/lib/gpufleet" "$hd/fs/root" "$hd/fs/tmp" \
+    "$hd/fs/etc/apt" "$hd/fs/var/lib/apt" "$hd/fs/var/cache/apt" "$hd/fs/var/lib/dpkg" "$hd/fs/var/log" "$hd/overlay" \
     "$hd/fake-gpus.json"
   log "$n: reset"
 }

@@ -5,7 +5,9 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-DEV = os.path.join(ROOT, ".build", "engine", "dev")  # stand-in device nodes (/dev/null's numbers), shared
+# Stand-in device nodes (/dev/null's numbers), shared by the hosts. aptrepo.sh writes the bed's absolute path here in
+# the packaged copy (/usr/lib/nvidia-container-toolkit/nvidia_ctk.py, outside the repository).
+DEV = os.path.join(ROOT, ".build", "engine", "dev")
 VERSION = "1.17.8-gpufleet-standin"
 
 
