@@ -90,4 +90,19 @@ phase "sanity" "$ROOT/hack/sanity.sh"
 phase "pytest: unit" run_pytest tests/unit "${XDIST[@]}" "$@"
 phase "pytest: integration" run_pytest tests/integration "${XDIST[@]}" ${XDIST:+--dist loadgroup} "$@"
 
+# Molecule: every role's default scenario (roles/<role>/molecule/default: converge, idempotence, verify), offline
+# (dependency disabled, no prerun). Each holds the fleet-tests lock, as the fleet integration tests do: a scenario may
+# converge on the shared simulated hosts. With a pytest filter (arguments), molecule is left out.
+run_molecule() {
+  local dir rc=0
+  "$ROOT/sim/steps.d/70-fleet.sh" up >/dev/null  # the models the deployments scenario serves
+  for dir in roles/*/molecule/default; do
+    [[ -f "$dir/molecule.yml" ]] || continue
+    section "molecule: ${dir%%/molecule/*}"
+    (cd "${dir%/molecule/default}" && flock "$ROOT/.build/hosts/.fleet-tests.lock" molecule test) || rc=$?
+  done
+  return "$rc"
+}
+if [[ $FILTERED -eq 0 ]]; then phase "molecule" run_molecule; fi
+
 exit "$FIRST_RC"
