@@ -373,10 +373,10 @@ def test_status_and_stop(fleet: Fleet) -> None:
 def test_hub_model_is_served_from_the_path_model_sync_produced(
     fleet: Fleet, model_gen: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A hub model: model_sync brings it to <gpufleet_models_root>/<deployment> on the host and the container serves
-    exactly that path (the plan says so up front; the role only fills in the image), without --revision."""
+    """A hub model: model_sync brings it to <gpufleet_models_root>/<deployment>/<commit> on the host and the container
+    serves exactly that revision's directory, hashing the commit (model_revision), without --revision."""
     root = tmp_path_factory.mktemp("fleet-hub")
-    model_gen.make_repo(root / "hub", "org/tiny-hub", tags=["v1"])
+    sha = model_gen.make_repo(root / "hub", "org/tiny-hub", tags=["v1"])
     port_file = root / "port"
     # The fake hub listens on the controller's address on the hosts' bridge, where the hosts reach it.
     args = ["--root", str(root / "hub"), "--host", fleet.sim.gateway, "--port", "0", "--port-file", str(port_file)]
@@ -407,7 +407,8 @@ def test_hub_model_is_served_from_the_path_model_sync_produced(
         assert proc.returncode == 0, proc.stdout[-5000:]
         c = fleet.managed()["gpufleet-hubchat-0"]
         assert c["host"] == "gpu-c" and c["status"] == "running"
-        assert "/var/lib/gpufleet/models/hubchat" in c["args"] and "org/tiny-hub" not in c["args"]
+        assert f"/var/lib/gpufleet/models/hubchat/{sha}" in c["args"] and "org/tiny-hub" not in c["args"]
+        assert json.loads(c["labels"]["gpufleet.spec"])["model_revision"] == sha
         assert "--revision" not in c["args"]
         assert c["labels"]["gpufleet.vllm-version"] == "0.10.2"
         assert "gpufleet.serve-until" in c["labels"]
