@@ -131,7 +131,9 @@ def test_deployments_roll_in_parallel():
 def test_explicit_zero_unavailable_without_free_gpus_is_an_error_and_holds_the_replicas():
     plan = roll({"a": host(1)}, [dep(max_unavailable=0)])
     assert plan["rollout"]["waves"] == []
-    assert plan["errors"][0]["message"].startswith("chat: cannot roll with max_unavailable 0: no free GPUs for a surge on a;")
+    assert plan["errors"][0]["message"].startswith(
+        "chat: cannot roll with max_unavailable 0: no free GPUs for a surge on a;"
+    )
     assert plan["rollout"]["held"] == {"a": ["chat-0"]} and plan["rollout"]["deferred"] == {"a": []}
 
 
