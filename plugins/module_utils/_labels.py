@@ -29,6 +29,10 @@ API_KEY_SET = "gpufleet.api-key"
 # Set by the fleet (fleet_plan's digest of what a replica was declared with): the one gpufleet.* label a caller may
 # pass in ``extra``; the controller compares it to plan which replicas a rollout must replace (_fleet/rollout.py).
 PLAN_DIGEST = "gpufleet.plan-digest"
+# Who the deployment belongs to (the inventory's ``owner``): status, usage and the agent's metrics group by it. Passed
+# in ``extra`` like the plan digest; part of the config hash like any label.
+OWNER = "gpufleet.owner"
+CALLER_LABELS = (PLAN_DIGEST, OWNER)
 # "<vLLM version>|<typed engine options>" whose flags were mapped through that version's flag table when the
 # container was created (validate_args). The same value now lets a no-op converge compare hashes without loading the
 # flag tables (container_spec.argv_flags_marker).
@@ -70,7 +74,7 @@ def build(
     argv_flags: str | None = None,
 ) -> dict[str, str]:
     """All labels of a deployment's container (``extra`` = user labels, which may not use the gpufleet. prefix)."""
-    labels = {k: str(v) for k, v in (extra or {}).items() if not k.startswith(PREFIX) or k == PLAN_DIGEST}
+    labels = {k: str(v) for k, v in (extra or {}).items() if not k.startswith(PREFIX) or k in CALLER_LABELS}
     labels.update(
         {
             MANAGED: "true",
@@ -144,4 +148,5 @@ def parse(labels: dict[str, str] | None) -> dict[str, Any]:
         "sleep_mode": labels.get(SLEEP_MODE) == "true",
         "api_key": labels.get(API_KEY_SET) == "true",
         "plan_digest": labels.get(PLAN_DIGEST),
+        "owner": labels.get(OWNER) or None,
     }

@@ -122,6 +122,12 @@ options:
       - Seconds each replica may take to become ready (C(gpufleet.vllm.vllm_container) O(gpufleet.vllm.vllm_container#module:wait_timeout)).
     type: int
     default: 1800
+  reset_failed:
+    description:
+      - Start replicas the node agent stopped for good although their configuration is unchanged
+        (O(gpufleet.vllm.vllm_container#module:reset_failed)). Otherwise such a replica is reported failed with its cause.
+    type: bool
+    default: false
   image_repository:
     description:
       - Repository of the vLLM images resolved from a C(vllm_version) (C(gpufleet.vllm.vllm_image) O(gpufleet.vllm.vllm_image#module:repository)).
@@ -237,6 +243,7 @@ ARGUMENT_SPEC = dict(
     podman_socket=dict(type="str"),
     manifest_dir=dict(type="path", default="/var/lib/gpufleet/manifests"),
     wait_timeout=dict(type="int", default=1800),
+    reset_failed=dict(type="bool", default=False),
     image_repository=dict(type="str", default="vllm/vllm-openai"),
     image_pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
     hf_endpoint=dict(type="str"),

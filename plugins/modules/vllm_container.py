@@ -289,10 +289,33 @@ options:
     type: int
   serve_for:
     description:
-      - Serve for this long; sets the C(gpufleet.serve-until) label the node agent acts on. Not part of the comparison.
+      - Serve for this long from the container's creation. The deadline is kept in the host's lifecycle record
+        (C(<manifest_dir parent>/lifecycle/NAME.json)) that the node agent acts on, not in a label - not part of the
+        comparison, so a changed value moves the deadline without a restart; a replica past its deadline is reported
+        with RV(lifecycle=expired) and not started (docs/node_agent.md).
       - "The same format as C(serve_for) in the fleet inventory: a bare number is B(hours) (V(12), V(1.5)); a number with a unit C(m) (minutes), C(h)
-        (hours) or C(d) (days) (V(90m), V(2h), V(1d)); V(infinite) or null means no expiry (no label)."
+        (hours) or C(d) (days) (V(90m), V(2h), V(1d)); V(infinite) or null means no expiry."
     type: raw
+  max_failed_restarts:
+    description:
+      - Failures in a row (crashes, failed health, a hung start) the node agent restarts before it stops the replica
+        for good and records the cause; V(0) stops it at the first failure. Not part of the comparison.
+      - A converge of a replica in that state fails with the cause (RV(lifecycle=failed)) until its configuration
+        changes or O(reset_failed=true).
+    type: int
+    default: 3
+  start_timeout:
+    description:
+      - Seconds a started server may take to answer C(/health) before the node agent counts a hung start as a failure.
+        Not part of the comparison.
+    type: int
+    default: 1800
+  reset_failed:
+    description:
+      - Start a replica the node agent stopped for good (crash loop, hung start) although its configuration is
+        unchanged, with a fresh budget. O(state=restarted) does the same.
+    type: bool
+    default: false
   served_model_name:
     description:
       - "C(--served-model-name): names the API serves the model under."
@@ -477,9 +500,20 @@ container_id:
   returned: when the container exists
   type: str
 state:
-  description: The state reached.
+  description: The state reached (V(expired) when the serve_for deadline has passed: left stopped).
   returned: always
   type: str
+lifecycle:
+  description:
+    - V(expired) (past the serve_for deadline; not started, not a drift), or V(failed) (on failure, when the node
+      agent stopped the replica for good; RV(failed) carries its cause), or null.
+  returned: unless O(state=absent)
+  type: str
+serve_until:
+  description: The serve_for deadline in the host's lifecycle record (UTC), null without one.
+  returned: unless O(state=absent)
+  type: str
+  sample: "2026-12-01T18:00:00Z"
 config_hash:
   description: sha256 of the normalized spec (the C(gpufleet.config-hash) label).
   returned: unless O(state=absent)

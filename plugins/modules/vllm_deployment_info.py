@@ -51,6 +51,13 @@ options:
       - For stopped deployments with a non-zero exit code, classify the failure from the log tail.
     type: bool
     default: true
+  state_dir:
+    description:
+      - The host's gpufleet state directory (O(gpufleet.vllm.vllm_container#module:manifest_dir)'s parent), whose
+        C(lifecycle/NAME.json) records give RV(deployments[].serve_until), RV(deployments[].lifecycle) and
+        RV(deployments[].failed).
+    type: path
+    default: /var/lib/gpufleet
   gpus:
     description:
       - Also return RV(gpus), the host's GPUs as C(gpufleet.vllm.gpu_facts) gathers them (NVML, else C(nvidia-smi),
@@ -157,7 +164,18 @@ deployments:
       description: Failure class of the last exit (non-zero exits only).
       type: str
     serve_until:
-      description: The serve-until label, when set.
+      description: The serve_for deadline (UTC) from the lifecycle record (older containers - the serve-until label).
+      type: str
+    lifecycle:
+      description:
+        - V(failed) - the node agent stopped it for good (crash loop, hung start, a class a restart cannot fix; see
+          RV(deployments[].failed)); V(expired) - past its serve_for deadline; null otherwise.
+      type: str
+    failed:
+      description: The node agent's record of why it stopped the replica for good (reason, failure_class, hint, at).
+      type: dict
+    owner:
+      description: The C(gpufleet.owner) label (the inventory's C(owner)).
       type: str
     manifest:
       description: The reproducibility manifest from the label.

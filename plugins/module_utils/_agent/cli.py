@@ -40,6 +40,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import Gpufl
 
 DEFAULT_STATE_DIR = "/var/lib/gpufleet/agent"
 DEFAULT_PORT = 9840
+DEFAULT_GPUFLEET_DIR = "/var/lib/gpufleet"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir", default=DEFAULT_STATE_DIR, help=f"state, events, metrics (default {DEFAULT_STATE_DIR})"
     )
+    p.add_argument(
+        "--gpufleet-dir",
+        default=DEFAULT_GPUFLEET_DIR,
+        help="the host's gpufleet state directory, manifest_dir's parent: the deployments' lifecycle records "
+        f"(lifecycle/NAME.json; serve-for deadline, crash-loop budget) ('' = none; default {DEFAULT_GPUFLEET_DIR})",
+    )
     p.add_argument("--names", default="", help="comma-separated deployment/replica names to watch (default: all)")
     p.add_argument("--max-restarts", type=int, default=Policy.max_restarts)
     p.add_argument("--restart-window", type=float, default=Policy.window_s, help="seconds")
@@ -70,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-max", type=float, default=Policy.backoff_max_s, help="seconds")
     p.add_argument("--health-failures", type=int, default=Policy.health_failures)
     p.add_argument("--start-grace", type=float, default=Policy.start_grace_s, help="seconds")
+    p.add_argument(
+        "--max-failed-restarts",
+        type=int,
+        default=Policy.max_failed_restarts,
+        help="failures in a row allowed before the end state, for a deployment without its own (default 3)",
+    )
+    p.add_argument("--stable-after", type=float, default=Policy.stable_after_s, help="seconds healthy that end a loop")
     p.add_argument("--stop-timeout", type=int, default=Policy.stop_timeout, help="seconds")
     p.add_argument(
         "--log-max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="rotate events.jsonl before it reaches this size"

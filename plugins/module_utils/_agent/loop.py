@@ -8,7 +8,12 @@ container (``handle``):
   exponential back-off between restarts). Its failure is classified from the log tail and recorded. A class that a
   restart cannot fix (``NO_RESTART``) is never restarted by the agent; one that the engine's own restart policy
   keeps restarting is stopped.
-- **serve-for expiry**: past ``gpufleet.serve-until`` the container is stopped (never removed) and stays stopped.
+- **the crash-loop end state**: after more than ``max_failed_restarts`` failures in a row (crashes, the engine's
+  restarts, failed health, a start that never answered within ``start_timeout``), or at once for a class a restart
+  cannot fix, the container is stopped for good (never removed) and the cause is written to the deployment's
+  lifecycle record (``_container/lifecycle.py``), where the next converge reads it.
+- **serve-for expiry**: past the lifecycle record's deadline (older containers: ``gpufleet.serve-until``) the container
+  is stopped (never removed) and stays stopped; ``expired`` is written to the record.
 
 Events go to ``emit`` (``events.EventLog``), masked; the state is updated in place. Tested against an in-memory
 engine."""
@@ -28,15 +33,21 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.diagnosis imp
     http_probe,
     secret_values,
 )
-from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import Emit
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import Emit, utc_iso
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import (
+    Limits,
     Policy,
     health_counts,
     is_clean_exit,
     is_expired,
+    is_stable,
+    limits_of,
+    over_budget,
     restart_decision,
+    start_timed_out,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import AgentState, DeploymentState
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState, Runtime
 
@@ -54,11 +65,15 @@ class Target:
     host: str | None
     port: int | None
     serve_until: str | None
+    config_hash: str | None = None
+    owner: str | None = None
 
     @classmethod
     def of(cls, c: ContainerState) -> Target:
         lab = lb.parse(c.labels)
-        return cls(lab["name"], c.name, c.id, lab["host"], lab["port"], lab["serve_until"])
+        return cls(
+            lab["name"], c.name, c.id, lab["host"], lab["port"], lab["serve_until"], lab["config_hash"], lab["owner"]
+        )
 
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         """An event about this container: ``event``, ``deployment``, ``container``, short ``container_id``."""
@@ -68,8 +83,8 @@ class Target:
 
 @dataclass(frozen=True)
 class Cause:
-    """Why the agent restarts a container: it ``exited`` (with ``exit_code``) or failed its ``health`` probes
-    (``consecutive_failures`` in a row), and the failure class recorded for it."""
+    """Why the agent restarts a container: it ``exited`` (with ``exit_code``), failed its ``health`` probes
+    (``consecutive_failures`` in a row) or never answered (``start_timeout``), and the failure class recorded."""
 
     reason: str
     failure_class: str
@@ -131,6 +146,7 @@ def _observe(c: ContainerState, st: DeploymentState, now: float) -> None:
     if c.id != st.container_id:  # a new container (redeploy): a fresh budget; the counters stay
         st.container_id = c.id
         st.restarts, st.crash_seen, st.blocked, st.next_restart_at, st.expired = [], "", None, None, False
+        st.failures_in_row, st.final, st.final_class = 0, None, None
         st.restart_count_seen = c.restart_count
         st.healthy_since_start, st.health_failures, st.started_at, st.running_since = False, 0, None, None
     st.container = c.name
@@ -149,6 +165,82 @@ def _crash_id(c: ContainerState) -> str:
     return f"{c.id}|{c.finished_at}|{c.restart_count}|{c.exit_code}"
 
 
+class Ctx:
+    """What the decisions for one container share: the engine, the container, its state and lifecycle record, the
+    policy and its limits, the event sink, the clock."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        c: ContainerState,
+        st: DeploymentState,
+        now: float,
+        policy: Policy,
+        emit: Emit,
+        lifecycle_dir: str | None,
+    ) -> None:
+        self.rt, self.c, self.st, self.now, self.policy, self.emit = rt, c, st, now, policy, emit
+        self.t = Target.of(c)
+        self.lifecycle_dir = lifecycle_dir
+        self.record: lc.Record = lc.load(lifecycle_dir, self.t.deployment) if lifecycle_dir else {}
+        self.limits: Limits = limits_of(self.record, policy)
+        self._secrets: list[str] | None = None
+
+    def diagnose(self) -> Diagnosis:
+        if self._secrets is None:
+            self._secrets = secret_values(self.c)
+        return classify_tail(self.rt, self.c, self._secrets, self.policy.event_tail_lines)
+
+    def write(self, change: Callable[[lc.Record], None]) -> None:
+        if self.lifecycle_dir:
+            self.record = lc.update(self.lifecycle_dir, self.t.deployment, change)
+
+    def serve_until(self) -> str | None:
+        """The deadline: the lifecycle record's (the converge and extend.yml move it), else the old label."""
+        if self.record.get("since") is not None:
+            until = lc.deadline(self.record)
+            return None if until is None else utc_iso(until)
+        return self.t.serve_until
+
+
+def _give_up(x: Ctx, reason: str, failure_class: str, hint: str | None, announced: bool = False) -> None:
+    """The end state: stop the container (never remove it), never restart it, and write the cause to the lifecycle
+    record for the next converge. A converge with a changed configuration or reset_failed starts it again.
+    ``announced``: a class a restart cannot fix, already stopped and told (not_restarted, stopped_restart_loop)."""
+    c, st, t = x.c, x.st, x.t
+    live = not announced and (c.running or c.status in LIVE)
+    if live:
+        _stop(x.rt, c, x.policy)
+    st.up, st.healthy, st.final, st.final_class = False, False, reason, failure_class
+    st.next_restart_at = None
+    if st.blocked not in x.policy.no_restart:
+        st.blocked = reason
+    failed = {
+        "reason": reason,
+        "failure_class": failure_class,
+        "hint": hint,
+        "at": x.now,
+        "container_id": c.id,
+        "config_hash": t.config_hash,
+        "failures_in_row": st.failures_in_row,
+        "max_failed_restarts": x.limits.max_failed_restarts,
+    }
+    x.write(lambda rec: rec.update(failed=failed))
+    if announced:
+        return
+    x.emit(
+        t.event(
+            "gave_up",
+            reason=reason,
+            failure_class=failure_class,
+            hint=hint,
+            failures_in_row=st.failures_in_row,
+            max_failed_restarts=x.limits.max_failed_restarts,
+            stopped=live,
+        )
+    )
+
+
 def handle(
     rt: Runtime,
     c: ContainerState,
@@ -157,18 +249,21 @@ def handle(
     policy: Policy,
     emit: Emit,
     probe: Probe = http_probe,
+    lifecycle_dir: str | None = None,
 ) -> None:
     """The decisions for one managed container (see the module docstring)."""
-    t = Target.of(c)
+    x = Ctx(rt, c, st, now, policy, emit, lifecycle_dir)
+    t = x.t
     _observe(c, st, now)
-    st.serve_until = t.serve_until
-    secrets: list[str] | None = None
+    st.serve_until = x.serve_until()
+    st.owner = t.owner
 
-    def diagnose() -> Diagnosis:
-        nonlocal secrets
-        if secrets is None:
-            secrets = secret_values(c)
-        return classify_tail(rt, c, secrets, policy.event_tail_lines)
+    # The end state: cleared by the converge (a changed configuration: a new container; or reset_failed).
+    if st.final and lifecycle_dir and lc.failed_for(x.record, t.config_hash) is None:
+        st.final, st.final_class, st.failures_in_row, st.blocked = None, None, 0, None
+    if st.final:
+        st.healthy = False
+        return  # started again by hand: the user's call; stopped: stays stopped
 
     # Serve-for expiry: stop (never remove), and never restart it afterwards.
     if is_expired(st.serve_until, now):
@@ -179,15 +274,19 @@ def handle(
             st.healthy = False
         if live or not st.expired:
             emit(t.event("expired", serve_until=st.serve_until, stopped=live))
+        if not x.record.get("expired"):
+            x.write(lambda rec: rec.update(expired={"at": now, "serve_until": st.serve_until}))
         st.expired = True
         return
+    st.expired = False
 
     # The engine's own restart policy restarted it since the last tick: record why, and end a futile loop.
     if c.restart_count > st.restart_count_seen:
-        d = diagnose()
+        d = x.diagnose()
         n = c.restart_count - st.restart_count_seen
         st.restart_count_seen = c.restart_count
         st.engine_restarts_total += n
+        st.failures_in_row += n
         st.record_failure(d.failure_class, now)
         emit(t.event("engine_restart", count=n, failure_class=d.failure_class, hint=d.hint, tail=d.tail))
         if d.failure_class in policy.no_restart:
@@ -195,36 +294,34 @@ def handle(
             st.up, st.healthy, st.blocked = False, False, d.failure_class
             st.crash_seen = _crash_id(c)
             emit(t.event("stopped_restart_loop", failure_class=d.failure_class, hint=d.hint))
+            _give_up(x, "not_restartable", d.failure_class, d.hint, announced=True)
+            return
+        if over_budget(st.failures_in_row, x.limits):
+            st.crash_seen = _crash_id(c)
+            _give_up(x, "crash_loop", d.failure_class, d.hint)
             return
 
     if c.status in ("exited", "dead"):
-        _handle_exited(rt, c, st, now, policy, emit, t, diagnose)
+        _handle_exited(x)
         return
 
     if c.status != "running" or not c.running:
         st.healthy = False  # paused (on purpose), restarting (the engine's policy is at work), created
         return
-    _handle_running(rt, c, st, now, policy, emit, t, diagnose, probe)
+    _handle_running(x, probe)
 
 
-def _handle_exited(
-    rt: Runtime,
-    c: ContainerState,
-    st: DeploymentState,
-    now: float,
-    policy: Policy,
-    emit: Emit,
-    t: Target,
-    diagnose: Callable[[], Diagnosis],
-) -> None:
+def _handle_exited(x: Ctx) -> None:
+    rt, c, st, now, policy, emit, t = x.rt, x.c, x.st, x.now, x.policy, x.emit, x.t
     st.healthy = False
     st.health_failures = 0
     if is_clean_exit(c):
         return  # stopped on purpose: left alone
     crash = _crash_id(c)
     if crash != st.crash_seen:
-        d = diagnose()
+        d = x.diagnose()
         st.crash_seen = crash
+        st.failures_in_row += 1
         st.record_failure(d.failure_class, now)
         emit(
             t.event(
@@ -239,25 +336,21 @@ def _handle_exited(
         if d.failure_class in policy.no_restart:
             st.blocked = d.failure_class
             emit(t.event("not_restarted", failure_class=d.failure_class, hint=d.hint))
-        elif st.blocked in policy.no_restart:
+            _give_up(x, "not_restartable", d.failure_class, d.hint, announced=True)
+            return
+        if st.blocked in policy.no_restart:
             st.blocked = None  # started again by hand and failed differently: restartable now
+        if over_budget(st.failures_in_row, x.limits):
+            _give_up(x, "crash_loop", d.failure_class, d.hint)
+            return
     if st.blocked in policy.no_restart:
         return
     why = Cause("exited", st.last_failure_class or "unknown", exit_code=c.exit_code)
     _restart(rt, c, st, now, policy, emit, t, why)
 
 
-def _handle_running(
-    rt: Runtime,
-    c: ContainerState,
-    st: DeploymentState,
-    now: float,
-    policy: Policy,
-    emit: Emit,
-    t: Target,
-    diagnose: Callable[[], Diagnosis],
-    probe: Probe,
-) -> None:
+def _handle_running(x: Ctx, probe: Probe) -> None:
+    rt, c, st, now, policy, emit, t = x.rt, x.c, x.st, x.now, x.policy, x.emit, x.t
     if t.port is None:
         st.healthy = False
         return
@@ -268,14 +361,29 @@ def _handle_running(
         st.health_failures = 0
         if st.blocked == "budget":
             st.blocked = None
+        if is_stable(st, now, policy):
+            st.failures_in_row = 0
         return
-    if not health_counts(st, now, policy):
+    if start_timed_out(st, now, x.limits.start_timeout_s):
+        d = x.diagnose()
+        cls = d.failure_class if d.failure_class != "unknown" else "start_timeout"
+        st.failures_in_row += 1
+        st.record_failure(cls, now)
+        waited = round(now - (st.running_since or now), 1)
+        emit(t.event("failure", reason="start_timeout", waited_s=waited, failure_class=cls, hint=d.hint, tail=d.tail))
+        if cls in policy.no_restart or over_budget(st.failures_in_row, x.limits):
+            _give_up(x, "start_timeout", cls, d.hint)
+            return
+        _restart(rt, c, st, now, policy, emit, t, Cause("start_timeout", cls))
+        return
+    if not health_counts(st):
         return
     st.health_failures += 1
     if st.health_failures < policy.health_failures:
         return
     if st.health_failures == policy.health_failures:
-        d = diagnose()
+        d = x.diagnose()
+        st.failures_in_row += 1
         st.record_failure(d.failure_class, now)
         emit(
             t.event(
@@ -287,6 +395,9 @@ def _handle_running(
                 tail=d.tail,
             )
         )
+        if over_budget(st.failures_in_row, x.limits) and d.failure_class not in policy.no_restart:
+            _give_up(x, "crash_loop", d.failure_class, d.hint)
+            return
     cls = st.last_failure_class or "unknown"
     if cls in policy.no_restart:
         if st.blocked != cls:
@@ -319,10 +430,12 @@ def tick(
     now: float | None = None,
     probe: Probe = http_probe,
     names: list[str] | None = None,
+    lifecycle_dir: str | None = None,
 ) -> AgentState:
     """One pass over the host's managed containers; ``state`` is updated in place (and returned).
 
-    An error on one container is recorded (event ``agent_error``, tick_errors_total) and the others still get their
+    ``lifecycle_dir``: the host's gpufleet state directory holding the deployments' lifecycle records (None: the
+    agent's defaults and the serve-until label only). An error on one container is recorded (event ``agent_error``, tick_errors_total) and the others still get their
     pass; an engine that cannot be listed makes the whole tick an error."""
     t0 = time.monotonic()
     now = time.time() if now is None else now
@@ -342,7 +455,7 @@ def tick(
             seen.add(name)
             st = state.deployments.setdefault(name, DeploymentState())
             try:
-                handle(rt, c, st, now, policy, emit, probe)
+                handle(rt, c, st, now, policy, emit, probe, lifecycle_dir)
             except Exception as e:
                 errors += 1
                 emit({"event": "agent_error", "deployment": name, "error": failures.mask([str(e)])[0]})

@@ -62,6 +62,22 @@ class StateCollector:
         expired = GaugeMetricFamily(
             "gpufleet_agent_expired", "1 once stopped for serve-for expiry", labels=["deployment"]
         )
+        failed = GaugeMetricFamily(
+            "gpufleet_agent_deployment_failed",
+            "1 once the agent stopped the deployment for good (reason: crash_loop, start_timeout, not_restartable; "
+            "failure_class: the cause) until a converge with a changed configuration or reset_failed",
+            labels=["deployment", "reason", "failure_class"],
+        )
+        in_row = GaugeMetricFamily(
+            "gpufleet_agent_failures_in_row",
+            "Failures since the server was last stable (the crash-loop count against max_failed_restarts)",
+            labels=["deployment"],
+        )
+        info = GaugeMetricFamily(
+            "gpufleet_agent_deployment_info",
+            "The deployment's owner (1 per deployment)",
+            labels=["deployment", "owner"],
+        )
         for name in sorted(state.deployments):
             st = state.deployments[name]
             up.add_metric([name], 1.0 if st.up else 0.0)
@@ -78,7 +94,11 @@ class StateCollector:
             if left is not None:
                 until.add_metric([name], round(left, 3))
             expired.add_metric([name], 1.0 if st.expired else 0.0)
-        yield from (up, healthy, restarts, engine_restarts, fails, last, blocked, until, expired)
+            if st.final:
+                failed.add_metric([name, st.final, st.final_class or "unknown"], 1.0)
+            in_row.add_metric([name], float(st.failures_in_row))
+            info.add_metric([name, st.owner or ""], 1.0)
+        yield from (up, healthy, restarts, engine_restarts, fails, last, blocked, until, expired, failed, in_row, info)
         yield GaugeMetricFamily(
             "gpufleet_agent_tick_duration_seconds", "Duration of the last tick", value=state.last_tick_duration_s
         )

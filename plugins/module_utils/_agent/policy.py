@@ -1,13 +1,13 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What the node agent may do, and its pure decisions: the restart budget and back-off, which failures a restart
-cannot fix, when failed health probes count, serve-for expiry."""
+cannot fix, when failed health probes count, a hung start, the crash-loop end state, serve-for expiry."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import DeploymentState
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState, parse_time
@@ -29,6 +29,10 @@ class Policy:
     health_failures: int = 3  # consecutive failed /health probes of a running server before it is restarted
     start_grace_s: float = 1800.0  # a server that never answered /health since its start gets this long to load
     health_timeout_s: float = 2.0
+    # The crash-loop end state (a deployment's lifecycle record overrides both: max_failed_restarts, start_timeout):
+    # after more than max_failed_restarts failures in a row the agent stops the replica for good, with the cause.
+    max_failed_restarts: int = 3
+    stable_after_s: float = 600.0  # a server healthy this long since its start is no longer in a loop
     stop_timeout: int = 30
     event_tail_lines: int = 40
     no_restart: frozenset[str] = NO_RESTART
@@ -73,11 +77,41 @@ def restart_decision(restarts: Iterable[float], now: float, policy: Policy) -> V
     return Verdict("restart", None)
 
 
-def health_counts(st: DeploymentState, now: float, policy: Policy) -> bool:
-    """Whether a failed /health probe counts: once the server answered since its start, or after the grace."""
-    if st.healthy_since_start:
-        return True
-    return st.running_since is not None and now - st.running_since >= policy.start_grace_s
+def health_counts(st: DeploymentState) -> bool:
+    """Whether a failed /health probe counts: once the server answered since its start (before that, a server that
+    never answers is caught by ``start_timed_out``)."""
+    return st.healthy_since_start
+
+
+def start_timed_out(st: DeploymentState, now: float, start_timeout_s: float) -> bool:
+    """A running server that never answered /health within ``start_timeout_s`` of its start: a hung start."""
+    return not st.healthy_since_start and st.running_since is not None and now - st.running_since >= start_timeout_s
+
+
+class Limits(NamedTuple):
+    """A deployment's crash-loop budget: its lifecycle record's values, else the agent's defaults."""
+
+    max_failed_restarts: int
+    start_timeout_s: float
+
+
+def limits_of(record: dict[str, Any], policy: Policy) -> Limits:
+    mfr = record.get("max_failed_restarts")
+    sto = record.get("start_timeout_s")
+    return Limits(
+        int(mfr) if isinstance(mfr, int) and mfr >= 0 else policy.max_failed_restarts,
+        float(sto) if isinstance(sto, (int, float)) and sto > 0 else policy.start_grace_s,
+    )
+
+
+def over_budget(failures_in_row: int, limits: Limits) -> bool:
+    """The failure that ends the loop: more failures in a row than restarts allowed (0 = the first failure)."""
+    return failures_in_row > limits.max_failed_restarts
+
+
+def is_stable(st: DeploymentState, now: float, policy: Policy) -> bool:
+    """Healthy since its start for ``stable_after_s``: earlier failures no longer count as a loop."""
+    return st.healthy_since_start and st.running_since is not None and now - st.running_since >= policy.stable_after_s
 
 
 def is_clean_exit(c: ContainerState) -> bool:

@@ -40,6 +40,8 @@ def policy_of(args: argparse.Namespace) -> Policy:
         health_failures=args.health_failures,
         start_grace_s=args.start_grace,
         stop_timeout=args.stop_timeout,
+        max_failed_restarts=args.max_failed_restarts,
+        stable_after_s=args.stable_after,
     )
 
 
@@ -72,7 +74,9 @@ class Agent:
             self.state.ticks_total += 1
             self.state.last_tick_at = time.time()
         else:
-            tick(rt, self.state, self.policy, self.events, names=self.names)
+            tick(
+                rt, self.state, self.policy, self.events, names=self.names, lifecycle_dir=self.args.gpufleet_dir or None
+            )
         save_state(self.state_path, self.state)
         write_atomic(os.path.join(self.state_dir, METRICS_FILE), render_metrics(self.state), 0o640, makedirs=False)
 

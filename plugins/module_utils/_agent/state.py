@@ -41,6 +41,10 @@ class DeploymentState:
     expired: bool = False
     blocked: str | None = None  # why the agent does not restart it: a failure class or "budget"
     next_restart_at: float | None = None
+    failures_in_row: int = 0  # failures since the server was last stable (policy.is_stable): the crash-loop count
+    final: str | None = None  # the end state's reason (crash_loop, start_timeout, not_restartable): never restarted
+    final_class: str | None = None
+    owner: str | None = None
 
     def record_failure(self, failure_class: str, now: float) -> None:
         self.failures_total[failure_class] = self.failures_total.get(failure_class, 0) + 1

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from collections.abc import Callable, Collection
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
-from ansible_collections.gpufleet.vllm.plugins.module_utils._container import create, pull
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import create, lock, pull
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import desired as ds
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import manifest as mf
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import prechecks as pc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
@@ -30,12 +32,17 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import 
     CreateSpec,
     ImageInfo,
     Runtime,
+    parse_time,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 # Imported where used, not here, so that a no-op converge (label hash equal -> changed false) never loads them:
 # gpu facts (NVML / nvidia-smi, for the GPU pre-checks), vllm_args and its flag tables (argv mapping and validation),
 # image_ref (pull). AnsiballZ still ships them: it follows imports inside functions too.
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 class Deployment:
@@ -168,6 +175,8 @@ class Deployment:
         if cur is not None and not same:
             self.result["changed_env_keys"] = cs.changed_env_keys(cur_l["spec"] if cur_l else None, want.spec)
 
+        if self._lifecycle_holds(cur if same else None):
+            return self.result
         if state == "stopped":
             self._stopped(cur, same)
         elif state == "restarted":
@@ -183,7 +192,75 @@ class Deployment:
             if state == "paused":
                 self._pause()
         self._manifest(same, cur)
+        self._lifecycle_write(cur)
         return self.result
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+    def _lifecycle_dir(self) -> str | None:
+        return lock.state_dir(self.p["manifest_dir"]) if self.p.get("manifest_dir") else None
+
+    def _lifecycle_converged(self, rec: lc.Record, cid: str, cur: ContainerState | None) -> None:
+        """What this converge writes into the record (lifecycle.converge); a container without a record yet keeps
+        the window of its old ``gpufleet.serve-until`` label."""
+        hours = None if self.serve_for is None else self.serve_for.total_seconds() / 3600.0
+        since = None
+        label_until = parse_time(lb.parse(cur.labels)["serve_until"]) if cur is not None and cur.id == cid else None
+        if label_until is not None and hours is not None:
+            since = label_until - hours * 3600.0
+        if self.p.get("reset_failed") or self.p["state"] == "restarted":
+            rec.pop("failed", None)
+        lc.converge(
+            rec,
+            container_id=cid,
+            config_hash=self.want.config_hash,
+            serve_for_h=hours,
+            max_failed_restarts=self.p.get("max_failed_restarts", lc.DEFAULT_MAX_FAILED_RESTARTS),
+            start_timeout_s=self.p.get("start_timeout", lc.DEFAULT_START_TIMEOUT_S),
+            now=time.time(),
+            since=since,
+        )
+
+    def _lifecycle_holds(self, cur: ContainerState | None) -> bool:
+        """The existing container with this configuration, as the lifecycle record sees it: one the node agent stopped
+        for good fails this run with its cause (unless reset_failed / state=restarted); one past its serve_for deadline
+        is reported ``expired`` and left as it is (not a drift). True when the run ends here."""
+        directory = self._lifecycle_dir()
+        self.result.setdefault("lifecycle", None)
+        self.result.setdefault("serve_until", None)
+        if directory is None or cur is None or self.p["state"] == "stopped":
+            return False
+        rec = dict(lc.load(directory, self.name))
+        self._lifecycle_converged(rec, cur.id, cur)
+        until = lc.deadline(rec)
+        self.result["serve_until"] = _iso(until)
+        failed = lc.failed_for(rec, self.want.config_hash)
+        if failed is not None:
+            self.result["lifecycle"] = "failed"
+            raise GpufleetError(
+                f"{self.cname} was stopped for good by the node agent: {failed.get('reason')} "
+                f"({failed.get('failure_class')}) after {failed.get('failures_in_row')} failures in a row; "
+                f"{failed.get('hint') or 'see the agent events'}. Change its configuration, or converge with "
+                "reset_failed (gpufleet_reset_failed=true) to start it again",
+                failure_class=failed.get("failure_class") or "unknown",
+                lifecycle="failed",
+                failed=failed,
+                container_id=cur.id,
+                changed=False,
+            )
+        if until is not None and until <= time.time() and self.p["state"] == "started":
+            self.result.update(lifecycle="expired", state="expired", container_id=cur.id)
+            if not self.check_mode:
+                lc.update(directory, self.name, lambda r: self._lifecycle_converged(r, cur.id, cur))
+            return True
+        return False
+
+    def _lifecycle_write(self, cur: ContainerState | None) -> None:
+        directory = self._lifecycle_dir()
+        cid = self.result.get("container_id") or (cur.id if cur is not None else None)
+        if directory is None or self.check_mode or not cid:
+            return
+        rec = lc.update(directory, self.name, lambda r: self._lifecycle_converged(r, cid, cur))
+        self.result["serve_until"] = _iso(lc.deadline(rec))
 
     # ------------------------------------------------------------------------------------------------ states
     def _absent(self, cur: ContainerState | None) -> dict[str, Any]:
@@ -450,7 +527,8 @@ class Deployment:
     def _create_spec(self) -> CreateSpec:
         manifest = self._build_manifest()
         self.result["manifest"] = manifest
-        labels = create.labels_of(self.p, self.want, manifest, create.serve_until(self.serve_for))
+        # serve_for is the lifecycle record's (mutable), no longer the gpufleet.serve-until label (_lifecycle_write)
+        labels = create.labels_of(self.p, self.want, manifest, None)
         return create.create_spec(self.p, self.want, labels)
 
     def _build_manifest(self) -> dict[str, Any]:

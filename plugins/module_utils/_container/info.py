@@ -12,6 +12,7 @@ from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import name_problem
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import (
@@ -30,6 +31,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "probe": {"type": "bool", "default": True},
     "classify_failures": {"type": "bool", "default": True},
     "gpus": {"type": "bool", "default": False},
+    "state_dir": {"type": "path", "default": "/var/lib/gpufleet"},
 }
 MUTUALLY_EXCLUSIVE = [("name", "names")]
 
@@ -39,8 +41,25 @@ def _uptime(started: str | None) -> float | None:
     return None if t is None else round(time.time() - t, 1)
 
 
-def describe(rt: Runtime, st: ContainerState, probe: bool, classify: bool) -> dict[str, Any]:
+def _lifecycle(state_dir: str | None, name: str | None, lab: dict[str, Any]) -> dict[str, Any]:
+    """The lifecycle record's view (lifecycle.summary): failed / expired, the deadline; the old label without one."""
+    rec = lc.load(state_dir, name) if state_dir and name else {}
+    out = lc.summary(rec, time.time())
+    if rec.get("since") is not None:
+        until = out["serve_until_ts"]
+        out["serve_until"] = None if until is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+    else:
+        out["serve_until"] = lab["serve_until"]
+        t = parse_time(lab["serve_until"])
+        out["lifecycle"] = "expired" if t is not None and t <= time.time() else None
+    return out
+
+
+def describe(
+    rt: Runtime, st: ContainerState, probe: bool, classify: bool, state_dir: str | None = None
+) -> dict[str, Any]:
     lab = lb.parse(st.labels)
+    life = _lifecycle(state_dir, lab["name"], lab)
     endpoint = rd.base_url(lab["host"], lab["port"]) if lab["port"] else None
     state = {"exited": "stopped", "dead": "stopped"}.get(st.status, st.status)
     if st.running:
@@ -59,6 +78,10 @@ def describe(rt: Runtime, st: ContainerState, probe: bool, classify: bool) -> di
     if not st.running and st.exit_code not in (None, 0) and classify:
         last_failure = failures.classify(rt.logs(st.id, failures.TAIL_LINES), exit_code=st.exit_code)[0]
         phase = "failed"
+    if not st.running and life["lifecycle"]:
+        phase = life["lifecycle"]  # failed: stopped for good by the node agent; expired: past serve_for
+        if life["failed"]:
+            last_failure = life["failed"].get("failure_class") or last_failure
     return {
         "name": lab["name"],
         "container_name": st.name,
@@ -81,7 +104,10 @@ def describe(rt: Runtime, st: ContainerState, probe: bool, classify: bool) -> di
         "restart_count": st.restart_count,
         "exit_code": st.exit_code,
         "last_failure_class": last_failure,
-        "serve_until": lab["serve_until"],
+        "serve_until": life["serve_until"],
+        "lifecycle": life["lifecycle"],
+        "failed": life["failed"],
+        "owner": lab["owner"],
         "manifest": lab["manifest"],
         "previous": False,
     }
@@ -114,7 +140,7 @@ def gather(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[st
             continue
         if st.name != lb.container_name(name):
             continue
-        out[name] = describe(rt, st, params["probe"], params["classify_failures"])
+        out[name] = describe(rt, st, params["probe"], params["classify_failures"], params.get("state_dir"))
     for name in previous:
         if name in out:
             out[name]["previous"] = True

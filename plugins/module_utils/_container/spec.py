@@ -114,6 +114,11 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option("sleep_mode", "bool", default=False),
     Option("sleep_level", "int", default=1, choices=(1, 2)),
     Option("serve_for", "raw"),  # module_utils/_duration.py: a bare number is hours, 90m / 2h / 1d, infinite
+    # The lifecycle record (_container/lifecycle.py), never hashed: the crash-loop budget the node agent applies, and
+    # a converge that starts a replica the agent stopped for good (its configuration unchanged).
+    Option("max_failed_restarts", "int", default=3),
+    Option("start_timeout", "int", default=1800),
+    Option("reset_failed", "bool", default=False),
     Option("manifest_dir", "path", default="/var/lib/gpufleet/manifests"),
     Option("validate_args", "bool", default=True),
     Option("vllm_version", "str"),

@@ -181,6 +181,7 @@ class HostApply:
             wait=True,
             wait_timeout=self.p["wait_timeout"],
             manifest_dir=self.p["manifest_dir"],
+            reset_failed=bool(self.p.get("reset_failed")),
             **self._secrets(str(spec.get("deployment"))),
         )
         return args
@@ -468,6 +469,7 @@ def gather_host(params: Mapping[str, Any], runtime: Runtime | None = None) -> di
             "probe": False,
             "classify_failures": False,
             "gpus": True,
+            "state_dir": state_dir(params["manifest_dir"]),
         },
         runtime,
     )

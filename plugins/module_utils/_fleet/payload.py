@@ -52,6 +52,8 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
     # serve_for was parsed once by the schema (hours as a number, or "infinite"): vllm_container reads that value with
     # the same parser (module_utils/_duration.py), so it is handed over as is, never re-formatted.
     container["serve_for"] = dep["serve_for"]
+    container["max_failed_restarts"] = dep.get("max_failed_restarts", 3)  # the lifecycle record (never hashed)
+    container["start_timeout"] = dep.get("start_timeout", 1800)
     # The image is vllm_image's business (it resolves vllm_version to an image); vllm_container reads the version
     # from the image's label, so the deployment's vllm_version (e.g. "latest") is never a container argument.
     if dep["image"]:
@@ -60,6 +62,8 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         container.pop("revision", None)
     # What the replica is declared with, as a label: the controller compares it with the running container's to
     # plan the rolling update (_fleet/rollout.py). It is part of the config hash like any label.
+    if dep.get("owner"):  # a label: part of what the replica is declared with (a changed owner rolls it)
+        container["labels"] = {**(container.get("labels") or {}), labels.OWNER: dep["owner"]}
     digest = rollout.plan_digest(container, dep)
     container["labels"] = {**(container.get("labels") or {}), labels.PLAN_DIGEST: digest}
     sync: dict[str, Any] = {"name": dep["name"], "source": model.get("source"), "models_root": models_root}

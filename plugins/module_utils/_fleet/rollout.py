@@ -23,10 +23,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity import Host, Requirement, natural_key
+from ansible_collections.gpufleet.vllm.plugins.module_utils._labels import OWNER
 
 SURGE_SUFFIX = "-surge"
 # Container args that say where a replica runs, not what it is: never part of the digest.
 WHERE_KEYS = ("name", "port", "gpus", "labels")
+# The replica's lifecycle on its host (_container/lifecycle.py): changed in place, never a roll (issue #17).
+LIFECYCLE_KEYS = ("serve_for", "max_failed_restarts", "start_timeout")
 
 
 def plan_digest(container: Mapping[str, Any], dep: Mapping[str, Any]) -> str:
@@ -34,9 +37,11 @@ def plan_digest(container: Mapping[str, Any], dep: Mapping[str, Any]) -> str:
     version, model source and the secrets as a hash salted with the deployment name (never a value)."""
     secrets = {k: dep.get(k) for k in ("api_key", "hf_token", "secret_env") if dep.get(k)}
     salted = hashlib.sha256(json.dumps([dep["name"], secrets], sort_keys=True, default=str).encode()).hexdigest()
-    user_labels = {k: v for k, v in (container.get("labels") or {}).items() if not str(k).startswith("gpufleet.")}
+    user_labels = {
+        k: v for k, v in (container.get("labels") or {}).items() if not str(k).startswith("gpufleet.") or k == OWNER
+    }
     what = {
-        "container": {k: v for k, v in container.items() if k not in WHERE_KEYS},
+        "container": {k: v for k, v in container.items() if k not in WHERE_KEYS + LIFECYCLE_KEYS},
         "labels": user_labels,
         "image": dep.get("image"),
         "vllm_version": dep.get("vllm_version"),

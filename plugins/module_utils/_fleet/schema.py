@@ -58,6 +58,8 @@ OWN_FIELDS = {
     "hf_token": "hf_token",
     "secret_env": "secret_env",
     "serve_for": "serve_for",
+    "max_failed_restarts": "max_failed_restarts",
+    "start_timeout": "start_timeout",
     "state": "state",
     "runtime": "the host var gpufleet_runtime",
     # fleet_apply sets these itself for every replica: an engine_options value would be silently replaced
@@ -72,6 +74,7 @@ APPLY_OWNED = {
     "manifest_dir": "fleet_apply's manifest_dir",
     "from_manifest": "nothing: a fleet deployment is declared in gpufleet_deployments",
     "docker_host": "the host's engine settings (fleet_apply's docker_host)",
+    "reset_failed": "the variable gpufleet_reset_failed (fleet_apply's reset_failed)",
 }
 
 
@@ -112,6 +115,9 @@ DEPLOYMENT_FIELDS = (
     "port_range",
     "state",
     "serve_for",
+    "max_failed_restarts",
+    "start_timeout",
+    "owner",
     "move_from_unreachable",
     "max_unavailable",
     "max_surge",
@@ -128,6 +134,32 @@ HOST_FIELDS = (
 )
 
 _MISSING = object()
+_OWNER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}")
+_TIMEOUT_RE = re.compile(r"(\d+)\s*([smh]?)")
+
+
+def _lifecycle_fields(dep: Mapping[str, Any], out: dict[str, Any], problems: Any, who: str) -> None:
+    """max_failed_restarts (>= 0, default 3), start_timeout (seconds, or 90s/30m/2h; default 30 min) and owner (a
+    label value): the replica lifecycle on the host (docs/node_agent.md)."""
+    mfr = dep.get("max_failed_restarts", 3)
+    if isinstance(mfr, bool) or _as_int(mfr) is None or _as_int(mfr) < 0:
+        problems.add(who, "max_failed_restarts", "must be an integer >= 0", mfr)
+        mfr = 3
+    out["max_failed_restarts"] = _as_int(mfr)
+    raw = dep.get("start_timeout", 1800)
+    m = _TIMEOUT_RE.fullmatch(str(raw).strip().lower()) if not isinstance(raw, bool) else None
+    seconds = int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)] if m else 0
+    if seconds <= 0:
+        problems.add(who, "start_timeout", "must be a positive number of seconds, or 90s, 30m, 2h", raw)
+        seconds = 1800
+    out["start_timeout"] = seconds
+    owner = dep.get("owner")
+    if owner is not None and not (isinstance(owner, str) and _OWNER_RE.fullmatch(owner)):
+        problems.add(who, "owner", "must be a name of letters, digits, '_', '.', '@' or '-' (at most 63)", owner)
+        owner = None
+    out["owner"] = owner
+
+
 _KIND = {"hf": "repo_id", "local": "path", "url": "url"}
 
 
@@ -633,6 +665,7 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
         problems.add(who, "serve_for", f"must be {DURATION_FORMAT}", dep.get("serve_for"))
         serve_for = "infinite"
     out["serve_for"] = serve_for
+    _lifecycle_fields(dep, out, problems, who)
 
     # Rolling update (docs/rollouts.md): Kubernetes' meaning. max_surge defaults to 1; max_unavailable None = "auto"
     # (0 when every rolling replica can surge on its host, else 1), resolved by _fleet/rollout.py with the GPUs.

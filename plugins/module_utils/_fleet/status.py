@@ -157,6 +157,8 @@ def status_report(
                     "running": int(m["running"]) if "running" in m else None,
                     "last_failure": d.get("last_failure_class"),
                     "serve_until": d.get("serve_until"),
+                    "lifecycle": d.get("lifecycle"),
+                    "owner": d.get("owner"),
                 }
             )
     rows.sort(key=lambda r: (r["deployment"], r["name"], r["host"]))
@@ -185,6 +187,7 @@ def status_table(report: Mapping[str, Any]) -> list[str]:
     rows = [
         [
             r["deployment"],
+            r.get("owner"),
             r["host"],
             r["name"],
             _short_model(r["model"]),
@@ -202,6 +205,7 @@ def status_table(report: Mapping[str, Any]) -> list[str]:
     out = render_table(
         [
             "DEPLOYMENT",
+            "OWNER",
             "HOST",
             "NAME",
             "MODEL",

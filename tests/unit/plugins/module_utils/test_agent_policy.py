@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import (
+    Limits,
     Policy,
     Verdict,
     health_counts,
     is_clean_exit,
     is_expired,
+    is_stable,
+    limits_of,
+    over_budget,
     restart_decision,
     seconds_until,
+    start_timed_out,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import DeploymentState
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState, parse_time
@@ -34,12 +39,32 @@ def test_expiry_and_seconds_left():
     assert is_expired("2027-01-15T08:00:00Z", NOW) and not is_expired("2027-01-15T08:00:00Z", NOW - 0.5)
 
 
-def test_health_failures_count_after_first_health_or_grace():
-    p = Policy(start_grace_s=100)
-    assert not health_counts(DeploymentState(running_since=NOW - 99), NOW, p)
-    assert health_counts(DeploymentState(running_since=NOW - 100), NOW, p)
-    assert health_counts(DeploymentState(running_since=NOW, healthy_since_start=True), NOW, p)
-    assert not health_counts(DeploymentState(), NOW, p)
+def test_health_failures_count_after_first_health_start_timeout_before():
+    assert not health_counts(DeploymentState(running_since=NOW - 10_000))  # never answered: start_timed_out's case
+    assert health_counts(DeploymentState(running_since=NOW, healthy_since_start=True))
+    assert not start_timed_out(DeploymentState(running_since=NOW - 99), NOW, 100)
+    assert start_timed_out(DeploymentState(running_since=NOW - 100), NOW, 100)
+    assert not start_timed_out(DeploymentState(running_since=NOW - 100, healthy_since_start=True), NOW, 100)
+    assert not start_timed_out(DeploymentState(), NOW, 100)  # not running
+
+
+def test_limits_come_from_the_lifecycle_record_else_the_policy():
+    p = Policy(max_failed_restarts=3, start_grace_s=1800)
+    assert limits_of({}, p) == Limits(3, 1800.0)
+    assert limits_of({"max_failed_restarts": 0, "start_timeout_s": 60}, p) == Limits(0, 60.0)
+    assert limits_of({"max_failed_restarts": -1, "start_timeout_s": "x"}, p) == Limits(3, 1800.0)
+
+
+def test_over_budget_is_the_failure_after_the_allowed_restarts():
+    assert [over_budget(n, Limits(3, 1)) for n in range(1, 6)] == [False, False, False, True, True]
+    assert over_budget(1, Limits(0, 1))  # 0: the first failure ends it
+
+
+def test_stable_after_healthy_long_enough():
+    p = Policy(stable_after_s=600)
+    assert is_stable(DeploymentState(running_since=NOW - 600, healthy_since_start=True), NOW, p)
+    assert not is_stable(DeploymentState(running_since=NOW - 599, healthy_since_start=True), NOW, p)
+    assert not is_stable(DeploymentState(running_since=NOW - 6000), NOW, p)
 
 
 @pytest.mark.parametrize("code,oom,clean", [(0, False, True), (143, False, True), (0, True, False), (1, False, False)])

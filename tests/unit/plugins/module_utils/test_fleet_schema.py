@@ -58,6 +58,9 @@ def test_defaults():
         "port": 8000,
         "port_range": None,
         "serve_for": "infinite",
+        "max_failed_restarts": 3,
+        "start_timeout": 1800,
+        "owner": None,
         "max_unavailable": None,
         "max_surge": 1,
     }
@@ -417,3 +420,34 @@ def test_engine_option_names_follow_the_container_options_table():
     assert not names & (set(PLACEMENT_OWNED) | set(OWN_FIELDS))
     # fleet_apply sets these for every replica: in engine_options they were silently replaced, now refused
     assert not names & {"env", "extra_args", "lora_modules", "wait", "wait_timeout", "manifest_dir", "from_manifest"}
+
+
+@pytest.mark.parametrize(
+    "field,value,want",
+    [
+        ("max_failed_restarts", 0, 0),
+        ("max_failed_restarts", "5", 5),
+        ("start_timeout", 90, 90),
+        ("start_timeout", "30m", 1800),
+        ("start_timeout", "2h", 7200),
+        ("owner", "team-a@example.org", "team-a@example.org"),
+    ],
+)
+def test_lifecycle_fields(field, value, want):
+    dep = one(**{field: value})
+    assert dep[field] == want
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("max_failed_restarts", -1),
+        ("max_failed_restarts", True),
+        ("start_timeout", 0),
+        ("start_timeout", "1d"),
+        ("owner", "a b"),
+        ("owner", 3),
+    ],
+)
+def test_lifecycle_fields_refused(field, value):
+    assert any(field in p for p in problems_of([{"name": "chat", "model": "org/chat", field: value}]))

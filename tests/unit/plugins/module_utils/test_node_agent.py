@@ -20,6 +20,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.metrics impor
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import Policy, backoff_s
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.runner import Agent
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import AgentState, load_state, save_state
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from fixtures.fake_runtime import FakeRuntime
@@ -204,7 +205,7 @@ def test_backoff_doubles_between_restarts(rt, events):
 
 
 def test_budget_exhausted_then_window_slides(rt, events):
-    policy = Policy(max_restarts=2, window_s=100, backoff_base_s=0)
+    policy = Policy(max_restarts=2, window_s=100, backoff_base_s=0, max_failed_restarts=10)
     cid = rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG)
     state = AgentState()
     for i in range(4):
@@ -471,3 +472,114 @@ def test_agent_once_writes_state_events_and_metrics(rt, tmp_path):
     kinds = [json.loads(line)["event"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert kinds == ["failure", "restart"]
     assert 'gpufleet_agent_restarts_total{deployment="chat"} 1.0' in (tmp_path / "metrics.prom").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ the end state (#17)
+def crash_loop(rt, cid, state, events, policy, lifecycle_dir, ticks, t0=NOW):
+    for i in range(ticks):
+        tick(rt, state, policy, events, now=t0 + i, probe=lambda b, t: True, lifecycle_dir=lifecycle_dir)
+        if rt.c[cid]["status"] == "running":
+            rt.crash(cid, when=f"12:00:{i:02d}")
+
+
+def test_crash_loop_ends_after_max_failed_restarts_with_its_cause(rt, events, tmp_path):
+    policy = Policy(backoff_base_s=0, max_restarts=50)
+    lc.update(str(tmp_path), "chat", lambda r: r.update(max_failed_restarts=2))
+    cid = rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG)
+    state = AgentState()
+    crash_loop(rt, cid, state, events, policy, str(tmp_path), 6)
+    assert rt.calls.count("start") == 2, "2 restarts allowed, the 3rd failure ends it"
+    assert events.kinds()[-1] == "gave_up" and events.kinds().count("gave_up") == 1
+    gave = events[-1]
+    assert gave["reason"] == "crash_loop" and gave["failure_class"] == "unknown" and gave["failures_in_row"] == 3
+    rec = lc.load(str(tmp_path), "chat")
+    assert rec["failed"]["reason"] == "crash_loop" and rec["failed"]["container_id"] == cid
+    assert rec["failed"]["config_hash"] == "h" and SECRET not in json.dumps(rec)
+    st = state.deployments["chat"]
+    assert st.final == "crash_loop" and rt.c[cid]["status"] == "exited"
+    text = render_metrics(state, NOW)
+    assert 'gpufleet_agent_deployment_failed{deployment="chat",failure_class="unknown",reason="crash_loop"} 1.0' in text
+    # The converge clears the record (reset_failed, or a changed configuration): a fresh budget, restarted again.
+    lc.update(str(tmp_path), "chat", lambda r: r.pop("failed"))
+    rt.crash(cid, when="13:00:00")
+    tick(rt, state, policy, events, now=NOW + 100, probe=lambda b, t: True, lifecycle_dir=str(tmp_path))
+    assert st.final is None and rt.calls.count("start") == 3 and st.failures_in_row == 1
+
+
+def test_engine_restart_loop_ends_and_is_stopped(rt, events, tmp_path):
+    cid = rt.add("chat", logs=CRASH_LOG)
+    state = AgentState()
+    tick(rt, state, Policy(), events, now=NOW, probe=lambda b, t: True, lifecycle_dir=str(tmp_path))
+    rt.c[cid]["restart_count"] = 2  # unless-stopped restarts it forever
+    tick(rt, state, Policy(), events, now=NOW + 15, probe=lambda b, t: True, lifecycle_dir=str(tmp_path))
+    assert rt.calls == [] and state.deployments["chat"].final is None
+    rt.c[cid]["restart_count"] = 4
+    tick(rt, state, Policy(), events, now=NOW + 30, probe=lambda b, t: True, lifecycle_dir=str(tmp_path))
+    assert rt.calls == ["stop"] and events.kinds()[-1] == "gave_up" and events[-1]["stopped"] is True
+    assert lc.load(str(tmp_path), "chat")["failed"]["reason"] == "crash_loop"
+    tick(rt, state, Policy(), events, now=NOW + 45, probe=lambda b, t: True, lifecycle_dir=str(tmp_path))
+    assert rt.calls == ["stop"], "never started again"
+
+
+def test_a_stable_server_is_no_longer_in_a_loop(rt, events):
+    policy = Policy(backoff_base_s=0, stable_after_s=600, max_failed_restarts=1)
+    cid = rt.add("chat", status="exited", exit_code=1, logs=CRASH_LOG)
+    state = AgentState()
+    run(rt, state, events, NOW, policy)  # failure 1 -> restart
+    run(rt, state, events, NOW + 1, policy)  # sees the new start
+    run(rt, state, events, NOW + 700, policy)  # healthy for 700 s: stable
+    assert state.deployments["chat"].failures_in_row == 0
+    rt.crash(cid, when="13:00:00")
+    run(rt, state, events, NOW + 800, policy)
+    assert rt.calls.count("start") == 2 and "gave_up" not in events.kinds()
+
+
+def test_hung_start_is_marked_after_start_timeout(rt, events, tmp_path):
+    lc.update(str(tmp_path), "chat", lambda r: r.update(start_timeout_s=60, max_failed_restarts=0))
+    cid = rt.add("chat", logs=["Loading safetensors checkpoint shards"])
+    state = AgentState()
+    for i in range(6):  # never answers; 59 s is still within its start_timeout
+        tick(rt, state, Policy(), events, now=NOW + i * 11.8, probe=down, lifecycle_dir=str(tmp_path))
+    assert rt.calls == [] and events == []
+    tick(rt, state, Policy(), events, now=NOW + 60, probe=down, lifecycle_dir=str(tmp_path))
+    assert events.kinds() == ["failure", "gave_up"] and events[0]["reason"] == "start_timeout"
+    assert events[0]["waited_s"] == 60 and events[1]["reason"] == "start_timeout"
+    assert rt.calls == ["stop"] and rt.c[cid]["status"] == "exited"
+    assert lc.load(str(tmp_path), "chat")["failed"]["failure_class"] == "start_timeout"
+
+
+def test_not_restartable_class_is_recorded_for_the_converge(rt, events, tmp_path):
+    rt.add("chat", status="exited", exit_code=1, logs=LOGS["hf_auth"])
+    tick(rt, AgentState(), Policy(), events, now=NOW, probe=down, lifecycle_dir=str(tmp_path))
+    assert events.kinds() == ["failure", "not_restarted"]
+    failed = lc.load(str(tmp_path), "chat")["failed"]
+    assert failed["reason"] == "not_restartable" and failed["failure_class"] == "hf_auth"
+    assert SECRET_ENV not in json.dumps(failed)
+
+
+def test_deadline_from_the_lifecycle_record_moves_without_a_restart(rt, events, tmp_path):
+    d = str(tmp_path)
+    rt.add("chat")
+    lc.update(
+        d,
+        "chat",
+        lambda r: lc.converge(
+            r, container_id="x", config_hash="h", serve_for_h=1.0, max_failed_restarts=3, start_timeout_s=1800, now=NOW
+        ),
+    )
+    state = AgentState()
+    tick(rt, state, Policy(), events, now=NOW + 3599, lifecycle_dir=d)
+    assert rt.calls == [] and state.deployments["chat"].serve_until == iso(NOW + 3600)
+    lc.update(d, "chat", lambda r: lc.extend(r, 2.0, NOW + 3599))  # extend.yml: 2 h more
+    tick(rt, state, Policy(), events, now=NOW + 3601, lifecycle_dir=d)
+    assert rt.calls == [] and state.deployments["chat"].serve_until == iso(NOW + 3 * 3600)
+    tick(rt, state, Policy(), events, now=NOW + 3 * 3600, lifecycle_dir=d)
+    assert rt.calls == ["stop"] and events.kinds() == ["expired"]
+    assert lc.load(d, "chat")["expired"]["serve_until"] == iso(NOW + 3 * 3600)
+
+
+def test_owner_label_in_the_metrics(rt, events):
+    cid = rt.add("chat")
+    rt.c[cid]["labels"][lb.OWNER] = "team-a"
+    state = run(rt, AgentState(), events, NOW)
+    assert 'gpufleet_agent_deployment_info{deployment="chat",owner="team-a"} 1.0' in render_metrics(state, NOW)

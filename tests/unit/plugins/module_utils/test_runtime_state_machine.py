@@ -255,22 +255,67 @@ def test_image_and_model_go_together(rt, kw):
     assert rt.calls == []
 
 
-def test_serve_for_bare_number_is_hours_and_infinite_sets_no_label(rt):
-    import datetime
+def test_serve_for_bare_number_is_hours_and_infinite_has_no_deadline(rt):
+    import time
 
     from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
 
-    run(rt, gpus=["0"], serve_for="12")
-    until = lb.parse(next(iter(rt.c.values()))["labels"])["serve_until"]
-    left = datetime.datetime.strptime(until, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
-    left -= datetime.datetime.now(datetime.timezone.utc)
-    assert datetime.timedelta(hours=11, minutes=58) < left <= datetime.timedelta(hours=12)
+    r = run(rt, gpus=["0"], serve_for="12")
+    rec = lc.load(str(rt.tmp), "t")
+    assert lb.parse(next(iter(rt.c.values()))["labels"])["serve_until"] is None, "the record, not a label"
+    assert rec["serve_for_h"] == 12.0 and rec["container_id"] == r["container_id"]
+    assert 12 * 3600 - 120 < lc.deadline(rec) - time.time() <= 12 * 3600 and r["serve_until"]
     run(rt, state="absent")
     run(rt, gpus=["0"], serve_for="infinite")
-    assert lb.parse(next(iter(rt.c.values()))["labels"])["serve_until"] is None
+    assert lc.deadline(lc.load(str(rt.tmp), "t")) is None
     with pytest.raises(GpufleetError, match="is not a duration"):
         run(rt, gpus=["0"], serve_for="30s", env={"A": "1"})
     assert len(rt.c) == 1 and rt.calls[-1] == "start"  # refused before anything was touched
+
+
+def test_serve_for_change_moves_the_deadline_without_a_restart_and_expired_is_reported(rt):
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
+
+    first = run(rt, gpus=["0"], serve_for="2h")
+    cid = first["container_id"]
+    lc.update(str(rt.tmp), "t", lambda r: r.update(since=r["since"] - 3 * 3600))  # deployed 3 h ago
+    n = len(rt.calls)
+    pred = run(rt, check=True, gpus=["0"], serve_for="2h")
+    assert pred["lifecycle"] == "expired" and pred["state"] == "expired" and not pred["changed"]
+    real = run(rt, gpus=["0"], serve_for="2h")
+    assert real["lifecycle"] == "expired" and not real["changed"] and rt.calls[n:] == []
+    longer = run(rt, gpus=["0"], serve_for="6h")  # extended in the inventory: same container, serving
+    assert longer["container_id"] == cid and longer["lifecycle"] is None and "create" not in rt.calls[n:]
+    assert lc.deadline(lc.load(str(rt.tmp), "t")) - time_now() == pytest.approx(3 * 3600, abs=120)
+
+
+def time_now():
+    import time
+
+    return time.time()
+
+
+def test_failed_for_good_is_reported_until_reset_or_a_changed_configuration(rt):
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
+
+    first = run(rt, gpus=["0"])
+    rec = lc.load(str(rt.tmp), "t")
+    failed = {"reason": "crash_loop", "failure_class": "gpu_oom", "hint": "lower it", "config_hash": rec["config_hash"]}
+    lc.update(str(rt.tmp), "t", lambda r: r.update(failed=dict(failed, failures_in_row=4)))
+    rt.c[first["container_id"]]["status"] = "exited"
+    n = len(rt.calls)
+    for check in (True, False):
+        with pytest.raises(GpufleetError, match=r"crash_loop \(gpu_oom\) after 4 failures") as e:
+            run(rt, check=check, gpus=["0"])
+        assert e.value.details["lifecycle"] == "failed" and e.value.details["failure_class"] == "gpu_oom"
+    assert rt.calls[n:] == [], "not started again"
+    again = run(rt, gpus=["0"], reset_failed=True)
+    assert again["container_id"] == first["container_id"] and rt.calls[n:] == ["start"]
+    assert "failed" not in lc.load(str(rt.tmp), "t")
+    lc.update(str(rt.tmp), "t", lambda r: r.update(failed=failed))
+    changed = run(rt, gpus=["0"], env={"A": "1"})  # a changed configuration: a new container, a fresh start
+    assert changed["container_id"] != first["container_id"] and "failed" not in lc.load(str(rt.tmp), "t")
 
 
 def test_bad_args_refused_before_anything_and_validate_args_false_skips(rt):
