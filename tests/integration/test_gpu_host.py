@@ -4,11 +4,16 @@ gpu-d (`sim/hosts/hosts.sh bare gpu-d`, started here only, from nothing each run
 venv, no /etc/docker/daemon.json and no CDI spec; dockerd runs as the engine package leaves it. The Python
 requirements come from a wheelhouse (the air-gapped path: `--no-index --find-links`), downloaded once into
 .build/wheelhouse/gpu_host from this machine's pip index/cache; the engine packages are installed on the machine (the
-package step is a no-op), and the NVIDIA toolkit is the bed's stand-in nvidia-ctk on the host's PATH.
+package step is a no-op). The NVIDIA toolkit comes the way it comes on a real host: `gpufleet_install_nvidia_toolkit:
+true` with the role's repository variables pointing at the bed's stand-in of NVIDIA's apt repository
+(sim/hosts/toolkit/aptrepo.sh: a signed flat repository with a `nvidia-container-toolkit` package of the bed's
+nvidia-ctk / nvidia-container-runtime stand-ins), served over HTTP on the hosts' bridge address by this module. gpu-d
+has its own /etc/apt, apt state, dpkg database and an overlay on /usr (sim/hosts/README.md "Bare hosts"), so the
+package lands in gpu-d only.
 
 One scenario, in order: a converge on the unprepared host fails with "run playbooks/prepare.yml" (no import error);
-prepare in check mode touches nothing; prepare makes it ready (daemon.json merged, not clobbered); a second prepare
-changes nothing; a converge of one small deployment succeeds; with podman, the CDI spec is generated and regenerated
+prepare in check mode touches nothing; prepare makes it ready (daemon.json merged, not clobbered; the toolkit installed
+from the repository); a second prepare changes nothing; a converge of one small deployment succeeds; with podman, the CDI spec is generated and regenerated
 when the driver version changes.
 """
 
@@ -19,8 +24,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,8 @@ LOCK = ROOT / "roles" / "gpu_host" / "files" / "requirements-host.lock"
 WHEELHOUSE = ROOT / ".build" / "wheelhouse" / "gpu_host"
 BASE_IMAGE = "gpufleet/bed-base:bookworm"
 MODELS = ROOT / ".build" / "fleet"
+APTREPO_SH = ROOT / "sim" / "hosts" / "toolkit" / "aptrepo.sh"
+TOOLKIT_VERSION = "1.17.8-1+gpufleet"
 
 
 def pins() -> list[str]:
@@ -59,10 +69,46 @@ def wheelhouse() -> Path:
     return WHEELHOUSE
 
 
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class AptRepo:
+    """The bed's stand-in of NVIDIA's apt repository (aptrepo.sh), served over HTTP where the hosts reach the controller."""
+
+    def __init__(self, address: str) -> None:
+        proc = subprocess.run([str(APTREPO_SH)], capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, f"aptrepo.sh:\n{proc.stdout}\n{proc.stderr}"
+        self.dir = Path(proc.stdout.strip().splitlines()[-1])
+        self.server = ThreadingHTTPServer((address, 0), partial(_QuietHandler, directory=str(self.dir)))
+        self.url = f"http://{address}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def role_vars(self) -> dict[str, Any]:
+        """The role's variables pointing at it, as a site points them at its mirror (docs/gpu_host.md)."""
+        return {
+            "gpufleet_install_nvidia_toolkit": True,
+            "gpu_host_nvidia_toolkit_repo": {
+                "Debian": {
+                    "uris": self.url + "/deb/$(ARCH)",
+                    "suites": "/",
+                    "components": [],
+                    "signed_by": self.url + "/gpgkey",
+                }
+            },
+        }
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Bare:
-    def __init__(self, sim: SimHosts, workdir: Path) -> None:
+    def __init__(self, sim: SimHosts, workdir: Path, repo: AptRepo) -> None:
         self.sim = sim
         self.workdir = workdir
+        self.repo = repo
         self.inventory = workdir / "inventory"
         self.artifacts = workdir / "artifacts"
         self.env = {**sim.env, "ANSIBLE_PIPELINING": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_SSH_TIMEOUT": "5"}
@@ -82,6 +128,7 @@ class Bare:
             "gpufleet_artifacts_dir": str(self.artifacts),
             "gpufleet_wait_timeout": 120,
             "gpufleet_deployments": deployments,
+            **self.repo.role_vars(),
         }
         (self.inventory / "group_vars" / "all" / "fleet.yml").write_text(yaml.safe_dump(values))
 
@@ -93,6 +140,15 @@ class Bare:
 
     def docker(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["docker", *args], env=self.docker_env, capture_output=True, text=True, check=False)
+
+    def ssh(self, command: str) -> subprocess.CompletedProcess[str]:
+        """A command in a login session on gpu-d (its PATH, its namespaces), as Ansible's sessions run."""
+        inv = yaml.safe_load((HD / "inventory.yml").read_text())
+        key = inv["all"]["vars"]["ansible_ssh_private_key_file"]
+        address = inv["all"]["children"]["gpu_hosts"]["hosts"][HOST]["ansible_host"]
+        cmd = ["ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        cmd += ["-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"root@{address}", command]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
 
 def chat() -> dict[str, Any]:
@@ -112,7 +168,8 @@ def bare(sim_hosts: SimHosts, tmp_path_factory: pytest.TempPathFactory) -> Itera
     for step in (["bare-reset", HOST], ["bare", HOST]):
         proc = subprocess.run([str(HOSTS_SH), *step], capture_output=True, text=True, timeout=600, check=False)
         assert proc.returncode == 0, f"hosts.sh {' '.join(step)}:\n{proc.stdout}\n{proc.stderr}"
-    b = Bare(sim_hosts, tmp_path_factory.mktemp("gpu_host"))
+    repo = AptRepo(sim_hosts.gateway or "10.213.37.1")
+    b = Bare(sim_hosts, tmp_path_factory.mktemp("gpu_host"), repo)
     # A key an operator set before: the merge must keep it.
     (FS / "etc" / "docker").mkdir(parents=True, exist_ok=True)
     (FS / "etc" / "docker" / "daemon.json").write_text('{"log-level": "warn"}\n')
@@ -121,6 +178,7 @@ def bare(sim_hosts: SimHosts, tmp_path_factory: pytest.TempPathFactory) -> Itera
     b.write_inventory([])
     b.play("stop.yml", "-e", "all=true", "-e", "state=absent")
     subprocess.run([str(HOSTS_SH), "bare-down", HOST], capture_output=True, check=False)
+    repo.close()
 
 
 def test_converge_on_an_unprepared_host_says_run_prepare(bare: Bare) -> None:
@@ -144,6 +202,9 @@ def test_check_mode_shows_the_changes_and_touches_nothing(bare: Bare) -> None:
     assert "the checks (GPUs, docker, a GPU container) run after a real run" in proc.stdout
     assert not (FS / "opt" / "gpufleet" / "venv").exists()
     assert json.loads((FS / "etc" / "docker" / "daemon.json").read_text()) == {"log-level": "warn"}
+    assert "would install nvidia-container-toolkit from the new repository" in proc.stdout
+    assert not (FS / "etc" / "apt" / "sources.list.d" / "nvidia-container-toolkit.sources").exists()
+    assert bare.ssh("command -v nvidia-ctk").returncode != 0  # nothing on the host's PATH but what the role installs
 
 
 def test_prepare_makes_the_host_ready(bare: Bare) -> None:
@@ -159,6 +220,26 @@ def test_prepare_makes_the_host_ready(bare: Bare) -> None:
     assert "nvidia" in json.loads(bare.docker("info", "--format", "{{json .Runtimes}}").stdout)  # restarted
     installed = (FS / "opt" / "gpufleet" / "venv" / "gpufleet-requirements.txt").read_text().split()
     assert installed == pins()
+    # The toolkit: from the bed's repository through the role's repository variables, the key where signed-by says.
+    status = bare.ssh("dpkg -s nvidia-container-toolkit")
+    assert "Status: install ok installed" in status.stdout, status.stdout + status.stderr
+    assert f"Version: {TOOLKIT_VERSION}" in status.stdout
+    policy = bare.ssh("apt-cache policy nvidia-container-toolkit").stdout
+    assert re.search(
+        rf"\*\*\* {re.escape(TOOLKIT_VERSION)} 500\s+500 {re.escape(bare.repo.url)}/deb/amd64\s", policy
+    ), policy
+    sources = (FS / "etc" / "apt" / "sources.list.d" / "nvidia-container-toolkit.sources").read_text()
+    assert f"URIs: {bare.repo.url}/deb/$(ARCH)" in sources, sources
+    assert "Signed-By: /etc/apt/keyrings/nvidia-container-toolkit.asc" in sources, sources
+    keyring = FS / "etc" / "apt" / "keyrings" / "nvidia-container-toolkit.asc"
+    assert keyring.read_text() == (bare.repo.dir / "gpgkey").read_text()
+    assert bare.ssh("command -v nvidia-ctk nvidia-container-runtime").stdout.split() == [
+        "/usr/bin/nvidia-ctk",
+        "/usr/bin/nvidia-container-runtime",
+    ]
+    assert "1.17.8-gpufleet-standin" in bare.ssh("nvidia-ctk --version").stdout
+    # In gpu-d's /usr layer only, not the machine's.
+    assert (HD / "overlay" / "usr" / "upper" / "bin" / "nvidia-ctk").is_file()
 
 
 def test_second_prepare_changes_nothing(bare: Bare) -> None:
@@ -166,6 +247,12 @@ def test_second_prepare_changes_nothing(bare: Bare) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert recap(proc.stdout)[HOST]["changed"] == 0, proc.stdout[-4000:]
     assert "Install the pinned requirements into the venv" in proc.stdout
+    assert re.search(
+        r"TASK \[gpufleet\.vllm\.gpu_host : Install the NVIDIA Container Toolkit\]\s*\*+\s*ok: \[gpu-d\]", proc.stdout
+    )
+    assert re.search(
+        r"TASK \[gpufleet\.vllm\.gpu_host : Add an apt repository[^\n]*\]\s*\*+\s*ok: \[gpu-d\]", proc.stdout
+    )
     assert "gpu-d is ready for gpufleet" in proc.stdout
 
 
