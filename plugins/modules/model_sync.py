@@ -238,6 +238,27 @@ options:
       - It must be on the filesystem of O(models_root) (the files are hard-linked, never copied); otherwise this
         source fails and a O(sources) order moves on.
     type: path
+  lora_modules:
+    description:
+      - LoRA adapters to sync from the hub beside the model, each into
+        O(models_root)/O(name)/loras/NAME/COMMIT (RV(lora_modules) gives their paths for vllm_container's
+        O(gpufleet.vllm.vllm_container#module:lora_modules)). An adapter needs C(adapter_config.json) and its
+        weights (C(adapter_model.safetensors) or C(.bin)).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: The adapter's name (what clients ask vLLM for).
+        type: str
+        required: true
+      repo_id:
+        description: Hub repo of the adapter (C(ORG/NAME)).
+        type: str
+        required: true
+      revision:
+        description: Branch, tag or commit of the adapter repo.
+        type: str
+        default: main
   keep_revisions:
     description:
       - How many of the newest revisions to keep installed, from 1 to 100; the current one counts as one of them.
@@ -351,12 +372,113 @@ snapshot:
   description: The HF cache snapshot directory the files were hard-linked from.
   returned: source hf_cache, when changed
   type: str
+lora_modules:
+  description:
+    - The synced LoRA adapters - name, repo_id, revision, commit, path (the directory to give vllm_container) and
+      changed.
+  returned: when O(lora_modules) is given
+  type: list
+  elements: dict
+  sample: [{name: sql, repo_id: org/sql-lora, revision: main, commit: 1c2fbd64d08c0dd4c6cbd50331369cad10102c4a,
+            path: /var/lib/gpufleet/models/llama/loras/sql/1c2fbd64d08c0dd4c6cbd50331369cad10102c4a, changed: false}]
+revision:
+  description: The requested hub revision.
+  returned: always
+  type: str
+commit:
+  description: The commit sha the revision resolved to (hub source), else null.
+  returned: always
+  type: str
+  sample: 1c2fbd64d08c0dd4c6cbd50331369cad10102c4a
+files:
+  description: Relative names of the model's files.
+  returned: always
+  type: list
+  elements: str
+size_bytes:
+  description: Total size of the model's files.
+  returned: always
+  type: int
+changed:
+  description: Whether the model was (or in check mode would be) fetched, replaced or removed.
+  returned: always
+  type: bool
+validation:
+  description: Validation report (ok, format, problems, files_checked, weight_bytes), null when skipped.
+  returned: always
+  type: dict
+timings:
+  description:
+    - Seconds spent in the phases of a sync that changed something, C(download) (hub, url and s3 sources), C(link)
+      (hf_cache), C(copy)
+      (local source without O(link)), C(validate) (when O(validate=true)), C(fsync) (the flush to disk before the
+      swap) and C(swap).
+  returned: with O(state=present), when changed, not in check mode
+  type: dict
+  sample: {download: 2.41, validate: 0.004, fsync: 0.03, swap: 0.001}
+download_backend:
+  description: How the hub files were (or would be) fetched, see O(download_backend).
+  returned: source hf, when changed
+  type: str
+  sample: builtin
+would_download:
+  description: Hub files a real run would fetch.
+  returned: in check mode, source hf, when changed
+  type: list
+  elements: str
+download_bytes:
+  description: Bytes a real run would download.
+  returned: in check mode, source hf or url, when changed
+  type: int
+free_bytes:
+  description: Free bytes under models_root.
+  returned: in check mode, source hf, when changed
+  type: int
+would_copy:
+  description: Files a real run would copy from the local source.
+  returned: in check mode, source local, when changed
+  type: list
+  elements: str
+copy_bytes:
+  description: Bytes a real run would copy from the local source.
+  returned: in check mode, source local, when changed
+  type: int
+copy:
+  description: How many files were hard-linked and copied from the local source (or the HF cache).
+  returned: source local or hf_cache, when copied
+  type: dict
+src:
+  description: The resolved local source directory.
+  returned: source local, when changed
+  type: str
+link:
+  description: Whether the local source is used in place.
+  returned: source local, when changed
+  type: bool
+url:
+  description: The URL fetched, with user, password and query string masked (C(***)).
+  returned: source url, when changed
+  type: str
+sha256:
+  description: sha256 of the fetched file.
+  returned: source url, when fetched
+  type: str
+mounted_by:
+  description: Running managed containers that mount the model.
+  returned: state absent, when present
+  type: list
+  elements: str
+msg:
+  description: One line on what happened.
+  returned: always
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import REQUIRED_IF, argument_spec, sync
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.lora import run
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import REQUIRED_IF, argument_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.url import mask
 
 
@@ -369,7 +491,7 @@ def main() -> None:
     # the echoed arguments show the URL masked, like the result (a pre-signed URL's query is a credential)
     invocation = {"module_args": {**module.params, "url": mask(module.params["url"]) if module.params["url"] else None}}
     try:
-        result = sync(module.params, check_mode=module.check_mode)
+        result = run(module.params, check_mode=module.check_mode)  # the model, then its LoRA adapters
     except GpufleetError as err:
         module.fail_json(msg=str(err), invocation=invocation, **err.details)
     if not module._diff:

@@ -160,6 +160,11 @@ options:
   lora_modules:
     description:
       - LoRA adapters, each mounted read-only at its path; renders C(--enable-lora --lora-modules NAME=PATH ...).
+      - An adapter is given by O(lora_modules[].path), or by O(lora_modules[].repo_id) (and
+        O(lora_modules[].revision)) of a hub adapter that C(gpufleet.vllm.model_sync) synced beside the model with
+        its own O(gpufleet.vllm.model_sync#module:lora_modules) - the module then uses the revision installed in
+        MODELS_ROOT/MODEL/loras/NAME/COMMIT (the model must be model_sync's path). That path holds the commit,
+        so a new adapter commit changes the config hash and replaces the container.
     type: list
     elements: dict
     suboptions:
@@ -168,9 +173,15 @@ options:
         type: str
         required: true
       path:
-        description: Adapter directory on the host.
+        description: Adapter directory on the host. Required unless O(lora_modules[].repo_id) is given.
         type: path
-        required: true
+      repo_id:
+        description: Hub repo of an adapter synced by model_sync beside the model (used when no path is given).
+        type: str
+      revision:
+        description: The adapter's branch, tag or commit, as given to model_sync.
+        type: str
+        default: main
   manifest_dir:
     description:
       - Directory of the reproducibility manifests on the host.
@@ -639,6 +650,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate 
     with_sleep_mode_host,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.lora import resolve_params as resolve_lora_params
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 
 
@@ -662,6 +674,7 @@ def main() -> None:
             params, warnings = apply_manifest(params, explicit_params(spec))
             for w in warnings:
                 module.warn(w)
+        params = resolve_lora_params(params)  # hub adapters (repo_id) -> the path model_sync installed them at
         params, warning = with_sleep_mode_host(params)  # sleep mode: 127.0.0.1 unless host is a loopback address
         if warning:
             module.warn(warning)

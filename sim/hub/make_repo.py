@@ -255,6 +255,25 @@ def make_repo(
     return sha
 
 
+def adapter_files(
+    *, seed: int = 0, rank: int = 8, base_model: str = "org/base", data_bytes: int = 4096
+) -> dict[str, bytes]:
+    """The files of a LoRA adapter repo (what vLLM's --lora-modules loads): adapter_config.json and
+    adapter_model.safetensors with a valid header, plus a README."""
+    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj", "v_proj"],
+           "base_model_name_or_path": base_model, "task_type": "CAUSAL_LM", "_fakehub_seed": seed}  # fmt: skip
+    return {
+        "adapter_config.json": json.dumps(cfg, indent=2).encode(),
+        "adapter_model.safetensors": safetensors_bytes(data_bytes, seed, "base_model.model.lora_A.weight"),
+        "README.md": f"# fake LoRA adapter (seed {seed})\n".encode(),
+    }
+
+
+def make_adapter_repo(root: str | os.PathLike, repo_id: str, *, branch: str = "main", seed: int = 0, **kw: Any) -> str:
+    """A new commit of a generated LoRA adapter on `branch` (adapter_files); returns its sha."""
+    return commit_files(root, repo_id, adapter_files(seed=seed, **kw), branch=branch, message=f"adapter seed {seed}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     ap.add_argument("root")

@@ -80,7 +80,14 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
     _e("max_loras", "int", "--max-loras"),
 )
 
-_LORA_SUBOPTIONS = {"name": {"type": "str", "required": True}, "path": {"type": "path", "required": True}}
+# path, or repo_id (+ revision) of an adapter model_sync synced beside the model: the module resolves it to its path
+# (_model/lora.py, resolve_params) before anything else reads the entries, which are then {name, path} only.
+_LORA_SUBOPTIONS = {
+    "name": {"type": "str", "required": True},
+    "path": {"type": "path"},
+    "repo_id": {"type": "str"},
+    "revision": {"type": "str", "default": "main"},
+}
 
 CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option("name", "str"),  # required unless from_manifest gives it (deployment.Deployment)

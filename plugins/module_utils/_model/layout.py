@@ -100,6 +100,21 @@ def revision_path(models_root: str | None, name: str, revision: str) -> str:
     return os.path.join(model_path(models_root, name), check_revision_id(revision))
 
 
+LORAS_DIR = "loras"
+
+
+def lora_root(models_root: str | None, model: str) -> str:
+    """Where model_sync puts the LoRA adapters of model ``model``: ``<models_root>/<model>/loras``, itself a models
+    root (``<lora_root>/<adapter>/<revision_id>``, with its own ``.gpufleet`` manifests). No revision id is ``loras``
+    (hub commits are hex, the others carry a prefix), so it never collides with a revision directory."""
+    return os.path.join(model_path(models_root, model), LORAS_DIR)
+
+
+def lora_path(models_root: str | None, model: str, adapter: str, revision: str) -> str:
+    """``<models_root>/<model>/loras/<adapter>/<revision>``: one revision of a LoRA adapter of ``model``."""
+    return os.path.join(lora_root(models_root, model), check_name(adapter), check_revision_id(revision))
+
+
 def uses(mount_source: str, path: str) -> bool:
     """Whether a container mounting ``mount_source`` uses ``path``: the same directory, one below it, or one above
     it (a container of a flat install mounts ``<models_root>/<name>``, which holds the revision directories)."""

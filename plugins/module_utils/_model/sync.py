@@ -38,7 +38,10 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import
     revision_id,
     uses,
 )
-from ansible_collections.gpufleet.vllm.plugins.module_utils._model.validate import validate_model_dir
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.validate import (
+    validate_adapter_dir,
+    validate_model_dir,
+)
 
 # How often the progress watcher starts the disk writeback of the files being written (fs.start_writeback).
 WRITEBACK_INTERVAL = 0.25
@@ -79,6 +82,15 @@ def argument_spec() -> dict[str, Any]:
         aws_secret_access_key=dict(type="str", no_log=True),
         aws_session_token=dict(type="str", no_log=True),
         hf_cache_dir=dict(type="path"),
+        lora_modules=dict(
+            type="list",
+            elements="dict",
+            options=dict(
+                name=dict(type="str", required=True),
+                repo_id=dict(type="str", required=True),
+                revision=dict(type="str", default="main"),
+            ),
+        ),
     )
 
 
@@ -519,7 +531,10 @@ def _finish(
     if p.get("validate", True):
         progress.write(state="validating")
         t = time.monotonic()
-        report = validate_model_dir(validate_path or staged, require_tokenizer=p.get("require_tokenizer", True))
+        if p.get("adapter"):  # a LoRA adapter (lora.py): adapter_config.json and its weights, no config.json
+            report = validate_adapter_dir(validate_path or staged)
+        else:
+            report = validate_model_dir(validate_path or staged, require_tokenizer=p.get("require_tokenizer", True))
         timings["validate"] = round(time.monotonic() - t, 3)
         if not report["ok"]:
             progress.stop("failed", error="validation failed")

@@ -214,3 +214,46 @@ def check_model_dir(path: str, require_tokenizer: bool = True, what: str = "mode
             validation=report,
         )
     return report
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def validate_adapter_dir(path: str) -> dict[str, Any]:
+    """What vLLM needs to load a LoRA adapter directory: adapter_config.json (a JSON object) and its weights
+    (adapter_model.safetensors, whose header must parse and fit the file, or adapter_model.bin). Same report shape as
+    validate_model_dir."""
+    problems: list[str] = []
+    checked: list[str] = []
+    try:
+        with open(os.path.join(path, "adapter_config.json")) as f:
+            cfg = json.load(f)
+        checked.append("adapter_config.json")
+        if not isinstance(cfg, dict):
+            problems.append("adapter_config.json is not a JSON object")
+    except FileNotFoundError:
+        problems.append("adapter_config.json is missing: not a LoRA adapter")
+    except (OSError, ValueError) as err:
+        problems.append(f"adapter_config.json does not parse ({err})")
+    weights = [w for w in ADAPTER_WEIGHTS if os.path.isfile(os.path.join(path, w))]
+    if not weights:
+        problems.append(f"no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
+    weight_bytes = 0
+    for w in weights:
+        full = os.path.join(path, w)
+        weight_bytes += os.path.getsize(full)
+        checked.append(w)
+        if w.endswith(".safetensors"):
+            try:
+                _header, expected = safetensors_header(full)
+                if expected != os.path.getsize(full):
+                    problems.append(f"{w}: {os.path.getsize(full)} bytes, its header declares {expected}")
+            except ValueError as err:
+                problems.append(f"{w}: {err}")
+    return {
+        "ok": not problems,
+        "format": "lora",
+        "problems": problems,
+        "files_checked": len(checked),
+        "weight_bytes": weight_bytes,
+    }
