@@ -41,7 +41,8 @@ from typing import Any
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.hub import name_problem
 
-PART_SIZE = 16 * 1024 * 1024  # bench/s3_sync.py: 8, 16 and 32 MiB measured; see docs/modules/model_sync.md
+# The range size (bench/s3_sync.py measures others through GPUFLEET_S3_PART_MB; docs/modules/model_sync.md).
+PART_SIZE = 16 * 1024 * 1024
 _READ = 1024 * 1024
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PARTIAL = ".gpufleet-partial"
@@ -243,7 +244,7 @@ def download(
     objects: dict[str, dict[str, Any]],
     staging: str,
     max_workers: int = 8,
-    part_size: int = PART_SIZE,
+    part_size: int | None = None,
 ) -> int:
     """Every object into ``staging/<name>`` with ranged GETs in parallel; returns the bytes transferred. Files
     already complete at their listed size are kept. On any failure the partial files are removed and the first
@@ -252,6 +253,8 @@ def download(
     for rel in objects:  # again, right before writing: nothing outside the staging directory
         if name_problem(rel):
             raise GpufleetError(f"refused S3 key {objects[rel]['key'][:120]!r}", failure_class="bad_source")
+    if part_size is None:
+        part_size = int(os.environ.get("GPUFLEET_S3_PART_MB") or 0) << 20 or PART_SIZE
     partial = os.path.join(staging, _PARTIAL)
     todo = [
         r
