@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import os
 import re
 import shutil
@@ -117,6 +118,8 @@ def _open(url: str, method: str, timeout: float, headers: dict[str, str] | None 
     if _tls is None:
         _tls = make_context()
     req = Request(http_agent=_AGENT, decompress=False, timeout=timeout)
+    if "context" not in inspect.signature(req.open).parameters:  # ansible-core 2.16: no context (builds its own)
+        return req.open(method, url, headers=headers)
     return req.open(method, url, headers=headers, context=_tls)
 
 
