@@ -91,7 +91,8 @@ options:
     description:
       - Names of the node agent's metrics the rules use, C(restarts) (counter, default
         C(gpufleet_agent_restarts_total)) and C(serve_until) (gauge, seconds left until the serve-until time, default
-        C(gpufleet_agent_serve_until_seconds)), both labelled C(deployment) (see C(gpufleet.vllm.node_agent)).
+        C(gpufleet_agent_serve_until_seconds)) and C(failed) (gauge, 1 once the agent stopped a deployment for good,
+        default C(gpufleet_agent_deployment_failed)), all labelled C(deployment) (see C(gpufleet.vllm.node_agent)).
     type: dict
     default: {}
   targets_dir:

@@ -517,9 +517,13 @@ state:
 lifecycle:
   description:
     - V(expired) (past the serve_for deadline; not started, not a drift), or V(failed) (on failure, when the node
-      agent stopped the replica for good; RV(failed) carries its cause), or null.
+      agent stopped the replica for good; RV(lifecycle_failed) carries its cause), or null.
   returned: unless O(state=absent)
   type: str
+lifecycle_failed:
+  description: The node agent's record of why it stopped the replica for good (reason, failure_class, hint, at).
+  returned: when the run fails because of it
+  type: dict
 serve_until:
   description: The serve_for deadline in the host's lifecycle record (UTC), null without one.
   returned: unless O(state=absent)

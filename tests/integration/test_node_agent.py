@@ -142,7 +142,7 @@ class TestAgentOnDockerd:
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
             env["PYTHONPATH"] = str(agent_tree)
             cmd = [str(PYTHON), "-m", MODULE] if now is None else [str(PYTHON), "-c", FROZEN_CLOCK, repr(now)]
-            cmd += ["--once", "--port", "0", "--state-dir", str(state)]
+            cmd += ["--once", "--port", "0", "--state-dir", str(state), "--gpufleet-dir", str(tmp_path)]
             cmd += ["--names", ",".join(names), *extra]
             proc = subprocess.run(
                 cmd, cwd=agent_tree, env=env, capture_output=True, text=True, timeout=120, check=False
@@ -235,7 +235,8 @@ class TestAgentOnDockerd:
         r = deploy("expiry", serve_for="1")  # 1 h: the agent's clock, not this machine's speed, reaches it
         assert r["_rc"] == 0 and r["ready"], r["_output"]
         name = names[0]
-        until = label_time(inspect("docker", f"gpufleet-{name}")["Config"]["Labels"]["gpufleet.serve-until"])
+        until = label_time(r["serve_until"])  # the lifecycle record's deadline (no longer a label)
+        assert "gpufleet.serve-until" not in inspect("docker", f"gpufleet-{name}")["Config"]["Labels"]
         agent([name], now=until - 1)
         assert inspect("docker", f"gpufleet-{name}")["State"]["Running"], "not expired yet"
         assert self.events(agent.state) == []
@@ -249,6 +250,76 @@ class TestAgentOnDockerd:
         metrics = (agent.state / "metrics.prom").read_text()
         assert f'gpufleet_agent_expired{{deployment="{name}"}} 1.0' in metrics
         assert f'gpufleet_agent_serve_until_seconds{{deployment="{name}"}} -' in metrics
+
+    def test_serve_for_extended_without_a_restart_and_expiry_respected_by_the_converge(
+        self, deploy, agent, names, ansible_run, tmp_path
+    ):
+        r = deploy("extend", serve_for="1")
+        assert r["_rc"] == 0 and r["ready"], r["_output"]
+        name, args = names[0], r["_args"]
+        first = inspect("docker", f"gpufleet-{name}")
+        # serve_for 1 h -> 3 h in the declaration: the same container, serving, the deadline moved by 2 h.
+        longer = ansible_run.run("vllm_container", {**args, "serve_for": "3"})
+        assert longer["_rc"] == 0 and not longer["changed"], longer["_output"]
+        assert longer["container_id"] == first["Id"]
+        until = label_time(longer["serve_until"])
+        assert until - label_time(r["serve_until"]) == pytest.approx(2 * 3600, abs=2)
+        agent([name], now=until - 60)  # past the first deadline, before the new one: serving
+        assert inspect("docker", f"gpufleet-{name}")["State"]["Running"]
+        agent([name], now=until + 1)
+        assert [e["event"] for e in self.events(agent.state)] == ["expired"]
+        assert json.loads((tmp_path / "lifecycle" / f"{name}.json").read_text())["expired"]
+        # The next converge (its clock: until is in the past once the record says since - 4 h) reports it expired
+        # and leaves it stopped: not a drift to fix.
+        record = tmp_path / "lifecycle" / f"{name}.json"
+        rec = json.loads(record.read_text())
+        rec["since"] -= 4 * 3600
+        record.write_text(json.dumps(rec))
+        again = ansible_run.run("vllm_container", {**args, "serve_for": "3"})
+        assert again["_rc"] == 0 and not again["changed"] and again["lifecycle"] == "expired", again["_output"]
+        d = inspect("docker", f"gpufleet-{name}")
+        assert d["Id"] == first["Id"] and not d["State"]["Running"]
+
+    def test_crash_loop_stops_after_the_budget_with_its_cause(self, deploy, agent, names, ansible_run):
+        r = deploy("loop", env={"STANDIN_CRASH_AFTER": "2"}, wait=False, max_failed_restarts=1)
+        assert r["_rc"] == 0, r["_output"]
+        name = names[0]
+        first = self.wait_exited(name)
+        agent([name], "--backoff-base", "0")  # failure 1: restarted (1 restart allowed)
+        self.wait_exited(name)
+        agent([name], "--backoff-base", "0")  # failure 2: the end state
+        ev = self.events(agent.state)
+        assert [e["event"] for e in ev] == ["failure", "restart", "failure", "gave_up"], ev
+        assert ev[-1]["reason"] == "crash_loop" and ev[-1]["failure_class"] == "unknown"
+        agent([name], "--backoff-base", "0")
+        d = inspect("docker", f"gpufleet-{name}")
+        assert d["Id"] == first["Id"] and d["State"]["Status"] == "exited", "stopped for good, not removed"
+        metrics = (agent.state / "metrics.prom").read_text()
+        assert (
+            f'gpufleet_agent_deployment_failed{{deployment="{name}",failure_class="unknown",reason="crash_loop"}} 1.0'
+            in metrics
+        )
+        # The converge reports it failed with the cause instead of starting it again.
+        again = ansible_run.run("vllm_container", {**r["_args"], "wait": False})
+        assert again["_rc"] != 0 and again.get("lifecycle") == "failed", again["_output"]
+        assert "crash_loop" in again["msg"] and again["lifecycle_failed"]["failure_class"] == "unknown"
+        assert inspect("docker", f"gpufleet-{name}")["State"]["Status"] == "exited"
+        reset = ansible_run.run("vllm_container", {**r["_args"], "wait": False, "reset_failed": True})
+        assert reset["_rc"] == 0 and reset["container_id"] == first["Id"], reset["_output"]
+
+    def test_hung_start_is_marked_after_start_timeout(self, deploy, agent, names):
+        r = deploy("hang", env={"STANDIN_START_DELAY": "900"}, wait=False, start_timeout=60, max_failed_restarts=0)
+        assert r["_rc"] == 0, r["_output"]
+        name = names[0]
+        t0 = time.time()
+        agent([name], now=t0)  # the agent sees it start (running, never answered)
+        agent([name], now=t0 + 59)
+        assert self.events(agent.state) == [] and inspect("docker", f"gpufleet-{name}")["State"]["Running"]
+        agent([name], now=t0 + 60)
+        ev = self.events(agent.state)
+        assert [e["event"] for e in ev] == ["failure", "gave_up"], ev
+        assert ev[0]["reason"] == "start_timeout" and ev[1]["reason"] == "start_timeout"
+        assert inspect("docker", f"gpufleet-{name}")["State"]["Status"] == "exited"
 
     def test_secret_canary_never_written(self, deploy, agent, names):
         r = deploy(

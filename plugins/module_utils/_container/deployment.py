@@ -243,7 +243,7 @@ class Deployment:
                 "reset_failed (gpufleet_reset_failed=true) to start it again",
                 failure_class=failed.get("failure_class") or "unknown",
                 lifecycle="failed",
-                failed=failed,
+                lifecycle_failed=failed,  # not "failed": Ansible's own key
                 container_id=cur.id,
                 changed=False,
             )

@@ -29,6 +29,8 @@ AGENT_METRICS = {
     "restarts": "gpufleet_agent_restarts_total",
     # gauge: seconds until the gpufleet.serve-until label (negative once past; absent without expiry)
     "serve_until": "gpufleet_agent_serve_until_seconds",
+    # gauge: 1 once the agent stopped a deployment for good (labels reason, failure_class; issue #17)
+    "failed": "gpufleet_agent_deployment_failed",
 }
 
 # vLLM metrics used by the rules and the dashboard (V1 engine names; checked against vLLM 0.10.2's

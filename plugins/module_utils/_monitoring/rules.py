@@ -36,8 +36,14 @@ DEFAULT_ALERTS: dict[str, dict[str, Any]] = {
     "GpufleetAgentDown": {"for": "5m", "severity": "warning"},
     "GpufleetDeploymentRestarts": {"for": "0s", "severity": "warning", "window": "15m"},
     "GpufleetServeForExpiring": {"for": "0s", "severity": "info", "threshold": "1h"},
+    "GpufleetDeploymentFailed": {"for": "0s", "severity": "critical"},
 }
-AGENT_ALERTS = ("GpufleetAgentDown", "GpufleetDeploymentRestarts", "GpufleetServeForExpiring")
+AGENT_ALERTS = (
+    "GpufleetAgentDown",
+    "GpufleetDeploymentRestarts",
+    "GpufleetServeForExpiring",
+    "GpufleetDeploymentFailed",
+)
 
 
 def _alert_settings(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -156,6 +162,14 @@ def alert_rules(
                 "{{ $labels.deployment }} on {{ $labels.host }} stops serving soon (serve_for)",
                 "{{ $labels.deployment }} reaches its serve-until time in {{ $value | humanizeDuration }}; extend "
                 "serve_for and converge to keep it.",
+            ),
+            (
+                "GpufleetDeploymentFailed",
+                f"{metrics['failed']} == 1",
+                "{{ $labels.deployment }} on {{ $labels.host }} was stopped for good ({{ $labels.reason }})",
+                "The node agent stopped {{ $labels.deployment }} after its failures ({{ $labels.reason }}, "
+                "{{ $labels.failure_class }}); the converge reports it failed until its configuration changes or "
+                "gpufleet_reset_failed=true.",
             ),
         ]
     out_rules = []

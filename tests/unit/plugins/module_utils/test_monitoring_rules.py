@@ -308,3 +308,49 @@ def test_dashboard_expressions_parse(tmp_path):
         [PROMTOOL, "check", "rules", str(tmp_path / "d.yml")], capture_output=True, text=True, check=False
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@needs_promtool
+def test_deployment_failed_fires_while_the_agent_holds_it_stopped(tmp_path):
+    (tmp_path / "rules.yml").write_text(to_yaml(alert_rules(agent=True)))
+    series = (
+        'gpufleet_agent_deployment_failed{deployment="chat-0",host="gpu-a",reason="crash_loop",failure_class="gpu_oom"}'
+    )
+    tests = {
+        "rule_files": ["rules.yml"],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": series, "values": "_ _ 1 1"}],
+                "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": "GpufleetDeploymentFailed", "exp_alerts": []},
+                    {
+                        "eval_time": "3m",
+                        "alertname": "GpufleetDeploymentFailed",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "deployment": "chat-0",
+                                    "host": "gpu-a",
+                                    "reason": "crash_loop",
+                                    "failure_class": "gpu_oom",
+                                },
+                                "exp_annotations": {
+                                    "summary": "chat-0 on gpu-a was stopped for good (crash_loop)",
+                                    "description": "The node agent stopped chat-0 after its failures (crash_loop, "
+                                    "gpu_oom); the converge reports it failed until its configuration changes or "
+                                    "gpufleet_reset_failed=true.",
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    r = subprocess.run(
+        [PROMTOOL, "test", "rules", "tests.yml"], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
