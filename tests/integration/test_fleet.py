@@ -329,7 +329,8 @@ def test_status_and_stop(fleet: Fleet) -> None:
     by_name = {r["name"]: r for r in report["rows"]}
     assert set(by_name) == {"chat-0", "chat-1"}
     first = by_name[rows[0]["name"]]
-    assert first["state"] == "running" and first["phase"] == "ready" and first["requests"] == 1
+    # Two requests: the readiness gate's smoke completion (vllm_container smoke_test, once per container) and this one.
+    assert first["state"] == "running" and first["phase"] == "ready" and first["requests"] == 2
     assert first["generation_tokens"] > 0 and first["tokens_per_s"] > 0
     assert first["endpoint"] == rows[0]["endpoint"]
 
