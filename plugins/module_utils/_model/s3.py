@@ -59,7 +59,7 @@ def parse_url(url: Any) -> tuple[str, str]:
     if not isinstance(url, str) or not url.startswith("s3://"):
         raise _bad(f"s3_url {str(url)[:120]!r} must look like s3://BUCKET/PREFIX")
     rest = url[len("s3://") :]
-    bucket, _, prefix = rest.partition("/")
+    bucket, prefix = rest.partition("/")[::2]
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
         raise _bad(
             f"s3_url {url[:120]!r}: {bucket!r} is not an S3 bucket name (3-63 lowercase letters, digits, '.' or '-')"
