@@ -25,6 +25,7 @@ IMPORT_OF = {
     "pyyaml": "yaml",
     "prometheus-client": "prometheus_client",
     "packaging": "packaging",
+    "boto3": "boto3",
 }
 
 
