@@ -511,7 +511,7 @@ container_id:
   returned: when the container exists
   type: str
 state:
-  description: The state reached (V(expired) when the serve_for deadline has passed: left stopped).
+  description: The state reached (V(expired) when the serve_for deadline has passed - left stopped).
   returned: always
   type: str
 lifecycle:

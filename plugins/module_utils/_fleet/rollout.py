@@ -28,7 +28,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._labels import OWNER
 SURGE_SUFFIX = "-surge"
 # Container args that say where a replica runs, not what it is: never part of the digest.
 WHERE_KEYS = ("name", "port", "gpus", "labels")
-# The replica's lifecycle on its host (_container/lifecycle.py): changed in place, never a roll (issue #17).
+# The replica's lifecycle on its host (_container/lifecycle.py): changed in place, never a roll (issue #17). serve_for
+# enters the digest as the constant "infinite" (what it was for most replicas), so their digests did not change.
 LIFECYCLE_KEYS = ("serve_for", "max_failed_restarts", "start_timeout")
 
 
@@ -41,7 +42,10 @@ def plan_digest(container: Mapping[str, Any], dep: Mapping[str, Any]) -> str:
         k: v for k, v in (container.get("labels") or {}).items() if not str(k).startswith("gpufleet.") or k == OWNER
     }
     what = {
-        "container": {k: v for k, v in container.items() if k not in WHERE_KEYS + LIFECYCLE_KEYS},
+        "container": {
+            **{k: v for k, v in container.items() if k not in WHERE_KEYS + LIFECYCLE_KEYS},
+            **({"serve_for": "infinite"} if "serve_for" in container else {}),
+        },
         "labels": user_labels,
         "image": dep.get("image"),
         "vllm_version": dep.get("vllm_version"),

@@ -109,3 +109,13 @@ def test_unreadable_record_is_empty_and_bad_names_refused(tmp_path):
     assert lc.load(str(tmp_path), "chat") == {}
     with pytest.raises(GpufleetError):
         lc.path(str(tmp_path), "../etc/passwd")
+
+
+def test_plan_digest_ignores_the_lifecycle_fields_so_they_never_roll_a_replica():
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.rollout import plan_digest
+
+    dep = {"name": "chat", "image": None, "vllm_version": "0.10.2", "model": {"source": "hf"}}
+    base = plan_digest({"name": "chat-0", "serve_for": "infinite", "max_model_len": 4096}, dep)
+    moved = {"name": "chat-0", "serve_for": 4.0, "max_model_len": 4096, "max_failed_restarts": 0, "start_timeout": 60}
+    assert plan_digest(moved, dep) == base
+    assert plan_digest({**moved, "labels": {"gpufleet.owner": "team-b"}}, dep) != base  # the owner label rolls
