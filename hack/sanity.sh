@@ -9,7 +9,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=env.sh
 source "$ROOT/hack/env.sh"
-PY=$ROOT/.venv/bin/python
+# GPUFLEET_SANITY_VENV: another venv (its python and ansible-test), e.g. another ansible-core (hack/matrix.sh).
+PY=${GPUFLEET_SANITY_VENV:-$ROOT/.venv}/bin/python
 PYVER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 pipver=$("$PY" - <<'PY'
@@ -59,4 +60,4 @@ for f in tests/sanity/ignore-*.txt; do
   done < "$ROOT/$f" > "$f"
 done
 git add -A >/dev/null
-ansible-test sanity --python "$PYVER" --requirements --color no "$@"
+"$(dirname "$PY")/ansible-test" sanity --python "$PYVER" --requirements --color no "$@"

@@ -9,6 +9,7 @@
 # Environment:
 #   GPUFLEET_TEST_WORKERS   pytest-xdist workers for the pytest phases (default 2; 0 = no xdist)
 #   GPUFLEET_TEST_SKIP      space-separated phase names to skip (e.g. "sanity")
+#   GPUFLEET_TEST_MATRIX    1: also the version matrix (hack/matrix.sh) on every core; or a list of cores
 # shellcheck disable=SC2317  # phase functions are called indirectly, through phase
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -104,5 +105,14 @@ run_molecule() {
   return "$rc"
 }
 if [[ $FILTERED -eq 0 ]]; then phase "molecule" run_molecule; fi
+# The version matrix (hack/matrix.sh: ansible-core 2.16 to 2.19, each in its own cached venv: sanity compile+import,
+# unit tests, one fleet converge on one host). About 4-8 minutes per core on 2 cores, so opt-in for now:
+# GPUFLEET_TEST_MATRIX=1 (all cores) or a list, e.g. GPUFLEET_TEST_MATRIX="2.16 2.18".
+if [[ -n "${GPUFLEET_TEST_MATRIX:-}" && $FILTERED -eq 0 ]]; then
+  if [[ "$GPUFLEET_TEST_MATRIX" == 1 ]]; then phase "matrix" "$ROOT/hack/matrix.sh"; else
+    # shellcheck disable=SC2086  # a list of cores
+    phase "matrix" "$ROOT/hack/matrix.sh" $GPUFLEET_TEST_MATRIX
+  fi
+fi
 
 exit "$FIRST_RC"
