@@ -50,7 +50,7 @@ def read_lines(path: str) -> list[str]:
 
 
 def _router_url(argv: list[str]) -> str:
-    ns, _ = _bind_parser().parse_known_args(argv)
+    ns = _bind_parser().parse_known_args(argv)[0]
     host = ns.host if ns.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
@@ -227,6 +227,13 @@ def daemonize(worker: list[str], pidfile: str, log_path: str) -> tuple[bool, int
     return True, int(got)
 
 
+def _say(text: str, stream: Any = None) -> None:
+    """One line to stdout (or ``stream``), flushed: this runs as a program, not a module."""
+    stream = stream or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpufleet-gateway",
@@ -256,20 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     ns, router_argv = build_parser().parse_known_args(argv)
     if ns.daemonize or ns.stop or ns.restart:
         if not ns.pidfile:
-            print("--pidfile is required with --daemonize, --stop and --restart", file=sys.stderr)
+            _say("--pidfile is required with --daemonize, --stop and --restart", sys.stderr)
             return 2
         stopped = stop(ns.pidfile) if (ns.stop or ns.restart) else False
         if ns.stop:
-            print("stopped" if stopped else "not running")
+            _say("stopped" if stopped else "not running")
             return 0
         worker = [sys.executable, os.path.abspath(__file__), *router_argv]
         worker += [f"--api-key-file={ns.api_key_file}", f"--workers-file={ns.workers_file}"]
         started, pid = daemonize(worker, ns.pidfile, ns.log)
-        print(f"{'started' if started else 'running'} {pid}")
+        _say(f"{'started' if started else 'running'} {pid}")
         return 0
     run_router(router_argv, ns.api_key_file, ns.workers_file)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
