@@ -99,6 +99,8 @@ RANGES: dict[str, Range] = {
     "max_loras": Range(1, fix="LoRA adapters in one batch, e.g. 1"),
     "wait_timeout": Range(1, fix="seconds to wait for /health and /v1/models (first starts download and compile)"),
     "stop_timeout": Range(0, fix="seconds the engine waits after SIGTERM before SIGKILL"),
+    "max_failed_restarts": Range(0, fix="failures in a row the node agent restarts before it stops the replica"),
+    "start_timeout": Range(1, fix="seconds a started server may take to answer /health before it counts as hung"),
 }
 UNBOUNDED = frozenset({"seed", "sleep_level"})  # any int vLLM takes / choices already limit it
 

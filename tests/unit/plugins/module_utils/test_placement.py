@@ -653,6 +653,8 @@ def test_fleet_plan_per_host_container_specs():
         "lora_modules": [{"name": "sql", "path": "/l/sql"}],
         "env": {"A": "1"},
         "serve_for": "infinite",
+        "max_failed_restarts": 3,
+        "start_timeout": 1800,
         # what the replica is declared with, compared by the rollout (never a secret: a salted hash of them)
         "labels": {"gpufleet.plan-digest": spec["digest"]},
     }
