@@ -98,11 +98,11 @@ def authorized(header: str | None, users: Mapping[str, str]) -> bool:
     if not header or not header.startswith("Basic "):
         return False
     try:
-        user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+        user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return False
     hashed = users.get(user)
-    if hashed is None:
+    if hashed is None or not sep:
         return False
     try:
         return bool(_bcrypt().checkpw(password.encode(), hashed.encode()))

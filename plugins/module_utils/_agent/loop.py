@@ -435,7 +435,8 @@ def tick(
     """One pass over the host's managed containers; ``state`` is updated in place (and returned).
 
     ``lifecycle_dir``: the host's gpufleet state directory holding the deployments' lifecycle records (None: the
-    agent's defaults and the serve-until label only). An error on one container is recorded (event ``agent_error``, tick_errors_total) and the others still get their
+    agent's defaults and the serve-until label only). An error on one container is recorded (event ``agent_error``,
+    tick_errors_total) and the others still get their
     pass; an engine that cannot be listed makes the whole tick an error."""
     t0 = time.monotonic()
     now = time.time() if now is None else now

@@ -3,7 +3,8 @@
 """The state machine of vllm_container: plan, pre-check, act (or, in check mode, only plan), wait, roll back.
 
 The plan is computed the same way in check mode and in a real run (``Deployment.run``); check mode records the
-actions it would take and stops before each engine call, so the two can never disagree about ``changed``. Its pieces live beside it in this package: the image step
+actions it would take and stops before each engine call, so the two can never disagree about ``changed``. Its
+pieces live beside it in this package: the image step
 (``pull.py``), the declared container resolved against the image (``desired.py``), the pre-checks
 (``prechecks.py``), and what the engine is asked to create (``create.py``: manifest, labels, CreateSpec).
 """
