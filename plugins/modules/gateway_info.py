@@ -10,7 +10,7 @@ short_description: The vllm-router gateways of a host - address, ports, up, each
 description:
   - Lists the routers the role C(gpufleet.vllm.gateway) configured on this host (C(<install_dir>/routers/*/router.args))
     and asks each one for its workers (C(GET /workers)) - the URL, whether the router's last health check passed and the
-    requests in flight. A router that does not answer is reported with RV(routers[].up=false) and the error.
+    router's load count. A router that does not answer is reported with RV(routers[].up=false) and the error.
   - Used by C(playbooks/status.yml) and the C(gpufleet.vllm.monitoring) role (C(docs/gateway.md)).
 version_added: 0.2.0
 author:
@@ -49,7 +49,7 @@ routers:
     url: {description: Its base URL., type: str}
     up: {description: Whether it answered., type: bool}
     workers:
-      description: Each worker's C(url), C(healthy) (the router's last health check) and C(load) (requests in flight).
+      description: Each worker's C(url), C(healthy) (the router's last health check) and C(load) (the router's load count, kept by load-aware policies only; 0 with V(round_robin)).
       type: list
       elements: dict
     error: {description: Why it did not answer (null when up)., type: str}

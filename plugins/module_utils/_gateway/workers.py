@@ -110,7 +110,7 @@ class RouterClient:
         return sorted(normalize_url(u) for u in urls)
 
     def workers(self) -> list[dict[str, Any]]:
-        """Each worker's URL, health as the router last checked it, and load (in-flight requests), sorted by URL."""
+        """Each worker's URL, health as the router last checked it, and load (the router's count; load-aware policies only, 0 with round_robin), sorted by URL."""
         rows = self._json("/workers").get("workers", [])
         out = [
             {"url": normalize_url(w["url"]), "healthy": bool(w.get("is_healthy")), "load": int(w.get("load") or 0)}
