@@ -412,7 +412,12 @@ def test_hub_model_is_served_from_the_path_model_sync_produced(
         assert json.loads(c["labels"]["gpufleet.spec"])["model_revision"] == sha
         assert "--revision" not in c["args"]
         assert c["labels"]["gpufleet.vllm-version"] == "0.10.2"
-        assert "gpufleet.serve-until" in c["labels"]
+        # serve_for (12 h) lives in the replica's lifecycle record on its host (mutable: extend.yml moves it).
+        record = (
+            ROOT / ".build" / "hosts" / "gpu-c" / "fs" / "var" / "lib" / "gpufleet" / "lifecycle" / "hubchat-0.json"
+        )
+        life = json.loads(record.read_text())
+        assert life["serve_for_h"] == 12 and life.get("container_id") and life.get("since"), life
         again = fleet.play("converge.yml")
         assert again.returncode == 0 and recap(again.stdout)["gpu-c"]["changed"] == 0, again.stdout[-3000:]
     finally:

@@ -51,8 +51,6 @@ def _short_id(image_id: str | None) -> str | None:
 def _check_values(params: dict[str, Any]) -> None:
     """Values the argument spec's types let through: one error listing every problem (issue #16)."""
     problems = []
-    if params.get("version") and params.get("image"):
-        problems.append("version and image are both given; give version (the image is resolved) or image, not both")
     timeout = params.get("timeout")
     if timeout is not None and timeout < 1:
         problems.append(f"timeout: {timeout!r} must be >= 1; seconds one pull or build may take, e.g. 1800")
