@@ -49,7 +49,9 @@ routers:
     url: {description: Its base URL., type: str}
     up: {description: Whether it answered., type: bool}
     workers:
-      description: Each worker's C(url), C(healthy) (the router's last health check) and C(load) (the router's load count, kept by load-aware policies only; 0 with V(round_robin)).
+      description: >-
+        Each worker's C(url), C(healthy) (the router's last health check) and C(load) (the router's load count,
+        kept by load-aware policies only; 0 with V(round_robin)).
       type: list
       elements: dict
     error: {description: Why it did not answer (null when up)., type: str}

@@ -115,7 +115,9 @@ workers:
   type: list
   elements: str
 health:
-  description: Each worker's URL, C(healthy) as the router last checked it and C(load) (the router's load count of it, kept by the load-aware policies - V(power_of_two), V(cache_aware); always 0 with V(round_robin)).
+  description: >-
+    Each worker's URL, C(healthy) as the router last checked it and C(load) (the router's load count of it, kept
+    by the load-aware policies - V(power_of_two), V(cache_aware); always 0 with V(round_robin)).
   returned: always
   type: list
   elements: dict

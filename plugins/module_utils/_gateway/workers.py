@@ -23,11 +23,11 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ansible.module_utils.urls import open_url
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 
@@ -83,9 +83,10 @@ class RouterClient:
         self.add_timeout = float(add_timeout)
 
     def _call(self, method: str, path: str, timeout: float | None = None) -> tuple[int, str]:
-        req = urllib.request.Request(self.url + path, method=method, data=b"" if method == "POST" else None)
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+            with open_url(
+                self.url + path, method=method, data=b"" if method == "POST" else None, timeout=timeout or self.timeout
+            ) as resp:
                 return resp.status, resp.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode("utf-8", "replace")
@@ -110,7 +111,8 @@ class RouterClient:
         return sorted(normalize_url(u) for u in urls)
 
     def workers(self) -> list[dict[str, Any]]:
-        """Each worker's URL, health as the router last checked it, and load (the router's count; load-aware policies only, 0 with round_robin), sorted by URL."""
+        """Each worker's URL, health as the router last checked it, and load (the router's count; load-aware policies
+        only, 0 with round_robin), sorted by URL."""
         rows = self._json("/workers").get("workers", [])
         out = [
             {"url": normalize_url(w["url"]), "healthy": bool(w.get("is_healthy")), "load": int(w.get("load") or 0)}
