@@ -24,15 +24,14 @@ Why a launcher and not ``vllm-router`` itself:
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 SUPERVISE = "--supervise-internal"
@@ -64,15 +63,24 @@ def _bind_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _post(url: str, timeout: float) -> int:
-    req = urllib.request.Request(url, method="POST", data=b"")
+def _request(url: str, method: str, timeout: float) -> int:
+    """The status of one request to this host's router (http.client: this runs in the router's venv, outside
+    Ansible); 0 when it cannot be reached."""
+    parts = urllib.parse.urlsplit(url)
+    conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_class(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError:
+        conn.request(method, path, body=b"" if method == "POST" else None)
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
         return 0
+    finally:
+        conn.close()
+
+
+def _post(url: str, timeout: float) -> int:
+    return _request(url, "POST", timeout)
 
 
 def add_workers_when_up(base: str, workers: list[str], deadline_s: float = 600.0) -> None:
@@ -80,14 +88,9 @@ def add_workers_when_up(base: str, workers: list[str], deadline_s: float = 600.0
     healthy) and wait for them, within ``deadline_s``."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                if resp.status < 500:
-                    break
-        except urllib.error.HTTPError:
+        if _request(base + "/health", "GET", 2):  # any answer: the router is up
             break
-        except OSError:
-            time.sleep(0.2)
+        time.sleep(0.2)
     threads = []
     for url in workers:
         q = urllib.parse.urlencode({"url": url})

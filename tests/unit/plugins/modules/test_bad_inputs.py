@@ -140,7 +140,6 @@ IMAGE_CASES = [
     C("vllm_image", {"version": "0.10.2", "timeout": 0}, "timeout: 0 must be >= 1"),
     C("vllm_image", {"version": "0.10.2", "release_cache_ttl": -1}, "release_cache_ttl: -1 must be >= 0"),
     C("vllm_image", {"version": "0.10.2", "pull": "sometimes"}, "pull", "one of"),
-    C("vllm_image", {"version": "0.10.2", "image": "vllm/vllm-openai:v0.10.2"}, "version", "image"),
     C("vllm_image", {"image": "Bad Image:tag"}, "image"),
     C("vllm_image", {"version": "0.10.2", "runtime": "rkt"}, "runtime", "one of"),
     C("vllm_image", {"version": "0.10.2", "extra_pip_packages": ["requests; rm -rf /"]}, "extra_pip_packages"),
