@@ -191,6 +191,16 @@ class Ctx:
             self._secrets = secret_values(self.c)
         return classify_tail(self.rt, self.c, self._secrets, self.policy.event_tail_lines)
 
+    def fail(self, event: str, n: int = 1, unknown_as: str | None = None, **fields: Any) -> tuple[Diagnosis, str]:
+        """One observed failure (``n`` for the engine's own restarts): diagnose the log tail, count it in the row,
+        record its class (``unknown_as`` replaces an unknown one) and emit ``event`` with ``fields``."""
+        d = self.diagnose()
+        cls = unknown_as if unknown_as and d.failure_class == "unknown" else d.failure_class
+        self.st.failures_in_row += n
+        self.st.record_failure(cls, self.now)
+        self.emit(self.t.event(event, **fields, failure_class=cls, hint=d.hint, tail=d.tail))
+        return d, cls
+
     def write(self, change: Callable[[lc.Record], None]) -> None:
         if self.lifecycle_dir:
             self.record = lc.update(self.lifecycle_dir, self.t.deployment, change)
@@ -282,13 +292,10 @@ def handle(
 
     # The engine's own restart policy restarted it since the last tick: record why, and end a futile loop.
     if c.restart_count > st.restart_count_seen:
-        d = x.diagnose()
         n = c.restart_count - st.restart_count_seen
         st.restart_count_seen = c.restart_count
         st.engine_restarts_total += n
-        st.failures_in_row += n
-        st.record_failure(d.failure_class, now)
-        emit(t.event("engine_restart", count=n, failure_class=d.failure_class, hint=d.hint, tail=d.tail))
+        d, _ = x.fail("engine_restart", n=n, count=n)
         if d.failure_class in policy.no_restart:
             rt.stop(c.id, policy.stop_timeout)
             st.up, st.healthy, st.blocked = False, False, d.failure_class
@@ -319,20 +326,8 @@ def _handle_exited(x: Ctx) -> None:
         return  # stopped on purpose: left alone
     crash = _crash_id(c)
     if crash != st.crash_seen:
-        d = x.diagnose()
         st.crash_seen = crash
-        st.failures_in_row += 1
-        st.record_failure(d.failure_class, now)
-        emit(
-            t.event(
-                "failure",
-                reason="exited",
-                exit_code=c.exit_code,
-                failure_class=d.failure_class,
-                hint=d.hint,
-                tail=d.tail,
-            )
-        )
+        d, _ = x.fail("failure", reason="exited", exit_code=c.exit_code)
         if d.failure_class in policy.no_restart:
             st.blocked = d.failure_class
             emit(t.event("not_restarted", failure_class=d.failure_class, hint=d.hint))
@@ -365,12 +360,8 @@ def _handle_running(x: Ctx, probe: Probe) -> None:
             st.failures_in_row = 0
         return
     if start_timed_out(st, now, x.limits.start_timeout_s):
-        d = x.diagnose()
-        cls = d.failure_class if d.failure_class != "unknown" else "start_timeout"
-        st.failures_in_row += 1
-        st.record_failure(cls, now)
         waited = round(now - (st.running_since or now), 1)
-        emit(t.event("failure", reason="start_timeout", waited_s=waited, failure_class=cls, hint=d.hint, tail=d.tail))
+        d, cls = x.fail("failure", unknown_as="start_timeout", reason="start_timeout", waited_s=waited)
         if cls in policy.no_restart or over_budget(st.failures_in_row, x.limits):
             _give_up(x, "start_timeout", cls, d.hint)
             return
@@ -382,19 +373,7 @@ def _handle_running(x: Ctx, probe: Probe) -> None:
     if st.health_failures < policy.health_failures:
         return
     if st.health_failures == policy.health_failures:
-        d = x.diagnose()
-        st.failures_in_row += 1
-        st.record_failure(d.failure_class, now)
-        emit(
-            t.event(
-                "failure",
-                reason="health",
-                consecutive_failures=st.health_failures,
-                failure_class=d.failure_class,
-                hint=d.hint,
-                tail=d.tail,
-            )
-        )
+        d, _ = x.fail("failure", reason="health", consecutive_failures=st.health_failures)
         if over_budget(st.failures_in_row, x.limits) and d.failure_class not in policy.no_restart:
             _give_up(x, "crash_loop", d.failure_class, d.hint)
             return
