@@ -295,7 +295,7 @@ def handle(
         n = c.restart_count - st.restart_count_seen
         st.restart_count_seen = c.restart_count
         st.engine_restarts_total += n
-        d, _ = x.fail("engine_restart", n=n, count=n)
+        d = x.fail("engine_restart", n=n, count=n)[0]
         if d.failure_class in policy.no_restart:
             rt.stop(c.id, policy.stop_timeout)
             st.up, st.healthy, st.blocked = False, False, d.failure_class
@@ -327,7 +327,7 @@ def _handle_exited(x: Ctx) -> None:
     crash = _crash_id(c)
     if crash != st.crash_seen:
         st.crash_seen = crash
-        d, _ = x.fail("failure", reason="exited", exit_code=c.exit_code)
+        d = x.fail("failure", reason="exited", exit_code=c.exit_code)[0]
         if d.failure_class in policy.no_restart:
             st.blocked = d.failure_class
             emit(t.event("not_restarted", failure_class=d.failure_class, hint=d.hint))
@@ -373,7 +373,7 @@ def _handle_running(x: Ctx, probe: Probe) -> None:
     if st.health_failures < policy.health_failures:
         return
     if st.health_failures == policy.health_failures:
-        d, _ = x.fail("failure", reason="health", consecutive_failures=st.health_failures)
+        d = x.fail("failure", reason="health", consecutive_failures=st.health_failures)[0]
         if over_budget(st.failures_in_row, x.limits) and d.failure_class not in policy.no_restart:
             _give_up(x, "crash_loop", d.failure_class, d.hint)
             return
