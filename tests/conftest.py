@@ -71,3 +71,32 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
     config.option.loadscopereorder = False  # keep the collection order: the fleet group first
     return BedScheduling(config, log)
+
+
+# ------------------------------------------------------------------------------------------------ time per file
+# Seconds spent per test file (set-up + call + tear-down of its tests, summed; with xdist the controller receives every
+# worker's reports), printed after the run, slowest first, and written to .build/test-durations/<phase>.json for the
+# timing table of hack/test.sh (GPUFLEET_TEST_DURATIONS names the file; unset: printed only).
+_file_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _file_seconds[path] = _file_seconds.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or not _file_seconds:
+        return
+    rows = sorted(_file_seconds.items(), key=lambda kv: -kv[1])
+    write = terminalreporter.write_line  # type: ignore[attr-defined]
+    write("")
+    write(f"seconds per file (set-up + call + tear-down, all workers; total {sum(_file_seconds.values()):.1f})")
+    for path, secs in rows[:40]:
+        write(f"{secs:9.1f}  {path}")
+    target = os.environ.get("GPUFLEET_TEST_DURATIONS")
+    if target:
+        import json
+
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps(dict(rows), indent=1) + "\n")
