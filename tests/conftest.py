@@ -29,7 +29,8 @@ pytest_plugins = sorted(
 
 
 # ------------------------------------------------------------------------------------------------ pytest-xdist
-# hack/test.sh runs the integration tests with `-n 2 --dist loadgroup`, scheduled here by file: a file's tests run on
+# hack/test.sh runs the integration tests with `-n 2 --dist loadgroup` (any distributing mode gets the same
+# grouping), scheduled here by file: a file's tests run on
 # one worker (module- and session-scoped bed fixtures are set up once per file, and a file's tests may build on each
 # other's state), and every file that uses `sim_fleet_lock` (fleets converged on the shared simulated hosts) joins one
 # group, "sim-fleet", which runs first and on one worker, so no worker sits blocked on the other's lock. Unit tests
@@ -61,7 +62,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; a run without xdist never calls it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    if config.getoption("dist") != "loadgroup":
+    # Every distributing mode gets the bed's grouping (plain `-n 2` means `--dist load`, which would spread one fleet
+    # file's dependent tests over both workers and race its module fixtures); `each`/`no` are left to xdist.
+    if config.getoption("dist") in ("each", "no"):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
