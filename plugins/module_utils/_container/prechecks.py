@@ -1,7 +1,8 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """vllm_container's pre-checks: everything that must hold before a container is created. A failed pre-check touches
-nothing; all problems are reported together (``precheck`` = their names, ``problems`` = their messages).
+nothing; all problems are reported together (``precheck`` = their names, ``problems`` = their messages). A GPU that
+gpu_facts calls unhealthy (``_gpu/health.py``) is refused (``gpu_unhealthy``), with its issues.
 
 The GPU rule (GPUs per replica, memory fit) is the fleet placement's, from plugins/module_utils/_gpu/fit.py.
 """
@@ -153,6 +154,16 @@ def _gpu_problems(
             have = ", ".join(f"{g.get('index')} ({g.get('uuid')})" for g in host_gpus) or "none"
             problems.append(("gpu_not_found", f"GPU(s) {', '.join(missing)} not on this host; it has: {have}"))
         selected = [by_id[g] for g in gpus if g in by_id]
+    for g in selected:  # gpu_facts' verdict (_gpu/health.py): the fleet's placement skips such a GPU too
+        if g.get("healthy") is False:
+            issues = ", ".join(str(i) for i in g.get("health_issues") or []) or "unhealthy"
+            problems.append(
+                (
+                    "gpu_unhealthy",
+                    f"GPU {g.get('index')} ({g.get('uuid')}) is unhealthy: {issues}; use another GPU or fix this one "
+                    "(gpufleet.vllm.gpu_facts shows its state)",
+                )
+            )
     frac = params.get("gpu_memory_utilization") or fit.DEFAULT_UTILIZATION
     own = own_usage(rt, cur, host_gpus)
     for g in selected:

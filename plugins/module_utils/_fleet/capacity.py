@@ -24,7 +24,7 @@ def natural_key(text: str) -> tuple:
 
 
 class Gpu:
-    __slots__ = ("avail", "claims", "index", "name", "reserved", "sharing", "total", "used", "uuid")
+    __slots__ = ("avail", "claims", "index", "name", "reserved", "sharing", "total", "unhealthy", "used", "uuid")
 
     def __init__(self, facts: Mapping[str, Any]) -> None:
         self.index = int(facts["index"])
@@ -38,6 +38,10 @@ class Gpu:
         self.reserved: str | None = None  # reason when the whole GPU is reserved
         self.claims: list[str] = []  # deployments planned on this GPU (kept or new)
         self.sharing = True  # every claim allows sharing
+        # gpu_facts' verdict (_gpu/health.py): an unhealthy GPU takes no new replica; its issues say why.
+        self.unhealthy: str | None = None
+        if facts.get("healthy") is False:
+            self.unhealthy = ", ".join(str(i) for i in facts.get("health_issues") or []) or "unhealthy"
 
 
 class Host:

@@ -37,6 +37,8 @@ def gpu_reason(gpu: Gpu, req: Requirement) -> str | None:
     """Why one GPU cannot take a replica of ``req`` (None: it can)."""
     if gpu.reserved:
         return "reserved"
+    if gpu.unhealthy:
+        return f"unhealthy ({gpu.unhealthy})"
     if gpu.claims and not (req.sharing and gpu.sharing and req.name not in gpu.claims):
         return "in use"
     if req.need is not None and req.usable(gpu.total) < req.need:
@@ -112,7 +114,7 @@ class Explainer:
         # Hosts in the same GPU state give the same reason: computed once per state.
         if host.full_sig is None:
             host.full_sig = tuple(
-                (g.total, g.avail, bool(g.reserved), 2 if g.claims and g.sharing else bool(g.claims))
+                (g.total, g.avail, bool(g.reserved), g.unhealthy, 2 if g.claims and g.sharing else bool(g.claims))
                 for g in host.gpus.values()
             )
         key = (host.full_sig, req.key, req.gpr, req.sharing)

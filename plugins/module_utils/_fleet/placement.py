@@ -9,7 +9,8 @@
    They are removed when the deployment is ``state: absent`` or undeclared (with ``prune``), scaled down, pinned
    elsewhere, given another GPU count, or no longer fit (selector, reservation, VRAM). Placements on unreachable hosts
    are kept and reported, and moved only with ``move_from_unreachable``.
-2. Missing replicas are placed: pinned deployments first, then the largest. A GPU fits when it is not reserved, not
+2. Missing replicas are placed: pinned deployments first, then the largest. A GPU fits when it is healthy
+   (gpu_facts' ``healthy``; a replica already on a GPU that turns unhealthy is kept, with a warning), not reserved, not
    used by another deployment (unless both allow ``gpu_sharing``), ``gpu_memory_utilization`` x total covers the
    VRAM estimate per GPU (``_gpu/fit.py``) and at least ``gpu_memory_utilization`` x total is free (memory held by
    placements this plan removes, the deployment's own included, counts as free). ``spread`` puts replicas on the
@@ -372,7 +373,7 @@ class _Planner:
         if host.sig < 0:
             counts: Counter[tuple[int, int]] = Counter()
             for gpu in host.gpus.values():
-                if not gpu.reserved and not gpu.claims:
+                if not gpu.reserved and not gpu.unhealthy and not gpu.claims:
                     counts[(gpu.total, gpu.avail)] += 1
             sig = tuple(sorted(counts.items()))
             sig_id = self.sig_ids.get(sig)
@@ -383,7 +384,7 @@ class _Planner:
         return host.sig
 
     def _gpu_fits(self, gpu: Gpu, req: Requirement) -> bool:
-        if gpu.reserved:
+        if gpu.reserved or gpu.unhealthy:
             return False
         if gpu.claims and not (req.sharing and gpu.sharing and req.name not in gpu.claims):
             return False
@@ -550,6 +551,19 @@ class _Planner:
 
     # -- result ----------------------------------------------------------------------------------------------------
 
+    def _warn_unhealthy(self, asg: Mapping[str, Any]) -> None:
+        """A kept replica on a GPU that turned unhealthy stays (moving it is the operator's call), with a warning."""
+        parts = [(asg["host"], asg["gpus"])]
+        parts += [(w["host"], w["gpus"]) for w in (asg.get("ray") or {}).get("workers") or []]
+        for name, idxs in parts:
+            host = self.hosts[name]
+            for idx in idxs:
+                if idx in host.gpus and host.gpus[idx].unhealthy:
+                    self.warnings.append(
+                        f"{asg['name']}: runs on {name} GPU {idx}, which is unhealthy ({host.gpus[idx].unhealthy}); "
+                        "kept there, no new replica goes to that GPU"
+                    )
+
     def result(self) -> dict[str, Any]:
         assignments = []
         for key in sorted(self.assignments):
@@ -574,6 +588,7 @@ class _Planner:
                 vram_per_gpu_mib=req.need,
             )
             assignments.append(asg)
+            self._warn_unhealthy(asg)
         # A replica re-placed on the host it leaves is replaced in place by vllm_container, not removed.
         in_place = {(a["name"], a["host"]) for a in self.assignments.values()}
         removals = [r for r in self.removals if (r["name"], r["host"]) not in in_place]

@@ -86,7 +86,7 @@ class _Pool:
     def __init__(self, name: str, info: Mapping[str, Any], used_gpus: Iterable[Any], used_ports: set[int]) -> None:
         self.host = Host(name, info, 0)
         used = {self.host.resolve(g if isinstance(g, int) else str(g)) for g in used_gpus}
-        self.free = sorted(i for i, g in self.host.gpus.items() if i not in used and not g.reserved)
+        self.free = sorted(i for i, g in self.host.gpus.items() if i not in used and not g.reserved and not g.unhealthy)
         self.used_ports = set(used_ports)
         self.taken: set[int] = set()
         self.ports: set[int] = set()

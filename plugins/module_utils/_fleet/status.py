@@ -111,13 +111,23 @@ def status_report(
     per host the registered scrape loop (``metrics_texts``).
 
     Rows carry host, name (replica key), deployment, model, GPUs, state, phase, health, uptime, endpoint,
-    requests, generation tokens, tokens/s (generation tokens over the uptime: the average since start) and the last
-    failure class; ``deployments`` groups them by deployment.
+    requests, generation tokens, tokens/s (generation tokens over the uptime: the average since start), the last
+    failure class and ``gpu_issues`` (its GPUs that gpu_facts calls unhealthy, with why); ``deployments`` groups them
+    by deployment; ``unhealthy_gpus`` lists every unhealthy GPU of the hosts whose info has ``gpus``.
     """
     rows: list[dict[str, Any]] = []
+    unhealthy: list[dict[str, Any]] = []
     for host in sorted(infos or {}):
         info = infos[host]
         entries = info.get("deployments") if isinstance(info, Mapping) else info
+        # gpu_facts' verdict per GPU (vllm_deployment_info gpus=true): unhealthy ones are listed, and on their rows.
+        sick: dict[str, str] = {}
+        for g in (info.get("gpus") if isinstance(info, Mapping) else None) or []:
+            if isinstance(g, Mapping) and g.get("healthy") is False:
+                issues = [str(i) for i in g.get("health_issues") or []] or ["unhealthy"]
+                unhealthy.append({"host": host, "index": g.get("index"), "uuid": g.get("uuid"), "issues": issues})
+                text = f"GPU {g.get('index')}: {', '.join(issues)}"
+                sick[str(g.get("index"))] = sick[str(g.get("uuid"))] = text
         for d in entries or []:
             if not isinstance(d, Mapping):
                 continue
@@ -159,6 +169,7 @@ def status_report(
                     "serve_until": d.get("serve_until"),
                     "lifecycle": d.get("lifecycle"),
                     "owner": d.get("owner"),
+                    "gpu_issues": list(dict.fromkeys(sick[str(g)] for g in d.get("gpus") or [] if str(g) in sick)),
                 }
             )
     rows.sort(key=lambda r: (r["deployment"], r["name"], r["host"]))
@@ -172,6 +183,7 @@ def status_report(
         "deployments": deployments,
         "rows": rows,
         "unreachable_hosts": sorted(str(h) for h in unreachable),
+        "unhealthy_gpus": unhealthy,
     }
 
 
@@ -222,6 +234,8 @@ def status_table(report: Mapping[str, Any]) -> list[str]:
     )
     if not rows:
         out.append("(no managed deployments)")
+    for g in report.get("unhealthy_gpus") or []:
+        out.append(f"unhealthy GPU: {g['host']} GPU {g['index']} ({g.get('uuid')}): {', '.join(g['issues'])}")
     if report.get("unreachable_hosts"):
         out.append("unreachable hosts (not shown): " + ", ".join(report["unreachable_hosts"]))
     return out

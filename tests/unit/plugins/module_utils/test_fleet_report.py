@@ -41,3 +41,25 @@ def test_metrics_bad_lines_are_skipped_and_the_rest_counts():
 @pytest.mark.parametrize("text", [None, "", "# only comments\n"])
 def test_no_metrics(text):
     assert fr_status.parse_metrics(text) == {}
+
+
+def test_status_shows_unhealthy_gpus_on_their_rows_and_below_the_table():
+    hot = "temperature 95 C is above max_temperature_c (85 C)"
+    infos = {
+        "gpu-a": {
+            "deployments": [
+                {"name": "chat-0", "gpus": ["1"], "state": "running"},
+                {"name": "tp-0", "gpus": ["GPU-0"], "state": "running"},
+            ],
+            "gpus": [
+                {"index": 0, "uuid": "GPU-0", "healthy": True, "health_issues": []},
+                {"index": 1, "uuid": "GPU-1", "healthy": False, "health_issues": [hot]},
+            ],
+        },
+        "gpu-b": {"deployments": []},  # no gpus gathered: nothing to say
+    }
+    report = fr_status.status_report(infos, generated_at=0)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["chat-0"]["gpu_issues"] == [f"GPU 1: {hot}"] and rows["tp-0"]["gpu_issues"] == []
+    assert report["unhealthy_gpus"] == [{"host": "gpu-a", "index": 1, "uuid": "GPU-1", "issues": [hot]}]
+    assert fr_status.status_table(report)[-1] == f"unhealthy GPU: gpu-a GPU 1 (GPU-1): {hot}"

@@ -535,6 +535,44 @@ def test_newly_reserved_gpu_evicts_its_placement():
     assert result["assignments"][0]["action"] == "update"
 
 
+# -- GPU health ---------------------------------------------------------------------------------------------------
+
+
+def sick(info: dict, index: int, *issues: str) -> dict:
+    gpu = info["gpus"][index]
+    gpu.update(healthy=False, health_issues=list(issues))
+    return info
+
+
+def test_unhealthy_gpus_are_skipped_and_the_reason_says_why():
+    hot = "temperature 95 C is above max_temperature_c (85 C)"
+    hosts = {"a": sick(host(2), 0, hot), "b": sick(host(1), 0, "cannot read temperature_c: GPU is lost")}
+    result = plan(hosts, [dep()])
+    assert placed(result) == {"chat-0": ("a", [1], 8000)}
+    result = plan(hosts, [dep(tensor_parallel_size=2)])
+    assert result["errors"][0]["hosts"] == {
+        "a": f"1 GPU free, needs 2 (1 unhealthy ({hot}))",
+        "b": "0 GPUs free, needs 2 (1 unhealthy (cannot read temperature_c: GPU is lost))",
+    }
+    # Pinned to the sick GPU: the reason names it.
+    result = plan(hosts, [dep(host="a", gpus=[0])])
+    assert result["errors"][0]["hosts"] == {"a": f"GPU 0 unhealthy ({hot})"}
+    # No surge onto it either: the only free GPU of a is sick, so a rollout replaces in place.
+    assert "unhealthy" not in str(fleet_plan(hosts, [dep()])["rollout"])
+
+
+def test_replica_on_a_gpu_that_turns_unhealthy_is_kept_with_a_warning():
+    hosts = {"a": sick(host(2), 0, "temperature 95 C is above max_temperature_c (85 C)")}
+    existing = [{"deployment": "chat", "replica": 0, "host": "a", "gpus": [0], "port": 8000}]
+    result = plan(hosts, [dep(replicas=2)], existing)
+    assert placed(result) == {"chat-0": ("a", [0], 8000), "chat-1": ("a", [1], 8001)}
+    assert result["assignments"][0]["action"] == "keep"
+    assert result["warnings"] == [
+        "chat-0: runs on a GPU 0, which is unhealthy (temperature 95 C is above max_temperature_c (85 C)); kept "
+        "there, no new replica goes to that GPU"
+    ]
+
+
 # -- exclusivity and sharing -------------------------------------------------------------------------------------
 
 

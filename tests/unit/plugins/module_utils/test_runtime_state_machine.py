@@ -114,12 +114,26 @@ def test_first_start_failure_keeps_stopped_container(rt):
         ({"gpus": ["7"]}, None, "gpu_not_found"),
         ({"gpus": ["0"], "gpu_memory_utilization": 0.9}, facts(GPU(0, free=40000)), "gpu_memory"),
         ({"gpus": ["0"], "model": "/nonexistent/model"}, None, "model_missing"),
+        (
+            {"gpus": ["1"]},
+            facts(GPU(0), {**GPU(1), "healthy": False, "health_issues": ["GPU is lost"]}),
+            "gpu_unhealthy",
+        ),
     ],
 )
 def test_prechecks_fail_before_touching_anything(rt, kw, gf, check):
     with pytest.raises(GpufleetError) as e:
         run(rt, gf=gf, **kw)
     assert check in e.value.details["precheck"] and rt.calls == []
+
+
+def test_unhealthy_gpu_is_refused_with_its_reason(rt):
+    hot = {**GPU(0), "healthy": False, "health_issues": ["temperature 95 C is above max_temperature_c (85 C)"]}
+    with pytest.raises(GpufleetError) as e:
+        run(rt, gf=facts(hot, GPU(1)), gpus=["GPU-0"])
+    assert e.value.details["precheck"] == ["gpu_unhealthy"] and rt.calls == []
+    assert "GPU 0 (GPU-0) is unhealthy: temperature 95 C is above max_temperature_c (85 C)" in str(e.value)
+    assert run(rt, gf=facts(hot, GPU(1)), gpus=["1"])["changed"]  # its healthy neighbour is fine
 
 
 def test_port_conflict_precheck(rt, monkeypatch):
