@@ -7,7 +7,9 @@ Goals (issue 15): throughput through the gateway >= 0.9 x direct; added p50 late
 Throughput with ``--clients`` concurrent clients; the added latency with one client sending requests one after the
 other (what the hop itself adds, without the CPU contention of a saturated small machine, which the loaded p50 also
 shows). Two vLLM stand-ins (sim/standin, run as local processes on 127.0.0.1) and one vllm-router started by the
-collection's launcher (plugins/module_utils/_gateway/launch.py, the workers file, round_robin, health checks on).
+collection's launcher (plugins/module_utils/_gateway/launch.py, the workers file) with the arguments the role gives it
+(``_gateway/config.router_argv`` with the role's defaults: round_robin, health checks every 2 s, 3 retries, log level
+info; ``--router-log-level`` changes the last).
 The same httpx client and load for both rounds, in one run: ``--clients`` threads, each with its own keep-alive
 connection, ``--requests`` small completions in all; direct = each client sends to the replicas in turn (the
 same round robin the router does). Rounds alternate direct/gateway ``--rounds`` times; the figures are the medians.
@@ -37,6 +39,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / ".build" / "collections"))
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config import Router, router_argv  # noqa: E402
+
 OUT = ROOT / "bench" / "out"
 VENV = ROOT / ".build" / "gateway-venv"
 WHEELHOUSE = ROOT / ".build" / "gateway-wheelhouse"
@@ -113,6 +118,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latency-requests", type=int, default=200, help="sequential requests (1 client) per round")
+    ap.add_argument("--router-log-level", default="", help="the router's --log-level (default: the role's, info)")
     args = ap.parse_args()
     args.requests = max(10, min(args.requests, 20000))  # bounded load
     args.rounds = max(1, min(args.rounds, 10))
@@ -141,9 +147,8 @@ def main() -> int:
         gw_port, metrics_port = free_port(), free_port()
         (tmp / "workers").write_text("".join(u + "\n" for u in replicas))
         (tmp / "api_key").write_text(KEY + "\n")
-        cmd = [py, str(LAUNCHER), "--host=127.0.0.1", f"--port={gw_port}", "--policy=round_robin"]
-        cmd += [f"--prometheus-port={metrics_port}", "--health-check-interval-secs=2", "--retry-max-retries=3"]
-        cmd += ["--worker-startup-check-interval=1", "--log-level=warning"]
+        router = Router("bench", gw_port, metrics_port, tuple(replicas))
+        cmd = [py, str(LAUNCHER), *router_argv(router, "127.0.0.1", {"log_level": args.router_log_level})]
         cmd += [f"--api-key-file={tmp / 'api_key'}", f"--workers-file={tmp / 'workers'}"]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         gateway = f"http://127.0.0.1:{gw_port}"
@@ -192,9 +197,10 @@ def main() -> int:
         "added_p99_ms": g1["p99_ms"] - d1["p99_ms"],
         "added_p50_ms_loaded": g["p50_ms"] - d["p50_ms"],
         "failed_requests": failed,
+        "router_log_level": args.router_log_level or "info",
     }
     print(f"{'':10} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}   ({args.requests} requests x {args.rounds} rounds, "
-          f"{args.clients} clients, loopback, medians)")  # fmt: skip
+          f"{args.clients} clients, loopback, medians, router log level {result['router_log_level']})")  # fmt: skip
     for label, row in (("direct", d), ("gateway", g), ("direct 1c", d1), ("gateway 1c", g1)):
         print(f"{label:10} {row['rps']:9.1f} {row['p50_ms']:9.2f} {row['p99_ms']:9.2f}")
     print(

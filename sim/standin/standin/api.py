@@ -78,7 +78,11 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "uvicorn"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as uvicorn's asyncio transports: headers and body go out as two writes, and with Nagle the second
+    # waits for the client's delayed ACK of the first (up to 40 ms per response on a keep-alive connection).
+    disable_nagle_algorithm = True
     state: ServerState  # set on the subclass by make_server
+    _raw_body: bytes = b""
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -108,12 +112,16 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._json(status, {"object": "error", "message": message, "type": typ, "param": param, "code": status})
 
-    def _body(self) -> Any:
+    def _read_body(self) -> None:
+        """Read the request's body before any answer: an answer that leaves it unread (a 401, a 404) would make
+        the rest of a keep-alive connection parse the body as the next request."""
         n = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        if not raw:
+        self._raw_body = self.rfile.read(n) if n > 0 else b""
+
+    def _body(self) -> Any:
+        if not self._raw_body:
             return {}
-        return json.loads(raw)
+        return json.loads(self._raw_body)
 
     def _authorized(self, path: str) -> bool:
         keys = self.state.api_keys
@@ -139,6 +147,12 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         st = self.state
+        try:
+            self._read_body()
+        except ValueError:
+            self.close_connection = True
+            self._error(400, "Invalid request: bad content-length", "BadRequestError")
+            return
         if not self._authorized(path):
             self._json(401, {"error": "Unauthorized"})
             return

@@ -187,3 +187,38 @@ def test_fail_completions_by_env_or_by_a_file_in_the_model(tmp_path, monkeypatch
     assert fail_completions(str(tmp_path))
     monkeypatch.setenv("STANDIN_FAIL", "completions")
     assert fail_completions("org/model")
+
+
+def test_api_keeps_the_connection_after_an_early_answer_and_sends_without_nagle():
+    """A 401 (or 404) answered before its body is read must not break keep-alive (the body would be parsed as the
+    next request), and responses go out with TCP_NODELAY like uvicorn's (else Nagle + delayed ACK: ~40 ms each)."""
+    import http.client
+
+    from standin import api
+    from standin.vlog import VLog
+
+    assert api.Handler.disable_nagle_algorithm is True
+    srv = api.bind("127.0.0.1", 0)
+    state = api.ServerState(version="0.10.2", served_names=["m"], model_path="m", max_model_len=2048,
+                            api_keys=["k"], access_log=False, metrics=Metrics("0.10.2", "m"), log=VLog("0.10.2"))  # fmt: skip
+    t = threading.Thread(target=api.serve, args=(srv, state), daemon=True)
+    t.start()
+    srv._refuser.join(10)  # serve() ends the start-up refusal first (the listen backlog holds our connection)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=10)
+        body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1})
+        statuses = []
+        for auth, path in (
+            ("Bearer wrong", "/v1/completions"),
+            ("Bearer k", "/v1/nothing"),
+            ("Bearer k", "/v1/completions"),
+        ):
+            conn.request("POST", path, body=body, headers={"Authorization": auth, "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+        assert statuses == [401, 404, 200]
+        conn.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
