@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "_model": 3,
     "_container": 3,
     "_gateway": 3,
+    "_ray": 3,
     "_fleet": 4,
     "_agent": 4,
     "_monitoring": 4,

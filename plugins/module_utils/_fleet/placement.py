@@ -17,6 +17,10 @@
    hosts with the fewest replicas of the deployment, then the most free GPUs; ``binpack`` on the hosts with the
    fewest free GPUs that still fit. Ties go to the host name, so the output is deterministic.
 3. Ports: ``port`` (+1 for each further replica on the same host) or the first free port of ``port_range``.
+4. ``distributed: ray``: a replica that no single host fits spans the fewest hosts that do, each giving the same
+   number of GPUs (``gpus_per_replica / hosts``); the head (its vLLM server and port) is the first of them by name.
+   The replica's Ray cluster gets one block of ports free on all its hosts (``_ray/ports.py``). Such a replica is
+   kept or removed as a whole: one part that no longer fits moves all of it (docs/ray.md).
 
 An unschedulable deployment gets one error that says why for each host (``explain.py`` words it):
 ``chat-70b: 0/3 hosts fit — gpu-a: 2 GPUs free, needs 4; gpu-b: selector zone=eu1 not matched; gpu-c: unreachable``.
@@ -45,6 +49,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity impo
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.explain import Explainer, port_reason
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import gpu_ref, validate_deployments
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import fit as vram
+from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports as ray_ports
 
 REPLICA_NAME_RE = re.compile(r"^(?P<deployment>.+)-(?P<replica>\d+)$")
 
@@ -109,6 +114,7 @@ class _Planner:
             if isinstance(gpus_raw, str):
                 gpus_raw = [g for g in re.split(r"[,\s]+", gpus_raw) if g]
             port = item.get("port")
+            ray_port = item.get("ray_port")
             out.append(
                 {
                     "deployment": str(dep),
@@ -117,6 +123,9 @@ class _Planner:
                     "host": host,
                     "gpus_raw": list(gpus_raw),
                     "port": int(port) if port not in (None, "") else None,
+                    # A part of a multi-host replica: its Ray role (head serves, worker only gives GPUs) and block.
+                    "ray_role": item.get("ray_role") if item.get("ray_role") in ("head", "worker") else None,
+                    "ray_port": int(ray_port) if ray_port not in (None, "") else None,
                 }
             )
 
@@ -129,6 +138,7 @@ class _Planner:
             key=lambda e: (
                 e["deployment"],
                 e["replica"],
+                e["ray_role"] == "worker",
                 not reachable(e["host"]),
                 natural_key(str(e["host"])),
                 e["port"] or 0,
@@ -137,17 +147,18 @@ class _Planner:
         return out
 
     def _remove(self, ex: Mapping[str, Any], reason: str) -> None:
-        self.removals.append(
-            {
-                "deployment": ex["deployment"],
-                "replica": ex["replica"],
-                "name": ex["name"],
-                "host": ex["host"],
-                "gpus": ex.get("gpus", []),
-                "port": ex["port"],
-                "reason": reason,
-            }
-        )
+        removal = {
+            "deployment": ex["deployment"],
+            "replica": ex["replica"],
+            "name": ex["name"],
+            "host": ex["host"],
+            "gpus": ex.get("gpus", []),
+            "port": ex["port"],
+            "reason": reason,
+        }
+        if ex.get("ray_role"):
+            removal.update(ray_role=ex["ray_role"], ray_port=ex["ray_port"])
+        self.removals.append(removal)
 
     def _release(self, host: Host, ex: Mapping[str, Any], held: Mapping[int, int]) -> None:
         for idx in ex.get("gpus", []):
@@ -173,6 +184,8 @@ class _Planner:
             ex["gpus_missing"] = len(ex["gpus"]) != len(ex["gpus_raw"])
             if ex["port"] is not None:
                 managed_ports.setdefault(host.name, set()).add(ex["port"])
+            if ex["ray_port"] is not None:
+                managed_ports.setdefault(host.name, set()).update(ray_ports.block(ex["ray_port"]))
             for idx in ex["gpus"]:
                 per_gpu[(host.name, idx)] += 1
         for name, info in self.host_infos.items():
@@ -189,7 +202,12 @@ class _Planner:
             held[n] = {i: host.gpus[i].used // per_gpu[(host.name, i)] for i in ex["gpus"] if i in host.gpus}
 
         seen: set[tuple[str, int]] = set()
-        candidates: list[tuple[int, dict[str, Any]]] = []
+        candidates: list[list[tuple[int, dict[str, Any]]]] = []
+        # The Ray workers of a multi-host replica are decided with its head: kept or removed as a whole.
+        workers: dict[tuple[str, int], list[tuple[int, dict[str, Any]]]] = {}
+        for n, ex in enumerate(self.existing):
+            if ex["ray_role"] == "worker" and ex["host"] in self.hosts:
+                workers.setdefault((ex["deployment"], ex["replica"]), []).append((n, ex))
         for n, ex in enumerate(self.existing):
             dep = self.deps.get(ex["deployment"])
             host = self.hosts.get(ex["host"])
@@ -200,111 +218,167 @@ class _Planner:
                     f"{ex['name']}: runs on {ex['host']}, which is not in the inventory; left alone, remove it by hand"
                 )
                 continue
+            if ex["ray_role"] == "worker":
+                continue  # with its head (below), or removed after the loop when it has none
+            parts = [(n, ex), *workers.pop(key, [])] if ex["ray_role"] == "head" else [(n, ex)]
             if dep is None:
                 if self.prune:
-                    self._remove(ex, "not declared in gpufleet_deployments (prune)")
-                    self._release(host, ex, held[n])
+                    for pn, part in parts:
+                        self._remove(part, "not declared in gpufleet_deployments (prune)")
+                        self._release(self.hosts[part["host"]], part, held[pn])
                 else:
-                    self.undeclared.append(
-                        {k: ex[k] for k in ("deployment", "replica", "name", "host", "gpus", "port")}
+                    self.undeclared.extend(
+                        {k: part[k] for k in ("deployment", "replica", "name", "host", "gpus", "port")}
+                        for _, part in parts
                     )
-                    candidates.append((n, ex))  # keeps its GPUs
+                    candidates.append(parts)  # keeps its GPUs
                 continue
-            reason = self._keep_blocker(dep, host, ex, key in seen)
+            reason = self._keep_blocker(dep, host, ex, key in seen, [part for _, part in parts])
             if reason == "unreachable":
                 move = dep["move_from_unreachable"]
                 if move is None:
                     move = self.move_from_unreachable
                 if move:
-                    self._remove(ex, "moved: host unreachable")
+                    for _, part in parts:
+                        self._remove(part, "moved: host unreachable")
                     continue
                 seen.add(key)
                 self.warnings.append(f"{ex['name']}: {ex['host']} is unreachable; its placement is kept, not moved")
-                self._assign(dep, ex["replica"], host, ex["gpus"], ex["port"], ex, claim=False)
+                ray = self._kept_ray(parts)
+                self._assign(dep, ex["replica"], host, ex["gpus"], ex["port"], ex, claim=False, ray=ray)
                 continue
             if reason:
-                self._remove(ex, reason)
-                self._release(host, ex, held[n])
-                if not host.reachable:
-                    self.warnings.append(
-                        f"{ex['name']}: {ex['host']} is unreachable; its removal waits until it is back"
-                    )
+                for pn, part in parts:
+                    self._remove(part, reason)
+                    self._release(self.hosts[part["host"]], part, held[pn])
+                    if not self.hosts[part["host"]].reachable:
+                        self.warnings.append(
+                            f"{part['name']}: {part['host']} is unreachable; its removal waits until it is back"
+                        )
                 continue
             seen.add(key)
-            candidates.append((n, ex))
+            candidates.append(parts)
+        for orphans in workers.values():  # Ray workers whose head is gone: nothing can use them
+            for pn, part in orphans:
+                self._remove(part, "its Ray head is gone")
+                self._release(self.hosts[part["host"]], part, held[pn])
 
         # Memory fit of the placements that passed the other checks; released memory counts as free.
-        for n, ex in candidates:
+        for parts in candidates:
+            n, ex = parts[0]
             host = self.hosts[ex["host"]]
             dep = self.deps.get(ex["deployment"])
             if dep is None:  # undeclared, kept: blocks its GPUs and port
-                for idx in ex["gpus"]:
-                    self._claim(host.gpus[idx], ex["deployment"], sharing=False)
-                if ex["port"] is not None:
-                    host.ports.add(ex["port"])
+                for _, part in parts:
+                    phost = self.hosts[part["host"]]
+                    for idx in part["gpus"]:
+                        self._claim(phost.gpus[idx], part["deployment"], sharing=False)
+                    phost.ports.update(p for p in [part["port"]] if p is not None)
+                    phost.ports.update(ray_ports.block(part["ray_port"]) if part["ray_port"] is not None else ())
                 continue
             req = self.reqs[dep["name"]]
             reason = None
-            for idx in ex["gpus"]:
-                gpu = host.gpus[idx]
-                if gpu.claims and not (req.sharing and gpu.sharing):
-                    reason = f"GPU {idx} also used by {gpu.claims[0]}"
-                    break
-                if req.need is not None and req.usable(gpu.total) < req.need:
-                    reason = (
-                        f"GPU {idx} too small: needs {req.need} MiB, "
-                        f"{req.reserve_frac:g} x {gpu.total} MiB = {req.usable(gpu.total)} MiB usable"
-                    )
-                    break
-                if gpu.avail + held[n].get(idx, 0) < req.reserve(gpu.total):
-                    reason = (
-                        f"GPU {idx} has {gpu.avail + held[n].get(idx, 0)} MiB free, "
-                        f"needs {req.reserve_frac:g} x {gpu.total} MiB = {req.reserve(gpu.total)} MiB"
-                    )
+            for pn, part in parts:
+                reason = self._memory_blocker(req, self.hosts[part["host"]], part, held[pn])
+                if reason:
                     break
             if reason:
-                self._remove(ex, f"no longer fits: {reason}")
-                self._release(host, ex, held[n])
+                for pn, part in parts:
+                    self._remove(part, f"no longer fits: {reason}")
+                    self._release(self.hosts[part["host"]], part, held[pn])
                 continue
-            for idx in ex["gpus"]:
-                gpu = host.gpus[idx]
-                gpu.avail += held[n].get(idx, 0)  # its memory is now accounted as this plan's claim
-                self._claim(gpu, dep["name"], req.sharing, req.reserve(gpu.total))
+            for pn, part in parts:
+                phost = self.hosts[part["host"]]
+                for idx in part["gpus"]:
+                    gpu = phost.gpus[idx]
+                    gpu.avail += held[pn].get(idx, 0)  # its memory is now accounted as this plan's claim
+                    self._claim(gpu, dep["name"], req.sharing, req.reserve(gpu.total))
             port = ex["port"]
             if port is None or not self._port_ok(dep, port) or port in host.ports:
                 port = None  # keeps host and GPUs, gets a new port in the next phase
             else:
                 host.ports.add(port)
-            self._assign(dep, ex["replica"], host, ex["gpus"], port, ex, claim=False)
+            ray = self._kept_ray(parts)
+            if ray is not None:
+                for _, part in parts:
+                    self.hosts[part["host"]].ports.update(ray_ports.block(ray["port"]))
+            self._assign(dep, ex["replica"], host, ex["gpus"], port, ex, claim=False, ray=ray)
 
-    def _keep_blocker(self, dep: Mapping[str, Any], host: Host, ex: Mapping[str, Any], duplicate: bool) -> str | None:
-        """Why an existing placement cannot stay (None: it can, if memory still fits)."""
+    def _memory_blocker(
+        self, req: Requirement, host: Host, ex: Mapping[str, Any], held: Mapping[int, int]
+    ) -> str | None:
+        """Why the GPUs of a kept placement no longer hold it (None: they do); its own memory counts as free."""
+        for idx in ex["gpus"]:
+            gpu = host.gpus[idx]
+            where = f"GPU {idx}" if not ex["ray_role"] else f"GPU {idx} of {host.name}"
+            if gpu.claims and not (req.sharing and gpu.sharing):
+                return f"{where} also used by {gpu.claims[0]}"
+            if req.need is not None and req.usable(gpu.total) < req.need:
+                return (
+                    f"{where} too small: needs {req.need} MiB, "
+                    f"{req.reserve_frac:g} x {gpu.total} MiB = {req.usable(gpu.total)} MiB usable"
+                )
+            if gpu.avail + held.get(idx, 0) < req.reserve(gpu.total):
+                return (
+                    f"{where} has {gpu.avail + held.get(idx, 0)} MiB free, "
+                    f"needs {req.reserve_frac:g} x {gpu.total} MiB = {req.reserve(gpu.total)} MiB"
+                )
+        return None
+
+    @staticmethod
+    def _kept_ray(parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any] | None:
+        """The ``ray`` field of a kept multi-host replica (None for a one-host replica)."""
+        head = parts[0][1]
+        if head["ray_role"] != "head":
+            return None
+        workers = [{"host": p["host"], "gpus": sorted(p["gpus"])} for _, p in parts[1:]]
+        return {"port": head["ray_port"], "workers": workers}
+
+    def _keep_blocker(
+        self,
+        dep: Mapping[str, Any],
+        host: Host,
+        ex: Mapping[str, Any],
+        duplicate: bool,
+        parts: list[Mapping[str, Any]] | None = None,
+    ) -> str | None:
+        """Why an existing placement cannot stay (None: it can, if memory still fits). ``parts``: the head and the
+        Ray workers of a multi-host replica (checked as one)."""
         if dep["state"] == "absent":
             return "state: absent"
         if ex["replica"] >= dep["replicas"]:
             return f"scaled down to {dep['replicas']} replica{'s' if dep['replicas'] != 1 else ''}"
         if duplicate:
             return "duplicate of a replica kept elsewhere"
-        if not host.reachable:
+        parts = list(parts or [ex])
+        if any(not self.hosts[p["host"]].reachable for p in parts):
             return "unreachable"
         if dep["host"] is not None and dep["host"] != host.name:
             return f"pinned to {dep['host']}"
-        if ex["gpus_missing"]:
+        if len(parts) > 1 and dep.get("distributed") != "ray":
+            return "distributed is none: a replica's GPUs must be on one host"
+        if ex["ray_role"] == "head" and (len(parts) == 1 or ex["ray_port"] is None):
+            return "its Ray workers are gone" if len(parts) == 1 else "its Ray port is unknown"
+        if any(p["gpus_missing"] for p in parts):
             return "its GPU is no longer on the host"
-        if len(ex["gpus"]) != dep["gpus_per_replica"]:
-            return f"gpus_per_replica is now {dep['gpus_per_replica']} (was {len(ex['gpus'])})"
+        count = sum(len(p["gpus"]) for p in parts)
+        if count != dep["gpus_per_replica"]:
+            return f"gpus_per_replica is now {dep['gpus_per_replica']} (was {count})"
         if dep["gpus"] is not None:
             pinned = self._pinned_gpus(dep, host, ex["replica"])
             if pinned is None or sorted(pinned) != sorted(ex["gpus"]):
                 return "pinned to other GPUs"
-        selector = selector_miss(dep, host)
-        if selector:
-            return f"selector {selector} not matched"
-        if not dir_allowed(dep, host):
-            return f"model path {dep['model']['path']} not under gpufleet_allowed_model_dirs"
-        for idx in ex["gpus"]:
-            if host.gpus[idx].reserved:
-                return f"GPU {idx} reserved ({host.gpus[idx].reserved})"
+        for part in parts:
+            phost = self.hosts[part["host"]]
+            on = f" on {phost.name}" if len(parts) > 1 else ""
+            selector = selector_miss(dep, phost)
+            if selector:
+                return f"selector {selector} not matched{on}"
+            if not dir_allowed(dep, phost):
+                return f"model path {dep['model']['path']} not under gpufleet_allowed_model_dirs{on}"
+            for idx in part["gpus"]:
+                if phost.gpus[idx].reserved:
+                    return f"GPU {idx}{on} reserved ({phost.gpus[idx].reserved})"
         return None
 
     # -- claims and bookkeeping ------------------------------------------------------------------------------------
@@ -323,6 +397,7 @@ class _Planner:
         port: int | None,
         previous: Mapping[str, Any] | None,
         claim: bool = True,
+        ray: Mapping[str, Any] | None = None,
     ) -> None:
         req = self.reqs[dep["name"]]
         if claim:
@@ -331,6 +406,14 @@ class _Planner:
                 self._claim(gpu, dep["name"], req.sharing, req.reserve(gpu.total))
             if port is not None:
                 host.ports.add(port)
+        for worker in ray["workers"] if ray else []:
+            whost = self.hosts[worker["host"]]
+            if claim:
+                for idx in worker["gpus"]:
+                    self._claim(whost.gpus[idx], dep["name"], req.sharing, req.reserve(whost.gpus[idx].total))
+            whost.deployments[dep["name"]] += 1
+            whost.sig = -1
+            whost.full_sig = None
         host.deployments[dep["name"]] += 1
         if any(i in host.gpus and host.gpus[i].sharing and host.gpus[i].claims for i in gpus):
             host.has_shared = True
@@ -348,6 +431,8 @@ class _Planner:
                 if previous
                 else None
             ),
+            # A multi-host replica (distributed: ray): {port: its Ray block's base, workers: [{host, gpus}]}.
+            "ray": {"port": ray["port"], "workers": [dict(w) for w in ray["workers"]]} if ray else None,
         }
 
     def _port_ok(self, dep: Mapping[str, Any], port: int) -> bool:
@@ -420,23 +505,26 @@ class _Planner:
             self.candidate_cache[key] = hosts
         return hosts
 
-    def _pick_gpus(self, dep: Mapping[str, Any], host: Host, replica: int, prefer: list[int]) -> list[int] | None:
+    def _pick_gpus(
+        self, dep: Mapping[str, Any], host: Host, replica: int, prefer: list[int], count: int | None = None
+    ) -> list[int] | None:
         req = self.reqs[dep["name"]]
+        need = count or req.gpr  # count: this host's share of a multi-host replica
         if dep["gpus"] is not None:
             pinned = self._pinned_gpus(dep, host, replica)
             if pinned is None or not all(self._gpu_fits(host.gpus[i], req) for i in pinned):
                 return None
             return pinned
         fitting = [i for i in sorted(host.gpus) if self._gpu_fits(host.gpus[i], req)]
-        if len(fitting) < req.gpr:
+        if len(fitting) < need:
             return None
         preferred = [i for i in prefer if i in fitting]
-        if len(preferred) >= req.gpr:
-            return sorted(preferred[: req.gpr])
+        if len(preferred) >= need:
+            return sorted(preferred[:need])
         if req.sharing and not dep["gpus"]:
             # Shared GPUs first (fill them), then empty ones.
             fitting.sort(key=lambda i: (not host.gpus[i].claims, i))
-        return sorted(fitting[: req.gpr])
+        return sorted(fitting[:need])
 
     def _host_key(self, dep: Mapping[str, Any], host: Host, fit: int) -> tuple:
         if dep["placement"] == "binpack":
@@ -517,9 +605,41 @@ class _Planner:
                 fit = self.fit_count(host, req)
                 if fit >= req.gpr:
                     heapq.heappush(heap, (self._host_key(dep, host, fit), name))
+            if not placed and dep.get("distributed") == "ray":
+                placed = self._place_ray(dep, replica, candidates)
             if not placed:
                 self._unschedulable(dep, missing[pos:], skipped)
                 return
+
+    def _place_ray(self, dep: Mapping[str, Any], replica: int, candidates: list[Host]) -> bool:
+        """A replica no single host fits, over the fewest hosts that each give ``gpus_per_replica / n`` GPUs (the
+        usual vLLM layout: the same share per node); the hosts in the deployment's spread/binpack order, the head the
+        first of them by name. One Ray port block free on all of them."""
+        req = self.reqs[dep["name"]]
+        for count in range(2, min(req.gpr, len(candidates)) + 1):
+            if req.gpr % count:
+                continue
+            share = req.gpr // count
+            fits = [
+                (self._host_key(dep, h, fit), h.rank, h) for h in candidates if (fit := self.fit_count(h, req)) >= share
+            ]
+            if len(fits) < count:
+                continue
+            chosen = sorted((h for _, _, h in sorted(fits, key=lambda t: t[:2])[:count]), key=lambda h: h.rank)
+            head = chosen[0]
+            port = self._free_port(dep, head)
+            base = next(
+                (b for b in ray_ports.bases() if all(not h.ports & set(ray_ports.block(b)) for h in chosen)), None
+            )
+            picks = [self._pick_gpus(dep, h, replica, [], count=share) for h in chosen]
+            if port is None or base is None or any(p is None for p in picks):
+                continue
+            for h in chosen:
+                h.ports.update(ray_ports.block(base))
+            workers = [{"host": h.name, "gpus": p} for h, p in zip(chosen[1:], picks[1:], strict=True)]
+            self._assign(dep, replica, head, picks[0], port, None, ray={"port": base, "workers": workers})
+            return True
+        return False
 
     def _try_host(
         self, dep: Mapping[str, Any], host: Host, replica: int, prev: Mapping[str, Any] | None, prefer: list[int]
@@ -580,18 +700,28 @@ class _Planner:
                 action = "update"
             req = self.reqs[asg["deployment"]]
             asg = dict(asg)
+            if asg["ray"] is not None:  # the workers' GPUs by UUID too
+                asg["ray"] = {
+                    "port": asg["ray"]["port"],
+                    "workers": [
+                        {**w, "gpu_uuids": [self.hosts[w["host"]].gpus[i].uuid for i in w["gpus"]]}
+                        for w in asg["ray"]["workers"]
+                    ],
+                }
             asg.update(
                 action=action,
                 reachable=host.reachable,
                 gpu_uuids=[host.gpus[i].uuid for i in asg["gpus"] if i in host.gpus],
                 gpu_names=[host.gpus[i].name for i in asg["gpus"] if i in host.gpus],
                 vram_per_gpu_mib=req.need,
+                hosts=[asg["host"], *(w["host"] for w in (asg["ray"] or {}).get("workers", []))],
             )
             assignments.append(asg)
             self._warn_unhealthy(asg)
         # A replica re-placed on the host it leaves is replaced in place by vllm_container, not removed.
-        in_place = {(a["name"], a["host"]) for a in self.assignments.values()}
-        removals = [r for r in self.removals if (r["name"], r["host"]) not in in_place]
+        # The parts of a multi-host replica are always removed first (a Ray head or worker is not updated in place).
+        in_place = {(a["name"], a["host"]) for a in self.assignments.values() if a["ray"] is None}
+        removals = [r for r in self.removals if "ray_role" in r or (r["name"], r["host"]) not in in_place]
         removals = sorted(removals, key=lambda r: (r["deployment"], r["replica"], natural_key(str(r["host"]))))
         errors = sorted(self.errors, key=lambda e: e["deployment"])
         return {

@@ -37,6 +37,7 @@ DEFAULT_PORT = 8000
 DEFAULT_GPU_MEMORY_UTILIZATION = DEFAULT_UTILIZATION  # vLLM's, from _gpu/fit.py
 RUNTIMES = ("docker", "podman")
 PLACEMENTS = ("spread", "binpack")
+DISTRIBUTED = ("none", "ray")  # ray: a replica larger than any one host's free GPUs spans hosts (docs/ray.md)
 STATES = ("present", "absent")
 
 # Options the placement owns: setting them inside engine_options would fight the plan.
@@ -121,6 +122,7 @@ DEPLOYMENT_FIELDS = (
     "move_from_unreachable",
     "max_unavailable",
     "max_surge",
+    "distributed",
 )
 SECRET_FIELDS = ("secret_env", "api_key", "hf_token")
 
@@ -621,6 +623,16 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
         problems.add(who, "placement", "must be one of spread, binpack", placement)
         placement = "spread"
     out["placement"] = placement
+
+    distributed = dep.get("distributed", "none")
+    if distributed not in DISTRIBUTED:
+        problems.add(who, "distributed", "must be one of none, ray", distributed)
+        distributed = "none"
+    if distributed == "ray":
+        for field, why in (("host", "pins one host"), ("gpus", "pins GPUs"), ("gpu_sharing", "shares GPUs")):
+            if out.get(field):
+                problems.add(who, "distributed", f"ray spans hosts with whole GPUs; {field} {why}: drop one of them")
+    out["distributed"] = distributed
 
     selector = dep.get("selector")
     norm_selector: dict[str, list[str]] = {}

@@ -54,6 +54,7 @@ def test_defaults():
         "gpu_sharing": False,
         "move_from_unreachable": None,
         "placement": "spread",
+        "distributed": "none",
         "selector": {},
         "port": 8000,
         "port_range": None,
