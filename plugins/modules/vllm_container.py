@@ -120,6 +120,12 @@ options:
     description:
       - "GPU indices or UUIDs (C(GPU-...)) given to the container, or V(all). Docker: one device request with exactly these ids; podman: CDI devices
         C(nvidia.com/gpu=ID). Compared as a set. None gives no GPU."
+      - V(all) is every GPU of the host, read from its GPU facts (NVML, else nvidia-smi) when the task runs and given as their indices, not as the
+        engine's C(all); O(tensor_parallel_size) then defaults to their count (divided by O(pipeline_parallel_size)). Explicit ids keep the labels
+        saying which GPUs the container holds (for the fleet's placement and other containers' pre-checks), give the same configuration hash as
+        the same GPUs named one by one, and change the hash (a recreate) only when the host's GPUs change. Without GPU facts the engine's C(all)
+        is used and O(tensor_parallel_size) stays as given (with a warning).
+      - A GPU that C(gpufleet.vllm.gpu_facts) calls unhealthy (temperature, a lost GPU, ...) fails the pre-checks (C(gpu_unhealthy)) with why.
     type: list
     elements: str
   hf_cache_dir:
@@ -373,7 +379,8 @@ options:
     type: float
   tensor_parallel_size:
     description:
-      - C(--tensor-parallel-size). With O(pipeline_parallel_size), must multiply to the number of O(gpus).
+      - C(--tensor-parallel-size). With O(pipeline_parallel_size), must multiply to the number of O(gpus). With O(gpus=[all]) it defaults to the
+        host's GPU count.
     type: int
   tokenizer:
     description:

@@ -154,6 +154,8 @@ class Deployment:
         if by_name:
             return self._by_name(cur)
         pc.host_warning(self.p, self.warn)
+        if cs.gpus_of(self.p) == ["all"]:  # every GPU of the host, by index (desired.expand_all_gpus says why)
+            self.p = ds.expand_all_gpus(self.p, self.gpus.get(), self.warn)
         img = pull.present(self.rt, self.p)
         if img is None:
             # pull: missing. The pre-checks that do not need the image run first: a pull can take long.

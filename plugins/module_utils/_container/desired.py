@@ -36,6 +36,34 @@ class Desired:
         return list(self.spec["argv"])
 
 
+def expand_all_gpus(
+    params: dict[str, Any], host_gpus: list[dict[str, Any]] | None, warn: Callable[[str], None]
+) -> dict[str, Any]:
+    """``gpus: [all]`` → every GPU of the host by index, from its GPU facts, and tensor_parallel_size = their count
+    (divided by pipeline_parallel_size) unless set.
+
+    Explicit ids rather than the engine's ``all``: the container's labels then say which GPUs it holds (what the
+    fleet's planner and the other replicas' pre-checks read), a fleet replica given the same GPUs has the same config
+    hash, and the hash changes (a recreate) exactly when the host's GPUs do. Without GPU facts (no NVML, no
+    nvidia-smi) the engine's ``all`` is kept, with the tensor parallel size given."""
+    if cs.gpus_of(params) != ["all"]:
+        return params
+    if not host_gpus:
+        warn("gpus: all kept as the engine's 'all' (no GPU facts on this host); tensor_parallel_size stays as given")
+        return params
+    out = dict(params, gpus=[str(g["index"]) for g in sorted(host_gpus, key=lambda g: int(g["index"]))])
+    if out.get("tensor_parallel_size") is None:
+        pp = out.get("pipeline_parallel_size") or 1
+        if len(host_gpus) % pp:
+            raise GpufleetError(
+                f"gpus: all is {len(host_gpus)} GPU(s), not a multiple of pipeline_parallel_size {pp}; "
+                "set tensor_parallel_size or name the GPUs",
+                failure_class="bad_args",
+            )
+        out["tensor_parallel_size"] = len(host_gpus) // pp
+    return out
+
+
 def bad_args(e: GpufleetError) -> GpufleetError:
     """A vllm_args error as the module reports it: ``bad_args: <message>`` with failure_class bad_args."""
     details = dict(e.details)

@@ -63,6 +63,26 @@ def test_create_noop_change_and_check_mode_agree(rt):
     assert [c["name"] for c in rt.c.values()] == ["gpufleet-t"]
 
 
+def test_gpus_all_is_every_gpu_of_the_host_by_index_and_tp_their_count(rt):
+    two = facts(GPU(0), GPU(1))
+    first = run(rt, gf=two, gpus=["all"])
+    assert first["changed"] and first["spec"]["gpus"] == ["0", "1"]
+    assert first["argv"][first["argv"].index("--tensor-parallel-size") + 1] == "2"
+    # The same GPUs named one by one (what the fleet passes) are the same container: no change.
+    assert run(rt, gpus=["0", "1"], tensor_parallel_size=2)["changed"] is False
+    assert run(rt, gf=two, gpus=["all"])["changed"] is False
+    # A third GPU on the host changes the hash (a recreate on all three, TP 3); an explicit TP must match the count.
+    three = run(rt, check=True, gf=facts(GPU(0), GPU(1), GPU(2)), gpus=["all"])
+    assert three["changed"] and three["spec"]["gpus"] == ["0", "1", "2"]
+    assert three["argv"][three["argv"].index("--tensor-parallel-size") + 1] == "3"
+    with pytest.raises(GpufleetError) as e:
+        run(rt, check=True, gf=facts(GPU(0), GPU(1), GPU(2)), gpus=["all"], tensor_parallel_size=2)
+    assert e.value.details["precheck"] == ["tp_mismatch"]
+    warned: list[str] = []
+    no_facts = ct.Deployment(P(rt, gpus=["all"]), rt, True, gpu_facts_fn=lambda: (None, "no NVML"), warn=warned.append)
+    assert no_facts.run()["spec"]["gpus"] == ["all"] and any("gpus: all kept" in w for w in warned)
+
+
 def test_failed_replacement_rolls_back(rt):
     run(rt, gpus=["0"])
     old = rt._find("gpufleet-t")
