@@ -143,6 +143,33 @@ options:
     description:
       - Hugging Face hub endpoint for the model syncs (C(gpufleet.vllm.model_sync) O(gpufleet.vllm.model_sync#module:hf_endpoint)).
     type: str
+  gateways:
+    description:
+      - The routers of the deployments' gateways (C(gpufleet.vllm.gateway_info) RV(gpufleet.vllm.gateway_info#module:routers)
+        of each gateway host - C(deployment) and C(url) of each; one not C(up) is left out). During this run a replica
+        whose running container is about to stop first leaves its deployment's routers (C(POST /remove_worker) from
+        this host) and this run waits until it has no request running or waiting, at most O(drain_timeout); it joins
+        them again once it passed the readiness gate (or once its previous container serves again after a rollback).
+        A surge joins them after its gate and leaves them (drained) before it is removed.
+      - Empty - no router is touched. Check mode never touches a router. See C(docs/rollouts.md), "Gateway".
+    type: list
+    elements: dict
+    default: []
+  worker_address:
+    description:
+      - The address the routers reach this host's replicas at (the gateway role's worker URLs,
+        C(gpufleet_advertise_address), else C(ansible_host)). Default O(address).
+    type: str
+  drain_timeout:
+    description:
+      - Seconds a replica that left its routers may take to finish its requests in flight before its container stops
+        anyway (a warning says so).
+    type: int
+    default: 60
+  gateway_api_key:
+    description:
+      - Bearer token for the routers' worker API, when it asks for one. Never logged.
+    type: str
   fleet_state:
     description:
       - The whole fleet's placements (RV(gpufleet.vllm.fleet_plan#module:fleet_state) of C(gpufleet.vllm.fleet_plan)),
@@ -248,6 +275,10 @@ ARGUMENT_SPEC = dict(
     image_pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
     hf_endpoint=dict(type="str"),
     fleet_state=dict(type="dict"),
+    gateways=dict(type="list", elements="dict", default=[]),
+    worker_address=dict(type="str"),
+    drain_timeout=dict(type="int", default=60),
+    gateway_api_key=dict(type="str", no_log=True),
 )
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import validate as container_validate
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.info import gather
@@ -38,6 +39,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import state as fleet_state
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.drain import Gateways
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.records import RemovalRecord, ReplicaRecord
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.rollout import SURGE_SUFFIX
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ARGUMENT_SPEC as IMAGE_ARGSPEC
@@ -144,6 +146,15 @@ class HostApply:
         self.diffs: list[dict[str, Any]] = []
         self.changed = False
         self.errors: list[str] = []
+        self.gateways: Gateways | None = None
+        if params.get("gateways") and not check_mode:  # check mode never touches the routers
+            self.gateways = Gateways(
+                params["gateways"],
+                str(params.get("worker_address") or params.get("address") or "127.0.0.1"),
+                drain_timeout=float(params.get("drain_timeout") or 0),
+                api_key=params.get("gateway_api_key"),
+                warn=self.warn,
+            )
 
     @property
     def rt(self) -> Runtime:
@@ -173,6 +184,35 @@ class HostApply:
             return Deployment(params, self.rt, self.check_mode, self.warn).run()
         with converge_lock(state_dir(params["manifest_dir"]), params["name"]):
             return Deployment(params, self.rt, self.check_mode, self.warn).run()
+
+    def _stops(self, params: dict[str, Any]) -> bool:
+        """Whether converging ``params`` stops the running container (vllm_container's plan, in check mode)."""
+        try:
+            preview = Deployment(params, self.rt, True).run()
+        except GpufleetError:
+            return False  # the real run fails the same way, before it stops anything
+        return any(str(a).startswith(("stop ", "restart ")) for a in preview.get("actions") or [])
+
+    def _replace(self, params: dict[str, Any], deployment: str) -> dict[str, Any]:
+        """``_converge``, drained (drain.py): when the container will stop and the deployment has routers, the
+        replica leaves them first (its requests in flight finish) and joins them again once it passed the gate, or
+        once vllm_container brought the old container back."""
+        gw = self.gateways
+        if gw is None or not gw.has(deployment) or not self._stops(params):
+            return self._converge(params)
+        url = gw.worker(params["port"])
+        before: list[str] = []
+        after: list[str] = []
+        left = gw.leave(deployment, url, readiness.base_url(params.get("host"), params["port"]), before)
+        try:
+            res = self._converge(params)
+        except GpufleetError as err:
+            if err.details.get("rollback_ready"):
+                gw.rejoin(deployment, left, url, after)
+            err.details["actions"] = [*before, *(err.details.get("actions") or []), *after]
+            raise
+        gw.rejoin(deployment, left, url, after)
+        return dict(res, actions=[*before, *(res.get("actions") or []), *after])
 
     def _container_args(self, spec: Mapping[str, Any], image: Any) -> dict[str, Any]:
         args = dict(spec.get("container") or {})
@@ -318,7 +358,8 @@ class HostApply:
             args = with_revision(self._container_args(spec, ref), spec, sync_res)
             params = container_params(f"{name}: vllm_container", args)
             surge = (spec.get("rollout") or {}).get("mode") == "surge"
-            res = self._surge(spec, params) if surge else self._converge(params)
+            dep = str(spec.get("deployment"))
+            res = self._surge(spec, params, dep) if surge else self._replace(params, dep)
         except GpufleetError as err:
             res = _error_result(err)
             rec.failed, rec.changed, rec.failed_step = True, bool(err.details.get("changed")), "vllm_container"
@@ -347,19 +388,28 @@ class HostApply:
         )
         return self._converge(params)
 
-    def _surge(self, spec: Mapping[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    def _surge(self, spec: Mapping[str, Any], params: dict[str, Any], deployment: str) -> dict[str, Any]:
         """Replace a replica with a surge: a copy of its new configuration (``<name>-surge``, on the plan's free GPUs
         and port) starts and passes the readiness gate first, serves while the replica is replaced in place, then is
-        removed. A surge that fails is removed and the replica is left as it was (still serving)."""
+        removed. A surge that fails is removed and the replica is left as it was (still serving). With routers
+        (drain.py) the surge joins them once it passed the gate, before the replica leaves them, and leaves them
+        (drained) before it is removed; a surge that the routers do not take fails like a surge that did not start."""
         roll = spec.get("rollout") or {}
         sname = f"{params['name']}{SURGE_SUFFIX}"
         sparams = dict(params, name=sname, port=int(roll["surge_port"]), gpus=[str(g) for g in roll["surge_gpus"]])
         actions = [f"surge: start {sname} on GPUs {','.join(sparams['gpus'])} port {sparams['port']} and wait"]
         leftover = self._remove_container(sname)  # from an interrupted run
         actions += [f"surge: {a}" for a in leftover.get("actions") or []]
+        gw = self.gateways if self.gateways is not None and self.gateways.has(deployment) else None
+        surge_url = gw.worker(sparams["port"]) if gw else ""
+        gw_actions: list[str] = []
         try:
             surged = self._converge(sparams)
+            if gw:
+                gw.join(deployment, gw.routers(deployment), surge_url, gw_actions)
         except GpufleetError as err:
+            if gw:
+                gw.leave(deployment, surge_url, readiness.base_url(sparams.get("host"), sparams["port"]), gw_actions)
             try:
                 self._remove_container(sname)
             except GpufleetError as cleanup:
@@ -368,15 +418,21 @@ class HostApply:
             raise GpufleetError(
                 f"{err} (surge {sname}; {params['name']} was not touched and still serves)", **details
             ) from err
+        joined = list(gw_actions)
         try:
-            res = self._converge(params)
+            res = self._replace(params, deployment)
         finally:
+            gw_actions.clear()
+            if gw:
+                gw.leave(deployment, surge_url, readiness.base_url(sparams.get("host"), sparams["port"]), gw_actions)
             removed = self._remove_container(sname)
         res = dict(res)
         res["actions"] = [
             *actions,
             *[f"surge: {a}" for a in surged.get("actions") or []],
+            *joined,
             *list(res.get("actions") or []),
+            *gw_actions,
             *[f"surge: {a}" for a in removed.get("actions") or []],
         ]
         res["changed"] = True

@@ -74,18 +74,24 @@ def diff_workers(
 class RouterClient:
     """The router's worker API over HTTP (urllib; the router's address is loopback or the gateway host's)."""
 
-    def __init__(self, url: str, timeout: float = 10.0, add_timeout: float = 150.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, add_timeout: float = 150.0, api_key: str | None = None) -> None:
         parts = urllib.parse.urlsplit(str(url))
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise GpufleetError(f"router {url!r} is not an http(s)://host:port URL")
         self.url = str(url).rstrip("/")
         self.timeout = float(timeout)
         self.add_timeout = float(add_timeout)
+        # Sent as a bearer token on every call, for a router whose admin API asks for one (never logged).
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _call(self, method: str, path: str, timeout: float | None = None) -> tuple[int, str]:
         try:
             with open_url(
-                self.url + path, method=method, data=b"" if method == "POST" else None, timeout=timeout or self.timeout
+                self.url + path,
+                method=method,
+                data=b"" if method == "POST" else None,
+                headers=self._headers,
+                timeout=timeout or self.timeout,
             ) as resp:
                 return resp.status, resp.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as err:

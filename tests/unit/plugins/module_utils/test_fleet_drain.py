@@ -1,0 +1,235 @@
+"""Drain during a rollout (_fleet/drain.py) and its use by fleet_apply: a replica leaves its deployment's routers
+before its container stops and joins them again after the gate; a surge joins before the replica leaves; check mode
+and unchanged replicas touch no router; a router that refuses a surge fails the surge (the replica is untouched)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import apply as fleet_apply
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.drain import (
+    Gateways,
+    in_flight,
+    routers_by_deployment,
+)
+
+from .test_fleet_apply import model_dir, params, replica
+
+ROUTER = "http://10.0.0.5:30000"
+
+
+class FakeRouter:
+    """A router's worker API in memory; every call is logged in ``log`` (shared with the engine's calls)."""
+
+    def __init__(self, url: str, log: list[str], workers: list[str], refuse: tuple[str, ...] = ()) -> None:
+        self.url, self.log, self.set, self.refuse = url, log, list(workers), refuse
+
+    def list_workers(self) -> list[str]:
+        return sorted(self.set)
+
+    def remove_worker(self, url: str) -> None:
+        self.log.append(f"router remove {url}")
+        self.set.remove(url)
+
+    def add_worker(self, url: str) -> None:
+        if url in self.refuse:
+            raise GpufleetError(f"did not add {url}", failure_class="gateway_worker_unhealthy")
+        self.log.append(f"router add {url}")
+        self.set.append(url)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+def test_in_flight_sums_running_and_waiting() -> None:
+    text = (
+        "# HELP vllm:num_requests_running x\n"
+        'vllm:num_requests_running{model_name="m"} 2.0\n'
+        'vllm:num_requests_waiting{model_name="m"} 1.0\n'
+        'vllm:num_requests_running_total{model_name="m"} 9.0\n'
+        "vllm:num_requests_waiting 3\n"
+    )
+    assert in_flight(text) == 6.0
+    assert in_flight("") == 0.0
+
+
+def test_routers_by_deployment_skips_routers_that_are_down() -> None:
+    found = [
+        {"deployment": "chat", "url": ROUTER, "up": True, "workers": []},
+        {"deployment": "chat", "url": "http://10.0.0.6:30000", "up": True},
+        {"deployment": "emb", "url": "http://10.0.0.5:30001", "up": False},
+        {"deployment": "chat", "url": ROUTER, "up": True},
+    ]
+    assert routers_by_deployment(found) == {"chat": [ROUTER, "http://10.0.0.6:30000"]}
+
+
+def gateways(log: list[str], sets: dict[str, list[str]], idle: list[float | None], **kw: Any) -> Gateways:
+    clock, readings = Clock(), iter(idle)
+    routers = {u: FakeRouter(u, log, list(w), kw.pop("refuse", ())) for u, w in sets.items()}
+    return Gateways(
+        [{"deployment": "chat", "url": u, "up": True} for u in sets],
+        "10.0.0.11",
+        client=lambda url, **_kw: routers[url],
+        idle=lambda base: next(readings, 0),
+        clock=clock,
+        sleep=clock.sleep,
+        **kw,
+    )
+
+
+def test_leave_waits_for_the_requests_in_flight_then_join_puts_it_back() -> None:
+    log: list[str] = []
+    me, other = "http://10.0.0.11:8000", "http://10.0.0.12:8000"
+    gw = gateways(log, {ROUTER: [me, other], "http://10.0.0.6:30000": [other]}, idle=[3, 1, 0, 2, 0, 0])
+    assert gw.worker(8000) == me
+    actions: list[str] = []
+    left = gw.leave("chat", me, "http://127.0.0.1:8000", actions)
+    assert [r.url for r in left] == [ROUTER]  # only the router that listed it
+    assert log == [f"router remove {me}"]
+    assert actions[-1].startswith(f"gateway: {me} drained in 1.0 s")  # 6 readings, 5 polls, two zeros in a row
+    gw.join("chat", left, me, actions)
+    assert log[-1] == f"router add {me}" and left[0].list_workers() == sorted([me, other])
+
+
+def test_drain_timeout_warns_and_goes_on() -> None:
+    warnings: list[str] = []
+    me = "http://10.0.0.11:8000"
+    gw = gateways([], {ROUTER: [me]}, idle=[1] * 1000, drain_timeout=5, warn=warnings.append)
+    actions: list[str] = []
+    assert len(gw.leave("chat", me, "http://127.0.0.1:8000", actions)) == 1
+    assert "after the drain timeout (5 s)" in actions[-1] and "drain_timeout" in warnings[0]
+
+
+def test_rejoin_refused_is_a_warning_join_refused_raises() -> None:
+    warnings: list[str] = []
+    me = "http://10.0.0.11:8000"
+    gw = gateways([], {ROUTER: []}, idle=[], refuse=(me,), warn=warnings.append)
+    gw.rejoin("chat", gw.routers("chat"), me, [])
+    assert "did not join" in warnings[0]
+    with pytest.raises(GpufleetError, match="did not add"):
+        gw.join("chat", gw.routers("chat"), me, [])
+
+
+# ---------------------------------------------------------------------------------------------- through fleet_apply
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    model_dir(tmp_path, "chat")
+    return tmp_path
+
+
+def routed(
+    monkeypatch: pytest.MonkeyPatch, log: list[str], workers: list[str], refuse: tuple[str, ...] = ()
+) -> FakeRouter:
+    router = FakeRouter(ROUTER, log, workers, refuse)
+    monkeypatch.setattr(
+        fleet_apply,
+        "Gateways",
+        functools.partial(Gateways, client=lambda url, **_kw: router, idle=lambda base: 0, sleep=lambda s: None),
+    )
+    return router
+
+
+def gw_params(tmp: Path, reps: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    return params(tmp, reps, gateways=[{"deployment": "chat", "url": ROUTER, "up": True}], **kw)
+
+
+def test_in_place_replacement_leaves_the_router_before_the_stop_and_joins_after_the_gate(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me, other = "http://10.0.0.7:8000", "http://10.0.0.8:8000"
+    router = routed(monkeypatch, fake_runtime.calls, [me, other])
+    reps = [replica(tmp, "chat", 0, 8000)]
+    apply_host(gw_params(tmp, reps), runtime=fake_runtime)
+    assert not [c for c in fake_runtime.calls if c.startswith("router")]  # a new replica: nothing to drain
+    fake_runtime.calls.clear()
+    # Unchanged: no router call, no engine call.
+    out, errors = apply_host(gw_params(tmp, reps), runtime=fake_runtime)
+    assert errors == [] and out["changed"] is False and fake_runtime.calls == []
+    # Check mode of a change: the router is not touched.
+    reps[0]["container"]["max_model_len"] = 4096
+    apply_host(gw_params(tmp, reps), check_mode=True, runtime=fake_runtime)
+    assert fake_runtime.calls == [] and router.list_workers() == [me, other]
+    out, errors = apply_host(gw_params(tmp, reps), runtime=fake_runtime)
+    assert errors == []
+    calls = fake_runtime.calls
+    assert calls.index(f"router remove {me}") < calls.index("stop") < calls.index("start")
+    assert calls.index("start") < calls.index(f"router add {me}")
+    assert router.list_workers() == [me, other]
+    actions = out["records"][0]["actions"]
+    assert actions[0] == f"gateway: {me} left {ROUTER}" and actions[-1] == f"gateway: {me} joined {ROUTER}"
+
+
+def test_failed_replacement_rejoins_once_the_old_container_serves_again(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = "http://10.0.0.7:8000"
+    router = routed(monkeypatch, fake_runtime.calls, [me])
+    reps = [replica(tmp, "chat", 0, 8000)]
+    apply_host(gw_params(tmp, reps), runtime=fake_runtime)
+    reps[0]["container"]["env"] = {"FAIL": "1"}
+    out, errors = apply_host(gw_params(tmp, reps), runtime=fake_runtime)
+    assert out["records"][0]["rolled_back"] is True and len(errors) == 1
+    calls = fake_runtime.calls
+    assert calls.index(f"router remove {me}") < calls.index("stop") < calls.index(f"router add {me}")
+    assert router.list_workers() == [me]
+
+
+def surge_spec(tmp: Path) -> dict[str, Any]:
+    spec = replica(tmp, "chat", 0, 8000)
+    spec["container"]["gpus"] = ["0"]
+    spec["rollout"] = {"wave": 1, "mode": "surge", "surge_port": 8001, "surge_gpus": [1]}
+    return spec
+
+
+def test_surge_joins_before_the_replica_leaves_and_leaves_before_it_is_removed(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me, surge = "http://10.0.0.7:8000", "http://10.0.0.7:8001"
+    router = routed(monkeypatch, fake_runtime.calls, [me])
+    reps = [replica(tmp, "chat", 0, 8000)]
+    reps[0]["container"]["gpus"] = ["0"]
+    apply_host(gw_params(tmp, reps), runtime=fake_runtime)
+    fake_runtime.calls.clear()
+    spec = surge_spec(tmp)
+    spec["container"]["max_model_len"] = 4096
+    out, errors = apply_host(gw_params(tmp, [spec], only=["chat-0"]), runtime=fake_runtime)
+    assert errors == [] and out["records"][0]["changed"] is True, errors
+    c = fake_runtime.calls
+    order = [f"router add {surge}", f"router remove {me}", f"router add {me}", f"router remove {surge}"]
+    assert [x for x in c if x.startswith("router")] == order
+    assert c.index(f"router remove {me}") < c.index("stop")  # the old replica stops only after it left
+    assert c.index(f"router remove {surge}") < len(c) - 1 - c[::-1].index("remove")  # the surge leaves, then goes
+    assert router.list_workers() == [me]
+
+
+def test_surge_the_router_refuses_fails_and_the_replica_is_untouched(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me, surge = "http://10.0.0.7:8000", "http://10.0.0.7:8001"
+    router = routed(monkeypatch, fake_runtime.calls, [me], refuse=(surge,))
+    reps = [replica(tmp, "chat", 0, 8000)]
+    reps[0]["container"]["gpus"] = ["0"]
+    apply_host(gw_params(tmp, reps), runtime=fake_runtime)
+    before = {c["name"]: cid for cid, c in fake_runtime.c.items()}
+    spec = surge_spec(tmp)
+    spec["container"]["max_model_len"] = 4096
+    out, errors = apply_host(gw_params(tmp, [spec], only=["chat-0"]), runtime=fake_runtime)
+    rec = out["records"][0]
+    assert (
+        len(errors) == 1 and rec["failed"] is True and rec["rolled_back"] is True and "was not touched" in rec["hint"]
+    )
+    assert router.list_workers() == [me]
+    assert {c["name"]: cid for cid, c in fake_runtime.c.items()} == before  # surge removed, replica as it was
