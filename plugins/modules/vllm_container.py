@@ -163,6 +163,27 @@ options:
       - Extra container labels (keys may not start with C(gpufleet.)).
     type: dict
     default: {}
+  log_driver:
+    description:
+      - The engine's log driver for the container, a file driver that C(docker logs), C(podman logs) and the node agent
+        read. Default the runtime's own, V(json-file) for docker and V(k8s-file) for podman; docker also takes V(local).
+      - With O(log_max_size) and O(log_max_files) part of the comparison when not all at their defaults (a change
+        recreates the container; containers created before these options keep their hash and their log as it was).
+    type: str
+    choices: [json-file, local, k8s-file]
+  log_max_files:
+    description:
+      - Log files the engine keeps for the container (docker's C(max-file)); the oldest is deleted. Podman's
+        V(k8s-file) keeps one file, truncated at O(log_max_size).
+    type: int
+    default: 3
+  log_max_size:
+    description:
+      - Size at which the engine rotates the container's log (docker's C(max-size), podman's C(--log-opt max-size)),
+        a number of bytes, or with V(k), V(m) or V(g) (V(50m)). The container's log then never grows past about
+        O(log_max_size) x O(log_max_files). The node agent keeps its own copy per run (docs/node_agent.md).
+    type: str
+    default: 50m
   lora_modules:
     description:
       - LoRA adapters, each mounted read-only at its path; renders C(--enable-lora --lora-modules NAME=PATH ...).

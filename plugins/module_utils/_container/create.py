@@ -63,6 +63,7 @@ def labels_of(params: dict[str, Any], desired: Desired, manifest: dict[str, Any]
 def create_spec(params: dict[str, Any], desired: Desired, labels: dict[str, str]) -> CreateSpec:
     """The engine-neutral create request of the deployment's container."""
     spec = desired.spec
+    log = cs.log_config(params)
     return CreateSpec(
         name=lb.container_name(params["name"]),
         image=params["image"],
@@ -77,4 +78,7 @@ def create_spec(params: dict[str, Any], desired: Desired, labels: dict[str, str]
         labels=labels,
         port=params["port"],
         host=params.get("host") or "0.0.0.0",
+        log_driver=log["driver"],
+        log_max_size=log["max_size"],
+        log_max_files=log["max_files"],
     )

@@ -7,8 +7,8 @@ options, the ``vllm serve`` flag and how it is rendered (``kind``). How an optio
 decided by where ``normalized_spec`` puts it: rendered into the argv (compared as a list: engine options, model,
 host, port, LoRA, sleep mode, extra_args), env keys with salted value hashes (env, secret_env, api_key, hf_token),
 sorted lists (gpus, mounts and caches: order never causes a recreate), plain values (runtime, image id, network, ipc,
-shm_size, restart_policy, labels, model_revision when given), or not at all (wait, timeouts, smoke_test, state,
-serve_for, ...: never a recreate).
+shm_size, restart_policy, labels, model_revision when given, the log driver and limits when not the defaults), or not
+at all (wait, timeouts, smoke_test, state, serve_for, ...: never a recreate).
 
 Idempotence is decided by one value only: the sha256 of the normalized spec, stored in the ``gpufleet.config-hash``
 label. Engine fields are never re-read for comparison, so how an engine reports device requests, digests or env
@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,12 @@ SPEC_VERSION = 1
 MASK = "********"
 HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"
 COMPILE_CACHE_IN_CONTAINER = "/root/.cache/vllm"
+# The engine's log driver and its limits: the file drivers `docker logs`/`podman logs` (and the node agent) read.
+LOG_DRIVERS = ("json-file", "local", "k8s-file")
+DEFAULT_LOG_DRIVER = {"docker": "json-file", "podman": "k8s-file"}
+DEFAULT_LOG_MAX_SIZE = "50m"
+DEFAULT_LOG_MAX_FILES = 3
+LOG_SIZE_RE = re.compile(r"^[1-9][0-9]*[kmg]?$")
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option("ipc", "str", default="host"),
     Option("shm_size", "str"),
     Option("restart_policy", "str", default="unless-stopped", choices=("no", "on-failure", "always", "unless-stopped")),
+    Option("log_driver", "str", choices=LOG_DRIVERS),  # None: the runtime's (DEFAULT_LOG_DRIVER)
+    Option("log_max_size", "str", default=DEFAULT_LOG_MAX_SIZE),
+    Option("log_max_files", "int", default=DEFAULT_LOG_MAX_FILES),
     Option("labels", "dict", default={}),
     Option("wait", "bool", default=True),
     Option("wait_timeout", "int", default=1800),
@@ -334,6 +344,18 @@ def gpus_of(params: dict[str, Any]) -> list[str]:
     return sorted(gpus, key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g))
 
 
+# ---------------------------------------------------------------------------------------------------- logs
+def log_config(params: dict[str, Any]) -> dict[str, Any]:
+    """The container's log driver and limits: ``{driver, max_size, max_files}`` (``driver``: the runtime's file
+    driver when log_driver is not given; ``max_files`` is docker's, podman's k8s-file has none)."""
+    runtime = params.get("runtime") or "docker"
+    return {
+        "driver": params.get("log_driver") or DEFAULT_LOG_DRIVER.get(runtime, "json-file"),
+        "max_size": str(params.get("log_max_size") or DEFAULT_LOG_MAX_SIZE).strip().lower(),
+        "max_files": int(params.get("log_max_files") or DEFAULT_LOG_MAX_FILES),
+    }
+
+
 # ---------------------------------------------------------------------------------------------------- spec
 def normalized_spec(
     params: dict[str, Any],
@@ -369,6 +391,11 @@ def normalized_spec(
         # model path stays the same (a local checkpoint served in place). Absent when not given: hashes of
         # containers created before this option exist stay as they were.
         spec["model_revision"] = str(params["model_revision"])
+    log = log_config(params)
+    if log != log_config({"runtime": spec["runtime"]}):
+        # Compared when not the defaults only: containers created before the log options keep their hash (their
+        # log stays as it was until they are recreated for another reason; redeploy.yml recreates).
+        spec["log"] = log
     return spec, env, secret_keys
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import LOG_SIZE_RE
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 # docker's rule for container names (gpufleet-NAME) and the file names built from NAME (manifest, compile cache).
@@ -45,6 +46,7 @@ PATH_OPTIONS = ("hf_cache_dir", "compile_cache_dir", "manifest_dir")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 WILDCARD = ("", "0.0.0.0", "::")
 SLEEP_MODE_HOST = "127.0.0.1"
+LOG_DRIVERS_OF = {"docker": ("json-file", "local"), "podman": ("k8s-file",)}
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ RANGES: dict[str, Range] = {
     "max_loras": Range(1, fix="LoRA adapters in one batch, e.g. 1"),
     "wait_timeout": Range(1, fix="seconds to wait for /health and /v1/models (first starts download and compile)"),
     "stop_timeout": Range(0, fix="seconds the engine waits after SIGTERM before SIGKILL"),
+    "log_max_files": Range(1, fix="log files the engine keeps per container (docker), e.g. 3"),
     "max_failed_restarts": Range(0, fix="failures in a row the node agent restarts before it stops the replica"),
     "start_timeout": Range(1, fix="seconds a started server may take to answer /health before it counts as hung"),
 }
@@ -257,6 +260,18 @@ def _path_problems(params: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _log_problems(params: Mapping[str, Any]) -> list[str]:
+    """log_max_size as the engines take it (a number with k, m or g) and a log driver the runtime has."""
+    out = []
+    size = params.get("log_max_size")
+    if size is not None and not LOG_SIZE_RE.fullmatch(str(size).strip().lower()):
+        out.append(f"log_max_size: {size!r} must be a size such as 50m (a number of bytes, or with k, m or g)")
+    driver, runtime = params.get("log_driver"), params.get("runtime")
+    if driver and runtime and driver not in LOG_DRIVERS_OF.get(runtime, (driver,)):
+        out.append(f"log_driver: {driver} is not a {runtime} log driver; use {' or '.join(LOG_DRIVERS_OF[runtime])}")
+    return out
+
+
 def option_problems(params: Mapping[str, Any], *, require_name: bool = False) -> list[str]:
     """Every problem with the vllm_container options in ``params`` (those not None), one line each: what is wrong
     and how to fix it. ``require_name``: a missing name is a problem too."""
@@ -277,6 +292,7 @@ def option_problems(params: Mapping[str, Any], *, require_name: bool = False) ->
     out += _gpu_problems(params.get("gpus"))
     out += _mount_problems(params.get("mounts"))
     out += _sleep_mode_problems(params)
+    out += _log_problems(params)
     return out
 
 

@@ -143,6 +143,10 @@ class CreateSpec:
     labels: dict[str, str]
     port: int
     host: str
+    # The engine's log driver and its limits (None: the engine's defaults). max_files is docker's only.
+    log_driver: str | None = None
+    log_max_size: str | None = None
+    log_max_files: int | None = None
 
 
 class Runtime:
@@ -186,8 +190,10 @@ class Runtime:
     def logs(self, cid: str, tail: int = 300) -> list[str]:
         raise NotImplementedError
 
-    def follow(self, cid: str) -> Iterator[str]:
-        """Log lines as they come (from the container's start); ends when the container stops."""
+    def follow(self, cid: str, since: float | None = None, timestamps: bool = False) -> Iterator[str]:
+        """Log lines as they come (from the container's creation, or from ``since``, a Unix time, inclusive); ends
+        when the container stops. ``timestamps``: each line starts with the engine's RFC 3339 UTC time and a
+        space (``2026-01-02T03:04:05.123456789Z text``)."""
         raise NotImplementedError
 
     def list_managed(self) -> list[ContainerState]:

@@ -256,6 +256,9 @@ class DockerRuntime(Runtime):
             host_kw["ipc_mode"] = spec.ipc
         if spec.shm_size:
             host_kw["shm_size"] = spec.shm_size
+        if spec.log_driver:
+            opts = {"max-size": spec.log_max_size, "max-file": str(spec.log_max_files) if spec.log_max_files else None}
+            host_kw["log_config"] = {"type": spec.log_driver, "config": {k: v for k, v in opts.items() if v}}
         ports = None
         if spec.network != "host":
             ports = [spec.port]
@@ -303,12 +306,15 @@ class DockerRuntime(Runtime):
             return []
         return raw.decode("utf-8", "replace").splitlines()
 
-    def follow(self, cid: str) -> Iterator[str]:
+    def follow(self, cid: str, since: float | None = None, timestamps: bool = False) -> Iterator[str]:
         _load_sdk()
         # A separate client: the stream holds its connection for as long as the container runs.
         client = docker.APIClient(base_url=self.url, version=self.api.api_version, timeout=None)
+        kw: dict[str, Any] = {"timestamps": timestamps}
+        if since:
+            kw["since"] = float(since)
         try:
-            yield from _lines(client.logs(cid, stdout=True, stderr=True, stream=True, follow=True))
+            yield from _lines(client.logs(cid, stdout=True, stderr=True, stream=True, follow=True, **kw))
         finally:
             client.close()
 

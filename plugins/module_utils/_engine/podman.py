@@ -67,6 +67,10 @@ def create_args(spec: CreateSpec) -> list[str]:
     if spec.shm_size:
         args += ["--shm-size", spec.shm_size]
     args += ["--restart", spec.restart_policy or "no"]
+    if spec.log_driver:
+        args += ["--log-driver", spec.log_driver]
+        if spec.log_max_size:  # k8s-file has no max-file: podman keeps one file, truncated at the size
+            args += ["--log-opt", f"max-size={spec.log_max_size}"]
     args += [spec.image, *spec.command]
     return args
 
@@ -162,9 +166,12 @@ class PodmanRuntime(Runtime):
         r = self._exec(["logs", "--tail", str(tail), cid], "logs", merged=True)
         return r.stdout.splitlines() if r.returncode == 0 else []
 
-    def follow(self, cid: str) -> Iterator[str]:
+    def follow(self, cid: str, since: float | None = None, timestamps: bool = False) -> Iterator[str]:
+        args = ["logs", "--follow", *(["--timestamps"] if timestamps else [])]
+        if since:
+            args += ["--since", f"{since:.6f}"]
         p = subprocess.Popen(
-            [self.bin, "logs", "--follow", cid],
+            [self.bin, *args, cid],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

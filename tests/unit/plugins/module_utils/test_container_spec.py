@@ -73,6 +73,9 @@ def test_hash_stable_against_order_and_trailing_slash():
         {"ipc": "private", "shm_size": "8g"},
         {"restart_policy": "no"},
         {"port": 18001},
+        {"log_max_size": "10m"},
+        {"log_max_files": 5},
+        {"log_driver": "local"},
     ],
 )
 def test_each_relevant_change_changes_hash(change):
@@ -83,6 +86,53 @@ def test_each_relevant_change_changes_hash(change):
 def test_ignored_options_do_not_change_hash():
     base = spec_hash()
     assert base == spec_hash(wait=False, wait_timeout=5, state="stopped", serve_for="2h", stop_timeout=1)
+
+
+def test_log_options_at_their_defaults_keep_older_hashes():
+    # A container created before the log options has the hash of a spec without them: the defaults (and the runtime's
+    # own file driver said explicitly) hash the same, so upgrading the collection recreates nothing.
+    plain = cs.normalized_spec(params(), "sha256:1")[0]
+    assert "log" not in plain
+    assert spec_hash() == spec_hash(log_driver="json-file", log_max_size="50M", log_max_files=3)
+    podman = cs.normalized_spec(params(runtime="podman", log_driver="k8s-file"), "sha256:1")[0]
+    assert "log" not in podman
+    changed = cs.normalized_spec(params(log_max_size="10m"), "sha256:1")[0]
+    assert changed["log"] == {"driver": "json-file", "max_size": "10m", "max_files": 3}
+
+
+def test_log_options_reach_both_engines():
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import CreateSpec
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.podman import create_args
+
+    log = cs.log_config(params(runtime="podman", log_max_size="20m", log_max_files=4))
+    assert log == {"driver": "k8s-file", "max_size": "20m", "max_files": 4}
+    spec = CreateSpec(name="gpufleet-t", image="img", command=[], env={}, mounts=[], gpus=[], network="host", ipc=None,
+                      shm_size=None, restart_policy="no", labels={}, port=1, host="127.0.0.1",
+                      log_driver=log["driver"], log_max_size=log["max_size"], log_max_files=log["max_files"])  # fmt: skip
+    args = create_args(spec)
+    assert args[args.index("--log-driver") + 1] == "k8s-file"
+    assert args[args.index("--log-opt") + 1] == "max-size=20m" and args.count("--log-opt") == 1  # no max-file
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ({"log_max_size": "50 MB"}, "log_max_size: '50 MB' must be a size such as 50m"),
+        ({"log_max_size": "0m"}, "log_max_size: '0m' must be a size"),
+        ({"log_max_files": 0}, "log_max_files: 0 must be >= 1"),
+        (
+            {"runtime": "podman", "log_driver": "json-file"},
+            "log_driver: json-file is not a podman log driver; use k8s-file",
+        ),
+        ({"runtime": "docker", "log_driver": "k8s-file"}, "log_driver: k8s-file is not a docker log driver"),
+    ],
+)
+def test_log_option_problems(given, problem):
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import option_problems
+
+    found = option_problems(given)
+    assert len(found) == 1 and found[0].startswith(problem), found
+    assert option_problems({"runtime": "docker", "log_driver": "local", "log_max_size": "1g", "log_max_files": 1}) == []
 
 
 def test_image_compared_by_id_not_reference():
