@@ -38,6 +38,12 @@ CALLER_LABELS = (PLAN_DIGEST, OWNER)
 # flag tables (container_spec.argv_flags_marker).
 ARGV_FLAGS = "gpufleet.argv-flags"
 
+# A Ray node of a multi-host replica (_ray/spec.py): its role (head|worker) and its cluster's port block. A Ray node is
+# not a vLLM server: it carries DEPLOYMENT, GPUS and HOST but never MANAGED, so readers of servers pass it by.
+RAY_ROLE = "gpufleet.ray-role"
+RAY_PORT = "gpufleet.ray-port"
+RAY_REPLICA = "gpufleet.ray-replica"
+
 CONTAINER_PREFIX = "gpufleet-"
 PREVIOUS_SUFFIX = "-previous"
 
@@ -149,4 +155,20 @@ def parse(labels: dict[str, str] | None) -> dict[str, Any]:
         "api_key": labels.get(API_KEY_SET) == "true",
         "plan_digest": labels.get(PLAN_DIGEST),
         "owner": labels.get(OWNER) or None,
+    }
+
+
+def ray_node(labels: dict[str, str] | None) -> dict[str, Any] | None:
+    """``{deployment, replica, role, port, gpus, host}`` of a Ray node container; None for any other container."""
+    labels = labels or {}
+    role, port, replica = labels.get(RAY_ROLE), labels.get(RAY_PORT, ""), labels.get(RAY_REPLICA, "")
+    if role not in ("head", "worker") or not port.isdigit() or not replica.isdigit() or not labels.get(DEPLOYMENT):
+        return None
+    return {
+        "deployment": labels[DEPLOYMENT],
+        "replica": int(replica),
+        "role": role,
+        "port": int(port),
+        "gpus": [g for g in (labels.get(GPUS) or "").split(",") if g],
+        "host": labels.get(HOST),
     }

@@ -28,7 +28,8 @@ def block(base: int) -> range:
 
 
 def ports(base: int) -> dict[str, int]:
-    """The named Ray ports of the cluster at ``base`` (the ``ray start`` options of the same names)."""
+    """The named Ray ports of the cluster at ``base`` (the ``ray start`` options of the same names). No Ray client
+    server port: the image's minimal ``ray`` refuses one (it needs ``ray[client]``), and nothing here uses it."""
     return {
         "port": base,  # the head's GCS
         "node_manager_port": base + 1,
@@ -37,8 +38,7 @@ def ports(base: int) -> dict[str, int]:
         "dashboard_agent_listen_port": base + 4,
         "metrics_export_port": base + 5,
         "runtime_env_agent_port": base + 6,
-        "ray_client_server_port": base + 7,
-        "dashboard_port": base + 8,
+        "dashboard_port": base + 7,
         "min_worker_port": base + BLOCK - WORKER_PORTS,
         "max_worker_port": base + BLOCK - 1,
     }
