@@ -54,6 +54,9 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
     container["serve_for"] = dep["serve_for"]
     container["max_failed_restarts"] = dep.get("max_failed_restarts", 3)  # the lifecycle record (never hashed)
     container["start_timeout"] = dep.get("start_timeout", 1800)
+    for key in ("log_max_size", "log_max_files"):  # only when declared: other replicas keep their plan digest
+        if dep.get(key) is not None:
+            container[key] = dep[key]
     # The image is vllm_image's business (it resolves vllm_version to an image); vllm_container reads the version
     # from the image's label, so the deployment's vllm_version (e.g. "latest") is never a container argument.
     if dep["image"]:

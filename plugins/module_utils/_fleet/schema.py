@@ -17,6 +17,7 @@ from typing import Any
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import validate as container_validate
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import LOG_SIZE_RE
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec as _container_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import FORMAT as DURATION_FORMAT
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, duration_hours
@@ -119,6 +120,8 @@ DEPLOYMENT_FIELDS = (
     "max_failed_restarts",
     "start_timeout",
     "owner",
+    "log_max_size",
+    "log_max_files",
     "move_from_unreachable",
     "max_unavailable",
     "max_surge",
@@ -163,6 +166,23 @@ def _lifecycle_fields(dep: Mapping[str, Any], out: dict[str, Any], problems: Any
 
 
 _KIND = {"hf": "repo_id", "local": "path", "url": "url"}
+
+
+def _log_fields(dep: Mapping[str, Any], out: dict[str, Any], problems: Any, who: str) -> None:
+    """log_max_size (50m: bytes, or with k, m or g) and log_max_files (>= 1): the engine's log limits of each
+    replica, as vllm_container takes them; None = vllm_container's defaults (docs/node_agent.md)."""
+    size, files = dep.get("log_max_size"), dep.get("log_max_files")
+    text = str(size).strip().lower()
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, (str, int)) or not LOG_SIZE_RE.fullmatch(text)
+    ):
+        problems.add(who, "log_max_size", "must be a size such as 50m (bytes, or with k, m or g)", size)
+        size = None
+    if files is not None and (isinstance(files, bool) or _as_int(files) is None or _as_int(files) < 1):
+        problems.add(who, "log_max_files", "must be an integer >= 1", files)
+        files = None
+    out["log_max_size"] = None if size is None else text
+    out["log_max_files"] = None if files is None else _as_int(files)
 
 
 class Problems:
@@ -672,6 +692,7 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
     else:
         out["port"] = DEFAULT_PORT
 
+    _log_fields(dep, out, problems, who)
     serve_for = parse_serve_for(dep.get("serve_for"))
     if serve_for is None:
         problems.add(who, "serve_for", f"must be {DURATION_FORMAT}", dep.get("serve_for"))

@@ -62,6 +62,8 @@ def test_defaults():
         "max_failed_restarts": 3,
         "start_timeout": 1800,
         "owner": None,
+        "log_max_size": None,
+        "log_max_files": None,
         "max_unavailable": None,
         "max_surge": 1,
     }
@@ -432,6 +434,9 @@ def test_engine_option_names_follow_the_container_options_table():
         ("start_timeout", "30m", 1800),
         ("start_timeout", "2h", 7200),
         ("owner", "team-a@example.org", "team-a@example.org"),
+        ("log_max_size", "100M", "100m"),
+        ("log_max_size", 1048576, "1048576"),
+        ("log_max_files", "5", 5),
     ],
 )
 def test_lifecycle_fields(field, value, want):
@@ -448,6 +453,10 @@ def test_lifecycle_fields(field, value, want):
         ("start_timeout", "1d"),
         ("owner", "a b"),
         ("owner", 3),
+        ("log_max_size", "50 MB"),
+        ("log_max_size", True),
+        ("log_max_files", 0),
+        ("log_max_files", "x"),
     ],
 )
 def test_lifecycle_fields_refused(field, value):

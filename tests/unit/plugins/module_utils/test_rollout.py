@@ -69,6 +69,15 @@ def test_digest_changes_with_what_is_declared_not_with_where():
     assert moved["hosts"]["a"][0]["digest"] == base
 
 
+def test_log_limits_pass_through_the_plan_only_when_declared():
+    # Undeclared: vllm_container's defaults, nothing in the container args, so existing replicas keep their digest.
+    plain = fleet_plan({"a": host(2)}, [dep()])["hosts"]["a"][0]
+    assert "log_max_size" not in plain["container"] and "log_max_files" not in plain["container"]
+    limited = fleet_plan({"a": host(2)}, [dep(log_max_size="100M", log_max_files=5)])["hosts"]["a"][0]
+    assert (limited["container"]["log_max_size"], limited["container"]["log_max_files"]) == ("100m", 5)
+    assert limited["digest"] != plain["digest"], "a changed limit rolls the replicas (a new container applies it)"
+
+
 def test_default_surges_one_at_a_time_with_free_gpus():
     plan = roll({"a": host(4)}, [dep(replicas=2)])
     assert plan["rollout"]["strategy"]["chat"] == {
