@@ -131,6 +131,8 @@ def diff_lines(entries: list[dict[str, Any]], errors: list[dict[str, Any]] | Non
     for e in entries:
         name = e.get("name") or f"{e.get('deployment')}-{e.get('replica')}"
         gpus = ",".join(str(g) for g in e.get("gpus") or [])
+        if e.get("gpus_all"):  # gpus: all: every GPU of the host, by index
+            gpus = f"all({gpus})"
         lines.append(f"{name}: {e.get('host')} gpus={gpus} port={e.get('port')}")
     lines.sort()
     lines.extend(f"# unschedulable: {err['message']}" for err in errors or [])

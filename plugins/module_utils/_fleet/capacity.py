@@ -105,15 +105,26 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+def whole_host(dep: Mapping[str, Any]) -> bool:
+    """``gpus: all``: each replica takes every GPU of one host (the schema's normalized value is ``"all"``)."""
+    return dep.get("gpus") == "all"
+
+
 class Requirement:
-    """What one replica of a deployment needs from each of its GPUs."""
+    """What one replica of a deployment needs from each of its GPUs.
 
-    __slots__ = ("gpr", "key", "name", "need", "reserve_frac", "sharing")
+    ``gpus: all`` (``whole_host``): every GPU of a host, so the GPU count and the VRAM per GPU depend on the host:
+    ``need`` is None (placement checks the host as a whole, ``explain.whole_host_reason``) and ``total`` (MiB for
+    the replica, None = unknown) is split over the host's GPUs by ``per_gpu``."""
 
-    def __init__(self, dep: Mapping[str, Any], need: int | None) -> None:
+    __slots__ = ("gpr", "key", "name", "need", "reserve_frac", "sharing", "total", "whole_host")
+
+    def __init__(self, dep: Mapping[str, Any], need: int | None, total: int | None = None) -> None:
         self.name: str = dep["name"]
         self.gpr: int = dep["gpus_per_replica"]
-        self.need = need  # MiB per GPU, None = unknown
+        self.whole_host = whole_host(dep)
+        self.total = total
+        self.need = None if self.whole_host else need  # MiB per GPU, None = unknown
         self.reserve_frac: float = dep["gpu_memory_utilization"]
         self.sharing: bool = bool(dep["gpu_sharing"])
         self.key = (need, self.reserve_frac)
@@ -127,6 +138,12 @@ class Requirement:
 
     def fits_mem(self, total: int, avail: int) -> bool:
         return fit.fits(total, avail, self.reserve_frac, self.need)
+
+    def per_gpu(self, gpus: int) -> int | None:
+        """MiB each of a replica's ``gpus`` GPUs needs (None = unknown)."""
+        if not self.whole_host:
+            return self.need
+        return fit.per_gpu_mib(self.total, gpus) if self.total is not None else None
 
 
 def selector_miss(dep: Mapping[str, Any], host: Host) -> str | None:

@@ -51,6 +51,39 @@ def gpu_reason(gpu: Gpu, req: Requirement) -> str | None:
     return None
 
 
+def whole_host_count_miss(dep: Mapping[str, Any], count: int) -> str | None:
+    """Why a host of ``count`` GPUs cannot take a ``gpus: all`` replica by its GPU count (None: it can)."""
+    tp, pp = dep["tensor_parallel_size"], dep["pipeline_parallel_size"] or 1
+    if count == 0:
+        return "no GPUs"
+    if tp is not None and tp * pp != count:
+        return (
+            f"gpus: all is {count} GPU{'s' if count != 1 else ''} here but tensor_parallel_size x "
+            f"pipeline_parallel_size = {tp * pp}"
+        )
+    if tp is None and count % pp:
+        return f"gpus: all is {count} GPUs here, not a multiple of pipeline_parallel_size {pp}"
+    return None
+
+
+def whole_host_reason(dep: Mapping[str, Any], host: Host, req: Requirement) -> str | None:
+    """Why ``host`` cannot take a ``gpus: all`` replica (None: it can): every GPU must be free of other replicas,
+    reserved by nothing, healthy and fit the replica's share (its VRAM estimate split over the host's GPUs)."""
+    miss = whole_host_count_miss(dep, len(host.gpus))
+    if miss:
+        return miss
+    share = Requirement(dep, None, req.total)
+    share.need, share.whole_host, share.sharing = req.per_gpu(len(host.gpus)), False, False
+    problems = []
+    for gpu in host.gpus.values():
+        why = gpu_reason(gpu, share)
+        if why == "in use":
+            why = f"in use by {gpu.claims[0]}"
+        if why:
+            problems.append(f"GPU {gpu.index} {why}")
+    return "gpus: all needs every GPU: " + "; ".join(problems) if problems else None
+
+
 def gpus_reason(host: Host, req: Requirement, fit: int) -> str:
     """``1 GPU free, needs 2 (3 in use, 1 reserved)``: the host's GPUs counted by reason."""
     why: Counter[str] = Counter()
@@ -91,6 +124,8 @@ class Explainer:
         req = self.reqs[dep["name"]]
         if not host.gpus:
             return "no GPUs"
+        if req.whole_host:
+            return whole_host_reason(dep, host, req) or skipped.get(host.name) or port_reason(dep)
         if dep["gpus"] is not None:
             gpr = dep["gpus_per_replica"]
             replica_refs = dep["gpus"][replica * gpr : (replica + 1) * gpr]

@@ -42,7 +42,9 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         served_model_name=list(dep["served_model_name"] or [dep["name"]]),
         port=assignment["port"],
         gpus=list(assignment["gpus"]),
-        tensor_parallel_size=dep["tensor_parallel_size"],
+        # gpus: all leaves the tensor parallel size to the host's GPU count (divided by the pipeline parallel size)
+        tensor_parallel_size=dep["tensor_parallel_size"]
+        or len(assignment["gpus"]) // (dep["pipeline_parallel_size"] or 1),
         pipeline_parallel_size=dep["pipeline_parallel_size"],
         gpu_memory_utilization=dep["gpu_memory_utilization"],
         extra_args=list(dep["extra_args"]),

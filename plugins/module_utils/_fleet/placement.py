@@ -45,8 +45,14 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity impo
     dir_allowed,
     natural_key,
     selector_miss,
+    whole_host,
 )
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.explain import Explainer, port_reason
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.explain import (
+    Explainer,
+    port_reason,
+    whole_host_count_miss,
+    whole_host_reason,
+)
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import gpu_ref, validate_deployments
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import fit as vram
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports as ray_ports
@@ -90,7 +96,7 @@ class _Planner:
         for dep in deployments:
             est = _estimate(dep)
             self.estimates[dep["name"]] = est
-            self.reqs[dep["name"]] = Requirement(dep, est["per_gpu_mib"])
+            self.reqs[dep["name"]] = Requirement(dep, est["per_gpu_mib"], est["total_mib"])
         self.explain = Explainer(self.hosts, self.order, self.reqs, self.fit_count)
 
     # -- existing placements ---------------------------------------------------------------------------------------
@@ -362,9 +368,15 @@ class _Planner:
         if any(p["gpus_missing"] for p in parts):
             return "its GPU is no longer on the host"
         count = sum(len(p["gpus"]) for p in parts)
-        if count != dep["gpus_per_replica"]:
+        if whole_host(dep):  # every GPU of the host, as many as the tensor parallel size asks
+            if count != len(host.gpus):
+                return f"gpus: all is now {len(host.gpus)} GPUs (was {count})"
+            miss = whole_host_count_miss(dep, count)
+            if miss:
+                return miss
+        elif count != dep["gpus_per_replica"]:
             return f"gpus_per_replica is now {dep['gpus_per_replica']} (was {count})"
-        if dep["gpus"] is not None:
+        if isinstance(dep["gpus"], list):
             pinned = self._pinned_gpus(dep, host, ex["replica"])
             if pinned is None or sorted(pinned) != sorted(ex["gpus"]):
                 return "pinned to other GPUs"
@@ -537,7 +549,8 @@ class _Planner:
             (d for d in self.deps.values() if d["state"] == "present"),
             key=lambda d: (
                 d["host"] is None,
-                -d["gpus_per_replica"],
+                not whole_host(d),  # whole hosts are the hardest to find
+                -(d["gpus_per_replica"] or 0),
                 -(self.reqs[d["name"]].need or 0),
                 d["name"],
             ),
@@ -565,6 +578,9 @@ class _Planner:
     def _place_missing(
         self, dep: Mapping[str, Any], missing: list[int], dropped: Mapping[tuple[str, int], Mapping[str, Any]]
     ) -> None:
+        if whole_host(dep):
+            self._place_whole_hosts(dep, missing, dropped)
+            return
         req = self.reqs[dep["name"]]
         candidates = self._candidates(dep)
         heap: list[tuple] | None = None
@@ -641,6 +657,28 @@ class _Planner:
             return True
         return False
 
+    def _place_whole_hosts(
+        self, dep: Mapping[str, Any], missing: list[int], dropped: Mapping[tuple[str, int], Mapping[str, Any]]
+    ) -> None:
+        """``gpus: all``: each replica gets every GPU of one host that no other replica uses (its previous host first;
+        then ``spread`` takes the hosts with the most GPUs, ``binpack`` those with the fewest; ties by name)."""
+        req = self.reqs[dep["name"]]
+        sign = 1 if dep["placement"] == "binpack" else -1
+        for pos, replica in enumerate(missing):
+            prev = dropped.get((dep["name"], replica))
+            order = sorted(
+                self._candidates(dep),
+                key=lambda h: (prev is None or h.name != prev["host"], sign * len(h.gpus), h.rank),
+            )
+            for host in order:
+                port = self._free_port(dep, host)
+                if port is not None and whole_host_reason(dep, host, req) is None:
+                    self._assign(dep, replica, host, sorted(host.gpus), port, prev)
+                    break
+            else:
+                self._unschedulable(dep, missing[pos:], {})
+                return
+
     def _try_host(
         self, dep: Mapping[str, Any], host: Host, replica: int, prev: Mapping[str, Any] | None, prefer: list[int]
     ) -> bool:
@@ -713,7 +751,8 @@ class _Planner:
                 reachable=host.reachable,
                 gpu_uuids=[host.gpus[i].uuid for i in asg["gpus"] if i in host.gpus],
                 gpu_names=[host.gpus[i].name for i in asg["gpus"] if i in host.gpus],
-                vram_per_gpu_mib=req.need,
+                vram_per_gpu_mib=req.per_gpu(len(asg["gpus"])),
+                gpus_all=req.whole_host,
                 hosts=[asg["host"], *(w["host"] for w in (asg["ray"] or {}).get("workers", []))],
             )
             assignments.append(asg)

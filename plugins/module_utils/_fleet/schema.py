@@ -568,6 +568,10 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
 
     host = dep.get("host")
     gpus_pin = dep.get("gpus")
+    gpus_all = gpus_pin in ("all", ["all"])  # every GPU of the host each replica gets (a whole host per replica)
+    if gpus_all:
+        gpus_pin = None
+    tp_given = tp
     if host is not None and (not isinstance(host, str) or not host):
         problems.add(who, "host", "must be an inventory host name", host)
         host = None
@@ -576,7 +580,7 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
         if host is None:
             problems.add(who, "gpus", "pins GPUs on one host: set host as well")
         if not isinstance(gpus_pin, list) or not gpus_pin:
-            problems.add(who, "gpus", "must be a non-empty list of GPU indices or UUIDs", gpus_pin)
+            problems.add(who, "gpus", "must be all or a non-empty list of GPU indices or UUIDs", gpus_pin)
         else:
             refs = [gpu_ref(g) for g in gpus_pin]
             if any(r is None for r in refs):
@@ -618,8 +622,14 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
         host=host,
-        gpus=pinned_gpus,
+        gpus="all" if gpus_all else pinned_gpus,
     )
+    if gpus_all:  # GPUs per replica: the host's count (placement), tensor parallel = that / pipeline unless set
+        if dep.get("gpus_per_replica") is not None:
+            problems.add(who, "gpus_per_replica", "is the host's GPU count with gpus: all; set tensor_parallel_size")
+        if _as_bool(dep.get("gpu_sharing")):
+            problems.add(who, "gpu_sharing", "gpus: all reserves whole hosts; it cannot share them")
+        out.update(tensor_parallel_size=tp_given, gpus_per_replica=None)
 
     util = dep.get("gpu_memory_utilization", DEFAULT_GPU_MEMORY_UTILIZATION)
     util_f = _as_float(util)

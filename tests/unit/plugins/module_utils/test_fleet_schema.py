@@ -461,3 +461,14 @@ def test_lifecycle_fields(field, value, want):
 )
 def test_lifecycle_fields_refused(field, value):
     assert any(field in p for p in problems_of([{"name": "chat", "model": "org/chat", field: value}]))
+
+
+def test_gpus_all_takes_the_hosts_count_and_validates_to_itself():
+    dep = one(gpus="all")
+    assert (dep["gpus"], dep["tensor_parallel_size"], dep["gpus_per_replica"], dep["host"]) == ("all", None, None, None)
+    assert one(gpus=["all"], tensor_parallel_size=4)["tensor_parallel_size"] == 4
+    assert validate_deployments([dep]) == [dep]
+    assert problems_of([{"name": "x", "model": "o/x", "gpus": "all", "gpus_per_replica": 2, "gpu_sharing": True}]) == [
+        "x: gpus_per_replica: is the host's GPU count with gpus: all; set tensor_parallel_size",
+        "x: gpu_sharing: gpus: all reserves whole hosts; it cannot share them",
+    ]

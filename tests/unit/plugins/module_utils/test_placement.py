@@ -818,3 +818,64 @@ def test_fleet_plan_images_per_host_once_each_in_spec_order():
     assert out["images"]["a"] == [[None, "0.10.2"], ["reg/vllm:custom", specs_a[2]["vllm_version"]]]
     assert out["images"]["b"] == [] and out["images"]["c"] == []
     assert set(out["images"]) == set(hosts)
+
+
+# -- gpus: all ---------------------------------------------------------------------------------------------------
+
+
+def test_gpus_all_takes_whole_hosts_with_tp_their_count():
+    hosts = {"a": host(2), "b": host(4), "c": host(1)}
+    existing = [{"deployment": "other", "replica": 0, "host": "c", "gpus": [0], "port": 9000}]
+    planned = fleet_plan(hosts, [dep(gpus="all", replicas=3), dep("other", port=9000)], existing)
+    assert placed(planned) == {
+        "chat-0": ("b", [0, 1, 2, 3], 8000),
+        "chat-1": ("a", [0, 1], 8000),
+        "other-0": ("c", [0], 9000),
+    }
+    specs = {s["name"]: s["container"] for h in planned["hosts"].values() for s in h}
+    assert specs["chat-0"]["tensor_parallel_size"] == 4 and specs["chat-1"]["tensor_parallel_size"] == 2
+    assert specs["chat-0"]["gpus"] == [0, 1, 2, 3]
+    assert [a["gpus_all"] for a in planned["assignments"]] == [True, True, False]
+    # c has a GPU taken by another deployment: not eligible; a and b are whole hosts now.
+    assert planned["errors"][0]["hosts"] == {
+        "a": "gpus: all needs every GPU: GPU 0 in use by chat; GPU 1 in use by chat",
+        "b": "gpus: all needs every GPU: GPU 0 in use by chat; GPU 1 in use by chat; GPU 2 in use by chat; "
+        "GPU 3 in use by chat",
+        "c": "gpus: all needs every GPU: GPU 0 in use by other",
+    }
+    # Nothing else goes to a whole host, and a re-plan keeps everything.
+    deps = [dep(gpus="all", replicas=2), dep("other", port=9000), dep("late", port=9100)]
+    result = plan(hosts, deps, as_existing(planned))
+    assert {a["name"]: a["action"] for a in result["assignments"]} == {
+        "chat-0": "keep",
+        "chat-1": "keep",
+        "other-0": "keep",
+    }
+    assert result["errors"][0]["message"].startswith("late: 0/3 hosts fit")
+
+
+def test_gpus_all_with_a_tensor_parallel_size_needs_that_many_gpus_and_fits_the_vram_share():
+    hosts = {"a": host(2), "b": host(4, L4)}
+    result = plan(hosts, [dep(gpus="all", tensor_parallel_size=4)])
+    assert placed(result) == {"chat-0": ("b", [0, 1, 2, 3], 8000)}
+    result = plan(hosts, [dep(gpus="all", tensor_parallel_size=4, model_size_bytes=100 * GIB)])
+    # 100 GiB x 1.2 + 2 GiB over 4 GPUs: 31232 MiB each, more than 0.9 x an L4.
+    assert result["errors"][0]["hosts"]["a"] == (
+        "gpus: all is 2 GPUs here but tensor_parallel_size x pipeline_parallel_size = 4"
+    )
+    assert result["errors"][0]["hosts"]["b"].startswith("gpus: all needs every GPU: GPU 0 too small: needs 31232 MiB")
+    ok = plan(hosts, [dep(gpus="all", model_size_bytes=100 * GIB)])
+    assert placed(ok) == {"chat-0": ("a", [0, 1], 8000)} and ok["assignments"][0]["vram_per_gpu_mib"] == 62464
+
+
+def test_gpus_all_follows_the_hosts_gpus():
+    hosts = {"a": host(3)}
+    existing = [{"deployment": "chat", "replica": 0, "host": "a", "gpus": [0, 1], "port": 8000}]
+    result = plan(hosts, [dep(gpus="all")], existing)
+    assert placed(result) == {"chat-0": ("a", [0, 1, 2], 8000)} and result["assignments"][0]["action"] == "update"
+    hosts["a"] = sick(host(3), 2, "GPU is lost")
+    kept = plan(hosts, [dep(gpus="all")], as_existing(result))
+    assert kept["assignments"][0]["action"] == "keep" and "GPU 2, which is unhealthy" in kept["warnings"][0]
+    assert plan(hosts, [dep(gpus="all")])["errors"][0]["hosts"] == {
+        "a": "gpus: all needs every GPU: GPU 2 unhealthy (GPU is lost)"
+    }

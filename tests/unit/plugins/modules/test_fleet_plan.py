@@ -98,6 +98,9 @@ def test_diff_lines():
         "a-3: h gpus= port=None\nb-0: h gpus=1,2 port=1\n# unschedulable: c: 0/1 hosts fit — h: unreachable\n"
     )
     assert diff_lines([]) == ""
+    assert diff_lines([{"name": "big-0", "host": "h", "gpus": [0, 1], "gpus_all": True, "port": 2}]) == (
+        "big-0: h gpus=all(0,1) port=2\n"
+    )
 
 
 def task_vars(**hosts):
