@@ -71,13 +71,20 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         container["labels"] = {**(container.get("labels") or {}), labels.OWNER: dep["owner"]}
     digest = rollout.plan_digest(container, dep)
     container["labels"] = {**(container.get("labels") or {}), labels.PLAN_DIGEST: digest}
+    # The readiness gate's real request: after the digest, so that turning it on or off never rolls a replica (it
+    # decides how the next start is checked, not what runs; vllm_container keeps it out of the config hash too).
+    container["smoke_test"] = dep.get("smoke_test", True)
     sync: dict[str, Any] = {"name": dep["name"], "source": model.get("source"), "models_root": models_root}
+    if dep.get("keep_revisions") is not None:  # how many old revisions model_sync keeps (validated by the schema)
+        sync["keep_revisions"] = dep["keep_revisions"]
     if model.get("source") == "hf":
         sync.update(repo_id=model["repo_id"], revision=model["revision"])
     elif model.get("source") == "local":
         sync.update(src=model["path"], allowed_dirs=list(host.get("allowed_model_dirs") or []), link=True)
     elif model.get("source") == "url":
         sync.update(url=model["url"])
+        if model.get("checksum"):
+            sync["checksum"] = model["checksum"]
     return {
         "name": assignment["name"],
         "deployment": dep["name"],

@@ -28,6 +28,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.fit import (
     gpus_per_replica,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.revisions import DEFAULT_KEEP
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.url import parse_checksum
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -62,6 +64,7 @@ OWN_FIELDS = {
     "serve_for": "serve_for",
     "max_failed_restarts": "max_failed_restarts",
     "start_timeout": "start_timeout",
+    "smoke_test": "smoke_test",
     "state": "state",
     "runtime": "the host var gpufleet_runtime",
     # fleet_apply sets these itself for every replica: an engine_options value would be silently replaced
@@ -125,6 +128,8 @@ DEPLOYMENT_FIELDS = (
     "move_from_unreachable",
     "max_unavailable",
     "max_surge",
+    "smoke_test",
+    "keep_revisions",
     "distributed",
 )
 SECRET_FIELDS = ("secret_env", "api_key", "hf_token")
@@ -141,6 +146,7 @@ HOST_FIELDS = (
 _MISSING = object()
 _OWNER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}")
 _TIMEOUT_RE = re.compile(r"(\d+)\s*([smh]?)")
+KEEP_REVISIONS_MAX = 100  # model_sync's bound (MAX_KEEP in _model/sync.py; a unit test keeps them equal)
 
 
 def _lifecycle_fields(dep: Mapping[str, Any], out: dict[str, Any], problems: Any, who: str) -> None:
@@ -163,6 +169,23 @@ def _lifecycle_fields(dep: Mapping[str, Any], out: dict[str, Any], problems: Any
         problems.add(who, "owner", "must be a name of letters, digits, '_', '.', '@' or '-' (at most 63)", owner)
         owner = None
     out["owner"] = owner
+
+
+def _gate_and_revision_fields(dep: Mapping[str, Any], out: dict[str, Any], problems: Problems, who: str) -> None:
+    """smoke_test (the readiness gate's real request, vllm_container's option; default on) and keep_revisions (how many
+    of the newest model revisions model_sync keeps on each host, 1..100, default 2). Neither rolls a replica."""
+    smoke = dep.get("smoke_test")
+    as_bool = True if smoke is None else _as_bool(smoke)
+    if as_bool is None:
+        problems.add(who, "smoke_test", "must be true or false", smoke)
+        as_bool = True
+    out["smoke_test"] = as_bool
+    keep = dep.get("keep_revisions")
+    keep_i = DEFAULT_KEEP if keep is None else _as_int(keep)
+    if isinstance(keep, bool) or keep_i is None or not 1 <= keep_i <= KEEP_REVISIONS_MAX:
+        problems.add(who, "keep_revisions", f"must be an integer in 1..{KEEP_REVISIONS_MAX}", keep)
+        keep_i = DEFAULT_KEEP
+    out["keep_revisions"] = keep_i
 
 
 _KIND = {"hf": "repo_id", "local": "path", "url": "url"}
@@ -326,7 +349,9 @@ def parse_serve_for(value: Any) -> float | str | None:
 
 def parse_model_source(value: Any, who: str, problems: Problems) -> dict[str, Any] | None:
     """A deployment's ``model`` field (where the weights come from) → ``{"source": "hf"|"local"|"url", "repo_id",
-    "revision", "path", "url"}``. Not the container's model argument (``_container/spec.py`` normalises that).
+    "revision", "path", "url"}``, plus ``checksum`` (``sha256:<hex>``, lower case) for a URL that gives one (only
+    then: the normalized model is part of the replicas' plan digest). Not the container's model argument
+    (``_container/spec.py`` normalises that).
 
     Shorthands: ``/abs/path`` (local), ``https://…`` (url), ``org/name`` (Hugging Face hub, revision main).
     """
@@ -349,10 +374,12 @@ def parse_model_source(value: Any, who: str, problems: Problems) -> dict[str, An
     if source is not None and (source not in ("hf", "local", "url") or [_KIND[source]] != kinds):
         problems.add(who, "model.source", "must be hf (with repo_id), local (with path) or url (with url)", source)
     # "source" is what normalization adds: normalized input validates again unchanged.
-    unknown = sorted(set(value) - {"repo_id", "revision", "path", "url", "source"})
+    unknown = sorted(set(value) - {"repo_id", "revision", "path", "url", "checksum", "source"})
     if unknown:
         problems.add(
-            who, "model", f"unknown key(s) {', '.join(map(str, unknown))}; allowed: repo_id, revision, path, url"
+            who,
+            "model",
+            f"unknown key(s) {', '.join(map(str, unknown))}; allowed: repo_id, revision, path, url, checksum",
         )
     if len(kinds) != 1:
         problems.add(who, "model", "needs exactly one of repo_id, path, url", dict(value))
@@ -381,6 +408,19 @@ def parse_model_source(value: Any, who: str, problems: Problems) -> dict[str, An
         if not re.match(r"^https?://", text):
             problems.add(who, "model.url", "must be an http:// or https:// URL", text)
         out.update(source="url", url=text)
+    checksum = value.get("checksum")
+    if checksum is not None:
+        if kind != "url":
+            problems.add(who, "model.checksum", "only applies to url models")
+        else:
+            try:
+                digest = parse_checksum(checksum) if isinstance(checksum, str) else None
+            except GpufleetError:
+                digest = None
+            if digest is None:
+                problems.add(who, "model.checksum", "must be sha256:<64 hex digits>", checksum)
+            else:
+                out["checksum"] = f"sha256:{digest.lower()}"
     return out
 
 
@@ -709,6 +749,7 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
         serve_for = "infinite"
     out["serve_for"] = serve_for
     _lifecycle_fields(dep, out, problems, who)
+    _gate_and_revision_fields(dep, out, problems, who)
 
     # Rolling update (docs/rollouts.md): Kubernetes' meaning. max_surge defaults to 1; max_unavailable None = "auto"
     # (0 when every rolling replica can surge on its host, else 1), resolved by _fleet/rollout.py with the GPUs.

@@ -66,6 +66,8 @@ def test_defaults():
         "log_max_files": None,
         "max_unavailable": None,
         "max_surge": 1,
+        "smoke_test": True,
+        "keep_revisions": 2,
     }
 
 

@@ -695,6 +695,7 @@ def test_fleet_plan_per_host_container_specs():
         "start_timeout": 1800,
         # what the replica is declared with, compared by the rollout (never a secret: a salted hash of them)
         "labels": {"gpufleet.plan-digest": spec["digest"]},
+        "smoke_test": True,  # the readiness gate's real request (not in the digest)
     }
     assert len(spec["digest"]) == 16 and "s3cret" not in str(spec) and "k3y" not in str(spec)
     assert spec["model_path"] == "/srv/m/chat" and spec["vllm_version"] == "latest"
@@ -704,6 +705,7 @@ def test_fleet_plan_per_host_container_specs():
         "models_root": "/srv/m",
         "repo_id": "org/chat",
         "revision": "v2",
+        "keep_revisions": 2,
     }
     assert spec["secret_env_keys"] == ["TOKEN"]
     assert spec["api_key_set"] is True
