@@ -149,6 +149,14 @@ options:
       - Required with O(model) for O(state=started). For O(state=stopped), O(state=paused) and O(state=restarted) give both or neither (neither acts on
         the existing container by name, see O(state)).
     type: str
+  idle_pause_after:
+    description:
+      - Seconds without a request (vLLM's request counters in C(/metrics)) after which the node agent puts the server to sleep (vLLM sleep level 1 -
+        weights to CPU RAM, GPU memory freed; the container and its port stay and the first request wakes it). Needs O(sleep_mode=true). Unset
+        means never paused for idleness. Kept in the host's lifecycle record, not compared (a change never recreates).
+      - It also makes the replica pausable by the warm cache - before another replica starts (or wakes) on its GPUs without room, the least
+        recently used pausable replicas there are put to sleep (docs/node_agent.md 'Idle pause and the warm cache').
+    type: int
   ipc:
     description:
       - IPC mode; V(host) gives vLLM's shared-memory tensor parallelism what it needs. Set to V(private) with O(shm_size) to avoid it.
@@ -271,6 +279,12 @@ options:
     description:
       - C(--pipeline-parallel-size).
     type: int
+  pin:
+    description:
+      - Never put to sleep by the node agent (idle pause) nor by the warm cache. Kept in the lifecycle record, not compared; C(playbooks/pin.yml)
+        sets a host-side flag over it.
+    type: bool
+    default: false
   port:
     description:
       - Port vLLM listens on (C(--port)).

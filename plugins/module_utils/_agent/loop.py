@@ -12,6 +12,8 @@ container (``handle``):
   restarts, failed health, a start that never answered within ``start_timeout``), or at once for a class a restart
   cannot fix, the container is stopped for good (never removed) and the cause is written to the deployment's
   lifecycle record (``_container/lifecycle.py``), where the next converge reads it.
+- **idle pause and wake on demand** (``idle.py``): a replica with ``idle_pause_after`` and no request for that long
+  is put to sleep; a request waiting at a sleeping one wakes it, the warm cache making room on its GPUs first.
 - **serve-for expiry**: past the lifecycle record's deadline (older containers: ``gpufleet.serve-until``) the container
   is stopped (never removed) and stays stopped; ``expired`` is written to the record.
 
@@ -27,6 +29,7 @@ from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent import idle
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.diagnosis import (
     Diagnosis,
     classify_tail,
@@ -358,6 +361,7 @@ def _handle_running(x: Ctx, probe: Probe) -> None:
             st.blocked = None
         if is_stable(st, now, policy):
             st.failures_in_row = 0
+        idle.tend(x)  # idle pause, wake on demand (_agent/idle.py)
         return
     if start_timed_out(st, now, x.limits.start_timeout_s):
         waited = round(now - (st.running_since or now), 1)

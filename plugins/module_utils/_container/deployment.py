@@ -19,7 +19,7 @@ from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
-from ansible_collections.gpufleet.vllm.plugins.module_utils._container import create, lock, pull
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import create, lock, pull, warm
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import desired as ds
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import manifest as mf
@@ -221,6 +221,9 @@ class Deployment:
             start_timeout_s=self.p.get("start_timeout", lc.DEFAULT_START_TIMEOUT_S),
             now=time.time(),
             since=since,
+            idle_pause_after_s=self.p.get("idle_pause_after"),
+            pin=bool(self.p.get("pin")),
+            gpu_memory_utilization=self.p.get("gpu_memory_utilization"),
         )
 
     def _lifecycle_holds(self, cur: ContainerState | None) -> bool:
@@ -363,12 +366,20 @@ class Deployment:
             if not self.check_mode:
                 self.rt.unpause(cur.id)
         elif not cur.running:
+            self._make_room()
             self._act(f"start {self.cname}")
             started = True
             if not self.check_mode:
                 self.rt.start(cur.id)
         # Read-only probes run in check mode too, so its prediction matches the real run.
         if self.p.get("sleep_mode") and self.p["state"] == "started" and not started and cur.running:
+            directory = self._lifecycle_dir()
+            asleep = lc.paused(lc.load(directory, self.name)) if directory else None
+            if asleep is not None:
+                # Paused on purpose (idle, warm cache, pause.yml): it stays asleep and routable; the first request
+                # (the node agent) or resume.yml wakes it. Not a drift for the converge to fix.
+                self.result.update(state="paused", lifecycle="paused", paused=asleep)
+                return
             if rd.is_sleeping(self.base, self.p.get("api_key")):
                 self._act("wake_up (sleep mode)")
                 if not self.check_mode and not rd.wake_up(self.base, self.p.get("api_key")):
@@ -416,7 +427,27 @@ class Deployment:
         self.result["state"] = "paused"
 
     # ------------------------------------------------------------------------------------------------ deploy
+    def _make_room(self) -> None:
+        """The warm cache (warm.py): before this replica starts, the least recently used pausable replicas on its
+        GPUs are put to sleep when it would not fit beside them (the pre-checks then see the memory freed)."""
+        directory = self._lifecycle_dir()
+        if directory is None or self.p["state"] == "stopped":
+            return
+        gpus = cs.gpus_of(self.p)
+        util = self.p.get("gpu_memory_utilization")
+        try:
+            chosen = warm.make_room(self.rt, directory, self.name, gpus, util, time.time(), check_mode=True)
+        except GpufleetError:
+            return  # not enough to put to sleep: the GPU pre-checks decide with the memory they see
+        for other in chosen:
+            self._act(f"sleep {lb.container_name(other)} (warm cache: least recently used, makes room on its GPUs)")
+        if chosen and not self.check_mode:
+            warm.make_room(self.rt, directory, self.name, gpus, util, time.time())
+        self.result["paused_for_room"] = chosen
+
     def _deploy(self, cur: ContainerState | None, start: bool) -> None:
+        if start:
+            self._make_room()
         self._prechecks(cur, starting=start)
         old_live = bool(cur and (cur.running or cur.status in ("paused", "restarting")))
         if cur is not None:

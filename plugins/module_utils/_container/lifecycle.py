@@ -6,11 +6,17 @@
 Mutable, unlike a label, so the deadline can move without a restart. Who writes what:
 
 - the converge (vllm_container, and fleet_apply through it): ``container_id``, ``config_hash``, the serve window
-  (``since``, ``serve_for_h``), the crash-loop budget (``max_failed_restarts``, ``start_timeout_s``); it clears
+  (``since``, ``serve_for_h``), the crash-loop budget (``max_failed_restarts``, ``start_timeout_s``), the warm cache
+  (``idle_pause_after_s``: None = never paused for idleness; ``pin``: never paused by the agent;
+  ``gpu_memory_utilization``: its claim on its GPUs); it clears
   ``failed`` when the configuration changed or the user asked (``reset_failed``) and ``expired`` when the deadline
   moved past now;
-- ``playbooks/extend.yml`` (vllm_lifecycle): ``extra_h`` / ``extra_infinite``;
-- the node agent: ``failed`` (the end state of a crash loop or hung start, with its cause) and ``expired``.
+- ``playbooks/extend.yml`` (vllm_lifecycle): ``extra_h`` / ``extra_infinite``; ``pause.yml`` / ``resume.yml`` /
+  ``pin.yml``: ``paused`` and ``pinned`` (the host-side pin, over the deployment's ``pin``);
+- the node agent: ``last_active`` and ``served_seen`` (vLLM's request counters, ``_agent/idle.py``), ``failed``
+  (the end state of a crash loop or hung start, with its cause), ``expired``, ``wake_blocked`` and ``paused``
+  (``{"at", "reason": idle|warm_cache|manual}``: asleep on purpose, vLLM sleep level 1; cleared when it wakes;
+  vllm_lifecycle's pause/resume too). A paused replica keeps its container, port and serve window (serve_for counts on while it sleeps).
 
 The deadline is ``since + serve_for_h + extra_h`` hours: a converge with the same ``serve_for`` keeps it (and any
 extension), a changed ``serve_for`` recomputes it from ``since`` and drops the extension, a new container (a changed
@@ -113,6 +119,9 @@ def converge(
     start_timeout_s: int,
     now: float,
     since: float | None = None,
+    idle_pause_after_s: int | None = None,
+    pin: bool = False,
+    gpu_memory_utilization: float | None = None,
 ) -> None:
     """What a converge writes: a new container starts a new serve window and a fresh budget; the same container
     keeps its window (and extension) unless ``serve_for`` changed. ``since`` seeds the window of a container that
@@ -123,11 +132,13 @@ def converge(
         rec.update(container_id=container_id, since=now if had or since is None else since, extra_h=0.0)
         rec.update(extra_infinite=False, serve_for_h=serve_for_h)
         rec.pop("expired", None)
+        rec.pop("paused", None)  # a new container starts awake
     elif rec.get("serve_for_h") != serve_for_h:
         rec.update(serve_for_h=serve_for_h, extra_h=0.0, extra_infinite=False)
     if failed_for(rec, config_hash) is None:
         rec.pop("failed", None)
     rec.update(config_hash=config_hash, max_failed_restarts=max_failed_restarts, start_timeout_s=start_timeout_s)
+    rec.update(idle_pause_after_s=idle_pause_after_s, pin=bool(pin), gpu_memory_utilization=gpu_memory_utilization)
     until = deadline(rec)
     if until is None or until > now:
         rec.pop("expired", None)
@@ -151,15 +162,49 @@ def extend(rec: Record, hours: float | None, now: float) -> None:
     rec.pop("expired", None)
 
 
+def paused(rec: Record) -> Record | None:
+    """``{"at", "reason"}`` while the replica is asleep on purpose (idle, warm cache, pause.yml), else None."""
+    p = rec.get("paused")
+    return p if isinstance(p, dict) else None
+
+
+def pause(rec: Record, reason: str, now: float) -> None:
+    """Record the replica as asleep on purpose (the first pause's time and reason stay while it sleeps)."""
+    if paused(rec) is None:
+        rec["paused"] = {"at": now, "reason": reason}
+
+
+def resume(rec: Record) -> None:
+    rec.pop("paused", None)
+
+
+def is_pinned(rec: Record) -> bool:
+    """Never paused by the agent: the host-side flag (pin.yml) when set, else the deployment's ``pin``."""
+    flag = rec.get("pinned")
+    return bool(flag) if isinstance(flag, bool) else bool(rec.get("pin"))
+
+
+def pausable(rec: Record) -> bool:
+    """The warm cache may put it to sleep: it has a (sleep-mode) idle policy and is not pinned."""
+    return rec.get("idle_pause_after_s") is not None and not is_pinned(rec)
+
+
 def summary(rec: Record, now: float) -> dict[str, Any]:
-    """What status shows: ``lifecycle`` (failed, expired or None), the deadline and the failure."""
+    """What status shows: ``lifecycle`` (failed, expired, paused or None), the deadline, the failure, and for a
+    paused replica since when (``paused_for_s``) and why."""
     until = deadline(rec)
     failed = rec.get("failed") if isinstance(rec.get("failed"), dict) else None
+    asleep = paused(rec)
     state = "failed" if failed else ("expired" if until is not None and until <= now else None)
+    if state is None and asleep is not None:
+        state = "paused"
     return {
         "lifecycle": state,
         "serve_until_ts": until,
         "failed": failed,
         "max_failed_restarts": rec.get("max_failed_restarts"),
         "start_timeout_s": rec.get("start_timeout_s"),
+        "paused_for_s": round(max(0.0, now - float(asleep["at"])), 1) if asleep and state == "paused" else None,
+        "paused_reason": asleep.get("reason") if asleep and state == "paused" else None,
+        "pinned": is_pinned(rec),
     }

@@ -136,6 +136,10 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option("max_failed_restarts", "int", default=3),
     Option("start_timeout", "int", default=1800),
     Option("reset_failed", "bool", default=False),
+    # The warm cache (_container/warm.py; the node agent's idle pause), never hashed either: seconds without a request
+    # before the agent puts the server to sleep (needs sleep_mode), and pin (never put to sleep by the agent).
+    Option("idle_pause_after", "int"),
+    Option("pin", "bool", default=False),
     Option("manifest_dir", "path", default="/var/lib/gpufleet/manifests"),
     Option("validate_args", "bool", default=True),
     Option("vllm_version", "str"),

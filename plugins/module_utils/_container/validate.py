@@ -104,6 +104,7 @@ RANGES: dict[str, Range] = {
     "log_max_files": Range(1, fix="log files the engine keeps per container (docker), e.g. 3"),
     "max_failed_restarts": Range(0, fix="failures in a row the node agent restarts before it stops the replica"),
     "start_timeout": Range(1, fix="seconds a started server may take to answer /health before it counts as hung"),
+    "idle_pause_after": Range(1, fix="seconds without a request before the node agent puts the server to sleep"),
 }
 UNBOUNDED = frozenset({"seed", "sleep_level"})  # any int vLLM takes / choices already limit it
 
@@ -176,6 +177,8 @@ def with_sleep_mode_host(params: Mapping[str, Any]) -> tuple[dict[str, Any], str
 
 
 def _sleep_mode_problems(params: Mapping[str, Any]) -> list[str]:
+    if params.get("idle_pause_after") is not None and not params.get("sleep_mode"):
+        return ["idle_pause_after needs sleep_mode: true (a paused replica sleeps at level 1: weights to RAM)"]
     host = str(params.get("host") or "")
     if not params.get("sleep_mode") or host in WILDCARD or host in LOOPBACK:
         return []

@@ -56,6 +56,8 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
     container["serve_for"] = dep["serve_for"]
     container["max_failed_restarts"] = dep.get("max_failed_restarts", 3)  # the lifecycle record (never hashed)
     container["start_timeout"] = dep.get("start_timeout", 1800)
+    container["idle_pause_after"] = dep.get("idle_pause_after")  # the warm cache (lifecycle record, never hashed)
+    container["pin"] = bool(dep.get("pin"))
     for key in ("log_max_size", "log_max_files"):  # only when declared: other replicas keep their plan digest
         if dep.get(key) is not None:
             container[key] = dep[key]

@@ -30,7 +30,7 @@ SURGE_SUFFIX = "-surge"
 WHERE_KEYS = ("name", "port", "gpus", "labels")
 # The replica's lifecycle on its host (_container/lifecycle.py): changed in place, never a roll (issue #17). serve_for
 # enters the digest as the constant "infinite" (what it was for most replicas), so their digests did not change.
-LIFECYCLE_KEYS = ("serve_for", "max_failed_restarts", "start_timeout")
+LIFECYCLE_KEYS = ("serve_for", "max_failed_restarts", "start_timeout", "idle_pause_after", "pin")
 
 
 def plan_digest(container: Mapping[str, Any], dep: Mapping[str, Any]) -> str:

@@ -64,6 +64,8 @@ OWN_FIELDS = {
     "serve_for": "serve_for",
     "max_failed_restarts": "max_failed_restarts",
     "start_timeout": "start_timeout",
+    "idle_pause_after": "idle_pause_after",
+    "pin": "pin",
     "smoke_test": "smoke_test",
     "state": "state",
     "runtime": "the host var gpufleet_runtime",
@@ -123,6 +125,8 @@ DEPLOYMENT_FIELDS = (
     "max_failed_restarts",
     "start_timeout",
     "owner",
+    "idle_pause_after",
+    "pin",
     "log_max_size",
     "log_max_files",
     "move_from_unreachable",
@@ -169,6 +173,28 @@ def _lifecycle_fields(dep: Mapping[str, Any], out: dict[str, Any], problems: Any
         problems.add(who, "owner", "must be a name of letters, digits, '_', '.', '@' or '-' (at most 63)", owner)
         owner = None
     out["owner"] = owner
+    _warm_cache_fields(dep, out, problems, who)
+
+
+def _warm_cache_fields(dep: Mapping[str, Any], out: dict[str, Any], problems: Any, who: str) -> None:
+    """idle_pause_after (seconds, or 90s/30m/2h; None = never paused for idleness; needs engine_options.sleep_mode)
+    and pin (never put to sleep by the node agent's idle pause or warm cache): docs/node_agent.md 'Idle pause'."""
+    raw = dep.get("idle_pause_after")
+    seconds = None
+    if raw is not None:
+        m = _TIMEOUT_RE.fullmatch(str(raw).strip().lower()) if not isinstance(raw, bool) else None
+        seconds = int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)] if m else 0
+        if seconds <= 0:
+            problems.add(who, "idle_pause_after", "must be a positive number of seconds, or 90s, 30m, 2h", raw)
+            seconds = None
+        elif not (dep.get("engine_options") or {}).get("sleep_mode"):
+            problems.add(who, "idle_pause_after", "needs engine_options.sleep_mode: true (sleep level 1)", raw)
+    out["idle_pause_after"] = seconds
+    pin = dep.get("pin", False)
+    if not isinstance(pin, bool):
+        problems.add(who, "pin", "must be true or false", pin)
+        pin = False
+    out["pin"] = pin
 
 
 def _gate_and_revision_fields(dep: Mapping[str, Any], out: dict[str, Any], problems: Problems, who: str) -> None:

@@ -21,7 +21,8 @@ replica needs; what vLLM actually takes is ``gpu_memory_utilization`` x the GPU'
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
@@ -53,6 +54,14 @@ DTYPE_BYTES: dict[str, float] = {
     "float8_e5m2": 1.0,
     "int8": 1.0,
     "i8": 1.0,
+    # safetensors' dtype names the hub counts parameters by (safetensors.parameters), beside those above
+    "f64": 8.0,
+    "i64": 8.0,
+    "i32": 4.0,
+    "i16": 2.0,
+    "f8_e4m3": 1.0,
+    "f8_e5m2": 1.0,
+    "bool": 1.0,
     "u8": 1.0,
     "uint8": 1.0,
     "bitsandbytes": 1.0,
@@ -172,3 +181,42 @@ def free_enough(total_mib: float, free_mib: float, utilization: float) -> bool:
 def fits(total_mib: int, free_mib: float, utilization: float, need_mib: int | None = None) -> bool:
     """One GPU fits one replica's share: enough free memory for vLLM's claim, and that claim covers the estimate."""
     return covers_estimate(total_mib, utilization, need_mib) and free_enough(total_mib, free_mib, utilization)
+
+
+# ---------------------------------------------------------------------------------------------------- warm cache
+PERMILLE = 1000  # a host without memory facts counts what replicas claim in thousandths of a GPU
+
+
+def share_permille(utilization: float | None) -> int:
+    """What one replica claims of each of its GPUs, in thousandths: vLLM takes ``gpu_memory_utilization`` x total
+    (``reserved_mib``), so its share does not depend on the GPU's size."""
+    return round((DEFAULT_UTILIZATION if utilization is None else utilization) * PERMILLE)
+
+
+class Holder(NamedTuple):
+    """A replica holding GPU memory that the warm cache may put to sleep (vLLM sleep level 1: weights to RAM)."""
+
+    name: str
+    held: Mapping[str, float]  # GPU id -> what it holds there (MiB, or a share of the GPU: the unit of ``need``)
+    last_active: float  # when it last served a request (Unix time): the least recently used goes first
+    pausable: bool  # has an idle policy (sleep mode) and is not pinned
+
+
+def to_pause(need: Mapping[str, float], free: Mapping[str, float], holders: Iterable[Holder]) -> list[str] | None:
+    """Which replicas to put to sleep so that ``need`` (GPU id -> what must be free there) fits in ``free``: the least
+    recently used pausable holders first (ties by name), only those that hold some of a GPU still short, until every
+    GPU fits. ``[]`` when it fits already; None when even every pausable holder is not enough (nothing is chosen, a
+    pinned or unpausable holder is never chosen)."""
+    room = {g: float(free.get(g, 0.0)) for g in need}
+    short = {g for g, n in need.items() if room[g] < n}
+    chosen: list[str] = []
+    for h in sorted((h for h in holders if h.pausable), key=lambda h: (h.last_active, h.name)):
+        if not short:
+            break
+        if not any(h.held.get(g) for g in short):
+            continue
+        chosen.append(h.name)
+        for g in need:
+            room[g] += float(h.held.get(g, 0.0))
+        short = {g for g in short if room[g] < need[g]}
+    return None if short else chosen

@@ -45,6 +45,7 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
     sleeping: bool = False
     sleep_level: int = 0
+    woken: threading.Condition = field(default_factory=threading.Condition)
     lora_runtime: bool = False
     metrics: Metrics | None = None
     log: VLog | None = None
@@ -224,7 +225,7 @@ class Handler(BaseHTTPRequestHandler):
             self._error(500, "EngineCore encountered an issue: RuntimeError: CUDA error: an illegal memory access "
                         "was encountered (standin: completions fail)", "InternalServerError")  # fmt: skip
             return None
-        if st.sleeping:
+        if st.sleeping and not self._held_while_asleep():
             self._error(503, "The engine is sleeping; call /wake_up first.", "ServiceUnavailableError")
             return None
         prompt_tokens = count_tokens(prompt_text)
@@ -246,6 +247,26 @@ class Handler(BaseHTTPRequestHandler):
         n = max(0, min(n, 4096))
         text = fake_text(f"{body.get('model')}|{prompt_text}|{body.get('seed')}", n)
         return text, prompt_tokens, n, reason
+
+    def _held_while_asleep(self) -> bool:
+        """vLLM from 0.16 (the engine's scheduler is paused while it sleeps) keeps a request that arrives during sleep
+        in its waiting queue (vllm:num_requests_waiting) until /wake_up: held here, at most STANDIN_SLEEP_HOLD_S
+        (default 600) seconds, then 503. Older images answer 503 at once (real vLLM before 0.16 crashed the engine).
+        True when the server woke up while the request waited."""
+        st = self.state
+        if st.v < (0, 16) or not st.metrics:
+            return False
+        limit = time.monotonic() + float(os.environ.get("STANDIN_SLEEP_HOLD_S") or 600)
+        with st.metrics.lock:
+            st.metrics.waiting += 1
+        try:
+            with st.woken:
+                while st.sleeping and time.monotonic() < limit:
+                    st.woken.wait(max(0.0, min(1.0, limit - time.monotonic())))
+        finally:
+            with st.metrics.lock:
+                st.metrics.waiting -= 1
+        return not st.sleeping
 
     def _run(self, prompt_tokens: int, n: int, reason: str) -> None:
         st = self.state
@@ -361,7 +382,9 @@ class Handler(BaseHTTPRequestHandler):
         assert st.log
         tags = q.get("tags")
         st.log.info("api_server.py:1028", f"wake up the engine with tags: {tags}")
-        st.sleeping, st.sleep_level = False, 0
+        with st.woken:
+            st.sleeping, st.sleep_level = False, 0
+            st.woken.notify_all()
         st.log.info("executor_base.py:204", f"It took 0.100000 seconds to wake up tags {tags or ['weights', 'kv_cache']}.",
                     who="engine")  # fmt: skip
         self._send(200, b"")

@@ -118,4 +118,5 @@ def test_plan_digest_ignores_the_lifecycle_fields_so_they_never_roll_a_replica()
     base = plan_digest({"name": "chat-0", "serve_for": "infinite", "max_model_len": 4096}, dep)
     moved = {"name": "chat-0", "serve_for": 4.0, "max_model_len": 4096, "max_failed_restarts": 0, "start_timeout": 60}
     assert plan_digest(moved, dep) == base
+    assert plan_digest({**moved, "idle_pause_after": 600, "pin": True}, dep) == base  # the warm cache rolls nothing
     assert plan_digest({**moved, "labels": {"gpufleet.owner": "team-b"}}, dep) != base  # the owner label rolls

@@ -62,6 +62,8 @@ def test_defaults():
         "max_failed_restarts": 3,
         "start_timeout": 1800,
         "owner": None,
+        "idle_pause_after": None,
+        "pin": False,
         "log_max_size": None,
         "log_max_files": None,
         "max_unavailable": None,

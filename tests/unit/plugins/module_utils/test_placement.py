@@ -693,6 +693,8 @@ def test_fleet_plan_per_host_container_specs():
         "serve_for": "infinite",
         "max_failed_restarts": 3,
         "start_timeout": 1800,
+        "idle_pause_after": None,  # the warm cache (lifecycle record, not in the digest)
+        "pin": False,
         # what the replica is declared with, compared by the rollout (never a secret: a salted hash of them)
         "labels": {"gpufleet.plan-digest": spec["digest"]},
         "smoke_test": True,  # the readiness gate's real request (not in the digest)
