@@ -130,9 +130,11 @@ def node_spec(
     host: str,
     head_ip: str | None = None,
     env: dict[str, str] | None = None,
+    object_store_bytes: int | None = None,
 ) -> NodeSpec:
     """The container of one Ray node. ``gpus``: this host's share (indices or UUIDs, as vllm_container takes them);
-    ``env``: the deployment's env (HF_*, NCCL_* settings reach the Ray workers that run the model), then Ray's own."""
+    ``env``: the deployment's env (HF_*, NCCL_*, RAY_* settings reach the Ray processes that run the model), then
+    Ray's own; ``object_store_bytes``: Ray's object store (default: Ray's share of the host's memory)."""
     key = node_key(deployment, replica, role)
     hdir = host_dir(deployment, replica, role)
     node_env = {**(env or {}), **NODE_ENV, "VLLM_HOST_IP": node_ip}
@@ -141,7 +143,7 @@ def node_spec(
         role=role,
         image=image,
         entrypoint=["ray"],
-        command=start_argv(role, base, len(gpus), node_ip, head_ip if role == "worker" else None),
+        command=start_argv(role, base, len(gpus), node_ip, head_ip if role == "worker" else None, object_store_bytes),
         env=node_env,
         mounts=[(hdir, TEMP_DIR, "rw")],
         gpus=list(gpus),
@@ -160,12 +162,16 @@ def node_spec(
 def serve_settings(deployment: str, replica: int, head_ip: str, base: int) -> dict[str, object]:
     """What the head host's vLLM server adds to its vllm_container arguments to run over the cluster: the executor
     flag, ``RAY_ADDRESS``, ``VLLM_HOST_IP`` (the node IP vLLM reports to Ray), the head's Ray directory (read-write:
-    the driver's session files go there too) and the host network."""
+    the driver's session files go there too), the host network and IPC, and the head container's PID namespace: the
+    head's raylet checks its drivers by PID, and a driver it cannot see never finishes ``ray.init`` (seen with Ray
+    2.60: "Failed to connect to Ray cluster" after a minute; with the shared namespace it connects at once)."""
     return {
         "extra_args": [EXECUTOR_FLAG, "ray"],
         "env": {"RAY_ADDRESS": head_address(head_ip, base), "VLLM_HOST_IP": head_ip, **NODE_ENV},
         "mounts": [(host_dir(deployment, replica, "head"), TEMP_DIR, "rw")],
         "network": "host",
+        "ipc": "host",
+        "pid": f"container:{labels.container_name(node_key(deployment, replica, 'head'))}",
     }
 
 

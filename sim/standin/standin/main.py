@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from . import api, argv, hub, tables
+from . import api, argv, hub, raycluster, tables
 from .metrics import Metrics
 from .vlog import VLog, traceback_text
 
@@ -234,7 +234,12 @@ class Standin:
                 [*self._entry_frames(), (f"{PKG}/config/cache.py", 150, "_verify_args", "raise ValueError(")],
             )  # fmt: skip
         world = int(argv.get(ns, "tensor_parallel_size", 1)) * int(argv.get(ns, "pipeline_parallel_size", 1))
-        if gpus and world > gpus:
+        if argv.get(ns, "distributed_executor_backend", None) == "ray":
+            # The GPUs are the Ray cluster's (this host's and the other nodes'), not only the container's.
+            failure = raycluster.join(world, lambda where, msg: log.info(where, msg, who="engine"))
+            if failure:
+                return self._engine_failure(failure, raycluster.FRAMES)
+        elif gpus and world > gpus:
             return self._api_exit(
                 f"AssertionError: please set tensor_parallel_size ({world}) to less than max local gpu count ({gpus})",
                 [*self._entry_frames(), (f"{PKG}/config/parallel.py", 460, "__post_init__", "assert world_size <=")],
@@ -384,6 +389,7 @@ class Standin:
             t = threading.Timer(_env_float("STANDIN_CRASH_AFTER", 1.0), self._crash)
             t.daemon = True
             t.start()
+        raycluster.watch(self._crash)  # a lost Ray node kills the engine (only with the ray executor)
         try:
             api.serve(srv, state)
         except Terminate:
@@ -397,9 +403,8 @@ class Standin:
     def _names(self, ns: Any) -> list[str]:
         return argv.as_list(argv.get(ns, "served_model_name")) or [ns.model]
 
-    def _crash(self) -> None:
+    def _crash(self, exc: str = "RuntimeError: CUDA error: an illegal memory access was encountered") -> None:
         """The engine dies while serving: vLLM logs the fatal error, the API server shuts down, exit 1."""
-        exc = "RuntimeError: CUDA error: an illegal memory access was encountered"
         self.log.error("core.py:710", "EngineCore encountered a fatal error.\n" + traceback_text(
             [(f"{PKG}/v1/engine/core.py", 701, "run_engine_core", "engine_core.run_busy_loop()"),
              (f"{PKG}/v1/engine/core.py", 728, "run_busy_loop", "self._process_engine_step()"),

@@ -79,6 +79,7 @@ def test_serve_settings_join_the_head_node():
     assert out["extra_args"] == ["--distributed-executor-backend", "ray"]
     assert out["env"]["RAY_ADDRESS"] == "10.0.0.1:6419" and out["env"]["VLLM_HOST_IP"] == "10.0.0.1"
     assert out["mounts"] == [("/var/lib/gpufleet/ray/big-1-head", spec.TEMP_DIR, "rw")]
+    assert (out["network"], out["ipc"], out["pid"]) == ("host", "host", "container:gpufleet-big-1-ray-head")
     assert spec.head_address("fd00::1", 6379) == "[fd00::1]:6379"
 
 
