@@ -22,6 +22,7 @@ HOST_VARS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("metrics", ("deployments_status_scraped", "gpufleet_status_scraped")),
         ("addresses", ("ansible_host",)),
     ),
+    "usage": (("usage", ("deployments_usage_samples",)),),
 }
 
 

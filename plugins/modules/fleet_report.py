@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: fleet_report
-short_description: Summaries of the deployments role (converge summary, status table) and manifest parameters
+short_description: Reports of the deployments role (converge summary, status, usage) and manifest parameters
 version_added: 0.1.0
 description:
   - "A helper of the C(gpufleet.vllm.deployments) role and the collection's playbooks. It runs as an action plugin on
@@ -17,6 +17,9 @@ description:
   - "O(kind=status): from each host's C(gpufleet.vllm.vllm_deployment_info) result and the C(/metrics) text of each
     running server, builds the status table per deployment (host, name, model, GPUs, state, phase, uptime, endpoint,
     finished requests, generation tokens per second since start, last failure) and the same as JSON in O(dest)."
+  - "O(kind=usage): from each host's C(gpufleet.vllm.vllm_usage) result, sums the usage of every replica per
+    deployment and per owner (requests, prompt tokens, completion tokens, current tokens per second) and writes the
+    report as JSON to O(dest)."
   - "O(kind=manifest): turns a reproducibility manifest written by C(gpufleet.vllm.vllm_container) (O(manifest) or
     O(manifest_path)) into C(gpufleet.vllm.vllm_container) parameters and names its deployment, for
     C(playbooks/redeploy.yml)."
@@ -43,7 +46,7 @@ options:
     description:
       - Which report to build.
     type: str
-    choices: [converge, status, manifest]
+    choices: [converge, status, usage, manifest]
     required: true
   plan:
     description:
@@ -73,6 +76,7 @@ options:
         C(gpufleet.vllm.fleet_apply) result; undefined = did not run).
       - For O(kind=status), each host's C(deployments_status_info) or C(gpufleet_status_info) (O(infos)),
         C(deployments_status_scraped) or C(gpufleet_status_scraped) (O(metrics)) and C(ansible_host) (O(addresses)).
+      - For O(kind=usage), each host's C(deployments_usage_samples) (O(usage)).
       - The C(deployments_*) names are what role C(gpufleet.vllm.deployments) registers; the C(gpufleet_*) names are
         still read for playbooks that register those.
     type: list
@@ -108,6 +112,12 @@ options:
         loop (C(return_content=true)) over the host's C(gpufleet.vllm.vllm_deployment_info) C(deployments).
     type: dict
     default: {}
+  usage:
+    description:
+      - For O(kind=usage), per host, the registered result of C(gpufleet.vllm.vllm_usage) (or its C(replicas) list).
+        A host whose value is null did not run.
+    type: dict
+    default: {}
   manifest:
     description:
       - For O(kind=manifest), the manifest itself.
@@ -124,6 +134,7 @@ seealso:
   - module: gpufleet.vllm.fleet_plan
   - module: gpufleet.vllm.vllm_deployment_info
   - module: gpufleet.vllm.vllm_container
+  - module: gpufleet.vllm.vllm_usage
 """
 
 EXAMPLES = r"""
@@ -162,9 +173,14 @@ summary:
 report:
   description:
     - For O(kind=status), C(rows) (one per managed container) and C(deployments) (the rows by deployment), each
-      row with C(host), C(name), C(deployment), C(model), C(gpus), C(state), C(phase), C(health), C(uptime_s),
-      C(uptime), C(endpoint), C(requests), C(generation_tokens), C(tokens_per_s), C(last_failure).
-  returned: kind is status
+      row with C(host), C(name), C(deployment), C(owner), C(model), C(gpus), C(state), C(phase), C(health),
+      C(uptime_s), C(uptime), C(endpoint), C(requests), C(generation_tokens), C(tokens_per_s), C(last_failure).
+    - For O(kind=usage), C(replicas) (per replica - C(host), C(name), C(deployment), C(owner), C(scraped),
+      C(error) - its counters), C(deployments) (per deployment, with its C(owner)), C(owners) (per owner, with its
+      C(deployments)) and C(total); each with the counts C(replicas) and C(scraped) and the sums C(requests),
+      C(prompt_tokens), C(completion_tokens), C(tokens_per_s) (completion tokens per second between the two
+      samples), C(prompt_tokens_per_s) (null where nothing was read); C(interval_s), C(unreachable_hosts).
+  returned: kind is status or usage
   type: dict
 params:
   description: For O(kind=manifest), the C(gpufleet.vllm.vllm_container) parameters the manifest gives.
@@ -182,7 +198,7 @@ deployment:
   type: str
 table:
   description: The human table, one line per element, then one line per problem.
-  returned: kind is converge or status
+  returned: kind is converge, status or usage
   type: list
   elements: str
 ok:
@@ -208,7 +224,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import Gpufl
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.report import run_report
 
 ARGUMENT_SPEC = dict(
-    kind=dict(type="str", choices=["converge", "status", "manifest"], required=True),
+    kind=dict(type="str", choices=["converge", "status", "usage", "manifest"], required=True),
     plan=dict(type="dict", default={}),
     plan_errors=dict(type="list", elements="dict", default=[]),
     results=dict(type="dict", default={}),
@@ -218,6 +234,7 @@ ARGUMENT_SPEC = dict(
     run_check_mode=dict(type="bool", default=False),
     infos=dict(type="dict", default={}),
     metrics=dict(type="dict", default={}),
+    usage=dict(type="dict", default={}),
     manifest=dict(type="dict"),
     manifest_path=dict(type="path"),
     dest=dict(type="path"),

@@ -3,7 +3,8 @@
 """``gpufleet.vllm.fleet_report``: one entry, ``run_report``, that dispatches by kind and writes the JSON artifact.
 
 The kinds live by concern: ``summary.py`` (the converge summary and its table), ``status.py`` (the status report
-with vLLM's ``/metrics``), ``redeploy.py`` (manifest → vllm_container parameters); ``table.py`` renders the tables.
+with vLLM's ``/metrics``), ``usage.py`` (usage per owner and per deployment), ``redeploy.py`` (manifest →
+vllm_container parameters); ``table.py`` renders the tables.
 Plain functions over plain data (the registered results of the role's tasks), run on the controller. Never sees a
 secret value: the role passes results of ``no_log``-aware modules and the plan, which holds none.
 """
@@ -20,6 +21,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.redeploy import redeploy
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.status import status_report, status_table
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.summary import converge_summary, converge_table
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.usage import usage_report, usage_table
 
 
 def write_json(path: str, data: Any) -> None:
@@ -59,6 +61,10 @@ def run_report(params: Mapping[str, Any], check_mode: bool = False) -> dict[str,
             addresses=params.get("addresses") or {},
         )
         out.update(report=report, table=status_table(report))
+        data = report
+    elif params["kind"] == "usage":
+        report = usage_report(params.get("usage") or {}, unreachable=params.get("unreachable") or [])
+        out.update(report=report, table=usage_table(report))
         data = report
     else:
         out.update(redeploy(params.get("manifest"), params.get("manifest_path")))

@@ -126,7 +126,7 @@ def vllm_targets(
     Servers without an API key go to ``job_name``; servers with one (the info's ``api_key`` flag, or a name in
     ``credentials_files``) to ``<job_name>-auth`` (``credentials_file``) or ``<job_name>-auth-<deployment>`` (their
     own file in ``credentials_files``, keyed by deployment or replica name). Each entry has one target and the
-    labels deployment, replica, host, model, gpus.
+    labels deployment, replica, host, model, gpus, and owner when the deployment has one.
     """
     if not _JOB.match(job_name or ""):
         raise GpufleetError(f"job_name: {job_name!r} must be letters, digits, '_', '.' or '-'")
@@ -165,6 +165,8 @@ def vllm_targets(
                 "model": str(d.get("model") or ""),
                 "gpus": ",".join(str(g) for g in gpus) if isinstance(gpus, list) else str(gpus),
             }
+            if d.get("owner"):  # the inventory's owner: every series of the server carries it (usage per owner)
+                labels["owner"] = str(d["owner"])
             slot.targets.append({"targets": [target], "labels": labels})
     for slot in jobs.values():
         slot.targets.sort(key=_entry_key)
