@@ -10,7 +10,7 @@ schema, the one failure classifier and secret masking, the engine adapters and t
 
 The package, one concern per module: ``policy`` (what the agent may do; pure decisions), ``state`` (what it
 remembers, state.json), ``diagnosis`` (secrets, failure class, health probe), ``loop`` (one tick), ``events`` (the
-JSON-lines event log), ``metrics`` (Prometheus), ``runner`` (the long-running process), ``daemon`` (background mode
+JSON-lines event log), ``logs`` (the vLLM servers' own logs, a file per run), ``metrics`` (Prometheus), ``runner`` (the long-running process), ``daemon`` (background mode
 without systemd), ``shipping`` (the files it needs), and this command line."""
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import
     DEFAULT_MAX_BYTES,
     print_line,
 )
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.logs import DEFAULT_MAX_BYTES as LOGS_MAX_BYTES
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.logs import DEFAULT_RETENTION_DAYS, LOGS_DIR
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import Policy
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.runner import Agent
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.shipping import shipped_files
@@ -89,6 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="rotate events.jsonl before it reaches this size"
     )
     p.add_argument("--log-backups", type=int, default=DEFAULT_BACKUPS)
+    p.add_argument(
+        "--vllm-logs-dir",
+        default="",
+        help=f"the vLLM servers' own logs, a file per replica and run (default STATE_DIR/{LOGS_DIR})",
+    )
+    p.add_argument("--no-vllm-logs", action="store_true", help="keep no copy of the vLLM servers' logs")
+    p.add_argument(
+        "--vllm-log-max-bytes",
+        type=int,
+        default=LOGS_MAX_BYTES,
+        help="a run's file drops its older half past this size (default 20 MiB)",
+    )
+    p.add_argument(
+        "--vllm-log-retention-days",
+        type=float,
+        default=DEFAULT_RETENTION_DAYS,
+        help=f"files not written for this many days are deleted, 0 = never (default {DEFAULT_RETENTION_DAYS})",
+    )
     p.add_argument("--pidfile", default="", help="with --daemonize/--stop/--restart: the supervisor's pid file")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--daemonize", action="store_true", help="start a supervised background agent (idempotent)")

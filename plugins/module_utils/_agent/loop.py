@@ -414,8 +414,10 @@ def tick(
     probe: Probe = http_probe,
     names: list[str] | None = None,
     lifecycle_dir: str | None = None,
+    observe: Callable[[list[ContainerState]], None] | None = None,
 ) -> AgentState:
-    """One pass over the host's managed containers; ``state`` is updated in place (and returned).
+    """One pass over the host's managed containers; ``state`` is updated in place (and returned). ``observe``: given
+    the containers after the pass (the runner keeps their vLLM logs, logs.LogKeeper).
 
     ``lifecycle_dir``: the host's gpufleet state directory holding the deployments' lifecycle records (None: the
     agent's defaults and the serve-until label only). An error on one container is recorded (event ``agent_error``,
@@ -445,6 +447,8 @@ def tick(
                 emit({"event": "agent_error", "deployment": name, "error": failures.mask([str(e)])[0]})
         for gone in set(state.deployments) - seen:
             del state.deployments[gone]
+        if observe is not None:
+            observe(containers)
     state.ticks_total += 1
     state.tick_errors_total += errors
     state.last_tick_at = now

@@ -10,7 +10,9 @@ import os
 import threading
 import time
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import EVENTS_FILE, EventLog
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.logs import LOGS_DIR, LogKeeper
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.loop import tick
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.metrics import (
     METRICS_FILE,
@@ -24,7 +26,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import 
     load_state,
     save_state,
 )
-from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState, Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_atomic
@@ -59,6 +61,11 @@ class Agent:
         self.names = [n for n in (args.names or "").split(",") if n] or None
         self.rt = rt
         self.stop_event = threading.Event()
+        self.vllm_logs: LogKeeper | None = None
+        if not args.no_vllm_logs:
+            where = args.vllm_logs_dir or os.path.join(self.state_dir, LOGS_DIR)
+            keep = (args.vllm_log_max_bytes, args.vllm_log_retention_days)
+            self.vllm_logs = LogKeeper(where, *keep, follow=not args.once)
 
     def runtime(self) -> Runtime:
         if self.rt is None:
@@ -75,10 +82,24 @@ class Agent:
             self.state.last_tick_at = time.time()
         else:
             tick(
-                rt, self.state, self.policy, self.events, names=self.names, lifecycle_dir=self.args.gpufleet_dir or None
+                rt,
+                self.state,
+                self.policy,
+                self.events,
+                names=self.names,
+                lifecycle_dir=self.args.gpufleet_dir or None,
+                observe=self.keep_logs if self.vllm_logs is not None else None,
             )
         save_state(self.state_path, self.state)
         write_atomic(os.path.join(self.state_dir, METRICS_FILE), render_metrics(self.state), 0o640, makedirs=False)
+
+    def keep_logs(self, containers: list[ContainerState]) -> None:
+        """The vLLM logs of this tick's containers (logs.LogKeeper); a failure is an event, never a tick error."""
+        if self.vllm_logs is None or self.rt is None:
+            return
+        self.vllm_logs.sync(self.rt, containers)
+        for error in self.vllm_logs.take_errors():
+            self.events({"event": "agent_error", "error": failures.mask([f"vllm logs: {error}"])[0]})
 
     def serve_metrics(self) -> None:
         if self.args.port:
@@ -90,6 +111,13 @@ class Agent:
     def run(self) -> int:
         self.serve_metrics()
         parent = os.getppid()
+        try:
+            return self._loop(parent)
+        finally:
+            if self.vllm_logs is not None:
+                self.vllm_logs.close(0)
+
+    def _loop(self, parent: int) -> int:
         while True:
             self.tick()
             if self.args.once:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import posixpath
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +35,6 @@ LOG_DRIVERS = ("json-file", "local", "k8s-file")
 DEFAULT_LOG_DRIVER = {"docker": "json-file", "podman": "k8s-file"}
 DEFAULT_LOG_MAX_SIZE = "50m"
 DEFAULT_LOG_MAX_FILES = 3
-LOG_SIZE_RE = re.compile(r"^[1-9][0-9]*[kmg]?$")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import LOG_SIZE_RE
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 # docker's rule for container names (gpufleet-NAME) and the file names built from NAME (manifest, compile cache).
@@ -47,6 +46,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 WILDCARD = ("", "0.0.0.0", "::")
 SLEEP_MODE_HOST = "127.0.0.1"
 LOG_DRIVERS_OF = {"docker": ("json-file", "local"), "podman": ("k8s-file",)}
+LOG_SIZE_RE = re.compile(r"^[1-9][0-9]*[kmg]?$")  # docker's max-size and podman's log size alike
 
 
 @dataclass(frozen=True)

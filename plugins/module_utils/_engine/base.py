@@ -187,7 +187,9 @@ class Runtime:
     def unpause(self, cid: str) -> None:
         raise NotImplementedError
 
-    def logs(self, cid: str, tail: int = 300) -> list[str]:
+    def logs(self, cid: str, tail: int = 300, since: float | None = None, timestamps: bool = False) -> list[str]:
+        """The last ``tail`` lines of the container's log (-1: all), from ``since`` (a Unix time, inclusive) when
+        given; ``timestamps`` as in ``follow``. An engine error gives []."""
         raise NotImplementedError
 
     def follow(self, cid: str, since: float | None = None, timestamps: bool = False) -> Iterator[str]:

@@ -299,9 +299,12 @@ class DockerRuntime(Runtime):
     def unpause(self, cid: str) -> None:
         self._call("unpause", self.api.unpause, cid)
 
-    def logs(self, cid: str, tail: int = 300) -> list[str]:
+    def logs(self, cid: str, tail: int = 300, since: float | None = None, timestamps: bool = False) -> list[str]:
+        kw: dict[str, Any] = {"tail": "all" if tail < 0 else tail, "timestamps": timestamps}
+        if since:
+            kw["since"] = float(since)
         try:
-            raw = self.api.logs(cid, stdout=True, stderr=True, tail=tail)
+            raw = self.api.logs(cid, stdout=True, stderr=True, **kw)
         except (APIError, DockerException):
             return []
         return raw.decode("utf-8", "replace").splitlines()

@@ -162,8 +162,11 @@ class PodmanRuntime(Runtime):
     def unpause(self, cid: str) -> None:
         self._run(["unpause", cid], "unpause")
 
-    def logs(self, cid: str, tail: int = 300) -> list[str]:
-        r = self._exec(["logs", "--tail", str(tail), cid], "logs", merged=True)
+    def logs(self, cid: str, tail: int = 300, since: float | None = None, timestamps: bool = False) -> list[str]:
+        args = ["logs", "--tail", str(tail), *(["--timestamps"] if timestamps else [])]
+        if since:
+            args += ["--since", f"{since:.6f}"]
+        r = self._exec([*args, cid], "logs", merged=True)
         return r.stdout.splitlines() if r.returncode == 0 else []
 
     def follow(self, cid: str, since: float | None = None, timestamps: bool = False) -> Iterator[str]:

@@ -17,7 +17,6 @@ from typing import Any
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import validate as container_validate
-from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import LOG_SIZE_RE
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec as _container_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import FORMAT as DURATION_FORMAT
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, duration_hours
@@ -223,7 +222,7 @@ def _log_fields(dep: Mapping[str, Any], out: dict[str, Any], problems: Any, who:
     size, files = dep.get("log_max_size"), dep.get("log_max_files")
     text = str(size).strip().lower()
     if size is not None and (
-        isinstance(size, bool) or not isinstance(size, (str, int)) or not LOG_SIZE_RE.fullmatch(text)
+        isinstance(size, bool) or not isinstance(size, (str, int)) or not container_validate.LOG_SIZE_RE.fullmatch(text)
     ):
         problems.add(who, "log_max_size", "must be a size such as 50m (bytes, or with k, m or g)", size)
         size = None

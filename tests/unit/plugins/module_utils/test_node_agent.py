@@ -119,7 +119,7 @@ class AgentRuntime(FakeRuntime):
     def list_managed(self) -> list[ContainerState]:
         return [self.container(cid) for cid, c in self.c.items() if c["labels"].get(lb.MANAGED) == "true"]
 
-    def logs(self, cid: str, tail: int = 300) -> list[str]:
+    def logs(self, cid: str, tail: int = 300, since: float | None = None, timestamps: bool = False) -> list[str]:
         return self.c[self._find(cid)]["logs"][-tail:]
 
     def start(self, cid: str) -> None:
@@ -472,6 +472,8 @@ def test_agent_once_writes_state_events_and_metrics(rt, tmp_path):
     kinds = [json.loads(line)["event"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert kinds == ["failure", "restart"]
     assert 'gpufleet_agent_restarts_total{deployment="chat"} 1.0' in (tmp_path / "metrics.prom").read_text()
+    kept = (tmp_path / "vllm-logs" / "chat.log").read_text()  # the server's own log, a copy per run (logs.py)
+    assert "--- run of container chat-id-1000" in kept and CRASH_LOG[-1] in kept and SECRET not in kept
 
 
 # ------------------------------------------------------------------------------------------------ the end state (#17)
