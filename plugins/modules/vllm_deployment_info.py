@@ -169,8 +169,18 @@ deployments:
     lifecycle:
       description:
         - V(failed) - the node agent stopped it for good (crash loop, hung start, a class a restart cannot fix; see
-          RV(deployments[].failed)); V(expired) - past its serve_for deadline; null otherwise.
+          RV(deployments[].failed)); V(expired) - past its serve_for deadline; V(paused) - asleep on purpose (idle
+          pause, warm cache, C(playbooks/pause.yml)), a request wakes it; null otherwise.
       type: str
+    paused_for_s:
+      description: How long a paused replica has slept (seconds; serve_for counts on meanwhile); null when not paused.
+      type: float
+    paused_reason:
+      description: Why it sleeps - V(idle), V(warm_cache) (made room for another replica) or V(manual).
+      type: str
+    pinned:
+      description: Never put to sleep by the node agent (the deployment's C(pin), or C(playbooks/pin.yml)).
+      type: bool
     failed:
       description: The node agent's record of why it stopped the replica for good (reason, failure_class, hint, at).
       type: dict

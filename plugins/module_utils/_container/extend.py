@@ -18,7 +18,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import Gpufl
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "deployment": {"type": "str", "required": True},
-    "hours": {"type": "raw", "required": True},
+    "action": {"type": "str", "default": "extend", "choices": ["extend", "pause", "resume", "pin", "unpin"]},
+    "hours": {"type": "raw"},
     "runtime": {"type": "str", "default": "docker", "choices": ["docker", "podman"]},
     "docker_host": {"type": "str"},
     "state_dir": {"type": "path", "default": lc.DEFAULT_STATE_DIR},
@@ -33,6 +34,8 @@ def extend_host(params: Mapping[str, Any], rt: Runtime, check_mode: bool, now: f
     """Extend every replica of ``deployment`` on this host by ``hours`` (a duration, or ``infinite``)."""
     now = time.time() if now is None else now
     raw = params["hours"]
+    if raw is None:
+        raise GpufleetError("hours is required with action=extend: a duration (4, 90m, 1d) or 'infinite'")
     hours = None if str(raw).strip().lower() == INFINITE else duration_hours(raw, "hours")
     if hours is None and str(raw).strip().lower() != INFINITE:
         raise GpufleetError(f"hours {raw!r}: give a duration or 'infinite'")

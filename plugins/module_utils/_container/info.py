@@ -78,6 +78,8 @@ def describe(
     if not st.running and st.exit_code not in (None, 0) and classify:
         last_failure = failures.classify(rt.logs(st.id, failures.TAIL_LINES), exit_code=st.exit_code)[0]
         phase = "failed"
+    if st.running and life["lifecycle"] == "paused":
+        state, phase = "paused", "paused"  # asleep on purpose (idle, warm cache, pause.yml); a request wakes it
     if not st.running and life["lifecycle"]:
         phase = life["lifecycle"]  # failed: stopped for good by the node agent; expired: past serve_for
         if life["failed"]:
@@ -107,6 +109,9 @@ def describe(
         "serve_until": life["serve_until"],
         "lifecycle": life["lifecycle"],
         "failed": life["failed"],
+        "paused_for_s": life["paused_for_s"],
+        "paused_reason": life["paused_reason"],
+        "pinned": life["pinned"],
         "owner": lab["owner"],
         "manifest": lab["manifest"],
         "previous": False,

@@ -168,6 +168,9 @@ def status_report(
                     "last_failure": d.get("last_failure_class"),
                     "serve_until": d.get("serve_until"),
                     "lifecycle": d.get("lifecycle"),
+                    "paused_for_s": d.get("paused_for_s"),
+                    "paused_reason": d.get("paused_reason"),
+                    "pinned": d.get("pinned"),
                     "owner": d.get("owner"),
                     "gpu_issues": list(dict.fromkeys(sick[str(g)] for g in d.get("gpus") or [] if str(g) in sick)),
                 }
@@ -195,6 +198,13 @@ def _short_model(model: Any) -> str | None:
     return text.rstrip("/").rsplit("/", 1)[-1] if text.startswith("/") else text
 
 
+def _phase_text(row: Mapping[str, Any]) -> Any:
+    """The PHASE column: a paused replica says for how long and why (``paused 12m (idle)``)."""
+    if row.get("state") == "paused" and row.get("paused_for_s") is not None:
+        return f"paused {_uptime_text(row['paused_for_s'])} ({row.get('paused_reason') or 'manual'})"
+    return row["phase"]
+
+
 def status_table(report: Mapping[str, Any]) -> list[str]:
     rows = [
         [
@@ -205,7 +215,7 @@ def status_table(report: Mapping[str, Any]) -> list[str]:
             _short_model(r["model"]),
             gpus_text(r["gpus"]),
             r["state"],
-            r["phase"],
+            _phase_text(r),
             r["uptime"],
             r["endpoint"],
             r["requests"],

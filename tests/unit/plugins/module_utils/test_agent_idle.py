@@ -1,5 +1,6 @@
 """Idle pause, wake on demand and the warm cache (plugins/module_utils/_agent/idle.py, _container/warm.py, the LRU choice
-in _gpu/fit.py, the lifecycle record's pause fields), on a driven clock against an in-memory engine whose vLLM
+in _gpu/fit.py, the lifecycle record's pause fields, vllm_lifecycle's pause/resume/pin in _container/pausing.py, the
+status rows), on a driven clock against an in-memory engine whose vLLM
 servers (/metrics, /sleep, /wake_up, /is_sleeping) are dicts."""
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.loop import t
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import Policy
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import AgentState
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import pausing, warm
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
-from ansible_collections.gpufleet.vllm.plugins.module_utils._container import warm
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import validate_deployments
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import fit
@@ -233,3 +234,41 @@ def test_make_room_in_check_mode_touches_nothing(host, tmp_path):
     assert warm.make_room(host, str(tmp_path), "b", ["1"], 0.6, NOW) == []  # another GPU: room already
     assert warm.make_room(host, str(tmp_path), "b", ["0"], 0.6, NOW) == ["a"]
     assert host.calls == ["sleep 18030"] and lc.paused(lc.load(str(tmp_path), "a"))["reason"] == "warm_cache"
+
+
+# ------------------------------------------------------------------------------------------------ vllm_lifecycle
+def test_pause_resume_pin_round_trip(host, tmp_path):
+    a, b = host.add("chat-0", 18040), host.add("other", 18041)
+    converge(tmp_path, "chat-0", a, util=0.6)
+    converge(tmp_path, "other", b, util=0.6, idle_after=None)
+    params = {"deployment": "chat", "state_dir": str(tmp_path)}
+    assert pausing.act_host({**params, "action": "pause"}, host, True, NOW)["changed"]  # check mode: nothing done
+    assert host.calls == [] and lc.paused(lc.load(str(tmp_path), "chat-0")) is None
+    out = pausing.act_host({**params, "action": "pause"}, host, False, NOW)
+    assert out["changed"] and out["replicas"][0]["name"] == "chat-0" and host.calls == ["sleep 18040"]
+    assert lc.paused(lc.load(str(tmp_path), "chat-0")) == {"at": NOW, "reason": "manual"}
+    assert not pausing.act_host({**params, "action": "pause"}, host, False, NOW)["changed"]  # idempotent
+    # other (0.6, no idle policy: never put to sleep) holds GPU 0: resume cannot make room and says so.
+    with pytest.raises(GpufleetError, match=r"other \(kept\)"):
+        pausing.act_host({**params, "action": "resume"}, host, False, NOW + 60)
+    host.servers["http://127.0.0.1:18041"]["sleeping"] = True
+    lc.update(str(tmp_path), "other", lambda r: lc.pause(r, "manual", NOW))
+    out = pausing.act_host({**params, "action": "resume"}, host, False, NOW + 60)
+    assert out["changed"] and host.calls[-1] == "wake 18040" and lc.paused(lc.load(str(tmp_path), "chat-0")) is None
+    assert not pausing.act_host({**params, "action": "resume"}, host, False, NOW + 61)["changed"]
+    assert pausing.act_host({**params, "action": "pin"}, host, False, NOW)["changed"]
+    assert lc.is_pinned(lc.load(str(tmp_path), "chat-0"))
+    assert not pausing.act_host({**params, "action": "pin"}, host, False, NOW)["changed"]
+    pausing.act_host({**params, "action": "unpin"}, host, False, NOW)
+    assert lc.pausable(lc.load(str(tmp_path), "chat-0"))
+
+
+def test_status_shows_paused_with_how_long_and_why():
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.status import status_report, status_table
+
+    d = {"name": "chat-0", "state": "paused", "phase": "paused", "lifecycle": "paused", "paused_for_s": 750.0,
+         "paused_reason": "idle", "pinned": False, "gpus": ["0"], "model": "/m"}  # fmt: skip
+    report = status_report({"gpu-a": [d]})
+    row = report["rows"][0]
+    assert (row["state"], row["paused_for_s"], row["paused_reason"]) == ("paused", 750.0, "idle")
+    assert "paused 12m (idle)" in "\n".join(status_table(report))
