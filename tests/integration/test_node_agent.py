@@ -8,11 +8,9 @@ touches another test's containers."""
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import datetime
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +24,6 @@ from typing import Any
 
 import bcrypt
 import pytest
-import requests
 import yaml
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.shipping import MODULE, shipped_files
@@ -325,87 +322,6 @@ class TestAgentOnDockerd:
         assert [e["event"] for e in ev] == ["failure", "gave_up"], ev
         assert ev[0]["reason"] == "start_timeout" and ev[1]["reason"] == "start_timeout"
         assert inspect("docker", f"gpufleet-{name}")["State"]["Status"] == "exited"
-
-    def test_idle_pause_warm_cache_and_a_request_wakes_it(
-        self, deploy, agent, names, ansible_run, ansible_env, standin_images, tmp_path
-    ):
-        """Issue #17 item 3 on one GPU (0.5 + 0.4 + 0.5 of it): idle pause (pinned untouched), a converge leaves a
-        paused replica asleep, pause.yml/resume.yml, the warm cache pausing the least recently used unpinned replica
-        when a new one needs the GPU, a request straight to a paused replica held by vLLM (0.16+) until the agent wakes
-        it (making room again), status. The gateway in front (vllm-router) is not part of this test: it forwards the
-        request to the replica, which holds it the same way."""
-        sleepy = {"image": standin_images["0.33.0"], "sleep_mode": True, "gpus": ["0"], "idle_pause_after": 60}
-        a = deploy("idle-a", **sleepy, gpu_memory_utilization=0.5)
-        p = deploy("idle-p", **sleepy, gpu_memory_utilization=0.4, pin=True)
-        assert a["_rc"] == 0 and p["_rc"] == 0, a["_output"] + p["_output"]
-        na, np_ = names
-        url = {n: f"http://127.0.0.1:{r['_args']['port']}" for n, r in ((na, a), (np_, p))}
-
-        def asleep(name: str) -> bool:
-            return requests.get(f"{url[name]}/is_sleeping", timeout=5).json()["is_sleeping"]
-
-        t0 = time.time()
-        agent([na, np_], now=t0)  # the first look starts the idle clock
-        agent([na, np_], now=t0 + 59)
-        assert self.events(agent.state) == [] and not asleep(na)
-        agent([na, np_], now=t0 + 60)
-        ev = self.events(agent.state)
-        assert [(e["event"], e["deployment"], e["reason"]) for e in ev] == [("paused", na, "idle")], ev
-        assert asleep(na) and not asleep(np_), "pinned: never paused"
-        # The next converge leaves it asleep (paused on purpose is not a drift); serve_for counts on.
-        again = ansible_run.run("vllm_container", a["_args"])
-        assert again["_rc"] == 0 and not again["changed"] and again["state"] == "paused", again["_output"]
-        assert asleep(na)
-
-        # resume.yml then pause.yml (the playbooks, on localhost): round trip.
-        def play(book: str) -> subprocess.CompletedProcess[str]:
-            cmd = ["ansible-playbook", "-i", "localhost,", "-c", "local", str(ROOT / "playbooks" / book)]
-            cmd += ["-e", f"deployment={na} gpufleet_hosts=localhost gpufleet_state_dir={tmp_path}"]
-            cmd += ["-e", "ansible_python_interpreter={{ ansible_playbook_python }}"]
-            out = subprocess.run(cmd, env=ansible_env, capture_output=True, text=True, timeout=300, check=False)
-            assert out.returncode == 0, out.stdout + out.stderr
-            return out
-
-        assert recap(play("resume.yml").stdout)["localhost"]["changed"] == 1 and not asleep(na)
-        assert recap(play("pause.yml").stdout)["localhost"]["changed"] == 1 and asleep(na)
-        assert recap(play("resume.yml").stdout)["localhost"]["changed"] == 1 and not asleep(na)
-
-        # A new replica on the GPU: the least recently used unpinned one (a) goes to sleep, the pinned one stays.
-        b = deploy("idle-b", **sleepy, gpu_memory_utilization=0.5)
-        nb = names[2]
-        url[nb] = f"http://127.0.0.1:{b['_args']['port']}"
-        assert b["_rc"] == 0 and b["paused_for_room"] == [na], b["_output"]
-        assert asleep(na) and not asleep(np_) and not asleep(nb)
-
-        # A request straight to the paused replica waits (vLLM holds it) until the agent wakes it; b makes room.
-        body = {"model": na, "prompt": "hello", "max_tokens": 4}
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            sent = pool.submit(
-                requests.post, f"{url[na]}/v1/completions", json=body, timeout=120,
-                headers={"Authorization": f"Bearer {CANARY_KEY}"},
-            )  # fmt: skip
-            deadline = time.monotonic() + 60
-            while not any(
-                float(v) >= 1
-                for v in re.findall(
-                    r"^vllm:num_requests_waiting\{.*\} (\S+)$", requests.get(f"{url[na]}/metrics", timeout=5).text, re.M
-                )
-            ):
-                assert time.monotonic() < deadline and not sent.done(), "the request is not waiting at the replica"
-                time.sleep(0.1)
-            agent([na, np_, nb])
-            answer = sent.result(timeout=60)
-        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 4, answer.text
-        woken = [e for e in self.events(agent.state) if e["event"] == "woken"]
-        assert len(woken) == 1 and woken[0]["deployment"] == na and woken[0]["paused_for_room"] == [nb], woken
-        assert not asleep(na) and asleep(nb) and not asleep(np_)
-
-        # Status: b paused by the warm cache, with how long; the pinned one says so.
-        info = ansible_run.run("vllm_deployment_info", {"names": [na, np_, nb], "state_dir": str(tmp_path)})
-        rows = {d["name"]: d for d in info["deployments"]}
-        assert rows[nb]["state"] == "paused" and rows[nb]["lifecycle"] == "paused", rows[nb]
-        assert rows[nb]["paused_reason"] == "warm_cache" and rows[nb]["paused_for_s"] is not None
-        assert rows[na]["lifecycle"] is None and rows[np_]["pinned"] is True and rows[np_]["state"] == "running"
 
     def test_secret_canary_never_written(self, deploy, agent, names):
         r = deploy(
