@@ -18,7 +18,12 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import state as fleet_state
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.rollout import wave_lines
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import HOST_FIELDS, validate_host_vars
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import (
+    HOST_FIELDS,
+    validate_deployments,
+    validate_host_vars,
+)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import metadata
 from ansible_collections.gpufleet.vllm.plugins.modules.fleet_plan import ARGUMENT_SPEC
 from ansible_collections.gpufleet.vllm.plugins.plugin_utils.controller_action import ControllerAction
 
@@ -233,6 +238,51 @@ def slicing_refused(number: int, count: int) -> str:
     )
 
 
+SIZE_FIELDS = ("model_size_bytes", "num_parameters", "vram_mib")
+
+
+def feed_sizes(
+    deployments: list[dict[str, Any]], args: Mapping[str, Any], task_vars: Mapping[str, Any], reachable: list[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Fill ``model_size_bytes`` of the deployments that give no size, so a hub model needs none typed by hand
+    (_model/metadata.py): ``model_sizes``, else what model_sync recorded for the same model on a reachable host (the
+    ``model_sizes`` of ``existing_var``), else the hub's model info. Returns (where each size came from, warnings)."""
+    hostvars = task_vars.get("hostvars") or {}
+    records = []
+    for name in reachable:
+        facts = (hostvars.get(name) or {}).get(args["existing_var"])
+        if isinstance(facts, Mapping) and isinstance(facts.get("model_sizes"), Mapping):
+            records.append((name, _plain(facts["model_sizes"])))
+    wanted = [d for d in deployments if isinstance(d, dict) and all(d.get(k) is None for k in SIZE_FIELDS)]
+    if not wanted:
+        return {}, []
+    norm = {d["name"]: d for d in validate_deployments(deployments)}  # its error is the plan's own, said first
+    hub_ok = args["hub_model_info"] and not os.environ.get("HF_HUB_OFFLINE")
+    sources: dict[str, str] = {}
+    warnings: list[str] = []
+    for dep in wanted:
+        name, found = dep["name"], None
+        model = norm[name]["model"]
+        if norm[name]["state"] != "present" or not model:
+            continue
+        if (args.get("model_sizes") or {}).get(name) is not None:
+            found = (int(args["model_sizes"][name]), "model_sizes")
+        elif (recorded := metadata.recorded_size(name, model, records)) is not None:
+            found = (recorded[0], f"model_sync on {recorded[1]}")
+        elif hub_ok and model["source"] == "hf":
+            try:
+                weights = metadata.hub_weights(
+                    model["repo_id"], model["revision"], args.get("hf_endpoint"), norm[name]["hf_token"]
+                )
+            except GpufleetError as err:
+                warnings.append(f"{name}: VRAM estimate unknown (only gpu_memory_utilization is checked): {err}")
+                continue
+            found = (weights, "hub model info") if weights else None
+        if found:
+            dep["model_size_bytes"], sources[name] = found
+    return sources, warnings
+
+
 class ActionModule(ControllerAction):
     ARGUMENT_SPEC = ARGUMENT_SPEC
 
@@ -246,10 +296,7 @@ class ActionModule(ControllerAction):
         reachable = [h for h in hosts if h not in unreachable]
         previous = host_state(task_vars.get("hostvars") or {}, reachable, args["existing_var"])
         deployments = [dict(d) for d in _plain(args["deployments"])]
-        for dep in deployments:
-            size = (args.get("model_sizes") or {}).get(dep.get("name"))
-            if size is not None and dep.get("model_size_bytes") is None:
-                dep["model_size_bytes"] = size
+        size_sources, size_warnings = feed_sizes(deployments, args, task_vars, reachable)
         planned = fleet_plan(
             hosts,
             deployments,
@@ -259,7 +306,9 @@ class ActionModule(ControllerAction):
         )
 
         errors = planned.pop("errors")
-        warnings = planned.pop("warnings")
+        warnings = planned.pop("warnings") + size_warnings
+        for name, source in size_sources.items():  # where a size that the inventory does not give came from
+            planned["estimates"][name]["source"] = source
         # changed = the plan changes the fleet (something starts, moves or stops); the task itself touches nothing.
         summary = planned["summary"]
         fleet_changes = summary["create"] + summary["update"] + summary["move"] + summary["remove"]

@@ -46,8 +46,8 @@ options:
   state:
     description:
       - V(applied) converges the host to O(replicas) and O(removals).
-      - V(gathered) only reads the host (RV(deployments), RV(gpus), RV(gpu_source), RV(fleet_state));
-        O(replicas) and O(removals) are ignored.
+      - V(gathered) only reads the host (RV(deployments), RV(gpus), RV(gpu_source), RV(fleet_state),
+        RV(model_sizes)); O(replicas) and O(removals) are ignored.
     type: str
     choices: [applied, gathered]
     default: applied
@@ -160,6 +160,12 @@ options:
       - The address the routers reach this host's replicas at (the gateway role's worker URLs,
         C(gpufleet_advertise_address), else C(ansible_host)). Default O(address).
     type: str
+  models_root:
+    description:
+      - Where C(gpufleet.vllm.model_sync) keeps the host's models (C(gpufleet_models_root)); O(state=gathered) reads
+        the sizes it recorded there (RV(model_sizes)).
+    type: path
+    default: /var/lib/gpufleet/models
   drain_timeout:
     description:
       - Seconds a replica that left its routers may take to finish its requests in flight before its container stops
@@ -239,6 +245,15 @@ gpu_source:
   description: Where the GPU list came from (C(nvml), C(nvidia-smi) or C(none)).
   returned: O(state=gathered)
   type: str
+model_sizes:
+  description:
+    - Per model that C(gpufleet.vllm.model_sync) installed under O(models_root), the weight bytes it recorded and the
+      source (C(weight_bytes), C(source), C(repo_id), C(revision), C(commit), C(src), C(url)) - what
+      C(gpufleet.vllm.fleet_plan) feeds into the VRAM estimate of a deployment that gives no size.
+  returned: O(state=gathered)
+  type: dict
+  sample: {chat: {weight_bytes: 988097824, source: hf, repo_id: Qwen/Qwen2.5-0.5B-Instruct, revision: main,
+           commit: 7ae557604adf67be50417f59c2c2f167def9a775, src: null, url: null}}
 fleet_state:
   description:
     - The fleet's placements this host keeps (O(fleet_state) of the last apply on it); null when it keeps none.
@@ -278,6 +293,7 @@ ARGUMENT_SPEC = dict(
     gateways=dict(type="list", elements="dict", default=[]),
     worker_address=dict(type="str"),
     drain_timeout=dict(type="int", default=60),
+    models_root=dict(type="path", default="/var/lib/gpufleet/models"),
     gateway_api_key=dict(type="str", no_log=True),
 )
 

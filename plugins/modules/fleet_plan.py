@@ -87,8 +87,24 @@ options:
     description:
       - Size on disk in bytes of each deployment's model, by deployment name, for the VRAM estimate (for example
         from C(gpufleet.vllm.model_sync) results). A C(model_size_bytes) set on the deployment wins.
+      - A deployment without a size (neither here nor C(model_size_bytes), C(num_parameters), C(vram_mib)) gets the
+        weight size C(gpufleet.vllm.model_sync) recorded for the same model on a host (the C(model_sizes) of
+        O(existing_var), from C(gpufleet.vllm.fleet_apply) C(state=gathered)), else, for a hub model, the one its
+        hub model info gives (O(hub_model_info)). RV(plan.estimates) says which (C(source)).
     type: dict
     default: {}
+  hub_model_info:
+    description:
+      - Ask the hub for the model info of hub models whose size is not known otherwise (one request per such
+        deployment, on the controller, with the deployment's C(hf_token), never logged): the safetensors parameter
+        count per dtype, else the weight files' sizes. Not when C(HF_HUB_OFFLINE) is set. A hub that does not answer
+        leaves the estimate unknown, with a warning.
+    type: bool
+    default: true
+  hf_endpoint:
+    description:
+      - The hub (or mirror) URL for O(hub_model_info); default C(HF_ENDPOINT), else https://huggingface.co.
+    type: str
   prune:
     description:
       - Remove managed containers of deployments that are no longer declared (listed in RV(plan.remove)).
@@ -218,7 +234,10 @@ plan:
                "deferred": {"gpu-a": ["chat-0"]}, "held": {"gpu-a": []},
                "strategy": {"chat": {"max_unavailable": 0, "max_surge": 1, "rolling": ["chat-0"]}}}
     estimates:
-      description: The VRAM estimate per deployment (C(known), C(source), C(weights_bytes), C(total_mib), C(per_gpu_mib)).
+      description:
+        - The VRAM estimate per deployment (C(known), C(source), C(weights_bytes), C(total_mib), C(per_gpu_mib)).
+        - C(source) says where the size came from - C(model_size_bytes), C(num_parameters) or C(vram_mib) (the
+          deployment), C(model_sizes), C(model_sync on <host>) (recorded there) or C(hub model info).
       type: dict
     summary:
       description: Counts of C(create), C(keep), C(update), C(move), C(remove), C(undeclared), C(unschedulable).
@@ -267,6 +286,8 @@ ARGUMENT_SPEC = dict(
     existing_var=dict(type="str", default="gpufleet_deployment_info"),
     gpu_facts_var=dict(type="str", default="gpus"),
     model_sizes=dict(type="dict", default={}),
+    hub_model_info=dict(type="bool", default=True),
+    hf_endpoint=dict(type="str"),
     prune=dict(type="bool", default=False),
     move_from_unreachable=dict(type="bool", default=False),
     fail_on_unschedulable=dict(type="bool", default=True),

@@ -5,7 +5,9 @@
 Serves the repos that sim/hub/make_repo.py writes under a hub root (re-read on change, so tests can add commits
 while it runs). Endpoints, as huggingface_hub 2.x calls them:
 
-- GET  /api/models/<org>/<name>[/revision/<rev>]      model info: id, sha (the resolved commit), siblings, gated
+- GET  /api/models/<org>/<name>[/revision/<rev>]      model info: id, sha (the resolved commit), siblings (with size,
+                                                      blobId, lfs when ?blobs=true), gated, safetensors (parameters
+                                                      per dtype from the weight files' headers)
 - GET  /api/models/<org>/<name>/tree/<rev>[/<path>]    tree listing (recursive=True|False), lfs info, no xetHash
 - HEAD|GET /<org>/<name>/resolve/<rev>/<path>          file: ETag (git oid, or sha256 for LFS files), X-Repo-Commit,
                                                        X-Linked-Size / X-Linked-Etag for LFS files, Content-Length,
@@ -29,6 +31,7 @@ import json
 import os
 import re
 import signal
+import struct
 import sys
 import threading
 import time
@@ -163,13 +166,33 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._tree(urllib.parse.unquote(m[1]), urllib.parse.unquote(m[2]), m[3], query)
         m = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?/?$", url.path)
         if m:
-            return self._info(urllib.parse.unquote(m[1]), urllib.parse.unquote(m[2] or "main"))
+            blobs = query.get("blobs", "").lower() in ("1", "true")
+            return self._info(urllib.parse.unquote(m[1]), urllib.parse.unquote(m[2] or "main"), blobs)
         m = re.match(r"^/(?:models/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", url.path)
         if m:
             return self._resolve(urllib.parse.unquote(m[1]), urllib.parse.unquote(m[2]), urllib.parse.unquote(m[3]))
         self._error(404, "NotFound", f"Sorry, we can't find the page you are looking for: {path}")
 
-    def _info(self, repo_id: str, rev: str) -> None:
+    def _safetensors(self, repo_id: str, c: dict[str, Any]) -> dict[str, Any] | None:
+        """The hub's ``safetensors`` summary: parameter count per dtype over the weight files' headers."""
+        params: dict[str, int] = {}
+        for path, f in c["files"].items():
+            if not path.endswith(".safetensors") or "/" in path:
+                continue
+            try:
+                with (self.server.root / repo_id / "blobs" / f["sha256"]).open("rb") as fh:
+                    header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+            except (OSError, ValueError, struct.error):
+                continue  # a truncated header: the real hub leaves such a file out too
+            for name, t in header.items():
+                if name != "__metadata__" and isinstance(t, dict):
+                    count = 1
+                    for dim in t.get("shape") or []:
+                        count *= int(dim)
+                    params[str(t.get("dtype"))] = params.get(str(t.get("dtype")), 0) + count
+        return {"parameters": params, "total": sum(params.values())} if params else None
+
+    def _info(self, repo_id: str, rev: str, blobs: bool = False) -> None:
         self._count("model_info")
         repo = self._repo(repo_id, files=False)
         if repo is None:
@@ -178,6 +201,16 @@ class HubHandler(BaseHTTPRequestHandler):
         if sha is None:
             return
         c = repo["commits"][sha]
+        siblings: list[dict[str, Any]] = []
+        for p in sorted(c["files"]):
+            entry: dict[str, Any] = {"rfilename": p}
+            if blobs:  # ?blobs=true (huggingface_hub's files_metadata=True): size, blob id and LFS info per file
+                f = c["files"][p]
+                entry.update(blobId=f["oid"], size=f["size"])
+                if f.get("lfs"):
+                    entry["lfs"] = {"sha256": f["sha256"], "size": f["size"], "pointerSize": 134}
+            siblings.append(entry)
+        extra = {"safetensors": st} if (st := self._safetensors(repo_id, c)) else {}
         self._json(
             200,
             {
@@ -193,9 +226,10 @@ class HubHandler(BaseHTTPRequestHandler):
                 "tags": ["safetensors", "text-generation"],
                 "pipeline_tag": "text-generation",
                 "library_name": "transformers",
-                "siblings": [{"rfilename": p} for p in sorted(c["files"])],
+                "siblings": siblings,
                 "createdAt": c["date"],
                 "usedStorage": sum(f["size"] for f in c["files"].values()),
+                **extra,
             },
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -300,6 +301,18 @@ def test_gpu_prechecks_with_fake_nvml(ansible_run, base, container_gpu_env):
     )
     assert r["_rc"] != 0 and "gpu_memory" in r["precheck"], r.get("msg")
     assert "lower gpu_memory_utilization" in r["msg"]
+    # A hot GPU (the fake NVML's temperature over gpu_facts' 85 C): refused with the reason, nothing created.
+    hot = json.loads(Path(container_gpu_env["GPUFLEET_FAKE_GPUS"]).read_text())
+    hot["gpus"][1].update(temperature_c=95, memory_used_mib=0)
+    hot_cfg = Path(container_gpu_env["GPUFLEET_FAKE_GPUS"]).with_name("hot-gpus.json")
+    hot_cfg.write_text(json.dumps(hot))
+    r = ansible_run.run(
+        "vllm_container",
+        {**base, "gpus": ["1"], "gpu_memory_utilization": 0.5},
+        extra_env={**container_gpu_env, "GPUFLEET_FAKE_GPUS": str(hot_cfg)},
+    )
+    assert r["_rc"] != 0 and r["precheck"] == ["gpu_unhealthy"], r.get("msg")
+    assert "GPU 1 (GPU-11111111-1111-1111-1111-111111111111) is unhealthy: temperature 95 C" in r["msg"]
     assert inspect("docker", cname(base)) is None
     uuid0 = "GPU-00000000-0000-0000-0000-000000000000"
     r = ansible_run.run(

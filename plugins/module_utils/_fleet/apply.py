@@ -44,6 +44,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.records impor
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.rollout import SURGE_SUFFIX
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ARGUMENT_SPEC as IMAGE_ARGSPEC
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ensure_image
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.metadata import installed_sizes
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import REQUIRED_IF as SYNC_REQUIRED_IF
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import argument_spec as sync_argspec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import sync
@@ -530,4 +532,6 @@ def gather_host(params: Mapping[str, Any], runtime: Runtime | None = None) -> di
         runtime,
     )
     out["fleet_state"] = fleet_state.read(params["manifest_dir"])
+    # What model_sync installed here, with its weight bytes: the plan's VRAM estimate without hand-typed sizes.
+    out["model_sizes"] = installed_sizes(params.get("models_root") or DEFAULT_MODELS_ROOT)
     return out

@@ -186,6 +186,10 @@ def test_gathered_lists_what_the_apply_left(tmp: Path, fake_runtime: Any) -> Non
     ]
     assert "gpus" in got and got["gpu_source"] in ("nvml", "nvidia_smi", "none")
     assert fake_runtime.calls == calls  # read-only
+    # What model_sync recorded under models_root: the plan's VRAM estimate for deployments that give no size.
+    sizes = gather_host({**p, "models_root": str(tmp / "root")}, runtime=fake_runtime)["model_sizes"]
+    assert sorted(sizes) == ["chat", "emb"] and sizes["chat"]["source"] == "local"
+    assert sizes["chat"]["src"] == str(tmp / "models" / "chat") and sizes["chat"]["weight_bytes"] > 0
 
 
 def test_the_revision_model_sync_installed_is_served_and_hashed():

@@ -12,6 +12,7 @@ import yaml
 from ansible_collections.gpufleet.vllm.plugins.action.fleet_plan import (
     diff_lines,
     existing_from_info,
+    feed_sizes,
     gather,
     gpus_from_facts,
     read_state,
@@ -157,6 +158,42 @@ def test_gather_host_var_errors():
 
 # -- real runs ---------------------------------------------------------------------------------------------------
 
+
+def test_feed_sizes_explicit_then_recorded_on_a_host_then_the_hub(monkeypatch):
+    asked = []
+
+    def hub(repo_id, revision, endpoint, token):
+        asked.append((repo_id, revision, endpoint, token))
+        if repo_id == "org/down":
+            raise GpufleetError("hub model info of org/down@main: ConnectError: refused")
+        return 14_000_000_000
+
+    monkeypatch.setattr("ansible_collections.gpufleet.vllm.plugins.action.fleet_plan.metadata.hub_weights", hub)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    deps = [
+        {"name": "typed", "model": "org/typed", "num_parameters": 7},
+        {"name": "given", "model": "org/given"},
+        {"name": "synced", "model": {"repo_id": "org/synced", "revision": "v1"}},
+        {"name": "hubbed", "model": {"repo_id": "org/hubbed", "revision": "v2"}, "hf_token": "hf_canary"},
+        {"name": "down", "model": "org/down"},
+        {"name": "local", "model": "/models/local"},
+    ]
+    record = {"weight_bytes": 123, "source": "hf", "repo_id": "org/synced", "revision": "v1", "commit": "c" * 40}
+    hostvars = {"gpu-a": {"facts": {"model_sizes": {"synced": record}}}, "gpu-b": {}}
+    args = {"existing_var": "facts", "model_sizes": {"given": 99}, "hub_model_info": True, "hf_endpoint": "http://h"}
+    sources, warnings = feed_sizes(deps, args, {"hostvars": hostvars}, ["gpu-a", "gpu-b"])
+    assert sources == {"given": "model_sizes", "synced": "model_sync on gpu-a", "hubbed": "hub model info"}
+    assert [d.get("model_size_bytes") for d in deps] == [None, 99, 123, 14_000_000_000, None, None]
+    assert asked == [("org/hubbed", "v2", "http://h", "hf_canary"), ("org/down", "main", "http://h", None)]
+    assert warnings == [
+        "down: VRAM estimate unknown (only gpu_memory_utilization is checked): hub model info of org/down@main: "
+        "ConnectError: refused"
+    ]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline: no request at all
+    asked.clear()
+    assert feed_sizes([{"name": "x", "model": "org/x"}], args, {"hostvars": {}}, [])[0] == {} and asked == []
+
+
 INVENTORY = {
     "all": {
         "vars": {"ansible_connection": "local"},
@@ -187,6 +224,7 @@ PLAYBOOK = """
         unreachable: [gpu-c]
         existing: "{{ existing | default(omit) }}"
         state_path: "{{ state_path }}"
+        hub_model_info: false  # no hub here (test_feed_sizes covers it)
       run_once: true
       register: gpufleet_plan
     - name: dump
