@@ -96,7 +96,7 @@ options:
   hub_model_info:
     description:
       - Ask the hub for the model info of hub models whose size is not known otherwise (one request per such
-        deployment, on the controller, with the deployment's C(hf_token), never logged): the safetensors parameter
+        deployment, on the controller, with the deployment's C(hf_token), never logged) - the safetensors parameter
         count per dtype, else the weight files' sizes. Not when C(HF_HUB_OFFLINE) is set. A hub that does not answer
         leaves the estimate unknown, with a warning.
     type: bool
