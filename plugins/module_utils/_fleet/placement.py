@@ -98,6 +98,8 @@ class _Planner:
             self.estimates[dep["name"]] = est
             self.reqs[dep["name"]] = Requirement(dep, est["per_gpu_mib"], est["total_mib"])
         self.explain = Explainer(self.hosts, self.order, self.reqs, self.fit_count)
+        # MiB that kept replicas the warm cache may put to sleep hold per (host, GPU): _warm_place counts it as free.
+        self.soft: Counter[tuple[str, int]] = Counter()
 
     # -- existing placements ---------------------------------------------------------------------------------------
 
@@ -299,6 +301,8 @@ class _Planner:
                     gpu = phost.gpus[idx]
                     gpu.avail += held[pn].get(idx, 0)  # its memory is now accounted as this plan's claim
                     self._claim(gpu, dep["name"], req.sharing, req.reserve(gpu.total))
+                    if dep.get("idle_pause_after") is not None and not dep.get("pin"):
+                        self.soft[(phost.name, idx)] += req.reserve(gpu.total)
             port = ex["port"]
             if port is None or not self._port_ok(dep, port) or port in host.ports:
                 port = None  # keeps host and GPUs, gets a new port in the next phase
@@ -621,11 +625,46 @@ class _Planner:
                 fit = self.fit_count(host, req)
                 if fit >= req.gpr:
                     heapq.heappush(heap, (self._host_key(dep, host, fit), name))
+            if not placed:
+                placed = self._warm_place(dep, replica, prev, candidates)
             if not placed and dep.get("distributed") == "ray":
                 placed = self._place_ray(dep, replica, candidates)
             if not placed:
                 self._unschedulable(dep, missing[pos:], skipped)
                 return
+
+    def _warm_place(
+        self, dep: Mapping[str, Any], replica: int, prev: Mapping[str, Any] | None, candidates: list[Host]
+    ) -> bool:
+        """The warm cache, when nothing else fits: memory that kept replicas with ``idle_pause_after`` (not pinned)
+        hold on shareable GPUs counts as free; on the host the least recently used of them go to sleep before this
+        replica starts (``_container/warm.py``). The first candidate host in order with enough such GPUs and a port."""
+        req = self.reqs[dep["name"]]
+        if dep["gpus"] is not None or not self.soft:
+            return False
+
+        def fits(host: Host, idx: int) -> bool:
+            gpu, soft = host.gpus[idx], self.soft[(host.name, idx)]
+            if not soft or gpu.reserved or gpu.unhealthy:
+                return False
+            shared = req.sharing and gpu.sharing and req.name not in gpu.claims
+            return shared and req.fits_mem(gpu.total, gpu.avail + soft)
+
+        for host in candidates:
+            gpus = [i for i in sorted(host.gpus) if fits(host, i)][: req.gpr]
+            port = self._free_port(dep, host) if len(gpus) == req.gpr else None
+            if port is None:
+                continue
+            borrowed = {i: max(0, req.reserve(host.gpus[i].total) - host.gpus[i].avail) for i in gpus}
+            self._assign(dep, replica, host, gpus, port, prev)
+            for i, mib in borrowed.items():
+                self.soft[(host.name, i)] -= mib
+            self.warnings.append(
+                f"{container_name(dep['name'], replica)}: placed on {host.name} GPU {','.join(map(str, gpus))} by the "
+                "warm cache: the least recently used replicas there with idle_pause_after go to sleep when it starts"
+            )
+            return True
+        return False
 
     def _place_ray(self, dep: Mapping[str, Any], replica: int, candidates: list[Host]) -> bool:
         """A replica no single host fits, over the fewest hosts that each give ``gpus_per_replica / n`` GPUs (the

@@ -272,3 +272,34 @@ def test_status_shows_paused_with_how_long_and_why():
     row = report["rows"][0]
     assert (row["state"], row["paused_for_s"], row["paused_reason"]) == ("paused", 750.0, "idle")
     assert "paused 12m (idle)" in "\n".join(status_table(report))
+
+
+# ------------------------------------------------------------------------------------------------ the planner
+def test_placement_counts_pausable_replicas_as_room_and_never_pinned_ones():
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import plan
+
+    def gpu(used: int) -> dict:
+        return {"index": 0, "uuid": "GPU-0", "memory_total_mib": 80000, "memory_free_mib": 80000 - used,
+                "memory_used_mib": used}  # fmt: skip
+
+    sleepy = {"engine_options": {"sleep_mode": True}, "gpu_sharing": True, "idle_pause_after": 60}
+    chat = {"name": "chat", "model": "org/chat", "gpu_memory_utilization": 0.5, **sleepy}
+    new = {"name": "new", "model": "org/new", "gpu_memory_utilization": 0.6, "gpu_sharing": True, "port": 8100}
+    hosts = {"gpu-a": {"reachable": True, "labels": {}, "gpus": [gpu(40000)]}}
+    existing = [{"deployment": "chat", "replica": 0, "host": "gpu-a", "gpus": [0], "port": 8000}]
+    result = plan(hosts, [chat, new], existing)
+    assert not result["errors"] and {(a["name"], a["host"], tuple(a["gpus"])) for a in result["assignments"]} == {
+        ("chat-0", "gpu-a", (0,)),
+        ("new-0", "gpu-a", (0,)),
+    }
+    assert any("new-0: placed on gpu-a GPU 0 by the warm cache" in w for w in result["warnings"])
+    # Planned again once chat sleeps (the GPU holds new's 0.6 + what chat keeps asleep): both stay where they are.
+    hosts["gpu-a"]["gpus"] = [gpu(49500)]
+    existing.append({"deployment": "new", "replica": 0, "host": "gpu-a", "gpus": [0], "port": 8100})
+    again = plan(hosts, [chat, new], existing)
+    assert not again["errors"] and not again["removals"], again
+    assert {a["name"]: a["action"] for a in again["assignments"]} == {"chat-0": "keep", "new-0": "keep"}
+    # A pinned (or unpausable) replica is never counted as room: the new one does not fit.
+    pinned = plan({"gpu-a": {"reachable": True, "labels": {}, "gpus": [gpu(40000)]}}, [{**chat, "pin": True}, new],
+                  existing[:1])  # fmt: skip
+    assert [e["deployment"] for e in pinned["errors"]] == ["new"]
