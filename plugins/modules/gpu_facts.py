@@ -229,8 +229,20 @@ ansible_facts:
             used_memory_mib:
               description: GPU memory the process uses, in MiB (V(null) when not available).
               type: int
+        ecc_errors_uncorrected:
+          description:
+            - Uncorrectable ECC errors since the driver loaded (volatile counter; V(null) without ECC). Any makes the GPU
+              unhealthy.
+          type: int
+          sample: 0
+        retired_pages_pending:
+          description: Memory pages wait to be retired at the next GPU reset (V(null) when not supported); makes it unhealthy.
+          type: bool
+          sample: false
         healthy:
-          description: No health issue.
+          description:
+            - No health issue. The fleet's placement puts no new replica on an unhealthy GPU and vllm_container's
+              pre-checks refuse it.
           type: bool
           sample: true
         health_issues:

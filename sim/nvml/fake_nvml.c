@@ -220,7 +220,7 @@ static jv *jget(const jv *obj, const char *key) {
 
 enum {
     F_NAME, F_UUID, F_MEMORY, F_TEMPERATURE, F_UTILIZATION, F_POWER_DRAW, F_POWER_LIMIT,
-    F_COMPUTE_CAPABILITY, F_PCI, F_MIG, F_PROCESSES, N_FIELDS
+    F_COMPUTE_CAPABILITY, F_PCI, F_MIG, F_PROCESSES, F_ECC, F_RETIRED, N_FIELDS
 };
 
 /* JSON field names (as in gpu_facts) → the NVML query that serves them; several names share a query. */
@@ -244,6 +244,8 @@ static const struct {
     {"pci_bus_id", F_PCI},
     {"mig_mode", F_MIG},
     {"processes", F_PROCESSES},
+    {"ecc_errors_uncorrected", F_ECC},
+    {"retired_pages_pending", F_RETIRED},
 };
 #define N_FIELD_KEYS (sizeof(FIELD_KEYS) / sizeof(FIELD_KEYS[0]))
 
@@ -263,6 +265,8 @@ typedef struct {
     unsigned power_mw, power_limit_mw;
     int cc_major, cc_minor;
     unsigned mig_current, mig_pending;
+    unsigned long long ecc_uncorrected; /* volatile uncorrected ECC errors since the last driver load */
+    unsigned retired_pending;           /* pages waiting to be retired at the next reset */
     fake_proc *procs;
     int nprocs;
     int err[N_FIELDS]; /* NVML error returned for a query, 0 = answers */
@@ -345,6 +349,9 @@ static void load_gpu(fake_gpu *g, int index, const jv *o) {
     g->mem_used = (unsigned long long)num_or(jget(o, "memory_used_mib"), proc_sum) * MiB;
     if (g->mem_used + g->mem_reserved > g->mem_total) g->mem_used = g->mem_total - g->mem_reserved;
     g->temperature = (unsigned)num_or(jget(o, "temperature_c"), 35);
+    g->ecc_uncorrected = (unsigned long long)num_or(jget(o, "ecc_errors_uncorrected"), 0);
+    const jv *retired = jget(o, "retired_pages_pending");
+    g->retired_pending = retired && retired->type == J_BOOL && retired->num;
     g->util_gpu = (unsigned)num_or(jget(o, "utilization_gpu_pct"), 0);
     g->util_mem = (unsigned)num_or(jget(o, "utilization_memory_pct"), 0);
     g->power_mw = (unsigned)(num_or(jget(o, "power_draw_w"), 60) * 1000 + 0.5);
@@ -676,6 +683,21 @@ nvmlReturn_t nvmlDeviceGetPciInfo_v3(void *device, nvmlPciInfo_t *pci) {
 
 nvmlReturn_t nvmlDeviceGetPciInfo_v2(void *device, nvmlPciInfo_t *pci) { return nvmlDeviceGetPciInfo_v3(device, pci); }
 nvmlReturn_t nvmlDeviceGetPciInfo(void *device, nvmlPciInfo_t *pci) { return nvmlDeviceGetPciInfo_v3(device, pci); }
+
+/* errorType 1 = NVML_MEMORY_ERROR_TYPE_UNCORRECTED, counterType 0 = NVML_VOLATILE_ECC: the one counter served */
+nvmlReturn_t nvmlDeviceGetTotalEccErrors(void *device, int errorType, int counterType, unsigned long long *count) {
+    DEVICE(device, F_ECC);
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    *count = errorType == 1 && counterType == 0 ? g->ecc_uncorrected : 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(void *device, unsigned *isPending) {
+    DEVICE(device, F_RETIRED);
+    if (!isPending) return NVML_ERROR_INVALID_ARGUMENT;
+    *isPending = g->retired_pending;
+    return NVML_SUCCESS;
+}
 
 nvmlReturn_t nvmlDeviceGetMigMode(void *device, unsigned *current, unsigned *pending) {
     DEVICE(device, F_MIG);

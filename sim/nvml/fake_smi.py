@@ -66,6 +66,8 @@ FIELDS: dict[str, tuple[str, str, object]] = {
     "mig.mode.current": ("mig_mode", "", lambda v: "Enabled" if v else "Disabled"),
     "mig.mode.pending": ("mig_mode", "", lambda v: "Enabled" if v else "Disabled"),
     "count": ("@count", "", str),
+    "ecc.errors.uncorrected.volatile.total": ("ecc_errors_uncorrected", "", lambda v: str(int(v))),
+    "retired_pages.pending": ("retired_pages_pending", "", lambda v: "Yes" if v else "No"),
 }
 APP_FIELDS = ("gpu_uuid", "gpu_bus_id", "gpu_name", "pid", "process_name", "used_memory", "used_gpu_memory")
 FIELD_GROUPS = {  # the names "not_supported" / "errors" use in the JSON (one NVML query can serve several fields)
@@ -139,6 +141,8 @@ def gpu_values(cfg: dict, index: int, g: dict) -> dict[str, object]:
         "power_draw_w": 60,
         "power_limit_w": 400,
         "compute_capability": "8.0",
+        "ecc_errors_uncorrected": 0,
+        "retired_pages_pending": False,
     }
     for key, dflt in defaults.items():
         vals[key] = g.get(key, dflt)

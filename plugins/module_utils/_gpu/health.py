@@ -15,6 +15,8 @@ class Thresholds:
     max_temperature_c: int | None = 85
     min_free_memory_mib: int | None = 0
     max_utilization_pct: int | None = 100
+    max_ecc_uncorrected: int | None = 0  # volatile uncorrectable ECC errors (since the driver loaded)
+    retired_pages_pending_ok: bool = False  # pages waiting to be retired: a GPU reset is due
 
 
 def evaluate_health(gpu: dict[str, Any], thresholds: Thresholds) -> list[str]:
@@ -32,6 +34,11 @@ def evaluate_health(gpu: dict[str, Any], thresholds: Thresholds) -> list[str]:
     util = gpu.get("utilization_gpu_pct")
     if thresholds.max_utilization_pct is not None and util is not None and util > thresholds.max_utilization_pct:
         issues.append(f"utilization {util}% is above max_utilization_pct ({thresholds.max_utilization_pct}%)")
+    ecc = gpu.get("ecc_errors_uncorrected")
+    if thresholds.max_ecc_uncorrected is not None and ecc is not None and ecc > thresholds.max_ecc_uncorrected:
+        issues.append(f"{ecc} uncorrectable ECC errors (volatile; more than {thresholds.max_ecc_uncorrected})")
+    if not thresholds.retired_pages_pending_ok and gpu.get("retired_pages_pending"):
+        issues.append("retired memory pages pending: the GPU needs a reset")
     return issues
 
 

@@ -192,6 +192,14 @@ def _nvml_gpu(nv: Any, index: int, handle: Any, brief: bool = False) -> dict[str
     if pci is not None:
         bus = pci.busId.decode() if isinstance(pci.busId, bytes) else pci.busId
         gpu["pci_bus_id"] = normalize_bus_id(bus)
+    # Health: uncorrectable ECC errors since the driver loaded (NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1,
+    # NVML_VOLATILE_ECC = 0) and memory pages waiting to be retired (a reset is due); None where not supported.
+    ecc, retired = (
+        getattr(nv, f, None) for f in ("nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetRetiredPagesPendingStatus")
+    )
+    gpu["ecc_errors_uncorrected"] = read("ecc_errors_uncorrected", ecc, 1, 0) if ecc else None
+    pending = read("retired_pages_pending", retired) if retired else None
+    gpu["retired_pages_pending"] = bool(pending) if pending is not None else None
     mig = read("mig_mode", nv.nvmlDeviceGetMigMode)
     gpu["mig_mode"] = bool(mig[0]) if mig is not None else None
     procs = read(

@@ -28,6 +28,8 @@ GPU_KEYS = (
     "pci_bus_id",
     "mig_mode",
     "processes",
+    "ecc_errors_uncorrected",
+    "retired_pages_pending",
     "healthy",
     "health_issues",
 )

@@ -35,11 +35,14 @@ SMI_FIELDS = {
     "compute_capability": "compute_cap",
     "pci_bus_id": "pci.bus_id",
     "mig_mode": "mig.mode.current",
+    "ecc_errors_uncorrected": "ecc.errors.uncorrected.volatile.total",
+    "retired_pages_pending": "retired_pages.pending",
     "driver_version": "driver_version",
 }
 SMI_APP_FIELDS = ("gpu_uuid", "pid", "used_memory")
 _INT_KEYS = {
     "index",
+    "ecc_errors_uncorrected",
     "memory_total_mib",
     "memory_used_mib",
     "memory_free_mib",
@@ -71,6 +74,8 @@ def _smi_convert(key: str, raw: str) -> Any:
         return None
     if key == "mig_mode":
         return value.lower() == "enabled"
+    if key == "retired_pages_pending":
+        return value.lower() == "yes"
     if key == "pci_bus_id":
         return normalize_bus_id(value)
     return value

@@ -57,7 +57,7 @@ def test_parse_smi_gpus_reads_values_and_markers():
     keys = list(SMI_FIELDS)
     line = (
         "3, GPU-abc, NVIDIA L40S, 46068, 1000, 44630, 51, [Not Supported], [Not Supported], [N/A], 350.00, 8.9, "
-        "0000:31:00.0, [N/A], 550.54.15"
+        "0000:31:00.0, [N/A], 2, Yes, 550.54.15"
     )
     gpus, driver = parse_smi_gpus(line + "\n\n", keys)
     assert driver == "550.54.15"
@@ -68,6 +68,7 @@ def test_parse_smi_gpus_reads_values_and_markers():
     assert g["utilization_gpu_pct"] is None and g["power_draw_w"] is None and g["mig_mode"] is None
     assert g["power_limit_w"] == 350.0 and g["compute_capability"] == "8.9"
     assert g["pci_bus_id"] == "00000000:31:00.0"
+    assert (g["ecc_errors_uncorrected"], g["retired_pages_pending"]) == (2, True)
 
 
 def test_parse_smi_gpus_mig_and_free_fallback():
@@ -214,6 +215,8 @@ def test_nvml_one_gpu_every_field(fake_gpus):
             "pci_bus_id": "00000000:18:00.0",
             "mig_mode": False,
             "processes": [{"pid": 77, "used_memory_mib": 1000}],
+            "ecc_errors_uncorrected": 0,
+            "retired_pages_pending": False,
             "healthy": True,
             "health_issues": [],
         }
@@ -298,6 +301,30 @@ def test_hot_gpu_is_unhealthy(fake_gpus):
     assert facts["gpus"][1]["health_issues"] == ["temperature 93 C is above max_temperature_c (85 C)"]
     assert facts["gpu_healthy"] is False
     assert gather_gpus("nvml", Thresholds(max_temperature_c=95))["gpu_healthy"] is True
+
+
+def test_uncorrectable_ecc_and_pending_page_retirement_are_unhealthy_from_nvml_and_nvidia_smi(fake_gpus):
+    fake_gpus(
+        {
+            "gpus": [
+                make_gpu(0),
+                make_gpu(1, ecc_errors_uncorrected=3),
+                make_gpu(2, retired_pages_pending=True, not_supported=["ecc_errors_uncorrected"]),
+            ]
+        }
+    )
+    for source in ("nvml", "nvidia_smi"):
+        gpus = gather_gpus(source)["gpus"]
+        assert [(g["ecc_errors_uncorrected"], g["retired_pages_pending"]) for g in gpus] == [
+            (0, False),
+            (3, False),
+            (None, True),  # not supported: cannot be judged
+        ], source
+        assert [g["health_issues"] for g in gpus] == [
+            [],
+            ["3 uncorrectable ECC errors (volatile; more than 0)"],
+            ["retired memory pages pending: the GPU needs a reset"],
+        ], source
 
 
 def test_lost_gpu_is_unhealthy_not_a_crash(fake_gpus):
