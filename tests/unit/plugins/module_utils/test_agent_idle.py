@@ -303,3 +303,33 @@ def test_placement_counts_pausable_replicas_as_room_and_never_pinned_ones():
     pinned = plan({"gpu-a": {"reachable": True, "labels": {}, "gpus": [gpu(40000)]}}, [{**chat, "pin": True}, new],
                   existing[:1])  # fmt: skip
     assert [e["deployment"] for e in pinned["errors"]] == ["new"]
+
+
+# ------------------------------------------------------------------------------------------------ vllm_container
+def test_a_start_makes_room_check_mode_agrees_and_a_converge_leaves_it_asleep(fake_runtime, tmp_path, monkeypatch):
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container import deployment as ct
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
+
+    asleep: dict[str, bool] = {}
+    monkeypatch.setattr(rd, "is_sleeping", lambda base, key: asleep.get(base, False))
+    monkeypatch.setattr(rd, "sleep", lambda base, key, level: asleep.update({base: True}) or True)
+    monkeypatch.setattr(rd, "wake_up", lambda base, key: asleep.update({base: False}) or True)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+
+    def run(name: str, port: int, check: bool = False, **kw: Any) -> dict[str, Any]:
+        p = {o.name: o.default for o in cs.OPTIONS}
+        p.update(name=name, image="img", model=str(tmp_path / "model"), port=port, host="127.0.0.1", gpus=["0"],
+                 manifest_dir=str(tmp_path / "manifests"), sleep_mode=True, gpu_memory_utilization=0.6, **kw)  # fmt: skip
+        gpu = {"index": 0, "uuid": "GPU-0", "name": "H100", "memory_total_mib": 80000, "memory_free_mib": 80000}
+        return ct.Deployment(p, fake_runtime, check, gpu_facts_fn=lambda: ([gpu], None)).run()
+
+    assert run("a", 18100, idle_pause_after=60)["paused_for_room"] == []
+    pred = run("b", 18101, check=True)
+    assert pred["paused_for_room"] == ["a"] and "sleep gpufleet-a" in pred["actions"][0] and not asleep
+    real = run("b", 18101)
+    assert real["paused_for_room"] == ["a"] and real["actions"][: len(pred["actions"])] == pred["actions"]
+    assert asleep == {"http://127.0.0.1:18100": True}
+    assert lc.paused(lc.load(str(tmp_path), "a"))["reason"] == "warm_cache"
+    again = run("a", 18100, idle_pause_after=60)  # the converge: paused on purpose is not a drift
+    assert not again["changed"] and again["state"] == "paused" and asleep["http://127.0.0.1:18100"]
