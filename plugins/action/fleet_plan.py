@@ -15,6 +15,7 @@ from typing import Any
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_if_changed
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import published
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import state as fleet_state
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.rollout import wave_lines
@@ -238,6 +239,36 @@ def slicing_refused(number: int, count: int) -> str:
     )
 
 
+def assemble_planned(task_vars: Mapping[str, Any], args: Mapping[str, Any]) -> dict[str, Any]:
+    """``planned_var`` mode: the plan of the play's hosts from the plan files they keep (_fleet/published.py), with
+    ``changed`` when their parts change the fleet."""
+    all_hostvars = task_vars.get("hostvars") or {}
+    names = args.get("hosts")
+    if names is None:
+        names = list(task_vars.get("ansible_play_hosts_all") or [])
+    active = set(task_vars.get("ansible_play_hosts") or names) - set(args.get("unreachable") or [])
+    records, kept = {}, {}
+    for name in names:
+        if name not in active:
+            continue
+        hv = all_hostvars.get(name) or {}
+        records[name] = published.parse(_plain(hv.get(args["planned_var"])))
+        facts = hv.get(args["existing_var"])
+        kept[name] = _plain(facts.get("fleet_state")) if isinstance(facts, Mapping) else None
+    out = published.assemble(
+        records,
+        [dict(d) for d in _plain(args["deployments"])],
+        kept,
+        expected_id=args.get("plan_id") or "",
+        unreachable=[n for n in names if n not in active],
+    )
+    plan = out["plan"]
+    changes = sum(1 for specs in plan["hosts"].values() for s in specs if s.get("action") != "keep")
+    changes += sum(len(r) for r in plan["remove"].values()) + sum(len(w["replicas"]) for w in plan["rollout"]["waves"])
+    out.update(changed=changes > 0, rollout_waves=wave_lines(plan["rollout"]))
+    return out
+
+
 SIZE_FIELDS = ("model_size_bytes", "num_parameters", "vram_mib")
 
 
@@ -288,6 +319,9 @@ class ActionModule(ControllerAction):
 
     def act(self, params: dict[str, Any], task_vars: dict[str, Any], result: dict[str, Any]) -> None:
         args = params
+        if args.get("planned_var"):  # the apply of a published plan: allowed in a slice
+            result.update(assemble_planned(task_vars, args))
+            return
         sliced = job_slice(task_vars)
         if sliced:
             result.update(failed=True, msg=slicing_refused(*sliced))
@@ -330,5 +364,9 @@ class ActionModule(ControllerAction):
             return
         # What the hosts keep (fleet_apply fleet_state): the newest copy they sent, or its next generation.
         result["fleet_state"] = None if errors else fleet_state.next_state(previous, planned["assignments"])
+        if args["publish"] and not errors:
+            result["plan_id"], result["published"] = published.publish(
+                planned, result["fleet_state"], deployments, reachable
+            )
         if args.get("state_path") and not self._task.check_mode and not errors:
             write_state(args["state_path"], planned["assignments"])

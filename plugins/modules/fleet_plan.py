@@ -130,6 +130,30 @@ options:
         (RV(fleet_state)), so they are kept instead of being silently placed again elsewhere.
       - Optional; the role keeps the placements on the hosts instead (nothing lives only on the controller).
     type: path
+  publish:
+    description:
+      - Also return RV(plan_id) and RV(published), the text of each reachable host's plan file
+        (C(<state dir>/fleet/plan.json)) - its part of the plan and the fleet's placements after it - for an apply
+        job sliced by host (C(playbooks/plan.yml) writes them, C(playbooks/apply_planned.yml) applies them;
+        C(docs/awx.md), section Large fleets).
+    type: bool
+    default: false
+  planned_var:
+    description:
+      - "Do not plan; assemble the plan of the play's hosts from the plan files they keep, read into this host
+        variable (the registered result of C(ansible.builtin.slurp) of the file). This is the one mode allowed in
+        one slice of a sliced job (C(awx_job_slice_count) > 1): each host runs the part the global plan gave it."
+      - "Fails before anything changes, naming the hosts, when a host has no plan file, when the hosts hold
+        different plans, when it is not the plan O(plan_id), when O(deployments) changed since the plan, or when a
+        host keeps newer fleet placements (C(<existing_var>.fleet_state)) than the plan's: another converge ran
+        since. Then run the plan job again."
+    type: str
+  plan_id:
+    description:
+      - With O(planned_var), the plan the hosts must hold (RV(plan_id) of the plan job, which an AWX workflow
+        passes on through C(set_stats) as C(gpufleet_plan_id)). Empty - the hosts must agree among themselves.
+    type: str
+    default: ''
 seealso:
   - module: gpufleet.vllm.gpu_facts
   - module: gpufleet.vllm.vllm_deployment_info
@@ -274,6 +298,15 @@ fleet_state:
   type: dict
   sample: {version: 1, generation: 2, placements: [{deployment: chat, replica: 0, host: gpu-a, gpus: ["0"],
            gpu_uuids: ["GPU-0a"], port: 8000}]}
+plan_id:
+  description: A digest of the whole plan and the declaration (secret fields left out); the same plan, the same id.
+  returned: with O(publish) or O(planned_var)
+  type: str
+  sample: 3f1c9a0e5b7d...
+published:
+  description: Per reachable host, the text of its plan file (JSON, no secret).
+  returned: with O(publish)
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -292,6 +325,9 @@ ARGUMENT_SPEC = dict(
     move_from_unreachable=dict(type="bool", default=False),
     fail_on_unschedulable=dict(type="bool", default=True),
     state_path=dict(type="path"),
+    publish=dict(type="bool", default=False),
+    planned_var=dict(type="str"),
+    plan_id=dict(type="str", default=""),
 )
 
 
