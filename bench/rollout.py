@@ -7,7 +7,9 @@ one run (docs/rollouts.md):
   did before rolling updates (every host in parallel, no gate between replicas of a deployment);
 - ``in place, 1 at a time``: ``max_unavailable: 1``, ``max_surge: 0`` - three waves, each gated;
 - ``surge, 1 at a time``: the defaults (``max_surge: 1``, ``max_unavailable`` auto = 0 where GPUs are free) - each
-  replica first started as a gated surge, then replaced in place, then the surge removed.
+  replica first started as a gated surge, then replaced in place, then the surge removed;
+- the two rolling strategies again with ``smoke_test: false``: the gate without its real request (``/health`` and
+  ``/v1/models`` only), to see what the smoke completion costs (on the stand-in: little; on real vLLM: one token).
 
 Each round changes ``max_model_len`` (2048 <-> 1024) and times ``playbooks/converge.yml``; the strategies alternate
 within a round so that machine load hits them alike. Prints medians and ratios to ``all at once``; writes
@@ -32,6 +34,8 @@ STRATEGIES = {
     "all at once": {"max_unavailable": "100%", "max_surge": 0},
     "in place, 1 at a time": {"max_unavailable": 1, "max_surge": 0},
     "surge, 1 at a time": {},
+    "in place, no smoke gate": {"max_unavailable": 1, "max_surge": 0, "smoke_test": False},
+    "surge, no smoke gate": {"smoke_test": False},
 }
 
 
