@@ -10,8 +10,9 @@ schema, the one failure classifier and secret masking, the engine adapters and t
 
 The package, one concern per module: ``policy`` (what the agent may do; pure decisions), ``state`` (what it
 remembers, state.json), ``diagnosis`` (secrets, failure class, health probe), ``loop`` (one tick), ``events`` (the
-JSON-lines event log), ``logs`` (the vLLM servers' own logs, a file per run), ``metrics`` (Prometheus), ``runner`` (the long-running process), ``daemon`` (background mode
-without systemd), ``shipping`` (the files it needs), and this command line."""
+JSON-lines event log), ``logs`` (the vLLM servers' own logs, a file per run), ``metrics`` (Prometheus), ``runner``
+(the long-running process), ``daemon`` (background mode without systemd), ``shipping`` (the files it needs), and this
+command line."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@
 previous one. A run is one start of a container: a new container (a converge recreated it) or the same container
 started again (by the engine's restart policy, the agent or a person); the agent tells them apart by the container's
 id and StartedAt, written in the run's first line. Each line is the engine's own UTC time of the line (microseconds)
-and the text with its ANSI escapes stripped and secrets masked (``failures.mask``: the container's secret env values, anything
-token-shaped); the successful ``GET /health`` and ``/metrics`` access lines (probes and
-scrapes, thousands a day) are left out, a failed one is kept. When the current file would grow past ``max_bytes``
+and the text with its ANSI escapes stripped and secrets masked (``failures.mask``: the container's secret env values,
+anything token-shaped); the successful ``GET /health`` and ``/metrics`` access lines (probes and scrapes, thousands a
+day) are left out, a failed one is kept. When the current file would grow past ``max_bytes``
 its older half is dropped (a line says how much); files not written for ``retention_days`` are deleted (the logs of a
 replica that is gone go after that long).
 
