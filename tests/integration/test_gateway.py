@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,13 +20,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from fixtures.gateway import WHEELHOUSE, ensure_wheelhouse
 from fixtures.hosts import SimFleet, recap
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / ".build" / "fleet"
-WHEELHOUSE = ROOT / ".build" / "gateway-wheelhouse"
 KEY = "gw-canary-3b9d0c7e1f"  # the deployment's API key: never on a command line
 NAME = "gwchat"
 PORT = 8300
@@ -68,22 +67,6 @@ class GatewayFleet(SimFleet):
 
     def replica_urls(self) -> dict[str, str]:
         return {h: f"http://{self.sim.address(h)}:{PORT}" for h in HOSTS}
-
-
-def ensure_wheelhouse() -> None:
-    """vllm-router and its dependencies as wheels (the hosts install from this 'wheelhouse the user names')."""
-    if list(WHEELHOUSE.glob("vllm_router-*.whl")):
-        return
-    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "vllm-router==0.1.17", "-d", str(WHEELHOUSE)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"vllm-router wheels cannot be downloaded: {proc.stderr[-500:]}")
 
 
 @pytest.fixture(scope="module")

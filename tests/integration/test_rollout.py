@@ -1,8 +1,13 @@
 """Rolling updates per deployment (docs/rollouts.md) on the simulated hosts over SSH, real daemons and the vLLM
-stand-in: check mode lists the waves; max_unavailable 1 never has two replicas of a deployment down at once (sampled
-every 100 ms from a thread while the converge runs); a 1-replica deployment with a free GPU surges (something answers
-at every sample: the old container until the surge is ready, then the surge, then the new one); a new declaration
-that fails to start is rolled back, stops its deployment's rollout and fails the run. One fleet, built once.
+stand-in, with a gateway (vllm-router on gpu-a) per deployment and 8 clients sending requests through the gateways
+(tests/fixtures/loadgen.py, streaming and not) for the whole of each converge: zero failed requests.
+
+Check mode lists the waves and touches neither containers nor routers. A flag change of a 3-replica deployment over
+2 hosts with max_unavailable 1 (never two replicas down at once, nor fewer than two in its router; sampled every
+100 ms from a thread while the converge runs) together with a vLLM version change of a 1-replica deployment with a
+free GPU (a surge: something answers at every sample, and the surge served through the router). A new version that
+fails to start is rolled back, stops its deployment's rollout and fails the run, and no request fails. One fleet,
+built once.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fixtures.gateway import add_gateway_host, ensure_wheelhouse, gateway_vars
 from fixtures.hosts import SimFleet
+from fixtures.loadgen import Load
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
@@ -24,35 +32,55 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / ".build" / "fleet"
 SAMPLE_S = 0.1
 SAMPLE_LIMIT_S = 400  # the sampler stops by itself at the latest after this
+GW_PORTS = {"chat": 30600, "solo": 30601}
+MODEL = "tiny-chat"
+# Each request takes this long in the stand-in, so that replicas have requests in flight when they are drained.
+REQUEST_DELAY = "0.05"
 
 
-def chat(max_model_len: int = 2048, **env: str) -> dict[str, Any]:
-    """Two replicas spread over two hosts, replaced in place one at a time (no surge)."""
+def chat(max_model_len: int = 2048, vllm_version: str = "0.10.2", **env: str) -> dict[str, Any]:
+    """Three replicas spread over two hosts, replaced in place one at a time (no surge)."""
     return {
         "name": "chat",
         "model": str(MODELS / "models" / "tiny-chat"),
-        "vllm_version": "0.10.2",
-        "replicas": 2,
+        "served_model_name": [MODEL],
+        "vllm_version": vllm_version,
+        "replicas": 3,
         "placement": "spread",
         "port": 8000,
         "engine_options": {"max_model_len": max_model_len},
-        "env": {"VLLM_LOGGING_LEVEL": "INFO", **env},
+        "env": {"VLLM_LOGGING_LEVEL": "INFO", "STANDIN_REQUEST_DELAY": REQUEST_DELAY, **env},
         "max_unavailable": 1,
         "max_surge": 0,
     }
 
 
-def solo(max_model_len: int = 2048, **env: str) -> dict[str, Any]:
+def solo(max_model_len: int = 2048, vllm_version: str = "0.10.2", **env: str) -> dict[str, Any]:
     """One replica on gpu-b (4 GPUs): surges on a free GPU (defaults)."""
     return {
         "name": "solo",
         "model": str(MODELS / "models" / "tiny-chat"),
-        "vllm_version": "0.10.2",
+        "served_model_name": [MODEL],
+        "vllm_version": vllm_version,
         "host": "gpu-b",
         "port": 8200,
         "engine_options": {"max_model_len": max_model_len},
-        "env": dict(env),
+        "env": {"STANDIN_REQUEST_DELAY": REQUEST_DELAY, **env},
     }
+
+
+class RolloutFleet(SimFleet):
+    """The fleet with a gateway on gpu-a: a router per deployment (ports GW_PORTS)."""
+
+    def write(self, deployments: list[dict[str, Any]], **group_vars: Any) -> None:
+        self.write_inventory(deployments, **gateway_vars(GW_PORTS, **group_vars))
+        add_gateway_host(self.inventory / "hosts.yml", "gpu-a")
+
+    def gateway(self, deployment: str) -> str:
+        return f"http://{self.sim.address('gpu-a')}:{GW_PORTS[deployment]}"
+
+    def router_workers(self, deployment: str) -> list[str]:
+        return sorted(httpx.get(self.gateway(deployment) + "/list_workers", timeout=5).json()["urls"])
 
 
 def up(url: str) -> bool:
@@ -63,19 +91,30 @@ def up(url: str) -> bool:
         return False
 
 
-class Sampler(threading.Thread):
-    """Probes every endpoint's /health every 100 ms until stopped (or SAMPLE_LIMIT_S): a list of {url: up}."""
+def listed(router: str) -> list[str] | None:
+    try:
+        return sorted(httpx.get(router + "/list_workers", timeout=2).json()["urls"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
 
-    def __init__(self, urls: list[str]) -> None:
+
+class Sampler(threading.Thread):
+    """Probes every endpoint's /health and every router's worker list every 100 ms until stopped (or
+    SAMPLE_LIMIT_S): a list of {url: up} and a list of {router: [workers]}."""
+
+    def __init__(self, urls: list[str], routers: list[str] = ()) -> None:  # type: ignore[assignment]
         super().__init__(daemon=True)
         self.urls = urls
+        self.routers = list(routers)
         self.samples: list[dict[str, bool]] = []
+        self.listed: list[dict[str, list[str] | None]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         deadline = time.monotonic() + SAMPLE_LIMIT_S
         while not self.stop.is_set() and time.monotonic() < deadline:
             self.samples.append({u: up(u) for u in self.urls})
+            self.listed.append({r: listed(r) for r in self.routers})
             self.stop.wait(SAMPLE_S)
 
     def __enter__(self) -> Sampler:
@@ -89,17 +128,25 @@ class Sampler(threading.Thread):
 
 @pytest.fixture(scope="module")
 def fleet(sim_hosts: Any, sim_fleet_lock: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    ensure_wheelhouse()
     subprocess.run([str(ROOT / "sim" / "steps.d" / "70-fleet.sh"), "up"], check=True, capture_output=True)
-    f = SimFleet(sim_hosts, tmp_path_factory.mktemp("rollout"), {name: "docker" for name in sim_hosts.names})
-    f.write_inventory([])
+    f = RolloutFleet(sim_hosts, tmp_path_factory.mktemp("rollout"), {name: "docker" for name in sim_hosts.names})
+    f.write([])
     proc = f.play("stop.yml", "-e", "all=true", "-e", "state=absent")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    f.write_inventory([chat(), solo()])
-    proc = f.play("converge.yml")
+    f.write([chat(), solo()])
+    proc = f.play("converge.yml")  # replicas, then the gateways (play 3)
     assert proc.returncode == 0, proc.stdout[-5000:]
     yield f
-    f.write_inventory([])
+    f.write([chat(), solo()], gpufleet_gateway_state="stopped")
+    f.play("gateway.yml")
+    sim_hosts.in_host("gpu-a", "rm", "-rf", "/opt/gpufleet/gateway/routers")
+    f.write([])
     f.play("stop.yml", "-e", "all=true", "-e", "state=absent")
+
+
+def gateways(fleet: RolloutFleet) -> list[str]:
+    return [fleet.gateway(d) for d in sorted(GW_PORTS)]
 
 
 def endpoints(fleet: SimFleet, deployment: str) -> list[str]:
@@ -107,9 +154,11 @@ def endpoints(fleet: SimFleet, deployment: str) -> list[str]:
     return [f"http://{fleet.sim.address(r['host'])}:{r['port']}" for r in rows]
 
 
-def test_check_mode_lists_the_waves_and_changes_nothing(fleet: SimFleet) -> None:
+def test_check_mode_lists_the_waves_and_changes_nothing(fleet: RolloutFleet) -> None:
     before = fleet.managed()
-    fleet.write_inventory([chat(max_model_len=1024), solo(max_model_len=1024)])
+    routers = {d: fleet.router_workers(d) for d in GW_PORTS}
+    assert len(routers["chat"]) == 3 and len(routers["solo"]) == 1, routers  # the gateways serve every replica
+    fleet.write([chat(max_model_len=1024), solo(max_model_len=1024, vllm_version="0.33.0")])
     proc = fleet.play("converge.yml", "--check", "--diff")
     assert proc.returncode == 0, proc.stdout[-5000:]
     hosts = {r["name"]: r["host"] for r in fleet.summary()["deployments"]["chat"]["replicas"]}
@@ -118,59 +167,86 @@ def test_check_mode_lists_the_waves_and_changes_nothing(fleet: SimFleet) -> None
         f"# rollout wave 1: chat-0 on {hosts['chat-0']} (in place), solo-0 on gpu-b (surge :8201 gpus=" in proc.stdout
     )
     assert f"# rollout wave 2: chat-1 on {hosts['chat-1']} (in place)" in proc.stdout
-    assert "wave 3" not in proc.stdout
+    assert f"# rollout wave 3: chat-2 on {hosts['chat-2']} (in place)" in proc.stdout
+    assert "wave 4" not in proc.stdout
     after = fleet.managed()
     assert {n: c["id"] for n, c in after.items()} == {n: c["id"] for n, c in before.items()}
+    assert {d: fleet.router_workers(d) for d in GW_PORTS} == routers
 
 
-def test_max_unavailable_and_surge_keep_the_deployments_serving(fleet: SimFleet) -> None:
+def test_rolling_flag_and_version_change_fail_no_request(fleet: RolloutFleet) -> None:
+    """chat: a flag change, one replica at a time; solo: a vLLM version change by surge; 8 clients through the two
+    gateways all along: zero failed requests."""
     before = fleet.managed()
     chat_urls = endpoints(fleet, "chat")
     solo_url, surge_url = endpoints(fleet, "solo")[0], f"http://{fleet.sim.address('gpu-b')}:8201"
-    fleet.write_inventory([chat(max_model_len=1024), solo(max_model_len=1024)])
-    with Sampler([*chat_urls, solo_url, surge_url]) as sampler:
+    fleet.write([chat(max_model_len=1024), solo(max_model_len=1024, vllm_version="0.33.0")])
+    chat_gw, solo_gw = fleet.gateway("chat"), fleet.gateway("solo")
+    with Load(gateways(fleet), MODEL) as load, Sampler([*chat_urls, solo_url, surge_url], [chat_gw, solo_gw]) as s:
+        assert load.wait_for(16), load.report()  # the clients run before the converge starts
         proc = fleet.play("converge.yml")
     assert proc.returncode == 0, proc.stdout[-5000:]
-    samples = sampler.samples
+    assert load.failures == [], load.report()
+    for gw in (chat_gw, solo_gw):
+        kinds = load.ok_kinds(gw)
+        assert kinds[True] > 0 and kinds[False] > 0, (gw, kinds)
+    samples = s.samples
     assert len(samples) > 20, "the sampler must have seen the converge"
-    chat_down = [sum(not s[u] for u in chat_urls) for s in samples]
+    chat_down = [sum(not x[u] for u in chat_urls) for x in samples]
     assert max(chat_down) <= 1, "two chat replicas were down at once"
     assert max(chat_down) == 1, "the in-place replacements were not seen (sampling too slow?)"
-    # solo never stopped serving: the old one until the surge was ready, the surge while solo-0 was replaced.
-    assert all(s[solo_url] or s[surge_url] for s in samples)
-    assert any(s[surge_url] for s in samples), "the surge was never seen serving"
+    # The router lost one chat replica at a time (drained before its stop, back after its gate), never two.
+    chat_listed = [len(x[chat_gw]) for x in s.listed if x[chat_gw] is not None]
+    assert min(chat_listed) == 2 and chat_listed[-1] == 3, chat_listed
+    # solo never stopped serving: the old one until the surge was ready, the surge (in the router) while solo-0 was
+    # replaced.
+    assert all(x[solo_url] or x[surge_url] for x in samples)
+    assert any(x[surge_url] for x in samples), "the surge was never seen serving"
+    assert any(surge_url in (x[solo_gw] or []) for x in s.listed), "the surge never joined the router"
+    assert all(x[solo_gw] for x in s.listed if x[solo_gw] is not None), "solo's router was left without a worker"
     assert not up(surge_url)  # and it is gone
     after = fleet.managed()
-    for name in ("gpufleet-chat-0", "gpufleet-chat-1", "gpufleet-solo-0"):
+    for name in ("gpufleet-chat-0", "gpufleet-chat-1", "gpufleet-chat-2", "gpufleet-solo-0"):
         assert after[name]["id"] != before[name]["id"]
         assert after[name]["args"][after[name]["args"].index("--max-model-len") + 1] == "1024"
+    image = after["gpufleet-solo-0"]["inspect"]["Config"]["Image"]
+    assert image.endswith(":v0.33.0"), image
     assert "gpufleet-solo-0-surge" not in after
+    assert fleet.router_workers("chat") == sorted(chat_urls) and fleet.router_workers("solo") == [solo_url]
     # Converged: a second run plans no wave and changes nothing.
     proc = fleet.play("converge.yml")
     assert proc.returncode == 0 and "wave 1" not in proc.stdout, proc.stdout[-3000:]
     assert {n: c["id"] for n, c in fleet.managed().items()} == {n: c["id"] for n, c in after.items()}
 
 
-def test_failing_new_declaration_is_rolled_back_and_fails_the_run(fleet: SimFleet) -> None:
+def test_failing_new_version_is_rolled_back_fails_the_run_and_no_request(fleet: RolloutFleet) -> None:
     before = fleet.managed()
     chat_urls = endpoints(fleet, "chat")
     solo_url = endpoints(fleet, "solo")[0]
-    fleet.write_inventory([chat(max_model_len=512, STANDIN_FAIL="oom"), solo(max_model_len=512, STANDIN_FAIL="oom")])
-    with Sampler([*chat_urls, solo_url]) as sampler:
+    fleet.write(
+        [
+            chat(max_model_len=512, vllm_version="0.33.0", STANDIN_FAIL="oom"),
+            solo(max_model_len=512, vllm_version="0.33.0", STANDIN_FAIL="oom"),
+        ]
+    )
+    with Load(gateways(fleet), MODEL) as load, Sampler([*chat_urls, solo_url]) as sampler:
+        assert load.wait_for(16), load.report()
         proc = fleet.play("converge.yml")
     assert proc.returncode == 2, proc.stdout[-5000:]
+    assert load.failures == [] and load.ok > 16, load.report()
+    assert fleet.router_workers("chat") == sorted(chat_urls) and fleet.router_workers("solo") == [solo_url]
     summary = fleet.summary()
     assert summary["ok"] is False
     rows = {r["name"]: r for d in ("chat", "solo") for r in summary["deployments"][d]["replicas"]}
     # chat-0 failed in wave 1 (in place: rolled back to its old container); the rollout of chat stopped there.
     assert rows["chat-0"]["status"] == "failed" and rows["chat-0"]["rolled_back"] is True
     assert rows["chat-0"]["failure_class"] == "gpu_oom"
-    assert rows["chat-1"]["status"] == "not_run"
+    assert rows["chat-1"]["status"] == "not_run" and rows["chat-2"]["status"] == "not_run"
     # solo's surge failed: removed, solo-0 never touched.
     assert rows["solo-0"]["status"] == "failed" and rows["solo-0"]["rolled_back"] is True
     assert "was not touched and still serves" in rows["solo-0"]["hint"] or rows["solo-0"]["failure_class"] == "gpu_oom"
     after = fleet.managed()
-    for name in ("gpufleet-chat-0", "gpufleet-chat-1", "gpufleet-solo-0"):
+    for name in ("gpufleet-chat-0", "gpufleet-chat-1", "gpufleet-chat-2", "gpufleet-solo-0"):
         assert after[name]["id"] == before[name]["id"], name
         assert after[name]["status"] == "running"
     assert "gpufleet-solo-0-surge" not in after
