@@ -135,8 +135,9 @@ def read_header(path: str) -> Run | None:
     return Run(m.group("id"), m.group("started")) if m else None
 
 
-def last_time(path: str) -> float | None:
-    """The time of the last stamped line of a file (where copying goes on after the agent's restart)."""
+def last_time(path: str) -> tuple[float | None, int]:
+    """The time of the last stamped line of a file (where copying goes on after the agent's restart) and how many
+    lines at its end carry exactly that time."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -144,12 +145,16 @@ def last_time(path: str) -> float | None:
             fh.seek(max(0, size - _TAIL_BYTES))
             lines = fh.read().decode("utf-8", "replace").splitlines()
     except OSError:
-        return None
+        return None, 0
+    last, count = None, 0
     for line in reversed(lines):
-        t = line_time(line)
-        if t is not None:
-            return t
-    return None
+        t = None if _HEADER_RE.match(line) else line_time(line)  # the run's header is no copied line
+        if t is None or (last is not None and micros(t) != micros(last)):
+            if last is not None:
+                break
+            continue
+        last, count = t, count + 1
+    return last, count
 
 
 def begin_run(directory: str, name: str, run: Run, now: float) -> None:
@@ -233,6 +238,7 @@ class _Copy:
 
     run: Run
     last: int  # micros() of the last line copied
+    at_last: int = 0  # lines copied with exactly that time (an engine stamps a burst of lines alike)
     done: str = ""  # the container state (id|finished) read to its end: a stopped one is read once
     thread: threading.Thread | None = None
     secrets: list[str] = field(default_factory=list, repr=False)  # the container's secret values: masked
@@ -305,18 +311,28 @@ class LogKeeper:
         run = read_header(current)
         if run is None:
             return None
-        cp = _Copy(run, micros(last_time(current) or parse_time(run.started_at) or 0.0))
+        last, count = last_time(current)
+        if last is None:
+            last, count = parse_time(run.started_at) or 0.0, 0
+        cp = _Copy(run, micros(last), count)
         self.copies[name] = cp
         return cp
 
-    def _write(self, name: str, cp: _Copy, lines: Iterable[str], before: float | None = None) -> None:
+    def _write(self, name: str, cp: _Copy, lines: Iterable[str], skip: list[int], before: float | None = None) -> None:
+        """Copy the new ``lines`` of one read (``skip``: [lines at ``cp.last`` still to pass over, as copied before
+        this read began: the engine's since is inclusive])."""
         out, now = [], self.clock()
         for line in lines:
             t, kept = file_line(line, now)
-            if t is not None and (micros(t) <= cp.last or (before is not None and t >= before)):
-                continue  # copied already (the engine's since is inclusive), or the next run's
             if t is not None:
-                cp.last = micros(t)
+                us = micros(t)
+                if us < cp.last or (before is not None and t >= before):
+                    continue  # copied already, or the next run's
+                if us == cp.last and skip[0] > 0:
+                    skip[0] -= 1
+                    continue
+                cp.at_last = cp.at_last + 1 if us == cp.last else 1
+                cp.last = us
             if kept is not None:
                 out.append(kept)
         if not out:
@@ -331,14 +347,16 @@ class LogKeeper:
             append(current, out, self.max_bytes)
 
     def _read(self, rt: Runtime, name: str, cp: _Copy, cid: str, before: float | None = None) -> None:
-        self._write(name, cp, rt.logs(cid, tail=-1, since=cp.last / 1e6, timestamps=True), before)
+        skip = [cp.at_last]
+        self._write(name, cp, rt.logs(cid, tail=-1, since=cp.last / 1e6, timestamps=True), skip, before)
 
     def _follow(self, rt: Runtime, name: str, cp: _Copy, cid: str) -> None:
+        skip = [cp.at_last]
         try:
             for line in rt.follow(cid, since=cp.last / 1e6, timestamps=True):
                 if self.stopping.is_set() or self.copies.get(name) is not cp:
                     return
-                self._write(name, cp, [line])
+                self._write(name, cp, [line], skip)
         except Exception as e:  # the stream broke: the next tick follows again from the last line
             self.errors.append(f"{name}: {e}")
 

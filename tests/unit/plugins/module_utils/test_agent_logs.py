@@ -168,6 +168,27 @@ def test_a_stopped_container_is_read_once_and_an_agent_restart_goes_on(tmp_path,
     assert not (tmp_path / "vllm-logs" / "chat-0.log.1").exists()
 
 
+def test_lines_the_engine_stamps_alike_are_all_copied_once(tmp_path, clock):
+    # podman (conmon) stamps every line of one write with the same time: a traceback arrives as one burst.
+    rt, cid = Engine(), "9" * 64
+    for text in ("Traceback (most recent call last):", '  File "x.py", line 1', "RuntimeError: boom"):
+        rt.say(cid, T0 + 1, text)
+    k = keeper(tmp_path, clock)
+    k.sync(rt, [container(cid, T0)])
+    rt.say(cid, T0 + 1, "one more in the burst")  # read by the next tick (since is inclusive: the 3 come again)
+    k.sync(rt, [container(cid, T0)])
+    again = keeper(tmp_path, clock)  # and after the agent's restart, from the file's last lines
+    rt.say(cid, T0 + 1, "and another")
+    again.sync(rt, [container(cid, T0)])
+    assert [line.split(" ", 1)[1] for line in read(tmp_path)[1:]] == [
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1',
+        "RuntimeError: boom",
+        "one more in the burst",
+        "and another",
+    ]
+
+
 def test_the_long_running_agent_follows_the_stream(tmp_path, clock):
     rt, cid = Engine(), "e" * 64
     rt.say(cid, T0 + 1, "streamed")
