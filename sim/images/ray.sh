@@ -70,6 +70,10 @@ FROM $FROM
 COPY site /opt/ray-site
 COPY ray /usr/local/bin/ray
 COPY libstdc++.so.6 /usr/lib/x86_64-linux-gnu/libstdc++.so.6
+# Byte-compiled once here: the stand-in's image never writes .pyc (PYTHONDONTWRITEBYTECODE), and Ray's agents compiling
+# ray from source at every start outlast the raylet's fixed 15 s wait for them on a busy 2-core machine
+# (ray-project/ray#65983: "Timed out waiting for file .../dashboard_agent_listen_port_<node>").
+RUN python3 -m compileall -q -j 0 /opt/ray-site >/dev/null
 ENV PYTHONPATH=/opt/standin:/opt/ray-site RAY_USAGE_STATS_ENABLED=0
 LABEL gpufleet.ray.hash=$hash gpufleet.ray.version=$RAY_VERSION
 DOCKERFILE

@@ -53,7 +53,11 @@ class NodeSpec:
     labels: dict[str, str]
     network: str = "host"
     ipc: str = "host"  # Ray's object store lives in /dev/shm: the host's, not a 64 MB container default
-    restart_policy: str = "no"  # a lost node fails the replica; the converge (or the agent) restarts it as a whole
+    # A node that fails to start or crashes is started again by the engine (a few times) and rejoins its cluster: the
+    # raylet gives Ray's agents a fixed 15 s to start (ray-project/ray#65983), which a busy host can miss. A node
+    # whose host is lost is not (there is no engine left): the replica's server fails with the cause (docs/ray.md).
+    restart_policy: str = "on-failure"
+    restart_retries: int = 5
     host_dirs: list[str] = field(default_factory=list)  # to create before the container starts
 
 

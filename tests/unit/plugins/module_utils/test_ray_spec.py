@@ -57,7 +57,7 @@ def test_node_spec_host_network_gpus_env_and_labels_read_back():
         env={"NCCL_DEBUG": "INFO", "RAY_USAGE_STATS_ENABLED": "1"},
     )
     assert node.name == "gpufleet-big-0-ray-worker"
-    assert (node.network, node.ipc, node.entrypoint, node.restart_policy) == ("host", "host", ["ray"], "no")
+    assert (node.network, node.ipc, node.entrypoint, node.restart_policy) == ("host", "host", ["ray"], "on-failure")
     assert "--num-gpus=2" in node.command
     assert node.env["NCCL_DEBUG"] == "INFO" and node.env["RAY_USAGE_STATS_ENABLED"] == "0"
     assert node.env["VLLM_HOST_IP"] == "10.0.0.2"

@@ -1,0 +1,177 @@
+"""A multi-host replica's Ray cluster on two simulated hosts, with real Ray (gpufleet/bed-vllm-ray, sim/images/ray.sh).
+
+The containers are exactly what _ray/spec.py declares (head on gpu-a, worker on gpu-b: the image's own `ray`, host
+network, every port in one block, --num-gpus from the fake GPUs given; the head's server with serve_settings), created
+here through the docker SDK: one cluster, checked several ways:
+- `ray status` in the head shows both nodes and the 4 GPUs (spec.cluster_ready reads Ray's real output);
+- the stand-in server with --distributed-executor-backend ray and tensor_parallel_size 4 (2 GPUs on its own host)
+  joins the cluster and serves from gpu-a; one asking for 6 GPUs is refused with vLLM's error;
+- the worker's host lost (its container killed): the server dies with ActorDiedError (exit 1), a clear cause.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports, spec
+from docker.types import DeviceRequest
+
+pytestmark = [pytest.mark.integration, pytest.mark.multihost]
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ports.FIRST + 5 * ports.BLOCK  # a block no fleet test uses
+SERVE_PORT = 8390
+# A 2-core machine shared by other tests starts Ray's agents slowly: Ray's own start-up limits, raised (seconds).
+SLOW_BED_ENV = {"RAY_agent_register_timeout_ms": "300000", "RAY_raylet_start_wait_time_s": "300"}
+
+
+def wait_for(what: str, check: Callable[[], object], limit: float = 300) -> object:
+    """Poll until ``check()`` is truthy; the limit only turns a hang into a failure that says what never came."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {limit:g} s")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def ray_image(sim_hosts) -> str:
+    proc = subprocess.run(
+        [str(ROOT / "sim" / "images" / "ray.sh"), "load", "gpu-a", "gpu-b"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"sim/images/ray.sh load failed:\n{proc.stderr[-3000:]}")
+    return subprocess.run(
+        [str(ROOT / "sim" / "images" / "ray.sh"), "ref"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def engines(sim_hosts, sim_fleet_lock) -> Iterator[dict[str, docker.DockerClient]]:
+    clients = {h: docker.DockerClient(base_url=sim_hosts.docker_host(h)) for h in ("gpu-a", "gpu-b")}
+    names = ["gpufleet-big-0-ray-head", "gpufleet-big-0-ray-worker", "gpufleet-big-0", "gpufleet-big-0-too-big"]
+
+    def clean() -> None:
+        for client in clients.values():
+            for name in names:
+                try:
+                    client.containers.get(name).remove(force=True)
+                except docker.errors.NotFound:
+                    pass
+        for host in clients:
+            subprocess.run(["rm", "-rf", str(ROOT / ".build" / "hosts" / host / "fs" / spec.HOST_DIR.lstrip("/"))])
+
+    clean()
+    yield clients
+    clean()
+    for client in clients.values():
+        client.close()
+
+
+def run_node(client: docker.DockerClient, node: spec.NodeSpec):
+    return client.containers.run(
+        node.image,
+        name=node.name,
+        entrypoint=node.entrypoint,
+        command=node.command,
+        environment=node.env,
+        volumes={h: {"bind": c, "mode": m} for h, c, m in node.mounts},
+        network_mode=node.network,
+        ipc_mode=node.ipc,
+        device_requests=[DeviceRequest(device_ids=node.gpus, capabilities=[["gpu"]])],
+        labels=node.labels,
+        restart_policy={"Name": node.restart_policy, "MaximumRetryCount": node.restart_retries},
+        detach=True,
+    )
+
+
+def serve(client, image: str, name: str, model: Path, tp: int, settings: dict, port: int):
+    return client.containers.run(
+        image,
+        name=name,
+        command=["/model", "--port", str(port), "--tensor-parallel-size", str(tp), *settings["extra_args"]],
+        environment={**settings["env"], **SLOW_BED_ENV},
+        volumes={
+            **{h: {"bind": c, "mode": m} for h, c, m in settings["mounts"]},
+            str(model): {"bind": "/model", "mode": "ro"},
+        },
+        network_mode=settings["network"],
+        ipc_mode=settings["ipc"],
+        pid_mode=settings["pid"],
+        device_requests=[DeviceRequest(device_ids=["0", "1"], capabilities=[["gpu"]])],
+        detach=True,
+    )
+
+
+def exited(container) -> int | None:
+    container.reload()
+    return container.attrs["State"]["ExitCode"] if container.status == "exited" else None
+
+
+def test_two_host_cluster_serves_refuses_too_few_gpus_and_fails_on_a_lost_worker(sim_hosts, ray_image, engines):
+    head_ip, worker_ip = sim_hosts.address("gpu-a"), sim_hosts.address("gpu-b")
+    model = ROOT / ".build" / "ray-test-model"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 2048}')
+    # The object store: 100 MB, not Ray's share of the machine's memory twice over.
+    common = {"deployment": "big", "replica": 0, "image": ray_image, "base": BASE, "gpus": ["0", "1"]}
+    common.update(env=SLOW_BED_ENV, object_store_bytes=100_000_000)
+    nodes = {
+        "gpu-a": spec.node_spec(role="head", node_ip=head_ip, host="gpu-a", **common),
+        "gpu-b": spec.node_spec(role="worker", node_ip=worker_ip, host="gpu-b", head_ip=head_ip, **common),
+    }
+    for host, node in nodes.items():
+        run_node(engines[host], node)
+    head = engines["gpu-a"].containers.get(nodes["gpu-a"].name)
+
+    def cluster() -> str | None:
+        if exited(head) is not None:
+            pytest.fail(f"the Ray head exited:\n{head.logs(tail=30).decode()}")
+        rc, out = head.exec_run(spec.status_argv(head_ip, BASE))
+        text = out.decode("utf-8", "replace")
+        return text if rc == 0 and spec.cluster_ready(text, nodes=2, gpus=4)[0] else None
+
+    status = wait_for("the Ray cluster with 2 nodes and 4 GPUs", cluster)
+    assert spec.parse_status(status) == {"nodes": 2, "gpus": 4.0, "gpus_used": 0.0}
+
+    settings = spec.serve_settings("big", 0, head_ip, BASE)
+    server = serve(engines["gpu-a"], ray_image, "gpufleet-big-0", model, 4, settings, SERVE_PORT)
+    url = f"http://{head_ip}:{SERVE_PORT}"
+
+    def ready() -> bool:
+        if exited(server) is not None:
+            pytest.fail(f"the server exited:\n{server.logs(tail=40).decode()}")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    wait_for("the server on gpu-a serving over the cluster", ready)
+    log = server.logs().decode()
+    assert "Connected to Ray cluster" in log and "2 nodes, 4 GPUs" in log
+    assert "Placement group of 4 GPUs on 2 Ray nodes" in log
+
+    too_big = serve(engines["gpu-a"], ray_image, "gpufleet-big-0-too-big", model, 6, settings, SERVE_PORT + 1)
+    wait_for("the 6-GPU server to exit", lambda: exited(too_big) is not None)
+    assert exited(too_big) == 1
+    assert "The number of required GPUs exceeds the total number of available GPUs" in too_big.logs().decode()
+
+    engines["gpu-b"].containers.get(nodes["gpu-b"].name).kill()  # the worker's host is lost
+    wait_for("the server to fail after its worker node died", lambda: exited(server) is not None)
+    assert exited(server) == 1
+    log = server.logs(tail=60).decode()
+    assert "ActorDiedError" in log and "its node has died" in log and "EngineDeadError" in log
