@@ -8,9 +8,11 @@ touches another test's containers."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +26,7 @@ from typing import Any
 
 import bcrypt
 import pytest
+import requests
 import yaml
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.shipping import MODULE, shipped_files
@@ -322,6 +325,83 @@ class TestAgentOnDockerd:
         assert [e["event"] for e in ev] == ["failure", "gave_up"], ev
         assert ev[0]["reason"] == "start_timeout" and ev[1]["reason"] == "start_timeout"
         assert inspect("docker", f"gpufleet-{name}")["State"]["Status"] == "exited"
+
+    def test_idle_pause_warm_cache_and_a_request_wakes_it(
+        self, deploy, agent, names, ansible_run, ansible_env, standin_images, tmp_path
+    ):
+        """Issue #17 item 3 on one GPU (0.5 + 0.4 + 0.5 of it): idle pause (the pinned one untouched), a converge leaves
+        a paused replica asleep, a request straight to it is held by vLLM (0.16+) until the agent wakes it, the warm
+        cache puts the least recently used unpinned replica to sleep when a new one needs the GPU, resume.yml (making
+        room the same way) and pause.yml, status. The gateway in front (vllm-router) is not part of this test: it
+        forwards a request to the replica, which holds it the same way."""
+        sleepy = {"image": standin_images["0.33.0"], "sleep_mode": True, "gpus": ["0"], "idle_pause_after": 60}
+        a = deploy("idle-a", **sleepy, gpu_memory_utilization=0.5)
+        p = deploy("idle-p", **sleepy, gpu_memory_utilization=0.4, pin=True)
+        assert a["_rc"] == 0 and p["_rc"] == 0, a["_output"] + p["_output"]
+        na, np_ = names
+        url = {n: f"http://127.0.0.1:{r['_args']['port']}" for n, r in ((na, a), (np_, p))}
+
+        def asleep(name: str) -> bool:
+            return requests.get(f"{url[name]}/is_sleeping", timeout=5).json()["is_sleeping"]
+
+        t0 = time.time()
+        agent([na, np_], now=t0)  # the first look starts the idle clock (59 s later: unit-tested)
+        agent([na, np_], now=t0 + 60)
+        ev = self.events(agent.state)
+        assert [(e["event"], e["deployment"], e["reason"]) for e in ev] == [("paused", na, "idle")], ev
+        assert asleep(na) and not asleep(np_), "pinned: never paused"
+        # The next converge leaves it asleep (paused on purpose is not a drift); serve_for counts on.
+        again = ansible_run.run("vllm_container", a["_args"])
+        assert again["_rc"] == 0 and not again["changed"] and again["state"] == "paused", again["_output"]
+        assert asleep(na)
+
+        # A request straight to the paused replica waits (vLLM holds it) until the agent wakes it.
+        auth = {"Authorization": f"Bearer {CANARY_KEY}"}
+        model = requests.get(f"{url[na]}/v1/models", headers=auth, timeout=5).json()["data"][0]["id"]
+        body = {"model": model, "prompt": "hello", "max_tokens": 4}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            sent = pool.submit(requests.post, f"{url[na]}/v1/completions", json=body, headers=auth, timeout=120)
+            deadline = time.monotonic() + 60
+            while not any(
+                float(v) >= 1
+                for v in re.findall(
+                    r"^vllm:num_requests_waiting\{.*\} (\S+)$", requests.get(f"{url[na]}/metrics", timeout=5).text, re.M
+                )
+            ):
+                assert time.monotonic() < deadline and not sent.done(), "the request is not waiting at the replica"
+                time.sleep(0.1)
+            agent([na, np_])
+            answer = sent.result(timeout=60)
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 4, answer.text
+        woken = [e for e in self.events(agent.state) if e["event"] == "woken"]
+        assert len(woken) == 1 and woken[0]["deployment"] == na and woken[0]["paused_for_room"] == [], woken
+        assert not asleep(na)
+
+        # A new replica on the GPU: the least recently used unpinned one (a) goes to sleep, the pinned one stays.
+        b = deploy("idle-b", **sleepy, gpu_memory_utilization=0.5)
+        nb = names[2]
+        url[nb] = f"http://127.0.0.1:{b['_args']['port']}"
+        assert b["_rc"] == 0 and b["paused_for_room"] == [na], b["_output"]
+        assert asleep(na) and not asleep(np_) and not asleep(nb)
+
+        # resume.yml and pause.yml (the playbooks, on localhost): a wakes, b (now the least recently used) makes room.
+        def play(book: str) -> int:
+            cmd = ["ansible-playbook", "-i", "localhost,", "-c", "local", str(ROOT / "playbooks" / book)]
+            cmd += ["-e", f"deployment={na} gpufleet_hosts=localhost gpufleet_state_dir={tmp_path}"]
+            cmd += ["-e", "ansible_python_interpreter={{ ansible_playbook_python }}"]
+            out = subprocess.run(cmd, env=ansible_env, capture_output=True, text=True, timeout=300, check=False)
+            assert out.returncode == 0, out.stdout + out.stderr
+            return recap(out.stdout)["localhost"]["changed"]
+
+        assert play("resume.yml") == 1 and not asleep(na) and asleep(nb) and not asleep(np_)
+        assert play("pause.yml") == 1 and asleep(na)
+
+        # Status: paused with how long and why; the pinned one says so.
+        info = ansible_run.run("vllm_deployment_info", {"names": [na, np_, nb], "state_dir": str(tmp_path)})
+        rows = {d["name"]: d for d in info["deployments"]}
+        assert rows[nb]["state"] == "paused" and rows[nb]["lifecycle"] == "paused", rows[nb]
+        assert rows[nb]["paused_reason"] == "warm_cache" and rows[nb]["paused_for_s"] is not None
+        assert rows[na]["paused_reason"] == "manual" and rows[np_]["pinned"] is True and rows[np_]["state"] == "running"
 
     def test_secret_canary_never_written(self, deploy, agent, names):
         r = deploy(
