@@ -237,17 +237,17 @@ class _Planner:
                 else:
                     self.undeclared.extend(
                         {k: part[k] for k in ("deployment", "replica", "name", "host", "gpus", "port")}
-                        for _, part in parts
+                        for _pn, part in parts
                     )
                     candidates.append(parts)  # keeps its GPUs
                 continue
-            reason = self._keep_blocker(dep, host, ex, key in seen, [part for _, part in parts])
+            reason = self._keep_blocker(dep, host, ex, key in seen, [part for _pn, part in parts])
             if reason == "unreachable":
                 move = dep["move_from_unreachable"]
                 if move is None:
                     move = self.move_from_unreachable
                 if move:
-                    for _, part in parts:
+                    for _pn, part in parts:
                         self._remove(part, "moved: host unreachable")
                     continue
                 seen.add(key)
@@ -277,7 +277,7 @@ class _Planner:
             host = self.hosts[ex["host"]]
             dep = self.deps.get(ex["deployment"])
             if dep is None:  # undeclared, kept: blocks its GPUs and port
-                for _, part in parts:
+                for _pn, part in parts:
                     phost = self.hosts[part["host"]]
                     for idx in part["gpus"]:
                         self._claim(phost.gpus[idx], part["deployment"], sharing=False)
@@ -310,7 +310,7 @@ class _Planner:
                 host.ports.add(port)
             ray = self._kept_ray(parts)
             if ray is not None:
-                for _, part in parts:
+                for _pn, part in parts:
                     self.hosts[part["host"]].ports.update(ray_ports.block(ray["port"]))
             self._assign(dep, ex["replica"], host, ex["gpus"], port, ex, claim=False, ray=ray)
 
@@ -341,7 +341,7 @@ class _Planner:
         head = parts[0][1]
         if head["ray_role"] != "head":
             return None
-        workers = [{"host": p["host"], "gpus": sorted(p["gpus"])} for _, p in parts[1:]]
+        workers = [{"host": p["host"], "gpus": sorted(p["gpus"])} for _pn, p in parts[1:]]
         return {"port": head["ray_port"], "workers": workers}
 
     def _keep_blocker(
@@ -680,7 +680,7 @@ class _Planner:
             ]
             if len(fits) < count:
                 continue
-            chosen = sorted((h for _, _, h in sorted(fits, key=lambda t: t[:2])[:count]), key=lambda h: h.rank)
+            chosen = sorted((entry[2] for entry in sorted(fits, key=lambda t: t[:2])[:count]), key=lambda h: h.rank)
             head = chosen[0]
             port = self._free_port(dep, head)
             base = next(
