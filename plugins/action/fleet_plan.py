@@ -365,8 +365,9 @@ class ActionModule(ControllerAction):
         # What the hosts keep (fleet_apply fleet_state): the newest copy they sent, or its next generation.
         result["fleet_state"] = None if errors else fleet_state.next_state(previous, planned["assignments"])
         if args["publish"] and not errors:
+            # The declaration as given (the apply compares it), not with the sizes filled in above.
             result["plan_id"], result["published"] = published.publish(
-                planned, result["fleet_state"], deployments, reachable
+                planned, result["fleet_state"], _plain(args["deployments"]), reachable
             )
         if args.get("state_path") and not self._task.check_mode and not errors:
             write_state(args["state_path"], planned["assignments"])

@@ -156,3 +156,35 @@ def test_sliced_apply_of_a_published_plan_is_allowed(tmp_path: Path, ansible_env
         cwd=tmp_path, env=ansible_env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert run.returncode == 2 and "refusing to apply: no plan on c" in run.stdout, run.stdout
+
+
+def test_publish_then_assemble_through_the_plugin(tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    """fleet_plan publish -> the hosts' files -> fleet_plan planned_var: the same plan id, accepted; the digest is of the
+    declaration as given, not of the sizes the plugin fills in (model_sizes)."""
+    gpus = [{"index": 0, "uuid": "GPU-0", "memory_total_mib": A100, "memory_free_mib": A100}]
+    (tmp_path / "inv.yml").write_text(
+        "all:\n  hosts:\n"
+        + "".join(
+            f"    {h}: {{ansible_connection: local, gpufleet_allowed_model_dirs: [/models], gpus: {json.dumps(gpus)}}}\n"
+            for h in ("a", "b")
+        )
+    )
+    deps = [dep("chat", replicas=2, placement="spread")]
+    (tmp_path / "pb.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        f"    - gpufleet.vllm.fleet_plan: {{deployments: {json.dumps(deps)}, publish: true, existing: [],"
+        " model_sizes: {chat: 1000000}}\n"
+        "      run_once: true\n      register: made\n"
+        "    - ansible.builtin.set_fact: {plan_file: '{{ made.published[inventory_hostname] }}'}\n"
+        f"    - gpufleet.vllm.fleet_plan: {{deployments: {json.dumps(deps)}, planned_var: plan_file,"
+        " plan_id: '{{ made.plan_id }}'}\n"
+        "      run_once: true\n      register: planned\n"
+        "    - ansible.builtin.debug: {msg: 'SAME={{ planned.plan_id == made.plan_id }}'}\n"
+        "      run_once: true\n"
+    )
+    run = subprocess.run(
+        ["ansible-playbook", "-i", "inv.yml", "pb.yml"],
+        cwd=tmp_path, env=ansible_env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SAME=True" in run.stdout
