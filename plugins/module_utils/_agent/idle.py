@@ -82,6 +82,7 @@ class Replica(Protocol):
     now: float
     emit: Any
     t: Any
+    st: Any
     record: lc.Record
     lifecycle_dir: str | None
 
@@ -89,7 +90,16 @@ class Replica(Protocol):
 
 
 def tend(x: Replica) -> None:
-    """Idle pause / wake on demand for one running replica that answered /health (see the module docstring)."""
+    """Idle pause / wake on demand for one running replica that answered /health (see the module docstring); the
+    agent's state then says whether it sleeps on purpose (the metric gpufleet_agent_deployment_paused_seconds)."""
+    try:
+        _tend(x)
+    finally:
+        asleep = lc.paused(x.record) or {}
+        x.st.paused, x.st.paused_at = asleep.get("reason"), asleep.get("at")
+
+
+def _tend(x: Replica) -> None:
     rec, t = x.record, x.t
     if not x.lifecycle_dir or t.port is None or (rec.get("idle_pause_after_s") is None and not lc.paused(rec)):
         return

@@ -73,6 +73,11 @@ class StateCollector:
             "Failures since the server was last stable (the crash-loop count against max_failed_restarts)",
             labels=["deployment"],
         )
+        paused = GaugeMetricFamily(
+            "gpufleet_agent_deployment_paused_seconds",
+            "How long the deployment has slept on purpose (reason: idle, warm_cache, manual); absent while awake",
+            labels=["deployment", "reason"],
+        )
         info = GaugeMetricFamily(
             "gpufleet_agent_deployment_info",
             "The deployment's owner (1 per deployment)",
@@ -98,7 +103,10 @@ class StateCollector:
                 failed.add_metric([name, st.final, st.final_class or "unknown"], 1.0)
             in_row.add_metric([name], float(st.failures_in_row))
             info.add_metric([name, st.owner or ""], 1.0)
+            if st.paused and st.up and st.paused_at is not None:
+                paused.add_metric([name, st.paused], round(max(0.0, now - float(st.paused_at)), 3))
         yield from (up, healthy, restarts, engine_restarts, fails, last, blocked, until, expired, failed, in_row, info)
+        yield paused
         yield GaugeMetricFamily(
             "gpufleet_agent_tick_duration_seconds", "Duration of the last tick", value=state.last_tick_duration_s
         )

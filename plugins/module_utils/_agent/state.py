@@ -45,6 +45,8 @@ class DeploymentState:
     final: str | None = None  # the end state's reason (crash_loop, start_timeout, not_restartable): never restarted
     final_class: str | None = None
     owner: str | None = None
+    paused: str | None = None  # asleep on purpose (the lifecycle record's reason: idle, warm_cache, manual)
+    paused_at: float | None = None
 
     def record_failure(self, failure_class: str, now: float) -> None:
         self.failures_total[failure_class] = self.failures_total.get(failure_class, 0) + 1

@@ -11,6 +11,7 @@ import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent import idle
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.loop import tick
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.metrics import render_metrics
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import Policy
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import AgentState
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
@@ -185,6 +186,9 @@ def test_idle_pause_after_no_request_for_that_long_pinned_never(host, tmp_path):
     assert events[0]["idle_s"] == 600.0 and host.servers["http://127.0.0.1:18001"]["sleeping"]
     assert not host.servers["http://127.0.0.1:18002"]["sleeping"]  # pinned: never paused
     assert lc.summary(lc.load(str(tmp_path), "a"), NOW + 760)["paused_for_s"] == 60.0
+    text = render_metrics(state, now=NOW + 760)
+    assert 'gpufleet_agent_deployment_paused_seconds{deployment="a",reason="idle"} 60.0' in text
+    assert 'gpufleet_agent_deployment_paused_seconds{deployment="p"' not in text
     agent(host, state, events, tmp_path, NOW + 10_000)
     assert len(events) == 1 and not host.servers["http://127.0.0.1:18002"]["sleeping"]
 
