@@ -47,6 +47,28 @@ FROZEN_CLOCK = (
 )
 
 
+STAMPED = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z ")  # the agent's UTC stamp of each line
+
+
+def stamp_of(d: dict[str, Any]) -> str:
+    """A container's StartedAt as the agent's run header writes it (UTC, rounded to microseconds)."""
+    whole, _dot, frac = d["State"]["StartedAt"].rstrip("Z").partition(".")
+    t = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc)
+    t += datetime.timedelta(microseconds=round(int((frac + "000000000")[:9]) / 1000))
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def wait_for_text(path: Path, text: str, after: str = "", timeout: float = 60) -> list[str]:
+    """The lines of the agent's copy ``path`` once one holds ``text`` (and its run header says ``after``)."""
+    deadline, lines = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if lines and after in lines[0] and any(text in line for line in lines):
+            return lines
+        time.sleep(0.2)
+    raise AssertionError(f"{path} has no {text!r} after {timeout} s: {lines[-20:]}")
+
+
 def label_time(text: str) -> float:
     """A gpufleet.serve-until label (UTC, second precision) as a Unix time."""
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
@@ -418,14 +440,16 @@ class TestAgentOnDockerd:
         ev = self.events(agent.state)
         assert [e["event"] for e in ev] == ["failure", "not_restarted"] and ev[0]["failure_class"] == "hf_auth"
         assert any(failures.MASK in line for line in ev[0]["tail"])
-        for path in agent.state.iterdir():
+        for path in (p for p in agent.state.rglob("*") if p.is_file()):  # the vLLM log copies too
             text = path.read_text()
             assert CANARY_URL not in text and CANARY_KEY not in text, path.name
         assert CANARY_URL not in proc.stdout + proc.stderr and CANARY_KEY not in proc.stdout + proc.stderr
 
     @pytest.mark.podman
     def test_podman_crash_restarted_and_secrets_masked(self, deploy, agent, names):
-        r = deploy("pdcrash", runtime="podman", gpus=["1"], env={"STANDIN_CRASH_AFTER": "2"}, wait=False)
+        r = deploy(
+            "pdcrash", runtime="podman", gpus=["1"], env={"STANDIN_CRASH_AFTER": "2"}, wait=False, log_max_size="20m"
+        )
         assert r["_rc"] == 0, r["_output"]
         r = deploy(
             "pdgated",
@@ -447,7 +471,9 @@ class TestAgentOnDockerd:
         assert ev[(gated, "failure")]["failure_class"] == "hf_auth"
         after = inspect("podman", f"gpufleet-{crash}")
         assert after["Id"] == first["Id"] and after["State"]["StartedAt"] != first["State"]["StartedAt"]
-        for path in agent.state.iterdir():
+        log = after["HostConfig"]["LogConfig"]  # vllm_container's log limits, as podman applied them
+        assert (log["Type"], log["Size"]) == ("k8s-file", "20MB"), log
+        for path in (p for p in agent.state.rglob("*") if p.is_file()):  # the vLLM log copies too
             text = path.read_text()
             assert CANARY_URL not in text and CANARY_KEY not in text, path.name
 
@@ -475,6 +501,26 @@ class TestAgentOnDockerd:
             assert f'gpufleet_agent_deployment_up{{deployment="{name}"}} 1.0' in text
             assert "gpufleet_agent_tick_duration_seconds" in text and "gpufleet_agent_tick_errors_total 0.0" in text
             assert CANARY_KEY not in text
+
+            # The engine's log is bounded (vllm_container's defaults), and the agent keeps its own copy per run.
+            d = inspect("docker", f"gpufleet-{name}")
+            assert d["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "50m"}}
+            kept = tmp_path / "exporter" / "vllm-logs"
+            first = wait_for_text(kept / f"{name}.log", "Application startup complete")
+            assert first[0].endswith(f"--- run of container {d['Id'][:12]}, started {stamp_of(d)} ---"), first[0]
+            assert all(STAMPED.match(line) for line in first), first
+            assert '"GET /health HTTP/1.1" 200' in logs("docker", f"gpufleet-{name}"), "probes must be in the log"
+            assert not any('"GET /health' in line for line in first), "successful probes are left out"
+            assert not any(CANARY_KEY in line or "\x1b[" in line for line in first)
+            # A restart is a new run: the first one becomes .log.1, the new one starts its own file.
+            subprocess.run(["docker", "restart", "-t", "5", f"gpufleet-{name}"], check=True, capture_output=True)
+            second = wait_for_text(
+                kept / f"{name}.log",
+                "Application startup complete",
+                after=stamp_of(inspect("docker", f"gpufleet-{name}")),
+            )
+            assert (kept / f"{name}.log.1").read_text().splitlines()[: len(first)] == first
+            assert "Application startup complete" in "\n".join(second) and second[0] != first[0]
         finally:
             proc.send_signal(signal.SIGTERM)
             out = proc.communicate(timeout=20)[0].decode()
@@ -560,6 +606,31 @@ def test_role_on_sim_host(sim_hosts, sim_fleet_lock, tmp_path):
             assert denied.value.code == 401
         mode = sim_hosts.in_host(host, "stat", "-c", "%a", f"{SIM_STATE}/web-config.json")
         assert mode.stdout.strip() == "600", mode
+
+        # logs.yml prints the tail of each replica's current run and fetches its files (a run's copy as the agent
+        # writes it; the agent's copying itself: test_exporter_answers_metrics).
+        run = "2026-01-02T03:04:05.000000Z --- run of container 0123456789ab, started 2026-01-02T03:04:05.000000Z ---"
+        lines = "\n".join([run, *(f"2026-01-02T03:04:{10 + i}.000000Z INFO line {i}" for i in range(5))])
+        made = sim_hosts.in_host(
+            host,
+            "sh",
+            "-c",
+            f"mkdir -p {SIM_STATE}/vllm-logs && printf '%s\\n' \"$0\" > {SIM_STATE}/vllm-logs/agent-sim-none-0.log"
+            f" && echo old > {SIM_STATE}/vllm-logs/agent-sim-none-0.log.1 && echo x > {SIM_STATE}/vllm-logs/other.log",
+            lines,
+        )
+        assert made.returncode == 0, made.stderr
+        cmd = ["ansible-playbook", "-i", str(sim_hosts.inventory), "--limit", host, "-e", f"@{tmp_path / 'vars.yml'}"]
+        cmd += ["-e", f"deployment=agent-sim-none lines=2 fetch=true dest={tmp_path / 'logs'}"]
+        shown = subprocess.run(
+            [*cmd, str(ROOT / "playbooks" / "logs.yml")], env=sim_hosts.env, capture_output=True, text=True, timeout=300
+        )
+        assert shown.returncode == 0, shown.stdout[-4000:] + shown.stderr
+        assert '"2026-01-02T03:04:13.000000Z INFO line 3",' in shown.stdout and "INFO line 4" in shown.stdout
+        assert "INFO line 2" not in shown.stdout and '"x"' not in shown.stdout, "2 lines, of that deployment only"
+        fetched = sorted(p.name for p in (tmp_path / "logs" / host).iterdir())
+        assert fetched == ["agent-sim-none-0.log", "agent-sim-none-0.log.1"]
+        assert (tmp_path / "logs" / host / "agent-sim-none-0.log").read_text() == lines + "\n"
 
         second = play()
         assert second.returncode == 0, second.stdout[-4000:]
