@@ -9,7 +9,8 @@ other (what the hop itself adds, without the CPU contention of a saturated small
 shows). Two vLLM stand-ins (sim/standin, run as local processes on 127.0.0.1) and one vllm-router started by the
 collection's launcher (plugins/module_utils/_gateway/launch.py, the workers file) with the arguments the role gives it
 (``_gateway/config.router_argv`` with the role's defaults: round_robin, health checks every 2 s, 3 retries, log level
-info; ``--router-log-level`` changes the last).
+info; ``--router-log-level`` changes the last) and, as the role deploys it, behind the admin guard: HAProxy
+(``_gateway/config.haproxy_config``, the router on loopback) when haproxy is installed, unless ``--no-guard``.
 The same httpx client and load for both rounds, in one run: ``--clients`` threads, each with its own keep-alive
 connection, ``--requests`` small completions in all; direct = each client sends to the replicas in turn (the
 same round robin the router does). Rounds alternate direct/gateway ``--rounds`` times; the figures are the medians.
@@ -27,6 +28,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -40,7 +42,11 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / ".build" / "collections"))
-from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config import Router, router_argv  # noqa: E402
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config import (  # noqa: E402
+    Router,
+    haproxy_config,
+    router_argv,
+)
 
 OUT = ROOT / "bench" / "out"
 VENV = ROOT / ".build" / "gateway-venv"
@@ -119,6 +125,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latency-requests", type=int, default=200, help="sequential requests (1 client) per round")
     ap.add_argument("--router-log-level", default="", help="the router's --log-level (default: the role's, info)")
+    ap.add_argument("--no-guard", action="store_true", help="clients straight to the router (no HAProxy in front)")
     args = ap.parse_args()
     args.requests = max(10, min(args.requests, 20000))  # bounded load
     args.rounds = max(1, min(args.rounds, 10))
@@ -148,7 +155,13 @@ def main() -> int:
         (tmp / "workers").write_text("".join(u + "\n" for u in replicas))
         (tmp / "api_key").write_text(KEY + "\n")
         router = Router("bench", gw_port, metrics_port, tuple(replicas))
-        cmd = [py, str(LAUNCHER), *router_argv(router, "127.0.0.1", {"log_level": args.router_log_level})]
+        haproxy = None if args.no_guard else shutil.which("haproxy") or shutil.which("/usr/sbin/haproxy")
+        settings = {"log_level": args.router_log_level, "admin_guard": bool(haproxy)}
+        if haproxy:  # the admin guard: HAProxy on the gateway port, the router on 127.0.0.1:<port + offset>
+            settings["internal_offset"] = free_port() - gw_port
+            (tmp / "haproxy.cfg").write_text(haproxy_config([router], "127.0.0.1", [], settings))
+            procs.append(subprocess.Popen([haproxy, "-db", "-f", str(tmp / "haproxy.cfg")], stdout=subprocess.DEVNULL))
+        cmd = [py, str(LAUNCHER), *router_argv(router, "127.0.0.1", settings)]
         cmd += [f"--api-key-file={tmp / 'api_key'}", f"--workers-file={tmp / 'workers'}"]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         gateway = f"http://127.0.0.1:{gw_port}"
@@ -198,9 +211,10 @@ def main() -> int:
         "added_p50_ms_loaded": g["p50_ms"] - d["p50_ms"],
         "failed_requests": failed,
         "router_log_level": args.router_log_level or "info",
+        "admin_guard": "haproxy" if haproxy else "none",
     }
     print(f"{'':10} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}   ({args.requests} requests x {args.rounds} rounds, "
-          f"{args.clients} clients, loopback, medians, router log level {result['router_log_level']})")  # fmt: skip
+          f"{args.clients} clients, loopback, medians, router log level {result['router_log_level']}, guard {result['admin_guard']})")  # fmt: skip
     for label, row in (("direct", d), ("gateway", g), ("direct 1c", d1), ("gateway 1c", g1)):
         print(f"{label:10} {row['rps']:9.1f} {row['p50_ms']:9.2f} {row['p99_ms']:9.2f}")
     print(

@@ -10,10 +10,10 @@ cd "$ROOT"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # dpkg-dev, gnupg: the bed's local apt repository (sim/hosts/toolkit/aptrepo.sh); python3-debian: what role gpu_host's
-# deb822_repository needs on a host (the bare host gpu-d has the machine's packages).
+# deb822_repository needs on a host (the bare host gpu-d has the machine's packages). haproxy: the gateway's admin guard.
 APT_PKGS=(docker.io podman crun uidmap mmdebstrap openssh-server openssh-client iproute2 iptables
           prometheus docker-registry gcc libc6-dev curl git rsync procps util-linux shellcheck
-          dpkg-dev gnupg python3-debian)
+          dpkg-dev gnupg python3-debian haproxy)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,7 +8,7 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config import router_argv, routers
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config import admin_url, router_argv, routers
 
 DOCUMENTATION = r"""
 name: gateway_routers
@@ -19,7 +19,9 @@ author:
 description:
   - From the plan's assignments (C(gpufleet.vllm.fleet_plan) RV(gpufleet.vllm.fleet_plan#module:plan.assignments)),
     returns one router per declared deployment - C(deployment), C(port), C(metrics_port), C(workers) (the
-    replicas' C(http://address:port), sorted) and C(argv) (the router's arguments; never a secret).
+    replicas' C(http://address:port), sorted), C(argv) (the router's arguments; never a secret) and C(admin_url)
+    (where the gateway host itself reaches the router's worker API - C(http://127.0.0.1:<port + internal_offset>)
+    with O(settings.admin_guard), the router's own address otherwise).
   - Ports - O(ports) when it names the deployment, else O(base_port) + the position of its name among O(names)
     sorted. The metrics port is the port + O(metrics_offset). See C(docs/gateway.md).
 options:
@@ -69,7 +71,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: One dict per deployment - deployment, port, metrics_port, workers, argv.
+  description: One dict per deployment - deployment, port, metrics_port, workers, argv, admin_url.
   type: list
   elements: dict
 """
@@ -88,7 +90,8 @@ def gateway_routers(
     try:
         out = []
         for r in routers(names, assignments or [], addresses, ports, int(base_port), int(metrics_offset)):
-            out.append({**r.as_dict(), "argv": router_argv(r, bind, settings or {})})
+            argv = router_argv(r, bind, settings or {})
+            out.append({**r.as_dict(), "argv": argv, "admin_url": admin_url(r, bind, settings or {})})
         return out
     except GpufleetError as e:
         raise AnsibleFilterError(str(e)) from e

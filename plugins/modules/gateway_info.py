@@ -43,7 +43,7 @@ routers:
   elements: dict
   contains:
     deployment: {description: The deployment., type: str}
-    address: {description: The address it listens on., type: str}
+    address: {description: The address clients reach it at (HAProxy's behind the admin guard; the router then listens on loopback)., type: str}
     port: {description: Its port (clients use C(http://address:port/v1)., type: int}
     metrics_port: {description: Its Prometheus port (C(/metrics))., type: int}
     url: {description: Its base URL., type: str}

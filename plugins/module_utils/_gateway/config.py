@@ -7,6 +7,13 @@ hosts' addresses into one ``Router`` per deployment; ``router_argv()`` is the ro
 API key goes through a file, see launch.py). Ports: ``ports[name]`` when given, else ``base_port`` + the position of
 the deployment's name among all declared names, sorted (stable while the set of names does not change; pin ports in
 ``ports`` for deployments that come and go). The Prometheus port is the router's port + ``metrics_offset``.
+
+The admin guard (``admin_guard``, docs/gateway.md "The admin API"): vllm-router serves its worker API (``/add_worker``,
+``/remove_worker``, ...) on the clients' port without any authentication and has no flag to move or guard it, so with
+the guard the router listens on loopback only (its port + ``internal_offset``) and HAProxy (the Debian package) takes
+the clients' port: ``haproxy_config()`` passes the OpenAI API (``/v1/...``), ``/health`` and the read-only worker
+listings from anywhere, and every other path only from the fleet's own hosts (the GPU hosts, whose ``fleet_apply``
+drains replicas, and this host).
 """
 
 from __future__ import annotations
@@ -19,6 +26,15 @@ from typing import Any
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 POLICIES = ("random", "round_robin", "cache_aware", "power_of_two", "consistent_hash")
+# What a client may reach through the guard from anywhere: the OpenAI API and the health check. Everything else of
+# vllm-router (its worker API, /flush_cache, /get_loads, ...) only from the fleet's own hosts: an allow-list, so a
+# route a newer vllm-router adds is guarded too.
+CLIENT_PATH_PREFIXES = ("/v1/",)
+CLIENT_PATHS = ("/health",)
+# Read-only listings of the workers (GET/HEAD only: sglang-style routers take POST /workers as an add).
+LISTING_PATHS = ("/list_workers", "/workers")
+DEFAULT_INTERNAL_OFFSET = 2000
+_SOURCE_RE = re.compile(r"^[A-Za-z0-9_.:-]+(/[0-9]{1,3})?$")  # an address, a network or a host name
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]-]+$")
 
 
@@ -118,9 +134,12 @@ def router_argv(router: Router, bind: str, settings: Mapping[str, Any]) -> list[
         "log_level": "info",
     }
     s.update({k: v for k, v in settings.items() if v is not None and v != ""})
+    host, port = bind, router.port
+    if _truthy(s.get("admin_guard")):  # HAProxy takes the clients' port; the router listens on loopback only
+        host, port = "127.0.0.1", internal_port(router, s)
     argv = [
-        f"--host={bind}",
-        f"--port={router.port}",
+        f"--host={host}",
+        f"--port={port}",
         f"--policy={policy}",
         f"--prometheus-host={s['metrics_address']}",
         f"--prometheus-port={router.metrics_port}",
@@ -142,3 +161,81 @@ def router_argv(router: Router, bind: str, settings: Mapping[str, Any]) -> list[
         argv.append(f"--{key.replace('_', '-')}={value}")
     argv.append(f"--log-level={s['log_level']}")
     return argv
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def admin_url(router: Router, bind: str, settings: Mapping[str, Any]) -> str:
+    """Where the gateway host itself reaches the router (its worker API): loopback with the admin guard."""
+    if _truthy(settings.get("admin_guard")):
+        return f"http://127.0.0.1:{internal_port(router, settings)}"
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+    return f"http://[{host}]:{router.port}" if ":" in host else f"http://{host}:{router.port}"
+
+
+def internal_port(router: Router, settings: Mapping[str, Any]) -> int:
+    """Where the guarded router listens on loopback: its port + ``internal_offset`` (default 2000)."""
+    offset = settings.get("internal_offset")
+    port = router.port + int(DEFAULT_INTERNAL_OFFSET if offset in (None, "") else offset)
+    if not 1 <= port <= 65535 or port in (router.port, router.metrics_port):
+        raise GpufleetError(f"{router.deployment}: internal router port {port} is not a free port in 1..65535")
+    return port
+
+
+def _source(address: str) -> str:
+    address = str(address).strip().strip("[]")
+    if not address or not _SOURCE_RE.match(address):
+        raise GpufleetError(
+            f"admin source {address!r} is not an IP address, network or host name (HAProxy resolves names at start)"
+        )
+    return address
+
+
+def haproxy_config(
+    routers: Iterable[Router], bind: str, admin_sources: Iterable[str], settings: Mapping[str, Any]
+) -> str:
+    """HAProxy's configuration for the guarded routers of one gateway host: per router a frontend on
+    ``bind:port`` (the clients' endpoint) and the router on ``127.0.0.1:internal port``. The OpenAI API, /health and
+    the read-only worker listings (GET /list_workers, /workers) pass from anywhere; any other path or method only
+    from ``admin_sources`` (the GPU hosts' addresses; loopback and ``bind`` are added), else 403. Timeouts follow
+    the router's request timeout (long generations and streams)."""
+    routers = list(routers)
+    if not bind or (bind in ("0.0.0.0", "::") and not _truthy(settings.get("allow_any_address"))):
+        raise GpufleetError(f"refusing to bind the gateway to {bind or 'nothing'!r}; name an address")
+    sources = sorted({_source(a) for a in [*admin_sources, "127.0.0.1", "::1", bind] if a not in ("0.0.0.0", "::")})
+    request_timeout = int(settings.get("request_timeout_secs") or 1800)
+    listen = f"[{bind}]" if ":" in bind else bind
+    lines = [
+        "# Managed by gpufleet.vllm (role gateway): HAProxy in front of the deployments' vllm-routers (docs/gateway.md)",
+        "global",  # maxconn and threads: HAProxy's own (from its file-descriptor limit and the CPUs)
+        "",
+        "defaults",
+        "    mode http",
+        "    timeout connect 5s",
+        f"    timeout client {request_timeout + 60}s",
+        f"    timeout server {request_timeout + 60}s",
+        "    timeout http-request 60s",
+        "    timeout http-keep-alive 60s",
+        "",
+    ]
+    for r in routers:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", r.deployment)
+        lines += [
+            f"frontend gw_{name}",
+            f"    bind {listen}:{r.port}",
+            f"    acl client_path path_beg {' '.join(CLIENT_PATH_PREFIXES)}",
+            f"    acl client_path path {' '.join(CLIENT_PATHS)}",
+            f"    acl fleet_host src {' '.join(sources)}",
+            f"    acl listing path {' '.join(LISTING_PATHS)}",
+            "    acl read_only method GET HEAD",
+            "    http-request allow if listing read_only",
+            "    http-request deny deny_status 403 if !client_path !fleet_host",
+            f"    default_backend router_{name}",
+            "",
+            f"backend router_{name}",
+            f"    server router 127.0.0.1:{internal_port(r, settings)}",
+            "",
+        ]
+    return "\n".join(lines)

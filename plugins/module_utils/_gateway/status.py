@@ -1,7 +1,11 @@
 # Copyright (c) gpufleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What a gateway host runs: its routers (from ``<install_dir>/routers/<deployment>/router.args``, written by the
-role) and, asked over HTTP, whether each answers and its workers' health as the router last checked it."""
+role) and, asked over HTTP, whether each answers and its workers' health as the router last checked it.
+
+Behind the admin guard (HAProxy, docs/gateway.md) the router listens on loopback; the clients' endpoint is then in
+``routers/<deployment>/endpoint`` (``address port``, written by the role), and that is what ``address``/``port``/``url``
+report: the URL the fleet's hosts reach the router (and its worker API) at."""
 
 from __future__ import annotations
 
@@ -42,10 +46,22 @@ def configured_routers(install_dir: str) -> list[dict[str, Any]]:
             port, metrics = int(args["port"]), int(args.get("prometheus-port", 0))
         except (KeyError, ValueError) as err:
             raise GpufleetError(f"{path} has no valid --port (rewrite it with playbooks/gateway.yml)") from err
-        out.append(
-            {"deployment": name, "address": args.get("host", "127.0.0.1"), "port": port, "metrics_port": metrics}
-        )
+        entry = {"deployment": name, "address": args.get("host", "127.0.0.1"), "port": port, "metrics_port": metrics}
+        endpoint = _endpoint(os.path.join(routers_dir, name, "endpoint"))
+        if endpoint:
+            entry.update(address=endpoint[0], port=endpoint[1])
+        out.append(entry)
     return out
+
+
+def _endpoint(path: str) -> tuple[str, int] | None:
+    """``address port`` of the clients' endpoint (the guard's HAProxy), when the role wrote one."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            address, port = fh.read().split()
+        return address, int(port)
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def router_status(router: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
