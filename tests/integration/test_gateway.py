@@ -150,7 +150,10 @@ def test_converge_runs_replicas_and_gateway(gw: GatewayFleet) -> None:
     urls = sorted(gw.replica_urls().values())
     assert sorted(w["url"] for w in router_workers(gw)) == urls
     args = gw.sim.in_host("gpu-a", "cat", f"/opt/gpufleet/gateway/routers/{NAME}/router.args").stdout
-    assert f"--host={gw.sim.address('gpu-a')}" in args and f"--port={GW_PORT}" in args
+    # The admin guard (default): HAProxy takes the clients' port, the router listens on loopback (port + 2000).
+    assert "--host=127.0.0.1" in args and f"--port={GW_PORT + 2000}" in args
+    endpoint = gw.sim.in_host("gpu-a", "cat", f"/opt/gpufleet/gateway/routers/{NAME}/endpoint").stdout.split()
+    assert endpoint == [gw.sim.address("gpu-a"), str(GW_PORT)]
     mode = gw.sim.in_host("gpu-a", "stat", "-c", "%a", f"/opt/gpufleet/gateway/routers/{NAME}/api_key").stdout
     assert mode.strip() == "600"
 
@@ -323,3 +326,29 @@ def test_monitoring_scrapes_the_routers(gw: GatewayFleet, tmp_path: Path) -> Non
     assert static == [
         {"targets": [f"{gw.sim.address('gpu-a')}:{GW_PORT + 1000}"], "labels": {"deployment": NAME, "gateway": "gpu-a"}}
     ]
+
+
+def test_admin_guard_refuses_the_worker_api_to_clients(gw: GatewayFleet) -> None:
+    """The admin guard (docs/gateway.md, "The admin API"; on by default): vllm-router listens on loopback and HAProxy
+    on the gateway port. From the controller, a client that is none of the fleet's hosts, adding or removing a worker
+    gets 403 and changes nothing, while the OpenAI API and the listings pass; from a GPU host (where fleet_apply drains
+    replicas) gateway_workers removes and adds a worker through the same port."""
+    urls = gw.replica_urls()
+    args = gw.sim.in_host("gpu-a", "cat", f"/opt/gpufleet/gateway/routers/{NAME}/router.args").stdout.split()
+    assert "--host=127.0.0.1" in args and f"--port={GW_PORT + 2000}" in args, args
+    before = sorted(w["url"] for w in router_workers(gw))
+    assert before == sorted(urls.values())
+    with httpx.Client(timeout=10) as client:
+        for path in ("/add_worker?url=http://10.213.37.1:9", f"/remove_worker?url={urls['gpu-b']}", "/flush_cache"):
+            r = client.post(gw.gateway + path)
+            assert r.status_code == 403, (path, r.status_code, r.text[:200])
+        assert client.post(gw.gateway + "/workers", json={"url": "http://10.213.37.1:9"}).status_code == 403
+    assert sorted(w["url"] for w in router_workers(gw)) == before
+    assert burst(gw.gateway, n=8) == [200] * 8
+    # The fleet's own path: gateway_workers on a GPU host, through the gateway port.
+    out = gw.sim.ansible("gpu-b", "gpufleet.vllm.gateway_workers",
+                         json.dumps({"router_url": gw.gateway, "remove": [urls["gpu-b"]]}))["gpu-b"]  # fmt: skip
+    assert out.get("changed") is True and out["workers"] == [urls["gpu-a"]], out
+    back = gw.sim.ansible("gpu-b", "gpufleet.vllm.gateway_workers",
+                          json.dumps({"router_url": gw.gateway, "add": [urls["gpu-b"]]}))["gpu-b"]  # fmt: skip
+    assert back.get("changed") is True and sorted(back["workers"]) == before, back
