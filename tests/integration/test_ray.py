@@ -1,8 +1,9 @@
 """A multi-host replica's Ray cluster on two simulated hosts, with real Ray (gpufleet/bed-vllm-ray, sim/images/ray.sh).
 
-The containers are exactly what _ray/spec.py declares (head on gpu-a, worker on gpu-b: the image's own `ray`, host
-network, every port in one block, --num-gpus from the fake GPUs given; the head's server with serve_settings), created
-here through the docker SDK: one cluster, checked several ways:
+The Ray nodes are what _ray/spec.py declares (head on gpu-a, worker on gpu-b: the image's own `ray`, host network,
+every port in one block, --num-gpus from the fake GPUs given), started by _ray/node.ensure through the docker adapter
+(a second ensure keeps them); the head's server, with serve_settings, through the docker SDK. One cluster, checked
+several ways:
 - `ray status` in the head shows both nodes and the 4 GPUs (spec.cluster_ready reads Ray's real output);
 - the stand-in server with --distributed-executor-backend ray and tensor_parallel_size 4 (2 GPUs on its own host)
   joins the cluster and serves from gpu-a; one asking for 6 GPUs is refused with vLLM's error;
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import docker
 import pytest
+from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import node as ray_node
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports, spec
 from docker.types import DeviceRequest
 
@@ -81,23 +84,6 @@ def engines(sim_hosts, sim_fleet_lock) -> Iterator[dict[str, docker.DockerClient
         client.close()
 
 
-def run_node(client: docker.DockerClient, node: spec.NodeSpec):
-    return client.containers.run(
-        node.image,
-        name=node.name,
-        entrypoint=node.entrypoint,
-        command=node.command,
-        environment=node.env,
-        volumes={h: {"bind": c, "mode": m} for h, c, m in node.mounts},
-        network_mode=node.network,
-        ipc_mode=node.ipc,
-        device_requests=[DeviceRequest(device_ids=node.gpus, capabilities=[["gpu"]])],
-        labels=node.labels,
-        restart_policy={"Name": node.restart_policy, "MaximumRetryCount": node.restart_retries},
-        detach=True,
-    )
-
-
 def serve(client, image: str, name: str, model: Path, tp: int, settings: dict, port: int):
     return client.containers.run(
         image,
@@ -133,8 +119,9 @@ def test_two_host_cluster_serves_refuses_too_few_gpus_and_fails_on_a_lost_worker
         "gpu-a": spec.node_spec(role="head", node_ip=head_ip, host="gpu-a", **common),
         "gpu-b": spec.node_spec(role="worker", node_ip=worker_ip, host="gpu-b", head_ip=head_ip, **common),
     }
+    runtimes = {host: get_runtime("docker", sim_hosts.docker_host(host)) for host in nodes}
     for host, node in nodes.items():
-        run_node(engines[host], node)
+        assert ray_node.ensure(runtimes[host], node)["action"] == "create"
     head = engines["gpu-a"].containers.get(nodes["gpu-a"].name)
 
     def cluster() -> str | None:
@@ -146,6 +133,9 @@ def test_two_host_cluster_serves_refuses_too_few_gpus_and_fails_on_a_lost_worker
 
     status = wait_for("the Ray cluster with 2 nodes and 4 GPUs", cluster)
     assert spec.parse_status(status) == {"nodes": 2, "gpus": 4.0, "gpus_used": 0.0}
+    assert [ray_node.ensure(runtimes[h], n)["action"] for h, n in nodes.items()] == ["keep", "keep"]
+    assert head.attrs["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 5}
+    assert head.attrs["Config"]["Entrypoint"] == ["ray"] and head.attrs["HostConfig"]["NetworkMode"] == "host"
 
     settings = spec.serve_settings("big", 0, head_ip, BASE)
     server = serve(engines["gpu-a"], ray_image, "gpufleet-big-0", model, 4, settings, SERVE_PORT)

@@ -147,6 +147,11 @@ class CreateSpec:
     log_driver: str | None = None
     log_max_size: str | None = None
     log_max_files: int | None = None
+    # For containers that are not a vLLM server (a Ray node, _ray/): the entrypoint (None: the image's own), a PID
+    # namespace to share ("container:<name>"; None: its own) and how often ``on-failure`` restarts (None: unbounded).
+    entrypoint: list[str] | None = None
+    pid: str | None = None
+    restart_retries: int | None = None
 
 
 class Runtime:

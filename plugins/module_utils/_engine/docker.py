@@ -252,6 +252,10 @@ class DockerRuntime(Runtime):
             "device_requests": device_requests or None,
             "restart_policy": {"Name": spec.restart_policy if spec.restart_policy != "no" else ""},
         }
+        if spec.restart_retries is not None and spec.restart_policy == "on-failure":
+            host_kw["restart_policy"]["MaximumRetryCount"] = spec.restart_retries
+        if spec.pid:
+            host_kw["pid_mode"] = spec.pid
         if spec.ipc:
             host_kw["ipc_mode"] = spec.ipc
         if spec.shm_size:
@@ -269,6 +273,7 @@ class DockerRuntime(Runtime):
             self.api.create_container,
             image=spec.image,
             command=spec.command,
+            entrypoint=spec.entrypoint,
             name=spec.name,
             environment=spec.env,
             labels=spec.labels,

@@ -66,7 +66,14 @@ def create_args(spec: CreateSpec) -> list[str]:
         args += ["--ipc", spec.ipc]
     if spec.shm_size:
         args += ["--shm-size", spec.shm_size]
-    args += ["--restart", spec.restart_policy or "no"]
+    restart = spec.restart_policy or "no"
+    if restart == "on-failure" and spec.restart_retries is not None:
+        restart = f"on-failure:{spec.restart_retries}"
+    args += ["--restart", restart]
+    if spec.pid:
+        args += ["--pid", spec.pid]
+    if spec.entrypoint is not None:
+        args += ["--entrypoint", json.dumps(spec.entrypoint)]
     if spec.log_driver:
         args += ["--log-driver", spec.log_driver]
         if spec.log_max_size:  # k8s-file has no max-file: podman keeps one file, truncated at the size
