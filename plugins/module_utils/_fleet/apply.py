@@ -24,6 +24,7 @@ the plan never holds them. The result is one record per removal and per replica 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -53,9 +54,10 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import s
 SECRET_KEYS = ("api_key", "hf_token", "secret_env")
 
 
-def image_key(image: Any, vllm_version: Any) -> str:
-    """The key of one image to resolve: a plan spec's ``image`` and ``vllm_version``."""
-    return "|".join("" if v is None else str(v) for v in (image, vllm_version))
+def image_key(image: Any, vllm_version: Any, build: Mapping[str, Any] | None = None) -> str:
+    """The key of one image to resolve: a plan spec's ``image``, ``vllm_version`` and derived-image ``image_build``."""
+    key = "|".join("" if v is None else str(v) for v in (image, vllm_version))
+    return f"{key}|{json.dumps(build, sort_keys=True)}" if build else key
 
 
 def failure_hint(result: Mapping[str, Any]) -> str | None:
@@ -315,8 +317,9 @@ class HostApply:
             }
         return res
 
-    def ensure_image(self, image: Any, vllm_version: Any) -> dict[str, Any]:
+    def ensure_image(self, image: Any, vllm_version: Any, build: Mapping[str, Any] | None = None) -> dict[str, Any]:
         args = {
+            **(build or {}),  # a derived image: extra_pip_packages, plugins and the pip options (issue #19)
             "version": None if image else vllm_version,
             "image": image or None,
             "repository": self.p["image_repository"],
@@ -478,15 +481,17 @@ class HostApply:
                     syncs[dep] = self.sync_model(spec)
             images: dict[str, dict[str, Any]] = {}
             for spec in everything:
-                key = image_key(spec.get("image"), spec.get("vllm_version"))
+                key = image_key(spec.get("image"), spec.get("vllm_version"), spec.get("image_build"))
                 if key not in images:
-                    images[key] = self.ensure_image(spec.get("image"), spec.get("vllm_version"))
+                    images[key] = self.ensure_image(
+                        spec.get("image"), spec.get("vllm_version"), spec.get("image_build")
+                    )
             halted: set[str] = set()
             for spec in replicas:
                 dep = str(spec.get("deployment"))
                 if dep in halted:
                     continue
-                key = image_key(spec.get("image"), spec.get("vllm_version"))
+                key = image_key(spec.get("image"), spec.get("vllm_version"), spec.get("image_build"))
                 if not self.run_replica(spec, syncs[dep], images[key]):
                     if only is None:
                         break

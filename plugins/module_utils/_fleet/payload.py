@@ -9,6 +9,7 @@ holds a secret value: secrets stay in ``gpufleet_deployments`` and ``fleet_apply
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,7 +18,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as la
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import rollout
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity import natural_key
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import place_validated
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import validate_deployments
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import image_build, validate_deployments
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT, model_path
 
 
@@ -99,6 +100,8 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         "port": assignment["port"],
         "vllm_version": dep["vllm_version"],
         "image": dep["image"],
+        # The derived image (vllm_image's extra_pip_packages/plugins/pip options), None for the image as resolved.
+        "image_build": image_build(dep),
         "model_source": dict(model),
         "model_sync": sync,
         "model_path": model_arg,
@@ -139,9 +142,16 @@ def fleet_plan(
     result["errors"] = sorted([*result["errors"], *waves.pop("errors")], key=lambda e: e["deployment"])
     for rem in result["removals"]:
         remove.setdefault(rem["host"], []).append(dict(rem))
-    # The images each host resolves (gpufleet.vllm.vllm_image), once per [image, vllm_version], in spec order.
+    # The images each host resolves (gpufleet.vllm.vllm_image), once per [image, vllm_version] (and derived image:
+    # its build options as a third item), in spec order.
     images = {
-        h: [list(pair) for pair in dict.fromkeys((s["image"], s["vllm_version"]) for s in specs)]
+        h: [
+            json.loads(key)
+            for key in dict.fromkeys(
+                json.dumps([s["image"], s["vllm_version"], *([s["image_build"]] if s.get("image_build") else [])])
+                for s in specs
+            )
+        ]
         for h, specs in per_host.items()
     }
     actions = Counter(a["action"] for a in result["assignments"])

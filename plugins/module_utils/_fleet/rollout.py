@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity import Host, Requirement, natural_key
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import image_build
 from ansible_collections.gpufleet.vllm.plugins.module_utils._labels import OWNER
 
 SURGE_SUFFIX = "-surge"
@@ -52,6 +53,9 @@ def plan_digest(container: Mapping[str, Any], dep: Mapping[str, Any]) -> str:
         "model": dep.get("model"),
         "secrets": salted,
     }
+    build = image_build(dep)
+    if build:  # a derived image (only when asked for: other replicas keep their digest)
+        what["image_build"] = build
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -26,6 +26,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.fit import (
     DTYPE_BYTES,
     gpus_per_replica,
 )
+from ansible_collections.gpufleet.vllm.plugins.module_utils._image.build import parse_requirements
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.revisions import DEFAULT_KEEP
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.url import parse_checksum
@@ -90,6 +91,9 @@ def engine_option_names() -> frozenset[str]:
     return frozenset(_container_spec()) - set(PLACEMENT_OWNED) - set(OWN_FIELDS) - set(APPLY_OWNED)
 
 
+# A derived image (gpufleet.vllm.vllm_image's options of the same names): built on each host from the resolved image.
+IMAGE_BUILD_FIELDS = ("extra_pip_packages", "plugins", "pip_find_links", "pip_index_url", "pip_no_index")
+
 DEPLOYMENT_FIELDS = (
     "name",
     "model",
@@ -134,6 +138,7 @@ DEPLOYMENT_FIELDS = (
     "smoke_test",
     "keep_revisions",
     "distributed",
+    *IMAGE_BUILD_FIELDS,
 )
 SECRET_FIELDS = ("secret_env", "api_key", "hf_token")
 
@@ -485,6 +490,48 @@ def _normalize_lora(value: Any, who: str, problems: Problems) -> list[dict[str, 
     return out
 
 
+def image_build(dep: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A validated deployment's derived image (vllm_image's build options), None when it asks for none."""
+    if not dep.get("extra_pip_packages") and not dep.get("plugins"):
+        return None
+    return {k: dep.get(k) for k in IMAGE_BUILD_FIELDS}
+
+
+def _normalize_image_build(dep: Mapping[str, Any], who: str, problems: Problems) -> dict[str, Any]:
+    """The derived image a deployment asks for (issue #19): vllm_image's build options, packages normalized and
+    sorted (the same declaration gives the same plan digest)."""
+    out: dict[str, Any] = {}
+    for field in ("extra_pip_packages", "plugins", "pip_find_links"):
+        value = dep.get(field)
+        if value is None:
+            value = []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            problems.add(who, field, "must be a list of strings", value)
+            value = []
+        if field != "extra_pip_packages":
+            for path in value:
+                if not path.startswith("/"):
+                    problems.add(who, field, "must list absolute paths on the host", path)
+        out[field] = list(value)
+    try:
+        out["extra_pip_packages"] = parse_requirements(out["extra_pip_packages"])
+    except GpufleetError as err:
+        problems.add(who, "extra_pip_packages", str(err))
+    index_url = dep.get("pip_index_url")
+    if index_url is not None and (not isinstance(index_url, str) or not index_url.startswith(("http://", "https://"))):
+        problems.add(who, "pip_index_url", "must be an http(s) URL of a pip index", index_url)
+        index_url = None
+    no_index = _as_bool(dep.get("pip_no_index", False))
+    if no_index is None:
+        problems.add(who, "pip_no_index", "must be a boolean", dep.get("pip_no_index"))
+    out.update(pip_index_url=index_url, pip_no_index=bool(no_index))
+    if not out["extra_pip_packages"] and not out["plugins"]:
+        given = [f for f in IMAGE_BUILD_FIELDS[2:] if out[f]]
+        if given:
+            problems.add(who, given[0], "is a pip option of a derived image: set extra_pip_packages or plugins too")
+    return out
+
+
 def _int_field(
     dep: Mapping[str, Any], field: str, who: str, problems: Problems, minimum: int, default: int | None
 ) -> int | None:
@@ -603,6 +650,7 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
         problems.add(who, "extra_args", message)
 
     out["lora_modules"] = _normalize_lora(dep.get("lora_modules"), who, problems)
+    out.update(_normalize_image_build(dep, who, problems))
     out["env"] = _str_map(dep.get("env"), who, "env", problems)
     out["secret_env"] = _str_map(dep.get("secret_env"), who, "secret_env", problems, secret=True)
     for field in ("api_key", "hf_token"):

@@ -208,3 +208,29 @@ def test_the_revision_model_sync_installed_is_served_and_hashed():
         {"model": "/m/chat"}, {"model_sync": {"source": "hf"}}, {"path": "/m/chat", "revision_id": None}
     )
     assert flat == {"model": "/m/chat"}  # a flat install of an older release: served and hashed as before
+
+
+def test_a_derived_image_is_built_from_the_resolved_one_and_served(tmp: Path, fake_runtime: Any) -> None:
+    plugin = tmp / "plug.py"
+    plugin.write_text("X = 1\n")
+    build = {"extra_pip_packages": ["vllm-plugin-x==1.0"], "plugins": [str(plugin)], "pip_no_index": True}
+    reps = [replica(tmp, "chat", 0, 8000), {**replica(tmp, "emb", 0, 8100), "image_build": build}]
+    created: dict[str, str] = {}
+    create = fake_runtime.create
+
+    def recording(spec: Any) -> str:
+        created[spec.name] = spec.image
+        return create(spec)
+
+    fake_runtime.create = recording
+    out, errors = apply_host(params(tmp, reps), runtime=fake_runtime)
+    assert errors == [] and out["failed_count"] == 0
+    assert created["gpufleet-chat-0"] == "vllm/vllm-openai:v0.10.2"
+    assert created["gpufleet-emb-0"].startswith("gpufleet/vllm-openai:v0.10.2-")  # content-hashed derived tag
+    # A plugin file missing on the host fails that replica at the image step, the other replica still runs.
+    missing = {**build, "plugins": [str(tmp / "gone.py")]}
+    reps[1] = {**reps[1], "image_build": missing}
+    out, errors = apply_host(params(tmp, reps), runtime=fake_runtime)
+    rec = next(r for r in out["records"] if r["name"] == "emb-0")
+    assert rec["failed"] and rec["failed_step"] == "vllm_image" and "gone.py" in rec["hint"]
+    assert len(errors) == 1

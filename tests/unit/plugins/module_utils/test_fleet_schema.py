@@ -70,6 +70,11 @@ def test_defaults():
         "max_surge": 1,
         "smoke_test": True,
         "keep_revisions": 2,
+        "extra_pip_packages": [],
+        "plugins": [],
+        "pip_find_links": [],
+        "pip_index_url": None,
+        "pip_no_index": False,
     }
 
 
@@ -476,3 +481,28 @@ def test_gpus_all_takes_the_hosts_count_and_validates_to_itself():
         "x: gpus_per_replica: is the host's GPU count with gpus: all; set tensor_parallel_size",
         "x: gpu_sharing: gpus: all reserves whole hosts; it cannot share them",
     ]
+
+
+def test_derived_image_fields():
+    dep = one(
+        extra_pip_packages=["b==1", "a>=2", "b==1"], plugins=["/p/x.py"], pip_find_links=["/w"], pip_no_index=True
+    )
+    assert dep["extra_pip_packages"] == ["a>=2", "b==1"]  # normalized, sorted, once each
+    assert (dep["plugins"], dep["pip_find_links"], dep["pip_index_url"], dep["pip_no_index"]) == (
+        ["/p/x.py"],
+        ["/w"],
+        None,
+        True,
+    )
+    assert validate_deployments([dep]) == [dep]
+    problems = problems_of(
+        [
+            {"name": "a", "model": "o/a", "extra_pip_packages": ["bad pkg =="], "plugins": ["rel.py"]},
+            {"name": "b", "model": "o/b", "pip_index_url": "ftp://x"},
+            {"name": "c", "model": "o/c", "pip_no_index": True},
+        ]
+    )
+    assert any(p.startswith("a: extra_pip_packages") and "bad pkg" in p for p in problems)
+    assert any(p.startswith("a: plugins") and "absolute" in p for p in problems)
+    assert any(p.startswith("b: pip_index_url") for p in problems)
+    assert any(p.startswith("c: pip_no_index") and "extra_pip_packages or plugins" in p for p in problems)

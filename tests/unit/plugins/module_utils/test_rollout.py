@@ -195,3 +195,17 @@ def test_merge_results():
         "msg": "chat-1: boom",
     }
     assert rollout.merge_results(base, {"skipped": True}) == {**base, "failed": False}
+
+
+def test_a_derived_image_is_in_the_spec_the_images_and_the_digest():
+    plain = fleet_plan({"a": host(2)}, [dep()])
+    assert plain["hosts"]["a"][0]["image_build"] is None and plain["images"]["a"] == [[None, "0.10.2"]]
+    build = {"extra_pip_packages": ["vllm-plugin-x==1.0"], "plugins": ["/opt/p.py"], "pip_find_links": ["/w"]}
+    derived = fleet_plan({"a": host(2)}, [dep(**build), dep("emb", port=8001)])
+    spec = derived["hosts"]["a"][0]
+    assert spec["image_build"] == {**build, "pip_index_url": None, "pip_no_index": False}
+    assert derived["images"]["a"] == [[None, "0.10.2", spec["image_build"]], [None, "0.10.2"]]
+    assert spec["digest"] != plain["hosts"]["a"][0]["digest"], "asking for packages rolls the replicas"
+    assert derived["hosts"]["a"][1]["digest"] != spec["digest"]
+    newer = fleet_plan({"a": host(2)}, [dep(**{**build, "extra_pip_packages": ["vllm-plugin-x==1.1"]})])
+    assert newer["hosts"]["a"][0]["digest"] != spec["digest"]
