@@ -371,13 +371,23 @@ def test_status_and_stop(fleet: Fleet) -> None:
     assert proc.returncode != 0 and "say what to stop" in proc.stdout
 
 
+def estimate(stdout: str, deployment: str) -> tuple[str, int]:
+    """(source, weights bytes) of a deployment's VRAM estimate in the fleet_plan result that -v printed."""
+    m = re.search(rf'"{re.escape(deployment)}": {{[^{{}}]*?"source": "([^"]+)",[^{{}}]*?"weights_bytes": (\d+)', stdout)
+    assert m, f"no estimate of {deployment} in the output"
+    return m[1], int(m[2])
+
+
 def test_hub_model_is_served_from_the_path_model_sync_produced(
     fleet: Fleet, model_gen: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A hub model: model_sync brings it to <gpufleet_models_root>/<deployment>/<commit> on the host and the container
     serves exactly that revision's directory, hashing the commit (model_revision), without --revision."""
     root = tmp_path_factory.mktemp("fleet-hub")
-    sha = model_gen.make_repo(root / "hub", "org/tiny-hub", tags=["v1"])
+    # A tag no earlier run used: model_sync's record on gpu-c from a previous run is not this model (the plan asks
+    # the hub for its size first, then uses the record this run leaves).
+    tag = f"v1-{time.time_ns()}"
+    sha = model_gen.make_repo(root / "hub", "org/tiny-hub", tags=[tag])
     port_file = root / "port"
     # The fake hub listens on the controller's address on the hosts' bridge, where the hosts reach it.
     args = ["--root", str(root / "hub"), "--host", fleet.sim.gateway, "--port", "0", "--port-file", str(port_file)]
@@ -393,7 +403,7 @@ def test_hub_model_is_served_from_the_path_model_sync_produced(
         assert port_file.exists(), "the fake hub did not start"
         dep = {
             "name": "hubchat",
-            "model": {"repo_id": "org/tiny-hub", "revision": "v1"},
+            "model": {"repo_id": "org/tiny-hub", "revision": tag},
             "vllm_version": "0.10.2",
             "port": 8400,
             "selector": {"zone": "us1"},
@@ -404,8 +414,10 @@ def test_hub_model_is_served_from_the_path_model_sync_produced(
         data = yaml.safe_load(group_vars.read_text())
         data["gpufleet_hf_endpoint"] = f"http://{fleet.sim.gateway}:{port_file.read_text().strip()}"
         group_vars.write_text(yaml.safe_dump(data))
-        proc = fleet.play("converge.yml")
+        proc = fleet.play("converge.yml", "-v")  # -v: the plan's result, with its VRAM estimates
         assert proc.returncode == 0, proc.stdout[-5000:]
+        # No size in the inventory: the plan asked the hub (2 shards of 4096 U8 parameters = 8192 bytes of weights).
+        assert estimate(proc.stdout, "hubchat") == ("hub model info", 8192), proc.stdout[-5000:]
         c = fleet.managed()["gpufleet-hubchat-0"]
         assert c["host"] == "gpu-c" and c["status"] == "running"
         assert f"/var/lib/gpufleet/models/hubchat/{sha}" in c["args"] and "org/tiny-hub" not in c["args"]
@@ -418,8 +430,10 @@ def test_hub_model_is_served_from_the_path_model_sync_produced(
         )
         life = json.loads(record.read_text())
         assert life["serve_for_h"] == 12 and life.get("container_id") and life.get("since"), life
-        again = fleet.play("converge.yml")
+        again = fleet.play("converge.yml", "-v")
         assert again.returncode == 0 and recap(again.stdout)["gpu-c"]["changed"] == 0, again.stdout[-3000:]
+        # Now the weight bytes model_sync validated on gpu-c (the shards' files, headers included): no hub request.
+        assert estimate(again.stdout, "hubchat") == ("model_sync on gpu-c", 8432), again.stdout[-5000:]
     finally:
         hub.terminate()
         hub.wait()
