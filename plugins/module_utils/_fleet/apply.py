@@ -450,10 +450,15 @@ class HostApply:
         if self.check_mode:
             return
         failed = {r.deployment for r in self.records if isinstance(r, ReplicaRecord) and r.failed}
+        # A rollout wave's sync is a no-op (step 1 installed the revision) and ran before the wave replaced the old
+        # containers: collect again when this run replaced any of the deployment's replicas.
+        replaced = {r.deployment for r in self.records if isinstance(r, ReplicaRecord) and r.changed}
         for spec in specs:
             dep = str(spec.get("deployment"))
             res = syncs.get(dep)
-            if res is None or dep in failed or not res.get("changed") or res.get("failed") or res.get("collected"):
+            if res is None or dep in failed or res.get("failed") or res.get("collected"):
+                continue
+            if not res.get("changed") and dep not in replaced:
                 continue
             again = self.sync_model(spec)
             res["collected"] = True

@@ -233,3 +233,27 @@ def test_surge_the_router_refuses_fails_and_the_replica_is_untouched(
     )
     assert router.list_workers() == [me]
     assert {c["name"]: cid for cid, c in fake_runtime.c.items()} == before  # surge removed, replica as it was
+
+
+def test_a_wave_that_replaced_replicas_collects_old_revisions(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollout wave's model sync is a no-op that runs before the wave replaces the old containers; when the wave
+    replaced a replica, model_sync runs once more afterwards (it removes what no container uses any more)."""
+    calls: list[str] = []
+    real = fleet_apply.sync
+
+    def counting(params: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
+        calls.append(params["name"])
+        return real(params, check_mode=check_mode)
+
+    monkeypatch.setattr(fleet_apply, "sync", counting)
+    reps = [replica(tmp, "chat", 0, 8000)]
+    apply_host(params(tmp, reps), runtime=fake_runtime)  # first install: synced, then collected
+    calls.clear()
+    apply_host(params(tmp, reps, only=["chat-0"]), runtime=fake_runtime)  # nothing replaced: one sync
+    assert calls == ["chat"]
+    reps[0]["container"]["max_model_len"] = 4096
+    out, errors = apply_host(params(tmp, reps, only=["chat-0"]), runtime=fake_runtime)
+    assert errors == [] and out["records"][0]["changed"] is True
+    assert calls == ["chat", "chat", "chat"]  # the wave's sync, then the collection after the replacement
