@@ -8,7 +8,8 @@
 #
 # Environment:
 #   GPUFLEET_TEST_WORKERS   pytest-xdist workers for the pytest phases (default 2; 0 = no xdist)
-#   GPUFLEET_TEST_SKIP      space-separated phase names to skip (e.g. "sanity")
+#   GPUFLEET_TEST_SKIP      space-separated phase names to skip (e.g. "lint+sanity")
+#   GPUFLEET_TEST_SERIAL    1: ansible-lint and sanity in the foreground (default: in the background, beside pytest)
 #   GPUFLEET_TEST_MATRIX    1: also the version matrix (hack/matrix.sh) on every core; or a list of cores
 # shellcheck disable=SC2317  # phase functions are called indirectly, through phase
 set -euo pipefail
@@ -38,6 +39,40 @@ phase() {
   TABLE+=("$name|$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")")
   if [[ $rc -ne 0 && $FIRST_RC -eq 0 ]]; then FIRST_RC=$rc; fi
   return 0
+}
+
+# phase_bg NAME COMMAND [ARGS...]: start one phase in the background, its output in .build/test-logs/NAME.log; its
+# result is collected by wait_bg (output printed then, table row added). For the CPU-light or network-bound phases
+# (ansible-lint, sanity: its venvs' pip installs on a fresh machine) that overlap the pytest phases' waits on the bed.
+BG_PIDS=()  # "pid|name|t0|log"
+phase_bg() {
+  local name=$1 log
+  shift
+  if [[ "$SKIP" == *" $name "* ]]; then
+    TABLE+=("$name|0.0|skipped")
+    return 0
+  fi
+  mkdir -p "$ROOT/.build/test-logs"
+  log="$ROOT/.build/test-logs/${name//[^A-Za-z0-9_.-]/_}.log"
+  section "$name (background, output after it ends: $log)"
+  "$@" >"$log" 2>&1 </dev/null &
+  BG_PIDS+=("$!|$name|$(date +%s.%N)|$log")
+}
+
+wait_bg() {
+  local row pid name t0 log rc secs
+  for row in "${BG_PIDS[@]}"; do
+    IFS='|' read -r pid name t0 log <<<"$row"
+    rc=0
+    wait "$pid" || rc=$?
+    # the end time is when wait returned: at most the phase's own time plus the foreground phases it overlapped
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    section "$name (background)"
+    cat "$log"
+    TABLE+=("$name (bg)|<=$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")")
+    if [[ $rc -ne 0 && $FIRST_RC -eq 0 ]]; then FIRST_RC=$rc; fi
+  done
+  BG_PIDS=()
 }
 
 print_table() {
@@ -82,10 +117,27 @@ XDIST=()
 if [[ "$WORKERS" != 0 ]]; then XDIST=(-n "$WORKERS"); fi
 
 phase "lint: ruff" lint_ruff
-# ansible-lint, production profile, offline (.ansible-lint: no skips, offline: true; never installs from Galaxy).
-phase "lint: ansible-lint" ansible-lint --offline --profile production
 phase "docs: ansible-doc" docs_ansible_doc
-phase "sanity" "$ROOT/hack/sanity.sh"
+# ansible-lint (production profile, offline: .ansible-lint, no skips; never installs from Galaxy) and ansible-test
+# sanity run in the background beside the pytest phases, one after the other (GPUFLEET_TEST_SERIAL=1: in the
+# foreground, in this order, as before). Their output follows when they end.
+static_checks() {
+  local rc=0 t0=$SECONDS
+  section "lint: ansible-lint"
+  ansible-lint --offline --profile production || rc=$?
+  echo "ansible-lint: $((SECONDS - t0)) s"
+  t0=$SECONDS
+  section "sanity"
+  "$ROOT/hack/sanity.sh" || rc=$((rc ? rc : $?))
+  echo "sanity: $((SECONDS - t0)) s"
+  return "$rc"
+}
+if [[ "${GPUFLEET_TEST_SERIAL:-0}" == 1 ]]; then
+  phase "lint: ansible-lint" ansible-lint --offline --profile production
+  phase "sanity" "$ROOT/hack/sanity.sh"
+else
+  phase_bg "lint+sanity" static_checks
+fi
 # Unit tests are independent: spread test by test. Integration tests: one xdist group per file, and one for the
 # fleets on the shared simulated hosts (tests/conftest.py), so module fixtures are set up once and fleets never overlap.
 phase "pytest: unit" run_pytest tests/unit "${XDIST[@]}" "$@"
@@ -105,6 +157,7 @@ run_molecule() {
   return "$rc"
 }
 if [[ $FILTERED -eq 0 ]]; then phase "molecule" run_molecule; fi
+wait_bg
 # The version matrix (hack/matrix.sh: ansible-core 2.16 to 2.19, each in its own cached venv: sanity compile+import,
 # unit tests, one fleet converge on one host). About 4-8 minutes per core on 2 cores, so opt-in for now:
 # GPUFLEET_TEST_MATRIX=1 (all cores) or a list, e.g. GPUFLEET_TEST_MATRIX="2.16 2.18".
