@@ -3,7 +3,8 @@
 """Why a vLLM server did not come up: a failure class and one line a person can act on, from its log tail.
 
 ``classify(log_lines, exit_code=None, timed_out=False)`` -> ``(failure_class, hint)``. Classes: gpu_oom,
-kv_cache_too_small, no_gpu, hf_auth, model_not_found, port_conflict, bad_args, timeout, unknown; ``smoke_failed``
+kv_cache_too_small, no_gpu, hf_auth, model_not_found, port_conflict, ray_cluster_incomplete, ray_node_lost (a
+multi-host replica, docs/ray.md), bad_args, timeout, unknown; ``smoke_failed``
 (the server came up but its one smoke request failed) is decided by ``smoke_hint``, not from the log.
 ``mask(lines, secrets)`` replaces every secret value (and bearer tokens / hf_ tokens) by ``********``.
 """
@@ -24,6 +25,8 @@ FAILURE_CLASSES = (
     "hf_auth",
     "model_not_found",
     "port_conflict",
+    "ray_cluster_incomplete",
+    "ray_node_lost",
     "bad_args",
     "timeout",
     "smoke_failed",
@@ -94,6 +97,22 @@ _RULES: list[tuple[str, list[str], str]] = [
         "port_conflict",
         [r"Address already in use", r"\[Errno 98\]", r"address already in use"],
         "the port is already in use on the host; pick another port or stop what listens there",
+    ),
+    (
+        "ray_cluster_incomplete",
+        [
+            r"number of required GPUs exceeds the total number of available GPUs",
+            r"Cannot provide a placement group of placement_group_specs",
+            r"Failed to connect to Ray cluster",
+        ],
+        "the replica's Ray cluster has fewer GPUs than tensor_parallel_size x pipeline_parallel_size, or cannot be "
+        "reached: check that every Ray worker of the replica joined (ray status in its head container; docs/ray.md)",
+    ),
+    (
+        "ray_node_lost",
+        [r"ActorDiedError: .*its node has died", r"has been marked dead because the detector has missed"],
+        "a Ray node of this multi-host replica was lost (its host down, or its Ray worker container gone) and the "
+        "engine died with it; bring the host back or move the replica (move_from_unreachable), then converge",
     ),
     (
         "bad_args",

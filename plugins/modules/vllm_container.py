@@ -20,8 +20,8 @@ description:
     C(gpufleet-NAME-previous) until the new one answers C(/health) and C(/v1/models); if the new one fails, it is
     removed and the old one renamed back and started, and the module fails with the failure class and rollback.
   - Failures are classified from the last 300 log lines (C(gpu_oom), C(kv_cache_too_small), C(no_gpu), C(hf_auth),
-    C(model_not_found), C(port_conflict), C(bad_args), C(timeout), C(unknown)) with one actionable line and the
-    masked log tail.
+    C(model_not_found), C(port_conflict), C(ray_cluster_incomplete), C(ray_node_lost), C(bad_args), C(timeout),
+    C(unknown)) with one actionable line and the masked log tail.
   - Secrets (O(api_key), O(hf_token), O(secret_env)) enter the container as environment only, never as arguments,
     labels or manifest values.
   - A reproducibility manifest (no secret values) is written to O(manifest_dir)/NAME.json and returned.

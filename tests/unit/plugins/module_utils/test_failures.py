@@ -29,6 +29,19 @@ CASES = {
         "ValueError: Invalid repository ID or local directory specified: 'nope/x'.",
     ],
     "port_conflict": ["OSError: [Errno 98] Address already in use"],
+    # Ray (multi-host replicas): the lines vLLM's Ray executor logged in tests/integration/test_ray.py
+    "ray_cluster_incomplete": [
+        "(EngineCore_0 pid=101) ValueError: The number of required GPUs exceeds the total number of available GPUs "
+        "in the placement group. Required: 6, available in the Ray cluster: 4.",
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+    ],
+    "ray_node_lost": [
+        "(raylet) The node with node id: 27c89d75 and address: 10.213.37.12 and node name: 10.213.37.12 has been "
+        "marked dead because the detector has missed too many heartbeats from it.",
+        "(EngineCore_0 pid=432) ERROR core.py:710 ray.exceptions.ActorDiedError: The actor died unexpectedly before "
+        "finishing this task. The actor died because its node has died. Node Id: 27c89d75",
+        "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above)",
+    ],
     "bad_args": [
         "usage: vllm serve [model_tag] [options]",
         "vllm serve: error: unrecognized arguments: --no-such-flag",
