@@ -77,3 +77,34 @@ def test_lora_not_an_adapter_or_not_synced(fake_hub, model_sync, tmp_path):
     with pytest.raises(GpufleetError) as err:
         lora.resolve_params(_container_params(str(tmp_path / "m" / "abc"), [{"name": "y", "repo_id": "org/y"}]))
     assert err.value.details["failure_class"] == "lora_missing" and "run gpufleet.vllm.model_sync" in err.value.msg
+
+
+def test_a_fleet_deployment_with_hub_adapters(fake_hub, fake_runtime, tmp_path):
+    """The fleet's path (plan -> fleet_apply on one host, the in-memory engine): the adapter is synced beside the hub
+    model with it, the container serves the installed revision (argv, read-only mount); a second apply is a no-op."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, validated
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
+    from ansible_collections.gpufleet.vllm.plugins.modules.fleet_apply import ARGUMENT_SPEC
+
+    base, sql = f"org/base-{_uid()}", f"org/sql-lora-{_uid()}"
+    base_sha = fake_hub.make_repo(base, shards=1)
+    a1 = fake_hub.make_adapter_repo(sql, seed=1)
+    gpus = [{"index": 0, "uuid": "GPU-0", "memory_total_mib": 81920, "memory_free_mib": 81920}]
+    hosts = {"h": {"reachable": True, "gpus": gpus, "models_root": str(tmp_path / "models")}}
+    dep = {"name": "m", "model": base, "vllm_version": "0.10.2", "model_size_bytes": 10**6,
+           "lora_modules": [{"name": "sql", "repo_id": sql}]}  # fmt: skip
+    (spec,) = fleet_plan(hosts, [dep])["hosts"]["h"]
+    spec["container"].update(hf_cache_dir=str(tmp_path / "hf"), compile_cache_dir=str(tmp_path / "cc"))
+    created = []
+    create = fake_runtime.create
+    fake_runtime.create = lambda s: created.append(s) or create(s)
+    args = {"replicas": [spec], "manifest_dir": str(tmp_path / "manifests"), "hf_endpoint": fake_hub.url}
+    out, errors = apply_host(validated("fleet_apply", ARGUMENT_SPEC, args), runtime=fake_runtime)
+    assert errors == [] and out["records"][0]["changed"], out
+    installed = str(tmp_path / "models" / "m" / "loras" / "sql" / a1)
+    assert (Path(installed) / "adapter_config.json").is_file()
+    (c,) = created
+    assert f"sql={installed}" in c.command and (installed, installed, "ro") in c.mounts
+    assert str(tmp_path / "models" / "m" / base_sha) in c.command  # the model's revision beside it
+    again, errors = apply_host(validated("fleet_apply", ARGUMENT_SPEC, args), runtime=fake_runtime)
+    assert errors == [] and again["changed"] is False and len(created) == 1

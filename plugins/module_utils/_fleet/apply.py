@@ -46,6 +46,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.rollout impor
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ARGUMENT_SPEC as IMAGE_ARGSPEC
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ensure_image
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.lora import add_adapters
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.lora import resolve_params as resolve_lora_params
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.metadata import installed_sizes
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import REQUIRED_IF as SYNC_REQUIRED_IF
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import argument_spec as sync_argspec
@@ -296,7 +298,7 @@ class HostApply:
             args["hf_endpoint"] = self.p["hf_endpoint"]
         try:
             params = validated(f"{deployment}: model_sync", sync_argspec(), args, SYNC_REQUIRED_IF)
-            res = sync(params, check_mode=self.check_mode)
+            res = add_adapters(params, sync(params, check_mode=self.check_mode), self.check_mode)  # + hub LoRAs
         except GpufleetError as err:
             return _error_result(err)
         self._note(f"model {deployment}", res)
@@ -361,11 +363,16 @@ class HostApply:
             return True
         try:
             args = with_revision(self._container_args(spec, ref), spec, sync_res)
+            args = resolve_lora_params(args)  # hub adapters -> the revision model_sync installed (in the hash)
             params = container_params(f"{name}: vllm_container", args)
             surge = (spec.get("rollout") or {}).get("mode") == "surge"
             dep = str(spec.get("deployment"))
             res = self._surge(spec, params, dep) if surge else self._replace(params, dep)
         except GpufleetError as err:
+            if self.check_mode and err.details.get("failure_class") == "lora_missing":  # synced by the real run
+                rec.changed, rec.hint = True, "the LoRA adapters would be synced first; the container would be created"
+                self.changed = True
+                return True
             res = _error_result(err)
             rec.failed, rec.changed, rec.failed_step = True, bool(err.details.get("changed")), "vllm_container"
             rec.failure_class, rec.hint = _failure_class(res, "unknown"), failure_hint(res)

@@ -49,7 +49,11 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         pipeline_parallel_size=dep["pipeline_parallel_size"],
         gpu_memory_utilization=dep["gpu_memory_utilization"],
         extra_args=list(dep["extra_args"]),
-        lora_modules=[{"name": m["name"], "path": m["path"]} for m in dep["lora_modules"]],
+        # an adapter's path, or its hub repo (model_sync syncs it beside the model; vllm_container resolves it)
+        lora_modules=[
+            {k: m[k] for k in ("name", "path", "repo_id", "revision") if m.get(k) is not None}
+            for m in dep["lora_modules"]
+        ],
         env=dict(dep["env"]),
     )
     # serve_for was parsed once by the schema (hours as a number, or "infinite"): vllm_container reads that value with
@@ -80,6 +84,9 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
     sync: dict[str, Any] = {"name": dep["name"], "source": model.get("source"), "models_root": models_root}
     if dep.get("keep_revisions") is not None:  # how many old revisions model_sync keeps (validated by the schema)
         sync["keep_revisions"] = dep["keep_revisions"]
+    hub_loras = [{k: m[k] for k in ("name", "repo_id", "revision")} for m in dep["lora_modules"] if m.get("repo_id")]
+    if hub_loras:  # LoRA adapters from the hub, synced beside the model (issue #19)
+        sync["lora_modules"] = hub_loras
     if model.get("source") == "hf":
         sync.update(repo_id=model["repo_id"], revision=model["revision"])
     elif model.get("source") == "local":

@@ -27,6 +27,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.fit import (
     gpus_per_replica,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.build import parse_requirements
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import hub
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.revisions import DEFAULT_KEEP
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.url import parse_checksum
@@ -458,7 +459,9 @@ def _normalize_lora(value: Any, who: str, problems: Problems) -> list[dict[str, 
     if value is None:
         return []
     if not isinstance(value, list):
-        problems.add(who, "lora_modules", "must be a list of {name, path} (or 'name=path' strings)", value)
+        problems.add(
+            who, "lora_modules", "must be a list of {name, path} or {name, repo_id[, revision]} (or 'name=path')", value
+        )
         return []
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -468,11 +471,13 @@ def _normalize_lora(value: Any, who: str, problems: Problems) -> list[dict[str, 
             name, path = item.split("=", 1)
             item = {"name": name, "path": path}
         if not isinstance(item, Mapping):
-            problems.add(who, field, "must be {name, path[, size_bytes]} or 'name=path'", item)
+            problems.add(
+                who, field, "must be {name, path[, size_bytes]}, {name, repo_id[, revision]} or 'name=path'", item
+            )
             continue
-        unknown = sorted(set(item) - {"name", "path", "size_bytes"})
+        unknown = sorted(set(item) - set(LORA_KEYS))
         if unknown:
-            problems.add(who, field, f"unknown key(s) {', '.join(map(str, unknown))}; allowed: name, path, size_bytes")
+            problems.add(who, field, f"unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(LORA_KEYS)}")
         name, path = item.get("name"), item.get("path")
         if not isinstance(name, str) or not NAME_RE.match(name):
             problems.add(who, f"{field}.name", "must be a name of letters, digits, '.', '_' or '-'", name)
@@ -480,14 +485,36 @@ def _normalize_lora(value: Any, who: str, problems: Problems) -> list[dict[str, 
             problems.add(who, f"{field}.name", f"duplicate LoRA name {name!r}")
         else:
             seen.add(name)
-        if not isinstance(path, str) or not path.startswith("/"):
+        hub_entry = _hub_lora(item, who, field, problems)
+        if hub_entry is None and (not isinstance(path, str) or not path.startswith("/")):
             problems.add(who, f"{field}.path", "must be an absolute path on the host", path)
         size = item.get("size_bytes")
         if size is not None and (_as_int(size) is None or _as_int(size) < 0):  # type: ignore[operator]
             problems.add(who, f"{field}.size_bytes", "must be an integer >= 0", size)
             size = None
-        out.append({"name": name, "path": path, "size_bytes": _as_int(size) if size is not None else None})
+        size = _as_int(size) if size is not None else None
+        out.append({"name": name, **(hub_entry or {"path": path}), "size_bytes": size})
     return out
+
+
+# A LoRA adapter is a directory on the host (path) or a hub repo (repo_id, revision) that model_sync syncs beside the
+# model (_model/lora.py) and vllm_container resolves to the revision it installed.
+LORA_KEYS = ("name", "path", "repo_id", "revision", "size_bytes")
+
+
+def _hub_lora(item: Mapping[str, Any], who: str, field: str, problems: Problems) -> dict[str, Any] | None:
+    """``{repo_id, revision}`` of a hub adapter entry (revision default main), None for a path entry."""
+    if item.get("repo_id") is None and item.get("revision") is None:
+        return None
+    if item.get("path") is not None:
+        problems.add(who, field, "give path (a directory on the host) or repo_id (a hub adapter), not both")
+    repo_id, revision = item.get("repo_id"), item.get("revision", "main")
+    try:
+        hub.check_repo_id(repo_id)
+        hub.check_revision(revision)
+    except GpufleetError as err:
+        problems.add(who, f"{field}.repo_id", err.msg)
+    return {"repo_id": repo_id, "revision": revision}
 
 
 def image_build(dep: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -650,6 +677,14 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
         problems.add(who, "extra_args", message)
 
     out["lora_modules"] = _normalize_lora(dep.get("lora_modules"), who, problems)
+    source = (out["model"] or {}).get("source")
+    if source == "local" and any(m.get("repo_id") for m in out["lora_modules"]):
+        problems.add(
+            who,
+            "lora_modules",
+            "hub adapters (repo_id) are synced beside a model that model_sync installs (a hub or URL model); "
+            "for a local model give each adapter's path",
+        )
     out.update(_normalize_image_build(dep, who, problems))
     out["env"] = _str_map(dep.get("env"), who, "env", problems)
     out["secret_env"] = _str_map(dep.get("secret_env"), who, "secret_env", problems, secret=True)

@@ -84,7 +84,11 @@ def run(p: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     """model_sync with its adapters: the model first, then each adapter beside it (state present)."""
     if p.get("state", "present") != "absent":
         check_entries(p.get("lora_modules"))  # before anything is fetched
-    res = model_sync.sync(p, check_mode=check_mode)
+    return add_adapters(p, model_sync.sync(p, check_mode=check_mode), check_mode)
+
+
+def add_adapters(p: dict[str, Any], res: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
+    """``res`` (model ``p["name"]``'s model_sync result) with its adapters synced beside it (fleet_apply's step)."""
     if p.get("lora_modules") and p.get("state", "present") != "absent":
         res["lora_modules"] = sync_adapters(p, check_mode)
         if any(lo["changed"] for lo in res["lora_modules"]):

@@ -506,3 +506,29 @@ def test_derived_image_fields():
     assert any(p.startswith("a: plugins") and "absolute" in p for p in problems)
     assert any(p.startswith("b: pip_index_url") for p in problems)
     assert any(p.startswith("c: pip_no_index") and "extra_pip_packages or plugins" in p for p in problems)
+
+
+def test_lora_from_the_hub():
+    dep = one(
+        lora_modules=[
+            {"name": "sql", "repo_id": "org/sql-lora"},
+            "local=/l/x",
+            {"name": "v", "repo_id": "o/v", "revision": "v2"},
+        ]
+    )
+    assert dep["lora_modules"] == [
+        {"name": "sql", "repo_id": "org/sql-lora", "revision": "main", "size_bytes": None},
+        {"name": "local", "path": "/l/x", "size_bytes": None},
+        {"name": "v", "repo_id": "o/v", "revision": "v2", "size_bytes": None},
+    ]
+    assert validate_deployments([dep]) == [dep]
+    problems = problems_of(
+        [
+            {"name": "a", "model": "o/a", "lora_modules": [{"name": "x", "repo_id": "o/x", "path": "/l/x"}]},
+            {"name": "b", "model": "o/b", "lora_modules": [{"name": "x", "repo_id": "../etc"}]},
+            {"name": "c", "model": "/m/c", "lora_modules": [{"name": "x", "repo_id": "o/x"}]},
+        ]
+    )
+    assert any(p.startswith("a: lora_modules[0]: give path") for p in problems), problems
+    assert any(p.startswith("b: lora_modules[0].repo_id") and "not a hub repo id" in p for p in problems), problems
+    assert any(p.startswith("c: lora_modules: hub adapters") for p in problems), problems

@@ -209,3 +209,18 @@ def test_a_derived_image_is_in_the_spec_the_images_and_the_digest():
     assert derived["hosts"]["a"][1]["digest"] != spec["digest"]
     newer = fleet_plan({"a": host(2)}, [dep(**{**build, "extra_pip_packages": ["vllm-plugin-x==1.1"]})])
     assert newer["hosts"]["a"][0]["digest"] != spec["digest"]
+
+
+def test_hub_lora_adapters_reach_model_sync_and_the_container_and_the_digest():
+    loras = [{"name": "sql", "repo_id": "org/sql-lora"}, {"name": "own", "path": "/l/own"}]
+    spec = fleet_plan({"a": host(2)}, [dep(model="org/base", lora_modules=loras)])["hosts"]["a"][0]
+    assert spec["model_sync"]["lora_modules"] == [{"name": "sql", "repo_id": "org/sql-lora", "revision": "main"}]
+    assert spec["container"]["lora_modules"] == [
+        {"name": "sql", "repo_id": "org/sql-lora", "revision": "main"},
+        {"name": "own", "path": "/l/own"},
+    ]
+    pinned = [{**loras[0], "revision": "v2"}, loras[1]]
+    other = fleet_plan({"a": host(2)}, [dep(model="org/base", lora_modules=pinned)])["hosts"]["a"][0]
+    assert other["digest"] != spec["digest"], "another adapter revision rolls the replicas"
+    plain = fleet_plan({"a": host(2)}, [dep(lora_modules=[loras[1]])])["hosts"]["a"][0]
+    assert "lora_modules" not in plain["model_sync"]
