@@ -20,6 +20,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import node as ray_node
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports, spec
@@ -159,9 +160,11 @@ def test_two_host_cluster_serves_refuses_too_few_gpus_and_fails_on_a_lost_worker
     wait_for("the 6-GPU server to exit", lambda: exited(too_big) is not None)
     assert exited(too_big) == 1
     assert "The number of required GPUs exceeds the total number of available GPUs" in too_big.logs().decode()
+    assert failures.classify(too_big.logs().decode().splitlines(), 1)[0] == "ray_cluster_incomplete"
 
     engines["gpu-b"].containers.get(nodes["gpu-b"].name).kill()  # the worker's host is lost
     wait_for("the server to fail after its worker node died", lambda: exited(server) is not None)
     assert exited(server) == 1
     log = server.logs(tail=60).decode()
     assert "ActorDiedError" in log and "its node has died" in log and "EngineDeadError" in log
+    assert failures.classify(log.splitlines(), 1)[0] == "ray_node_lost"
