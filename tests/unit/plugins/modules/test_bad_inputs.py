@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import info as info_utils
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import apply as fleet_apply_utils
@@ -30,6 +29,7 @@ from ansible_collections.gpufleet.vllm.plugins.modules import (
     vllm_deployment_info,
     vllm_image,
 )
+from fixtures.module_args import patch_module_args
 
 SECRET = "sk-bad-input-CANARY-77"
 MODULES = {

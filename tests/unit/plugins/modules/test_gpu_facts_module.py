@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.gpufleet.vllm.plugins.modules import gpu_facts
+from fixtures.module_args import patch_module_args
 from fixtures.nvml import make_gpu
 
 FACT_NAMES = {
