@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from fixtures.hosts import SimFleet, recap
+from fixtures.registry import make_wheel
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
@@ -30,6 +31,9 @@ MODELS = ROOT / ".build" / "fleet"
 CANARY = "fleet-canary-7f3c9a1e5b"  # a secret value that must never show up anywhere
 BYSTANDER = "bystander-fleet-test"  # an unmanaged container that no playbook may touch
 BASE_IMAGE = "gpufleet/bed-base:bookworm"
+# The bed registry's stand-in (with pip, which a derived image's build runs): the hosts' dockerds cannot reach the
+# registry on the controller's loopback, so the test loads it into their engines.
+PIP_IMAGE = "127.0.0.1:5000/vllm/vllm-openai:v0.10.2"
 
 
 def chat(replicas: int = 2, max_model_len: int = 2048, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -265,11 +269,17 @@ def test_prune_removes_only_undeclared_managed_deployments(fleet: Fleet) -> None
 
 
 def mover(host: str, state: str = "present") -> dict[str, Any]:
-    """A one-GPU deployment pinned to ``host`` (gpu-a has 2 GPUs, gpu-b 4; chat holds at most one on each)."""
+    """A one-GPU deployment pinned to ``host`` (gpu-a has 2 GPUs, gpu-b 4; chat holds at most one on each), served
+    from a derived image (issue #19 item 5): a package from a local wheel directory and a plugin file, offline."""
+    wheels = MODELS / "wheels"
     return {
         "name": "mover",
         "model": str(MODELS / "models" / "tiny-chat"),
-        "vllm_version": "0.10.2",
+        "image": PIP_IMAGE,
+        "extra_pip_packages": ["gpufleet-testpkg==1.0"],
+        "plugins": [str(wheels / "plugins" / "my_tool_parser.py")],
+        "pip_find_links": [str(wheels / "index")],
+        "pip_no_index": True,
         "host": host,
         "port": 8300,
         "served_model_name": ["mover"],
@@ -277,11 +287,38 @@ def mover(host: str, state: str = "present") -> dict[str, Any]:
     }
 
 
+def derived_image_ready(fleet: Fleet) -> None:
+    """The wheel directory and plugin of mover's derived image (under .build/fleet: the hosts see it), and the base
+    image with pip in gpu-a's and gpu-b's engines."""
+    wheels = MODELS / "wheels"
+    make_wheel(wheels / "index", "gpufleet-testpkg", "1.0", {"gpufleet_testpkg/__init__.py": "VERSION = '1.0'\n"})
+    (wheels / "plugins").mkdir(parents=True, exist_ok=True)
+    (wheels / "plugins" / "my_tool_parser.py").write_text("PARSER = 'gpufleet-test-parser'\n")
+    subprocess.run(["docker", "pull", "-q", PIP_IMAGE], check=True, capture_output=True, timeout=300)
+    for host in ("gpu-a", "gpu-b"):
+        save = subprocess.Popen(["docker", "save", PIP_IMAGE], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "-H", fleet.sim.docker_host(host), "load", "-q"], stdin=save.stdout, check=True)
+        assert save.wait() == 0
+
+
+def assert_serves_the_derived_image(fleet: Fleet, host: str) -> str:
+    c = fleet.docker(host).containers.get("gpufleet-mover-0")
+    tag = c.attrs["Config"]["Image"]
+    assert tag.startswith("gpufleet/vllm-openai:v0.10.2-"), tag  # content-hashed tag (base id, packages, plugins)
+    code, out = c.exec_run(
+        ["python3", "-c", "import gpufleet_testpkg, my_tool_parser; print(gpufleet_testpkg.VERSION)"]
+    )
+    assert (code, out.decode().strip()) == (0, "1.0")
+    return tag
+
+
 def test_move_a_deployment_to_another_host(fleet: Fleet) -> None:
+    derived_image_ready(fleet)
     fleet.write_inventory([chat(max_model_len=1024), mover("gpu-b")])
     proc = fleet.play("converge.yml")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert fleet.managed()["gpufleet-mover-0"]["host"] == "gpu-b"
+    tag = assert_serves_the_derived_image(fleet, "gpu-b")
     before = fleet.managed()
 
     # Pinned elsewhere: created on gpu-a (health-gated), removed from gpu-b; nothing else moves.
@@ -300,6 +337,7 @@ def test_move_a_deployment_to_another_host(fleet: Fleet) -> None:
     assert after["gpufleet-mover-0"]["host"] == "gpu-a"
     assert get(f"http://{fleet.sim.address('gpu-a')}:8300/v1/models")[0] == 200
     assert not [c for c in fleet.docker("gpu-b").containers.list(all=True) if c.name.startswith("gpufleet-mover")]
+    assert assert_serves_the_derived_image(fleet, "gpu-a") == tag  # built on gpu-a from the same inputs: same tag
     for name in ("gpufleet-chat-0", "gpufleet-chat-1"):
         assert after[name]["id"] == before[name]["id"]
     # A re-run moves nothing back (stable placement).

@@ -356,8 +356,8 @@ class HostApply:
             self.errors.append(f"{name}: {rec.hint}")
             return True
         ref = image_res.get("image")
-        if not ref:
-            # Check mode, the image would be pulled (or built) first: the container would be created.
+        if not ref or not image_res.get("image_id"):
+            # Check mode, the image would be pulled (or a derived image built) first: the container would be created.
             rec.changed, rec.hint = True, "the image would be pulled first; the container would be (re)created"
             self.changed = True
             return True

@@ -234,3 +234,17 @@ def test_a_derived_image_is_built_from_the_resolved_one_and_served(tmp: Path, fa
     rec = next(r for r in out["records"] if r["name"] == "emb-0")
     assert rec["failed"] and rec["failed_step"] == "vllm_image" and "gone.py" in rec["hint"]
     assert len(errors) == 1
+
+
+def test_check_mode_with_a_derived_image_to_build(tmp: Path, fake_runtime: Any) -> None:
+    """Check mode on a host without the derived image: the replica would be created once it is built (no failure
+    for the image vllm_container would not find)."""
+    plugin = tmp / "plug.py"
+    plugin.write_text("X = 1\n")
+    inspect = fake_runtime.inspect_image
+    fake_runtime.inspect_image = lambda ref: None if ref.startswith("gpufleet/") else inspect(ref)
+    rep = {**replica(tmp, "emb", 0, 8100), "image_build": {"extra_pip_packages": ["x==1"], "plugins": [str(plugin)]}}
+    out, errors = apply_host(params(tmp, [rep]), check_mode=True, runtime=fake_runtime)
+    (rec,) = out["records"]
+    assert errors == [] and rec["changed"] is True and rec["failed"] is False and "pulled first" in rec["hint"]
+    assert fake_runtime.calls == []
