@@ -89,8 +89,9 @@ class Metrics:
             head(name, "gauge", help_)
             out.append(f"{name}{{{labels}}} {float(value)}")
 
+        # prometheus_client's text format (vLLM's /metrics) names a counter's HELP/TYPE with its _total sample name.
         def counter(name: str, help_: str, value: float, extra: str = "") -> None:
-            head(name, "counter", help_)
+            head(f"{name}_total", "counter", help_)
             out.append(f"{name}_total{{{extra}{labels}}} {float(value)}")
 
         def hist(name: str, help_: str, h: Histogram) -> None:
@@ -115,7 +116,7 @@ class Metrics:
             counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", self.preemptions)
             counter("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens)
             counter("vllm:generation_tokens", "Number of generation tokens processed.", self.generation_tokens)
-            head("vllm:request_success", "counter", "Count of successfully processed requests.")
+            head("vllm:request_success_total", "counter", "Count of successfully processed requests.")
             for reason, n in self.success.items():
                 out.append(f'vllm:request_success_total{{finished_reason="{reason}",{labels}}} {float(n)}')
             hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", self.req_prompt)

@@ -308,3 +308,10 @@ def test_the_stand_ins_counters_read_back_exactly():
         clock=clock,
     )
     assert (r["requests"], r["prompt_tokens"], r["completion_tokens"]) == (3, 21, 21)
+    # Grouped as vLLM's prometheus_client writes them (HELP/TYPE named with _total): each counter one family.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(m.render())}
+    assert [(s.name, s.value) for s in families["vllm:prompt_tokens"].samples] == [("vllm:prompt_tokens_total", 21.0)]
+    assert families["vllm:generation_tokens"].type == "counter"
+    assert sum(s.value for s in families["vllm:request_success"].samples) == 3
