@@ -48,6 +48,7 @@ def chat(replicas: int = 2, max_model_len: int = 2048, env: dict[str, str] | Non
         "engine_options": {"max_model_len": max_model_len},
         "env": {"VLLM_LOGGING_LEVEL": "INFO", **(env or {})},
         "secret_env": {"FLEET_CANARY": CANARY},
+        "owner": "team-chat",
     }
 
 
@@ -284,6 +285,7 @@ def mover(host: str, state: str = "present") -> dict[str, Any]:
         "port": 8300,
         "served_model_name": ["mover"],
         "state": state,
+        "owner": "team-mover",
     }
 
 
@@ -344,6 +346,89 @@ def test_move_a_deployment_to_another_host(fleet: Fleet) -> None:
     proc = fleet.play("converge.yml")
     assert proc.returncode == 0 and all(c["changed"] == 0 for c in recap(proc.stdout).values()), proc.stdout[-3000:]
 
+
+def counters(endpoint: str) -> dict[str, int]:
+    """A server's vLLM counters, read straight from its /metrics (prometheus_client's parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {
+        "vllm:request_success_total": "requests",
+        "vllm:prompt_tokens_total": "prompt",
+        "vllm:generation_tokens_total": "completion",
+    }
+    status, text = get(endpoint + "/metrics")
+    assert status == 200, endpoint
+    out = dict.fromkeys(names.values(), 0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in names:
+                out[names[sample.name]] += int(sample.value)
+    return out
+
+
+def complete(endpoint: str, max_tokens: int, text: str) -> dict[str, int]:
+    """One chat completion; its usage as the server answered it."""
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+    req = urllib.request.Request(
+        endpoint + "/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())["usage"]
+
+
+def test_usage_per_owner_and_deployment(fleet: Fleet) -> None:
+    """usage.yml (issue #17 item 5): per owner and per deployment exactly what the servers served - their counters
+    before (read straight from /metrics) plus known requests - and the owner label on the containers."""
+    summary = fleet.summary()
+    endpoints = {r["name"]: r["endpoint"] for d in ("chat", "mover") for r in replicas(summary, d)}
+    managed = fleet.managed()
+    assert {n: c["labels"].get("gpufleet.owner") for n, c in managed.items()} == {
+        "gpufleet-chat-0": "team-chat",
+        "gpufleet-chat-1": "team-chat",
+        "gpufleet-mover-0": "team-mover",
+    }
+    before = {name: counters(url) for name, url in endpoints.items()}
+    # chat-1 only: test_status_and_stop counts chat-0's requests.
+    sent: dict[str, list[dict[str, int]]] = {
+        "mover-0": [complete(endpoints["mover-0"], n, f"question {n}") for n in (5, 6, 7)],
+        "chat-1": [complete(endpoints["chat-1"], n, "a longer question " * n) for n in (3, 9)],
+    }
+    assert [u["completion_tokens"] for u in sent["mover-0"] + sent["chat-1"]] == [5, 6, 7, 3, 9]
+    expected = {}
+    for name, base in before.items():
+        got = sent.get(name, [])
+        expected[name] = {
+            "requests": base["requests"] + len(got),
+            "prompt_tokens": base["prompt"] + sum(u["prompt_tokens"] for u in got),
+            "completion_tokens": base["completion"] + sum(u["completion_tokens"] for u in got),
+        }
+    keys = ("requests", "prompt_tokens", "completion_tokens")
+
+    def total(*names: str) -> dict[str, int]:
+        return {k: sum(expected[n][k] for n in names) for k in keys}
+
+    proc = fleet.play("usage.yml", "-e", "gpufleet_usage_interval=1", "-e", "gpufleet_usage_json=true")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    report = json.loads((fleet.artifacts / "usage.json").read_text())
+    rows = {r["name"]: r for r in report["replicas"]}
+    assert {n: {k: rows[n][k] for k in keys} for n in expected} == expected
+    deployments = {d["deployment"]: d for d in report["deployments"]}
+    assert {k: deployments["mover"][k] for k in keys} == total("mover-0")
+    assert {k: deployments["chat"][k] for k in keys} == total("chat-0", "chat-1")
+    assert deployments["chat"]["owner"] == "team-chat" and deployments["chat"]["scraped"] == 2
+    owners = {o["owner"]: o for o in report["owners"]}
+    assert set(owners) == {"team-chat", "team-mover"}
+    assert {k: owners["team-mover"][k] for k in keys} == total("mover-0")
+    assert {k: owners["team-chat"][k] for k in keys} == total("chat-0", "chat-1")
+    assert owners["team-chat"]["deployments"] == ["chat"] and report["interval_s"] == 1.0
+    # Nothing was served while it sampled: the current rate is exactly zero.
+    assert deployments["mover"]["tokens_per_s"] == 0.0
+    mover = total("mover-0")
+    assert re.search(
+        rf"^\W*team-mover\s+mover\s+1/1\s+{mover['requests']}\s+{mover['prompt_tokens']}\s", proc.stdout, re.M
+    )
+    assert '"kind": "usage"' in proc.stdout  # gpufleet_usage_json: the report printed as JSON too
+
     fleet.write_inventory([chat(max_model_len=1024), mover("gpu-a", state="absent")])
     proc = fleet.play("converge.yml")
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -371,6 +456,7 @@ def test_status_and_stop(fleet: Fleet) -> None:
     assert first["state"] == "running" and first["phase"] == "ready" and first["requests"] == 2
     assert first["generation_tokens"] > 0 and first["tokens_per_s"] > 0
     assert first["endpoint"] == rows[0]["endpoint"]
+    assert first["owner"] == "team-chat" and "OWNER" in proc.stdout
 
     # Redeploy chat-0 from the manifest vllm_container wrote on its host, on gpu-c under another name and port.
     manifest = (
