@@ -611,6 +611,15 @@ phase:
   description: Start-up phase reached (starting, downloading, loading_weights, compiling, capturing_graphs, ready).
   returned: when waited
   type: str
+pull_progress:
+  description:
+    - "The pull's progress as the engine reported it (its last snapshot; issue #19), also on a failed pull: C(phase) (V(done), or V(pulling)/V(extracting)
+      when it failed), C(bytes_done), C(bytes_total), C(bytes_known) (false when the engine gives no byte counts: podman 4.3's
+      Docker-compatible service reports layers only), C(layers_done), C(layers_total), C(layers_existing) (already in the
+      engine), C(seconds). While the pull runs the same numbers are in a progress file under the state directory's C(pulls/) (the parent of O(manifest_dir))
+      (C(playbooks/status.yml) shows them: C(pulling image · 3.5/21.6 GB))."
+  returned: when the image was pulled
+  type: dict
 phases:
   description:
     - "The phases this run went through, in order. V(pulling) when the module pulled the image (O(pull=missing)); then those the server's log

@@ -85,6 +85,16 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+pulls:
+  description:
+    - "The image pulls running on the host now (C(gpufleet.vllm.vllm_image) and C(gpufleet.vllm.vllm_container) keep a
+      progress file under O(state_dir)C(/pulls) while they pull), with C(image), C(phase) (C(pulling) or
+      C(extracting)), C(bytes_done), C(bytes_total), C(bytes_known) (false when the engine gives no byte counts, as
+      podman 4.3), C(layers_done), C(layers_total), C(age) (seconds since the last update) and C(text)
+      (C(pulling image · 3.5/21.6 GB))."
+  returned: when O(state_dir) is set
+  type: list
+  elements: dict
 gpus:
   description:
     - With O(gpus=true), the host's GPUs, the same list as C(gpufleet.vllm.gpu_facts)' C(ansible_facts.gpus) (index,

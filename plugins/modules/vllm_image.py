@@ -153,6 +153,12 @@ options:
       - Seconds to wait for one engine API call (a pull or a build can take long).
     type: int
     default: 1800
+  progress_dir:
+    description:
+      - A directory on the host where the pull keeps a progress file (bytes and layers done/total, JSON) while it runs,
+        removed when it ends; C(gpufleet.vllm.fleet_apply) uses C(/var/lib/gpufleet/pulls), which
+        C(gpufleet.vllm.vllm_deployment_info) and C(playbooks/status.yml) read. Unset, only RV(pull_progress) reports it.
+    type: path
 notes:
   - The derived image is built on the target host's engine; pip in the build uses the network of the engine's build
     containers. For hosts without network, use O(plugins) / O(pip_find_links) with O(pip_no_index=true).
@@ -263,6 +269,15 @@ actions:
   type: list
   elements: str
   sample: ["pulled vllm/vllm-openai:v0.10.2 (9b0cfba6d443)", "built gpufleet/vllm-openai:v0.10.2-3f2a... FROM ..."]
+pull_progress:
+  description:
+    - "The pull's progress as the engine reported it (its last snapshot; issue #19): C(phase) (V(done), or V(pulling)/V(extracting)
+      when it failed), C(bytes_done), C(bytes_total), C(bytes_known) (false when the engine gives no byte counts: podman 4.3's
+      Docker-compatible service reports layers only), C(layers_done), C(layers_total), C(layers_existing) (already in the
+      engine), C(seconds). While the pull runs the same numbers are in a progress file under the state directory's C(pulls/)
+      (C(playbooks/status.yml) shows them: C(pulling image · 3.5/21.6 GB))."
+  returned: when the image was pulled
+  type: dict
 build_log_tail:
   description: The last lines of the build log when a derived image was built.
   returned: when a derived image was built

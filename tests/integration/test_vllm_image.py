@@ -183,6 +183,47 @@ def test_pull_always_changes_only_when_the_id_changes(registry, run_image_module
         _rmi("docker", *[d for d in digests.split() if "@sha256:" in d])
 
 
+# --- pull progress (issue #19 item 6)
+
+
+def _unique_image(registry, tmp_path: Path) -> tuple[str, int]:
+    """A one-layer image of 1 MB of random bytes pushed to the open registry and absent here: (ref, layer bytes)."""
+    ref = f"{registry['open']}/gpufleet-test/pull-progress:{uuid.uuid4().hex[:8]}"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "blob").write_bytes(os.urandom(1_000_000))
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY blob /blob\n")
+    _engine("docker", "build", "-q", "-t", ref, str(tmp_path), check=True)
+    _engine("docker", "push", ref, check=True)
+    size = json.loads(_engine("docker", "manifest", "inspect", "--insecure", ref).stdout or "{}")
+    _rmi("docker", ref)
+    layers = size.get("layers") or []
+    assert len(layers) == 1, size
+    return ref, int(layers[0]["size"])
+
+
+@pytest.mark.podman
+def test_pull_reports_bytes_and_layers(registry, run_image_module, podman_socket, tmp_path):
+    """docker: the final bytes (the layer's compressed size as the registry serves it) and layers in pull_progress,
+    the progress file gone afterwards; podman 4.3 (its Docker-compatible service): layers only."""
+    ref, layer_bytes = _unique_image(registry, tmp_path / "ctx")
+    progress_dir = tmp_path / "pulls"
+    try:
+        r = run_image_module({"image": ref, "progress_dir": str(progress_dir)})
+        assert r.get("failed") is not True, r.get("msg")
+        p = r["pull_progress"]
+        assert (p["phase"], p["layers_done"], p["layers_total"], p["bytes_known"]) == ("done", 1, 1, True), p
+        assert p["bytes_done"] == p["bytes_total"] == layer_bytes  # the layer's size in the registry's manifest
+        assert not progress_dir.exists() or list(progress_dir.iterdir()) == []
+        rp = run_image_module({"image": ref, "runtime": "podman", "podman_socket": podman_socket})
+        assert rp.get("failed") is not True, rp.get("msg")
+        pp = rp["pull_progress"]
+        assert (pp["phase"], pp["layers_done"]) == ("done", pp["layers_total"]) and pp["layers_total"] >= 1, pp
+        assert not pp["bytes_known"] or pp["bytes_done"] == pp["bytes_total"]
+    finally:
+        _rmi("docker", ref)
+        _rmi("podman", ref)
+
+
 # --- registry errors
 
 

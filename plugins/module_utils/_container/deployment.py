@@ -114,7 +114,10 @@ class Deployment:
         ref = self.p["image"]
         self._act(f"pull {ref}")
         self._phase("pulling")
-        return None if self.check_mode else pull.pull(self.rt, ref, self.phases)
+        if self.check_mode:
+            return None
+        where = lock.state_dir(self.p["manifest_dir"]) if self.p.get("manifest_dir") else None
+        return pull.pull(self.rt, ref, self.phases, where, self.result)
 
     def _prechecks(self, cur: ContainerState | None, starting: bool) -> None:
         """The argv against the image's vLLM flag table, then the pre-checks (prechecks.check): both before anything

@@ -6,6 +6,7 @@ restarts, last failure class, manifest; optionally the host's GPUs as ``gpu_fact
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -150,6 +151,10 @@ def gather(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[st
         if name in out:
             out[name]["previous"] = True
     result: dict[str, Any] = {"deployments": [out[k] for k in sorted(out)]}
+    if params.get("state_dir"):  # the image pulls running now (vllm_image/vllm_container progress files)
+        from ansible_collections.gpufleet.vllm.plugins.module_utils._image import progress
+
+        result["pulls"] = progress.read_all(os.path.join(params["state_dir"], progress.PULLS_DIR))
     if params.get("gpus"):
         from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import gather_gpus
 

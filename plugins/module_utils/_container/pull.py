@@ -5,6 +5,7 @@ or (check mode, before a pull) its model mode and vLLM version predicted from ``
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
@@ -27,18 +28,28 @@ def present(rt: Runtime, params: dict[str, Any]) -> ImageInfo | None:
     return img
 
 
-def pull(rt: Runtime, ref: str, phases: list[str]) -> ImageInfo:
+def pull(
+    rt: Runtime, ref: str, phases: list[str], state_dir: str | None = None, report: dict[str, Any] | None = None
+) -> ImageInfo:
     """Pull ``ref`` through the engine adapter; a failure is failure_class pull_failed (unless the engine said more)
-    in phase pulling, with the ``phases`` so far."""
+    in phase pulling, with the ``phases`` so far. While it pulls, a progress file in ``<state_dir>/pulls`` shows
+    bytes/layers done (_image/progress.py); ``report["pull_progress"]`` gets the last snapshot."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._image.progress import PULLS_DIR, PullProgress
     from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ref import split_reference
 
     repo, tag, digest = split_reference(ref)
+    tracker = PullProgress(ref, os.path.join(state_dir, PULLS_DIR) if state_dir else None, engine=rt.name)
     try:
-        rt.pull(repo, digest or tag or "latest")
+        rt.pull(repo, digest or tag or "latest", None, tracker.feed)
     except GpufleetError as e:
         details = {**e.details, "phase": "pulling", "phases": list(phases), "image": ref}
+        details["pull_progress"] = tracker.close(ok=False)
         details.setdefault("failure_class", "pull_failed")
         raise GpufleetError(e.msg, **details) from e
+    if report is not None:
+        report["pull_progress"] = tracker.close()
+    else:
+        tracker.close()
     img = rt.image(ref)
     if img is None:
         raise GpufleetError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,8 +212,15 @@ class Runtime:
         """The engine's Docker-shaped image inspect dict (``Id`` is ``sha256:...``), or None when not present."""
         raise NotImplementedError
 
-    def pull(self, repository: str, tag: str, auth: dict[str, str] | None = None) -> None:
-        """Pull ``repository:tag`` (``tag`` may be a ``sha256:`` digest); a classified GpufleetError on failure."""
+    def pull(
+        self,
+        repository: str,
+        tag: str,
+        auth: dict[str, str] | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Pull ``repository:tag`` (``tag`` may be a ``sha256:`` digest); a classified GpufleetError on failure.
+        ``progress`` gets each event of the engine's pull stream (_image/progress.py)."""
         raise NotImplementedError
 
     def build(self, context_dir: str, tag: str) -> list[str]:

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import (
@@ -374,11 +374,19 @@ class DockerRuntime(Runtime):
                 raise GpufleetError(f"cannot inspect image {ref}: {msg}", failure_class="engine") from e
             raise self._unreachable(e) from e
 
-    def pull(self, repository: str, tag: str, auth: dict[str, str] | None = None) -> None:
+    def pull(
+        self,
+        repository: str,
+        tag: str,
+        auth: dict[str, str] | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         ref = f"{repository}:{tag}" if not tag.startswith("sha256:") else f"{repository}@{tag}"
         api = self.api
         try:
             for line in api.pull(repository, tag, stream=True, decode=True, auth_config=auth or None):
+                if progress is not None and isinstance(line, dict):
+                    progress(line)
                 if isinstance(line, dict) and (line.get("error") or line.get("errorDetail")):
                     msg = line.get("error") or (line.get("errorDetail") or {}).get("message") or str(line)
                     raise pull_error(ref, msg)

@@ -25,7 +25,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import (
@@ -220,8 +220,14 @@ class PodmanRuntime(Runtime):
     def inspect_image(self, ref: str) -> dict[str, Any] | None:
         return self.images.inspect_image(ref)
 
-    def pull(self, repository: str, tag: str, auth: dict[str, str] | None = None) -> None:
-        self.images.pull(repository, tag, auth)
+    def pull(
+        self,
+        repository: str,
+        tag: str,
+        auth: dict[str, str] | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.images.pull(repository, tag, auth, progress)  # the compat API's stream: layers, no bytes in podman 4.3
 
     def build(self, context_dir: str, tag: str) -> list[str]:
         return self.images.build(context_dir, tag)

@@ -17,6 +17,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import Gpufl
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.table import gpus_text, render_table
 
 STATUS_VERSION = 1
+PULL_KEYS = ("image", "phase", "bytes_done", "bytes_total", "bytes_known", "layers_done", "layers_total", "age", "text")
 
 
 def _loop_results(registered: Any) -> list[Mapping[str, Any]]:
@@ -117,9 +118,13 @@ def status_report(
     """
     rows: list[dict[str, Any]] = []
     unhealthy: list[dict[str, Any]] = []
+    pulls: list[dict[str, Any]] = []
     for host in sorted(infos or {}):
         info = infos[host]
         entries = info.get("deployments") if isinstance(info, Mapping) else info
+        for p in (info.get("pulls") if isinstance(info, Mapping) else None) or []:  # image pulls running there now
+            if isinstance(p, Mapping):
+                pulls.append({"host": host, **{k: p.get(k) for k in PULL_KEYS}})
         # gpu_facts' verdict per GPU (vllm_deployment_info gpus=true): unhealthy ones are listed, and on their rows.
         sick: dict[str, str] = {}
         for g in (info.get("gpus") if isinstance(info, Mapping) else None) or []:
@@ -187,6 +192,7 @@ def status_report(
         "rows": rows,
         "unreachable_hosts": sorted(str(h) for h in unreachable),
         "unhealthy_gpus": unhealthy,
+        "pulls": pulls,
     }
 
 
@@ -244,6 +250,8 @@ def status_table(report: Mapping[str, Any]) -> list[str]:
     )
     if not rows:
         out.append("(no managed deployments)")
+    for p in report.get("pulls") or []:
+        out.append(f"{p['host']}: {p.get('text')} ({p.get('image')}, updated {p.get('age')}s ago)")
     for g in report.get("unhealthy_gpus") or []:
         out.append(f"unhealthy GPU: {g['host']} GPU {g['index']} ({g.get('uuid')}): {', '.join(g['issues'])}")
     if report.get("unreachable_hosts"):

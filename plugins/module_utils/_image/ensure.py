@@ -16,6 +16,7 @@ from typing import Any
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image import build as ib
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image import ref as ir
+from ansible_collections.gpufleet.vllm.plugins.module_utils._image.progress import PullProgress
 
 PULL_POLICIES = ("missing", "always", "never")
 
@@ -41,6 +42,7 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     release_cache=dict(type="path", default="~/.cache/gpufleet/vllm-releases.json"),
     release_cache_ttl=dict(type="int", default=3600),
     timeout=dict(type="int", default=1800),
+    progress_dir=dict(type="path"),
 )
 
 
@@ -133,6 +135,7 @@ def ensure_image(
     before = engine.inspect_image(base_ref)
     after = before
     pulled = False
+    pull_progress = None
     if pull == "never" and before is None:
         raise GpufleetError(
             f"image {base_ref} is not present on this host and pull is never: load it first or use pull: missing",
@@ -143,7 +146,13 @@ def ensure_image(
         if check_mode:
             actions.append(f"pull {base_ref}" + (" (if the registry has a newer image)" if before else ""))
         else:
-            engine.pull(repo, pull_tag, auth)
+            tracker = PullProgress(base_ref, params.get("progress_dir"), engine=engine.name)
+            try:
+                engine.pull(repo, pull_tag, auth, tracker.feed)
+            except BaseException:
+                tracker.close(ok=False)  # its file goes; the error says what failed
+                raise
+            pull_progress = tracker.close()
             after = engine.inspect_image(base_ref)
             if after is None:
                 raise GpufleetError(f"pulled {base_ref} but the engine does not show it", failure_class="pull_failed")
@@ -168,6 +177,8 @@ def ensure_image(
         "actions": actions,
         "changed": base_changed or (check_mode and before is None),
     }
+    if pull_progress is not None:  # bytes and layers of the pull (the progress file's last snapshot)
+        result["pull_progress"] = pull_progress
     old_base_id = before["Id"] if before else None
 
     # 3. The derived image.

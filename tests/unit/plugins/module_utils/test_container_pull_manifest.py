@@ -33,7 +33,7 @@ class PullRuntime(FakeRuntime):
     def image(self, ref):
         return self.images.get(ref)
 
-    def pull(self, repository, tag, auth=None):
+    def pull(self, repository, tag, auth=None, progress=None):
         self.pulls.append((repository, tag))
         self.calls.append("pull")
         if self.fail:

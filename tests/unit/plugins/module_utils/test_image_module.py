@@ -3,6 +3,7 @@ classification of engine/registry error messages."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._engine import docke
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ensure_image
 
+DATA = Path(__file__).parent / "data"
 ID_A = "sha256:" + "a" * 64
 ID_B = "sha256:" + "b" * 64
 
@@ -21,17 +23,20 @@ class FakeEngine:
         self.images = dict(images or {})  # ref -> id
         self.registry = dict(registry or {})  # ref -> id
         self.calls: list[tuple] = []
+        self.stream: list[dict] = []  # the pull stream's events (a recorded one: data/pull_stream_*.jsonl)
 
     def inspect_image(self, ref):
         self.calls.append(("inspect_image", ref))
         i = self.images.get(ref)
         return {"Id": i, "RepoDigests": [f"{ref.rsplit(':', 1)[0]}@sha256:{'d' * 64}"]} if i else None
 
-    def pull(self, repo, tag, auth):
+    def pull(self, repo, tag, auth, progress=None):
         self.calls.append(("pull", repo, tag, auth))
         ref = f"{repo}:{tag}"
         if ref not in self.registry:
             raise ie.pull_error(ref, "manifest unknown: manifest unknown")
+        for event in self.stream:
+            progress(event)
         self.images[ref] = self.registry[ref]
 
     def build(self, ctx, tag):
@@ -157,3 +162,15 @@ def test_classify_pull_error(message, cls):
     assert ie.classify_pull_error(message) == cls
     err = ie.pull_error("r/x:1", message)
     assert "r/x:1" in str(err) and err.details["failure_class"] == cls
+
+
+def test_vllm_image_reports_the_pull_and_removes_its_file(tmp_path: Path) -> None:
+    e = FakeEngine(registry={"vllm/vllm-openai:v0.10.2": ID_A})
+    e.stream = [json.loads(x) for x in (DATA / "pull_stream_docker.jsonl").read_text().splitlines()]
+    params = {"repository": "vllm/vllm-openai", "pull": "missing", "version": "0.10.2", "progress_dir": str(tmp_path)}
+    r, _warnings = ensure_image(params, False, lambda: e)
+    total = 3001126 + 1500650  # the two layers of the recorded pull
+    assert r["pull_progress"]["bytes_done"] == total and r["pull_progress"]["phase"] == "done"
+    assert list(tmp_path.iterdir()) == []
+    again, _warnings = ensure_image(params, False, lambda: e)
+    assert "pull_progress" not in again  # nothing pulled
