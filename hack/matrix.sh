@@ -1,25 +1,51 @@
 #!/usr/bin/env bash
-# Version matrix (issue #18): the collection on each supported ansible-core, with this machine's Python (3.11: every
-# core from 2.16 to 2.19 supports it as a controller Python; 2.20 needs 3.12).
-#   hack/matrix.sh [CORE...]        default: 2.16 2.17 2.18 2.19
-# Per core: a venv in .cache/matrix/core-<core>-<hash> (ansible-core==<core>.* with requirements.txt,
-# requirements-host.txt, pytest and pytest-xdist; cached by the hash of those files and of this script), then
-#   1. ansible-test sanity --test compile --test import (the full sanity runs on the pinned core in hack/sanity.sh);
-#   2. the unit tests (tests/unit, 2 xdist workers);
-#   3. one fleet converge on one small inventory (gpu-c of the simulated hosts, one replica): converge, a second
-#      converge with changed=0, then the replica removed; holding the fleet-tests lock like the integration tests.
+# Version matrix (issue #18): the collection on the older supported ansible-cores, with this machine's Python (3.11:
+# every core from 2.16 to 2.19 supports it as a controller Python; 2.20 needs 3.12). The test venv (.venv) is the
+# newest core (2.19, requirements-test.txt): the full sanity, unit and integration tests run there (hack/test.sh), so
+# the matrix adds only what can differ with the core. hack/test.sh runs it by default (GPUFLEET_TEST_MATRIX=0: not).
+#   hack/matrix.sh [CORE...]        default: 2.16 2.17 2.18
+#   GPUFLEET_MATRIX_CONVERGE        the cores that also run the fleet converge: "oldest" (default: the first core
+#                                   given), "all", "none", or a list
+#   GPUFLEET_MATRIX_WORKERS         pytest-xdist workers for the unit tests (default 2; 0 = no xdist)
+# Per core:
+#   venv      .cache/matrix/core-<core>-<hash>: a venv whose own site-packages hold ansible-core==<core>.* (and
+#             whichever of its dependencies the test venv's do not satisfy), then the test venv's site-packages (a
+#             .pth file): every other package is the test venv's own version, so only the core differs. Built in
+#             parallel for all cores (pip downloads: network-bound on a fresh machine), kept while the hash of the
+#             core, the Python and venv_for's own text is the same.
+#   sanity    ansible-test sanity --test compile --test import --test validate-modules with this core's ansible-test
+#             (the module docs and argument specs, the import rules of this core), on a copy of its own
+#             (.build/matrix/sanity-<core>, so it can run beside hack/test.sh's sanity); all tests: hack/sanity.sh.
+#   unit      the unit test files that import ansible-core, directly or through the collection's files
+#             (hack/matrix_tests.py: the modules' argument specs and main(), the action plugins, the filters, the
+#             module_utils on ansible.module_utils.*); the others check the collection's pure logic, the same on
+#             every core.
+#   converge  one fleet converge on one small inventory (gpu-c of the simulated hosts, one replica): converge, a
+#             second converge with changed=0, then the replica removed; holding the fleet-tests lock like the
+#             integration tests.
 # Exit status: the number of failed steps (0: all passed). A table of each step's seconds at the end.
-# shellcheck disable=SC2317,SC2016  # step runs the functions indirectly; eval expands venv_for later
+# shellcheck disable=SC2317  # step runs the functions indirectly
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 # shellcheck source=env.sh
 source "$ROOT/hack/env.sh"
 CORES=("$@")
-if ((${#CORES[@]} == 0)); then CORES=(2.16 2.17 2.18 2.19); fi
-PY=${PYTHON:-python3}
+if ((${#CORES[@]} == 0)); then CORES=(2.16 2.17 2.18); fi
+case "${GPUFLEET_MATRIX_CONVERGE:-oldest}" in
+oldest) CONVERGE=" ${CORES[0]} " ;;
+all) CONVERGE=" ${CORES[*]} " ;;
+none) CONVERGE=" " ;;
+*) CONVERGE=" $GPUFLEET_MATRIX_CONVERGE " ;;
+esac
+WORKERS=${GPUFLEET_MATRIX_WORKERS:-2}
+XDIST=()
+if [[ "$WORKERS" != 0 ]]; then XDIST=(-n "$WORKERS"); fi
+TEST_VENV=$ROOT/.venv
+PY=$TEST_VENV/bin/python
 FAILED=0
 ROWS=()
+T_START=$(date +%s.%N)
 
 step() {  # step NAME COMMAND...: run, time, record
   local name=$1 t0 rc=0
@@ -34,43 +60,69 @@ step() {  # step NAME COMMAND...: run, time, record
 
 report() {
   local row
-  printf '\n=== matrix timing (seconds)\n'
+  printf '\n=== matrix timing (seconds; load average at the end: %s)\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
   for row in "${ROWS[@]}"; do
     IFS='|' read -r n s r <<<"$row"
     printf '%-34s %8s  %s\n' "$n" "$s" "$r"
   done
+  printf '%-34s %8s\n' total "$(awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
 }
 trap report EXIT
 
-venv_for() {  # prints the venv's directory, creating it when its requirements changed
-  local core=$1 hash dir
-  hash=$(cat requirements.txt requirements-host.txt "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)
-  dir=$ROOT/.cache/matrix/core-$core-$hash
-  if [[ ! -f "$dir/.complete" ]]; then
-    rm -rf "$dir"
-    "$PY" -m venv "$dir"
-    grep -v '^ansible-core' requirements.txt >"$dir/requirements.txt"
-    "$dir/bin/pip" install -q --disable-pip-version-check "ansible-core==$core.*" -r "$dir/requirements.txt" \
-      -r requirements-host.txt "pytest>=8" "pytest-xdist>=3.5" "hypothesis>=6.100" 2>&1 | grep -v '^WARNING: Location' >&2 || true
-    [[ "$("$dir/bin/ansible" --version)" == *"[core $core."* ]] || return 1
-    touch "$dir/.complete"
-  fi
-  echo "$dir"
+venv_dir() {  # venv_dir CORE: the venv's directory (the hash names what it is made of)
+  local hash
+  hash=$({ echo "$1"; "$PY" -VV; echo "$TEST_VENV"; declare -f venv_for; } | sha256sum | cut -c1-12)
+  echo "$ROOT/.cache/matrix/core-$1-$hash"
 }
 
-sanity() {  # the collection copy hack/sanity.sh keeps (.build/sanity), checked with this core's ansible-test
-  local venv=$1
-  GPUFLEET_SANITY_VENV=$venv "$ROOT/hack/sanity.sh" --test compile --test import
+venv_for() {  # venv_for CORE: make the venv unless it is complete; older venvs of that core are removed
+  local core=$1 dir site old
+  dir=$(venv_dir "$core")
+  [[ -f "$dir/.complete" ]] && return 0
+  for old in "$ROOT/.cache/matrix/core-$core-"*; do if [[ "$old" != "$dir" ]]; then rm -rf "$old"; fi; done
+  rm -rf "$dir"
+  "$PY" -m venv "$dir"
+  site=$("$dir/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+  "$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))' >"$site/zz-gpufleet-test-venv.pth"
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check "ansible-core==$core.*" 2>&1 | grep -v '^WARNING: Location' || true
+  [[ "$("$dir/bin/ansible" --version)" == *"[core $core."* ]] || { echo "no ansible-core $core in $dir" >&2; return 1; }
+  touch "$dir/.complete"
+}
+
+venvs() {  # every core's venv, in parallel
+  local core rc=0 pids=()
+  mkdir -p "$ROOT/.cache/matrix"
+  for core in "${CORES[@]}"; do
+    venv_for "$core" >"$ROOT/.cache/matrix/build-$core.log" 2>&1 &
+    pids+=("$!")
+  done
+  for i in "${!pids[@]}"; do
+    if ! wait "${pids[$i]}"; then
+      echo "core ${CORES[$i]}: venv failed:"
+      cat "$ROOT/.cache/matrix/build-${CORES[$i]}.log"
+      rc=1
+    fi
+  done
+  return "$rc"
+}
+
+sanity() {
+  local core=$1
+  GPUFLEET_SANITY_VENV=$(venv_dir "$core") GPUFLEET_SANITY_COPY=$ROOT/.build/matrix/sanity-$core \
+    "$ROOT/hack/sanity.sh" --test compile --test import --test validate-modules
 }
 
 unit() {
-  local venv=$1
-  PATH="$venv/bin:$PATH" ANSIBLE_PYTHON_INTERPRETER="$venv/bin/python" \
-    "$venv/bin/python" -m pytest tests/unit -q -n 2 -p no:cacheprovider
+  local venv tests
+  venv=$(venv_dir "$1")
+  mapfile -t tests < <("$PY" "$ROOT/hack/matrix_tests.py" "$ROOT")
+  echo "${#tests[@]} test files (hack/matrix_tests.py)"
+  PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest "${tests[@]}" -q "${XDIST[@]}" -p no:cacheprovider
 }
 
 converge() {
-  local venv=$1 work inv rc=0
+  local venv work inv rc=0
+  venv=$(venv_dir "$1")
   work=$(mktemp -d)
   inv=$work/inventory
   mkdir -p "$inv/group_vars/all"
@@ -92,7 +144,10 @@ YAML
   local play=("$venv/bin/ansible-playbook" -i "$inv")
   export ANSIBLE_PIPELINING=1 ANSIBLE_SSH_TIMEOUT=5
   (
+    t0=$SECONDS
     flock 9
+    echo "waited $((SECONDS - t0)) s for the fleet-tests lock (other test runs' fleets)"
+    "$ROOT/sim/steps.d/70-fleet.sh" up >/dev/null # the model it serves
     "${play[@]}" playbooks/converge.yml >"$work/1.log" 2>&1 || { tail -40 "$work/1.log"; exit 1; }
     "${play[@]}" playbooks/converge.yml >"$work/2.log" 2>&1 || { tail -40 "$work/2.log"; exit 1; }
     grep -Eq '^gpu-c +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$work/2.log" \
@@ -103,13 +158,11 @@ YAML
   return "$rc"
 }
 
-"$ROOT/sim/steps.d/70-fleet.sh" up >/dev/null
+step "venvs (${CORES[*]}, parallel)" venvs
 for core in "${CORES[@]}"; do
-  venv=""
-  step "core $core: venv" eval 'venv=$(venv_for "$core")'
-  if [[ -z "$venv" ]]; then continue; fi
-  step "core $core: sanity compile+import" sanity "$venv"
-  step "core $core: unit" unit "$venv"
-  step "core $core: fleet converge" converge "$venv"
+  if [[ ! -f "$(venv_dir "$core")/.complete" ]]; then continue; fi
+  step "core $core: sanity" sanity "$core"
+  step "core $core: unit (ansible-core API)" unit "$core"
+  if [[ "$CONVERGE" == *" $core "* ]]; then step "core $core: fleet converge" converge "$core"; fi
 done
 exit "$FAILED"

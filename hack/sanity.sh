@@ -36,7 +36,8 @@ if args:
 PY
 fi
 
-DEST=$ROOT/.build/sanity/ansible_collections/gpufleet/vllm
+# GPUFLEET_SANITY_COPY: where the copy goes (default .build/sanity), e.g. one per core when sanity runs beside another.
+DEST=${GPUFLEET_SANITY_COPY:-$ROOT/.build/sanity}/ansible_collections/gpufleet/vllm
 mkdir -p "$DEST"
 # The files to copy: tracked and untracked-not-ignored ones that exist (a deletion not yet committed is still listed),
 # less what the collection build leaves out (galaxy.yml build_ignore: the test bed, tests other than tests/sanity,
