@@ -2,9 +2,11 @@
 stand-in, with a gateway (vllm-router on gpu-a) per deployment and 8 clients sending requests through the gateways
 (tests/fixtures/loadgen.py, streaming and not) for the whole of each converge: zero failed requests.
 
-Check mode lists the waves and touches neither containers nor routers. A flag change of a 3-replica deployment over
+Check mode of a revision change lists the waves and touches neither containers, routers nor model directories.
+A flag change and a new model revision (the fake hub's next commit) of a 3-replica deployment over
 2 hosts with max_unavailable 1 (never two replicas down at once, nor fewer than two in its router; sampled every
-100 ms from a thread while the converge runs) together with a vLLM version change of a 1-replica deployment with a
+100 ms from a thread while the converge runs; the new weights served afterwards, the old revision gone from the
+hosts) together with a vLLM version change of a 1-replica deployment with a
 free GPU (a surge: something answers at every sample, and the surge served through the router). A new version that
 fails to start is rolled back, stops its deployment's rollout and fails the run, and no request fails. One fleet,
 built once.
@@ -13,6 +15,7 @@ built once.
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -33,20 +36,25 @@ MODELS = ROOT / ".build" / "fleet"
 SAMPLE_S = 0.1
 SAMPLE_LIMIT_S = 400  # the sampler stops by itself at the latest after this
 GW_PORTS = {"chat": 30600, "solo": 30601}
+HUB_REPO = "org/roll-chat"
+HOST_MODELS = "/var/lib/gpufleet/models"  # gpufleet_models_root's default on the hosts
 MODEL = "tiny-chat"
 # Each request takes this long in the stand-in, so that replicas have requests in flight when they are drained.
 REQUEST_DELAY = "0.05"
 
 
-def chat(max_model_len: int = 2048, vllm_version: str = "0.10.2", **env: str) -> dict[str, Any]:
-    """Three replicas spread over two hosts, replaced in place one at a time (no surge)."""
+def chat(max_model_len: int = 2048, vllm_version: str = "0.10.2", revision: str = "v1", **env: str) -> dict[str, Any]:
+    """Three replicas spread over two hosts, replaced in place one at a time (no surge); a hub model (the fake hub),
+    one revision kept on the hosts."""
     return {
         "name": "chat",
-        "model": str(MODELS / "models" / "tiny-chat"),
+        "model": {"repo_id": HUB_REPO, "revision": revision},
+        "keep_revisions": 1,
         "served_model_name": [MODEL],
         "vllm_version": vllm_version,
         "replicas": 3,
         "placement": "spread",
+        "selector": {"zone": "eu1"},  # gpu-a and gpu-b
         "port": 8000,
         "engine_options": {"max_model_len": max_model_len},
         "env": {"VLLM_LOGGING_LEVEL": "INFO", "STANDIN_REQUEST_DELAY": REQUEST_DELAY, **env},
@@ -70,14 +78,23 @@ def solo(max_model_len: int = 2048, vllm_version: str = "0.10.2", **env: str) ->
 
 
 class RolloutFleet(SimFleet):
-    """The fleet with a gateway on gpu-a: a router per deployment (ports GW_PORTS)."""
+    """The fleet with a gateway on gpu-a (a router per deployment, ports GW_PORTS) and a fake hub (chat's model: its
+    commits ``revisions[tag]``)."""
+
+    hf_endpoint = ""
+    revisions: dict[str, str] = {}
 
     def write(self, deployments: list[dict[str, Any]], **group_vars: Any) -> None:
+        group_vars.setdefault("gpufleet_hf_endpoint", self.hf_endpoint)
         self.write_inventory(deployments, **gateway_vars(GW_PORTS, **group_vars))
         add_gateway_host(self.inventory / "hosts.yml", "gpu-a")
 
     def gateway(self, deployment: str) -> str:
         return f"http://{self.sim.address('gpu-a')}:{GW_PORTS[deployment]}"
+
+    def revision_dirs(self, host: str) -> set[str]:
+        """The revisions of chat's model installed on ``host``."""
+        return set(self.sim.in_host(host, "ls", f"{HOST_MODELS}/chat").stdout.split())
 
     def router_workers(self, deployment: str) -> list[str]:
         return sorted(httpx.get(self.gateway(deployment) + "/list_workers", timeout=5).json()["urls"])
@@ -127,13 +144,39 @@ class Sampler(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def fleet(sim_hosts: Any, sim_fleet_lock: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def hub(sim_hosts: Any, model_gen: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A fake hub on the controller's address on the hosts' bridge with two commits of chat's model (v1, v2)."""
+    root = tmp_path_factory.mktemp("rollout-hub")
+    revisions = {
+        tag: model_gen.make_repo(root / "hub", HUB_REPO, tags=[tag], seed=i) for i, tag in enumerate(("v1", "v2"))
+    }
+    port_file = root / "port"
+    args = ["--root", str(root / "hub"), "--host", sim_hosts.gateway, "--port", "0", "--port-file", str(port_file)]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "sim" / "hub" / "fakehub.py"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20  # only ends a hung start
+    while not port_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert port_file.exists(), "the fake hub did not start"
+    yield f"http://{sim_hosts.gateway}:{port_file.read_text().strip()}", revisions
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def fleet(sim_hosts: Any, sim_fleet_lock: None, hub: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     ensure_wheelhouse()
     subprocess.run([str(ROOT / "sim" / "steps.d" / "70-fleet.sh"), "up"], check=True, capture_output=True)
     f = RolloutFleet(sim_hosts, tmp_path_factory.mktemp("rollout"), {name: "docker" for name in sim_hosts.names})
+    f.hf_endpoint, f.revisions = hub
     f.write([])
     proc = f.play("stop.yml", "-e", "all=true", "-e", "state=absent")
     assert proc.returncode == 0, proc.stdout[-3000:]
+    for h in ("gpu-a", "gpu-b"):  # chat's model dir as other modules left it
+        sim_hosts.in_host(h, "rm", "-rf", f"{HOST_MODELS}/chat")
     f.write([chat(), solo()])
     proc = f.play("converge.yml")  # replicas, then the gateways (play 3)
     assert proc.returncode == 0, proc.stdout[-5000:]
@@ -143,6 +186,8 @@ def fleet(sim_hosts: Any, sim_fleet_lock: None, tmp_path_factory: pytest.TempPat
     sim_hosts.in_host("gpu-a", "rm", "-rf", "/opt/gpufleet/gateway/routers")
     f.write([])
     f.play("stop.yml", "-e", "all=true", "-e", "state=absent")
+    for h in ("gpu-a", "gpu-b"):
+        sim_hosts.in_host(h, "rm", "-rf", f"{HOST_MODELS}/chat")
 
 
 def gateways(fleet: RolloutFleet) -> list[str]:
@@ -158,7 +203,7 @@ def test_check_mode_lists_the_waves_and_changes_nothing(fleet: RolloutFleet) -> 
     before = fleet.managed()
     routers = {d: fleet.router_workers(d) for d in GW_PORTS}
     assert len(routers["chat"]) == 3 and len(routers["solo"]) == 1, routers  # the gateways serve every replica
-    fleet.write([chat(max_model_len=1024), solo(max_model_len=1024, vllm_version="0.33.0")])
+    fleet.write([chat(max_model_len=1024, revision="v2"), solo(max_model_len=1024, vllm_version="0.33.0")])
     proc = fleet.play("converge.yml", "--check", "--diff")
     assert proc.returncode == 0, proc.stdout[-5000:]
     hosts = {r["name"]: r["host"] for r in fleet.summary()["deployments"]["chat"]["replicas"]}
@@ -172,15 +217,20 @@ def test_check_mode_lists_the_waves_and_changes_nothing(fleet: RolloutFleet) -> 
     after = fleet.managed()
     assert {n: c["id"] for n, c in after.items()} == {n: c["id"] for n, c in before.items()}
     assert {d: fleet.router_workers(d) for d in GW_PORTS} == routers
+    assert all(fleet.revision_dirs(h) == {fleet.revisions["v1"]} for h in ("gpu-a", "gpu-b"))  # nothing fetched
 
 
-def test_rolling_flag_and_version_change_fail_no_request(fleet: RolloutFleet) -> None:
-    """chat: a flag change, one replica at a time; solo: a vLLM version change by surge; 8 clients through the two
-    gateways all along: zero failed requests."""
+def test_rolling_flag_revision_and_version_change_fail_no_request(fleet: RolloutFleet) -> None:
+    """chat: a flag change and a new model revision, one replica at a time; solo: a vLLM version change by surge; 8
+    clients through the two gateways all along: zero failed requests. chat serves the new weights afterwards and
+    the old revision is gone from both hosts."""
     before = fleet.managed()
+    old, new = fleet.revisions["v1"], fleet.revisions["v2"]
+    chat_hosts = {c["host"] for n, c in before.items() if n.startswith("gpufleet-chat-")}
+    assert chat_hosts == {"gpu-a", "gpu-b"} and all(fleet.revision_dirs(h) == {old} for h in chat_hosts)
     chat_urls = endpoints(fleet, "chat")
     solo_url, surge_url = endpoints(fleet, "solo")[0], f"http://{fleet.sim.address('gpu-b')}:8201"
-    fleet.write([chat(max_model_len=1024), solo(max_model_len=1024, vllm_version="0.33.0")])
+    fleet.write([chat(max_model_len=1024, revision="v2"), solo(max_model_len=1024, vllm_version="0.33.0")])
     chat_gw, solo_gw = fleet.gateway("chat"), fleet.gateway("solo")
     with Load(gateways(fleet), MODEL) as load, Sampler([*chat_urls, solo_url, surge_url], [chat_gw, solo_gw]) as s:
         assert load.wait_for(16), load.report()  # the clients run before the converge starts
@@ -209,6 +259,9 @@ def test_rolling_flag_and_version_change_fail_no_request(fleet: RolloutFleet) ->
     for name in ("gpufleet-chat-0", "gpufleet-chat-1", "gpufleet-chat-2", "gpufleet-solo-0"):
         assert after[name]["id"] != before[name]["id"]
         assert after[name]["args"][after[name]["args"].index("--max-model-len") + 1] == "1024"
+    for url in chat_urls:  # the new weights are served: /v1/models' root is the new revision's directory
+        assert httpx.get(url + "/v1/models", timeout=5).json()["data"][0]["root"] == f"{HOST_MODELS}/chat/{new}"
+    assert all(fleet.revision_dirs(h) == {new} for h in chat_hosts)  # the old one left with its last replica
     image = after["gpufleet-solo-0"]["inspect"]["Config"]["Image"]
     assert image.endswith(":v0.33.0"), image
     assert "gpufleet-solo-0-surge" not in after
@@ -225,7 +278,7 @@ def test_failing_new_version_is_rolled_back_fails_the_run_and_no_request(fleet: 
     solo_url = endpoints(fleet, "solo")[0]
     fleet.write(
         [
-            chat(max_model_len=512, vllm_version="0.33.0", STANDIN_FAIL="oom"),
+            chat(max_model_len=512, vllm_version="0.33.0", revision="v2", STANDIN_FAIL="oom"),
             solo(max_model_len=512, vllm_version="0.33.0", STANDIN_FAIL="oom"),
         ]
     )
