@@ -45,6 +45,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.records impor
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.rollout import SURGE_SUFFIX
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ARGUMENT_SPEC as IMAGE_ARGSPEC
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.ensure import ensure_image
+from ansible_collections.gpufleet.vllm.plugins.module_utils._image.progress import PULLS_DIR
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.lora import add_adapters
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.lora import resolve_params as resolve_lora_params
@@ -329,6 +330,7 @@ class HostApply:
             "runtime": self.p["runtime"],
             "docker_host": self.p.get("docker_host"),
             "podman_socket": self.p.get("podman_socket"),
+            "progress_dir": os.path.join(state_dir(self.p["manifest_dir"]), PULLS_DIR),  # status.yml reads it
         }
         try:
             params = validated(f"image {image or vllm_version}", IMAGE_ARGSPEC, args)
@@ -356,8 +358,8 @@ class HostApply:
             self.errors.append(f"{name}: {rec.hint}")
             return True
         ref = image_res.get("image")
-        if not ref:
-            # Check mode, the image would be pulled (or built) first: the container would be created.
+        if not ref or not image_res.get("image_id"):
+            # Check mode, the image would be pulled (or a derived image built) first: the container would be created.
             rec.changed, rec.hint = True, "the image would be pulled first; the container would be (re)created"
             self.changed = True
             return True
