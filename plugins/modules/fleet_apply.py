@@ -139,6 +139,13 @@ options:
     type: str
     choices: [missing, always, never]
     default: missing
+  image_registry:
+    description:
+      - A registry the hosts share (V(registry.example.com:5000)) for the derived images of deployments with
+        C(extra_pip_packages)/C(plugins) - C(<image_registry>/gpufleet/vllm-openai:<tag>-<content hash>). The first
+        host that needs one builds and pushes it, the others pull it (C(gpufleet.vllm.vllm_image)'s
+        O(gpufleet.vllm.vllm_image#module:push)). Unset, each host builds its own.
+    type: str
   hf_endpoint:
     description:
       - Hugging Face hub endpoint for the model syncs (C(gpufleet.vllm.model_sync) O(gpufleet.vllm.model_sync#module:hf_endpoint)).
@@ -288,6 +295,7 @@ ARGUMENT_SPEC = dict(
     reset_failed=dict(type="bool", default=False),
     image_repository=dict(type="str", default="vllm/vllm-openai"),
     image_pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
+    image_registry=dict(type="str"),
     hf_endpoint=dict(type="str"),
     fleet_state=dict(type="dict"),
     gateways=dict(type="list", elements="dict", default=[]),

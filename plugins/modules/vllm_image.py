@@ -130,9 +130,17 @@ options:
     default: false
   derived_repository:
     description:
-      - Local repository name of derived images.
+      - Repository name of derived images; with O(push), in a registry (V(registry.example.com:5000/gpufleet/vllm-openai)).
     type: str
     default: gpufleet/vllm-openai
+  push:
+    description:
+      - With O(extra_pip_packages) or O(plugins), O(derived_repository) names a registry shared by the hosts. A host
+        without the derived image first pulls its tag from there (another host with the same inputs built and pushed
+        it, the tag being the content hash); only when the registry does not have it, it builds it and pushes it.
+      - The engine's own login to that registry is used (C(docker login)/C(podman login)), not O(registry_username).
+    type: bool
+    default: false
   release_api_url:
     description:
       - The endpoint answering the newest vLLM release (GitHub's C(releases/latest) JSON with C(tag_name)).
@@ -258,6 +266,10 @@ content_hash:
   description: The hash the derived tag is made from.
   returned: when RV(derived) and the base image id is known
   type: str
+pushed:
+  description: With O(push), true when this run built the derived image and pushed it to its registry.
+  returned: when the derived image was pushed
+  type: bool
 runtime:
   description: The engine used.
   returned: success

@@ -314,6 +314,23 @@ def test_derived_build_then_noop_then_new_tag_on_package_change(registry, run_im
     assert json.loads(_labels("docker", changed["image"])["gpufleet.image.packages"]) == ["gpufleet-testpkg==2.0"]
 
 
+def test_push_builds_once_then_another_host_pulls(registry, run_image_module, wheelhouse, derived_repo):
+    """push with a registry derived_repository (fleet_apply's image_registry): built and pushed once; a host without
+    it (here: the local copy removed) pulls the same content-hashed tag instead of building it."""
+    args = _derived_args(registry, wheelhouse, f"{registry['open']}/{derived_repo}", ["gpufleet-testpkg==1.0"])
+    args["push"] = True
+    built = run_image_module(args)
+    assert built.get("failed") is not True, built.get("msg")
+    assert built["pushed"] is True and "build_log_tail" in built
+    tag, image_id = built["image"], built["image_id"]
+    _rmi("docker", tag)
+    pulled = run_image_module(args)
+    assert pulled.get("failed") is not True, pulled.get("msg")
+    assert pulled["changed"] is True and pulled["image"] == tag and pulled["image_id"] == image_id
+    assert "build_log_tail" not in pulled and "pushed" not in pulled
+    assert any(a.startswith(f"pulled {tag}") for a in pulled["actions"]), pulled["actions"]
+
+
 def test_bad_package_string_is_refused_before_pull(registry, run_image_module, wheelhouse, derived_repo):
     ref = f"{registry['repo']}:v0.33.0"
     _rmi("docker", ref)

@@ -227,6 +227,10 @@ class Runtime:
         """Build the context with its Dockerfile as ``tag``; returns the build log lines; raises with the tail."""
         raise NotImplementedError
 
+    def push(self, repository: str, tag: str, auth: dict[str, str] | None = None) -> None:
+        """Push ``repository:tag`` to its registry; a classified GpufleetError on failure."""
+        raise NotImplementedError
+
     def pids(self, cid: str) -> list[int]:
         return []
 

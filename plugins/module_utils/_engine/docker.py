@@ -112,11 +112,11 @@ def classify_pull_error(message: str) -> str:
     return "pull_failed"
 
 
-def pull_error(ref: str, message: str) -> GpufleetError:
+def pull_error(ref: str, message: str, verb: str = "pull") -> GpufleetError:
     cls = classify_pull_error(message)
-    hint = _PULL_HINTS.get(cls, "the engine could not pull it")
+    hint = _PULL_HINTS.get(cls, f"the engine could not {verb} it")
     return GpufleetError(
-        f"cannot pull {ref}: {hint}. Engine said: {message.strip()}", failure_class=cls, image=ref, cause=message
+        f"cannot {verb} {ref}: {hint}. Engine said: {message.strip()}", failure_class=cls, image=ref, cause=message
     )
 
 
@@ -393,6 +393,19 @@ class DockerRuntime(Runtime):
         except (APIError, DockerException) as e:
             if isinstance(e, APIError):
                 raise pull_error(ref, str(getattr(e, "explanation", None) or e)) from e
+            raise self._unreachable(e) from e
+
+    def push(self, repository: str, tag: str, auth: dict[str, str] | None = None) -> None:
+        ref = f"{repository}:{tag}"
+        api = self.api
+        try:
+            for line in api.push(repository, tag, stream=True, decode=True, auth_config=auth or None):
+                if isinstance(line, dict) and (line.get("error") or line.get("errorDetail")):
+                    msg = line.get("error") or (line.get("errorDetail") or {}).get("message") or str(line)
+                    raise pull_error(ref, msg, "push")
+        except (APIError, DockerException) as e:
+            if isinstance(e, APIError):
+                raise pull_error(ref, str(getattr(e, "explanation", None) or e), "push") from e
             raise self._unreachable(e) from e
 
     def build(self, context_dir: str, tag: str) -> list[str]:

@@ -232,6 +232,9 @@ class PodmanRuntime(Runtime):
     def build(self, context_dir: str, tag: str) -> list[str]:
         return self.images.build(context_dir, tag)
 
+    def push(self, repository: str, tag: str, auth: dict[str, str] | None = None) -> None:
+        self.images.push(repository, tag, auth)
+
     def close(self) -> None:
         if self._images is not None:
             self._images.close()

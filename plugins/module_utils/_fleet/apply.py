@@ -332,6 +332,8 @@ class HostApply:
             "podman_socket": self.p.get("podman_socket"),
             "progress_dir": os.path.join(state_dir(self.p["manifest_dir"]), PULLS_DIR),  # status.yml reads it
         }
+        if build and self.p.get("image_registry"):  # built once, pushed, pulled by the other hosts
+            args.update(derived_repository=f"{self.p['image_registry'].rstrip('/')}/gpufleet/vllm-openai", push=True)
         try:
             params = validated(f"image {image or vllm_version}", IMAGE_ARGSPEC, args)
             res, warnings = ensure_image(params, self.check_mode, lambda: self.rt)

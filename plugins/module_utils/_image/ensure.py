@@ -43,6 +43,7 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     release_cache_ttl=dict(type="int", default=3600),
     timeout=dict(type="int", default=1800),
     progress_dir=dict(type="path"),
+    push=dict(type="bool", default=False),
 )
 
 
@@ -193,9 +194,12 @@ def ensure_image(
         result["image"] = tag
         result["content_hash"] = content_hash
         present = engine.inspect_image(tag)
+        if present is None and params.get("push") and not check_mode:
+            present = _pull_built(engine, tag, actions)
         if present is None:
             if check_mode:
-                actions.append(f"build {tag} FROM {base_ref}")
+                pushing = " and push it (or pull it if another host pushed it)" if params.get("push") else ""
+                actions.append(f"build {tag} FROM {base_ref}{pushing}")
                 result.update(image_id=None, repo_digests=[], changed=True)
                 return _with_diff(result, old_base_id, None, None), warnings
             labels = ib.labels(base_ref, base_id, vllm_tag, spec, content_hash)
@@ -209,11 +213,32 @@ def ensure_image(
             actions.append(f"built {tag} FROM {base_ref} ({_short_id(present['Id'])})")
             result["build_log_tail"] = log[-10:]
             result["changed"] = True
+            if params.get("push"):  # the other hosts pull it instead of building it again
+                engine.push(*tag.rsplit(":", 1))  # the engine's own login to that registry
+                actions.append(f"pushed {tag}")
+                result["pushed"] = True
+        elif not check_mode and any(a.startswith(f"pulled {tag}") for a in actions):
+            result["changed"] = True
         result["image_id"] = present["Id"]
         result["repo_digests"] = sorted(present.get("RepoDigests") or [])
         return _with_diff(result, old_base_id, None if result["changed"] else present["Id"], present["Id"]), warnings
 
     return _with_diff(result, old_base_id, old_base_id, base_id), warnings
+
+
+def _pull_built(engine: Any, tag: str, actions: list[str]) -> Any:
+    """With ``push``: the derived image another host built and pushed (same inputs, same tag), pulled from the
+    registry instead of built here; None when the registry does not have it (not_found)."""
+    try:
+        engine.pull(*tag.rsplit(":", 1))
+    except GpufleetError as err:
+        if err.details.get("failure_class") != "not_found":
+            raise
+        return None
+    present = engine.inspect_image(tag)
+    if present is not None:
+        actions.append(f"pulled {tag} (built and pushed by another host)")
+    return present
 
 
 def _with_diff(

@@ -248,3 +248,27 @@ def test_check_mode_with_a_derived_image_to_build(tmp: Path, fake_runtime: Any) 
     (rec,) = out["records"]
     assert errors == [] and rec["changed"] is True and rec["failed"] is False and "pulled first" in rec["hint"]
     assert fake_runtime.calls == []
+
+
+def test_image_registry_makes_derived_images_built_once_and_pulled(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With image_registry, vllm_image gets the registry's derived repository and push (the others pull it)."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import apply as fleet_apply
+
+    seen: list[dict[str, Any]] = []
+    real = fleet_apply.ensure_image
+
+    def recording(p: dict[str, Any], check_mode: bool, factory: Any) -> Any:
+        seen.append(p)
+        return real(p, check_mode, factory)
+
+    monkeypatch.setattr(fleet_apply, "ensure_image", recording)
+    plugin = tmp / "plug.py"
+    plugin.write_text("X = 1\n")
+    reps = [replica(tmp, "chat", 0, 8000), {**replica(tmp, "emb", 0, 8100), "image_build": {"plugins": [str(plugin)]}}]
+    out, errors = apply_host(params(tmp, reps, image_registry="reg.local:5000/"), runtime=fake_runtime)
+    assert errors == [] and out["failed_count"] == 0
+    plain, derived = seen
+    assert (plain["push"], plain["derived_repository"]) == (False, "gpufleet/vllm-openai")
+    assert (derived["push"], derived["derived_repository"]) == (True, "reg.local:5000/gpufleet/vllm-openai")

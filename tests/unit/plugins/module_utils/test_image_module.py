@@ -30,14 +30,18 @@ class FakeEngine:
         i = self.images.get(ref)
         return {"Id": i, "RepoDigests": [f"{ref.rsplit(':', 1)[0]}@sha256:{'d' * 64}"]} if i else None
 
-    def pull(self, repo, tag, auth, progress=None):
+    def pull(self, repo, tag, auth=None, progress=None):
         self.calls.append(("pull", repo, tag, auth))
         ref = f"{repo}:{tag}"
         if ref not in self.registry:
             raise ie.pull_error(ref, "manifest unknown: manifest unknown")
-        for event in self.stream:
+        for event in self.stream if progress else []:
             progress(event)
         self.images[ref] = self.registry[ref]
+
+    def push(self, repo, tag, auth=None):
+        self.calls.append(("push", f"{repo}:{tag}"))
+        self.registry[f"{repo}:{tag}"] = self.images[f"{repo}:{tag}"]
 
     def build(self, ctx, tag):
         self.calls.append(("build", tag, (Path(ctx) / "Dockerfile").read_text()))
@@ -174,3 +178,31 @@ def test_vllm_image_reports_the_pull_and_removes_its_file(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
     again, _warnings = ensure_image(params, False, lambda: e)
     assert "pull_progress" not in again  # nothing pulled
+
+
+def test_push_builds_once_and_the_other_hosts_pull(tmp_path):
+    """With push and a registry derived_repository: the first host builds and pushes, a second host (its own engine,
+    same registry, same inputs: same content-hashed tag) pulls it instead of building; check mode touches nothing."""
+    registry = {"vllm/vllm-openai:v0.10.2": ID_A}
+    params = {
+        "version": "0.10.2",
+        "extra_pip_packages": ["a==1"],
+        "derived_repository": "127.0.0.1:5000/gpufleet/vllm-openai",
+        "push": True,
+    }
+    first = FakeEngine(registry=registry)
+    r1, _w = run(params, first)
+    tag = r1["image"]
+    assert tag.startswith("127.0.0.1:5000/gpufleet/vllm-openai:v0.10.2-") and r1["pushed"] is True
+    assert [c[0] for c in first.calls if c[0] in ("build", "push")] == ["build", "push"]
+    assert first.registry[tag] == r1["image_id"]
+    second = FakeEngine(images={"vllm/vllm-openai:v0.10.2": ID_A}, registry=first.registry)  # base already here
+    preview, _w = run(params, second, check=True)
+    assert preview["changed"] is True and "or pull it if another host pushed it" in " ".join(preview["actions"])
+    assert not [c for c in second.calls if c[0] in ("pull", "build", "push")]
+    r2, _w = run(params, second)
+    assert r2["image"] == tag and r2["image_id"] == r1["image_id"] and r2["changed"] is True
+    assert not [c for c in second.calls if c[0] in ("build", "push")] and "pushed" not in r2
+    assert any(a.startswith(f"pulled {tag}") for a in r2["actions"])
+    again, _w = run(params, second)
+    assert again["changed"] is False
