@@ -104,6 +104,10 @@ def test_pull_never_missing_and_check_mode(ansible_run, base, pushed):
         assert r["actions"][: len(pred["actions"])] == pred["actions"] and r["argv"] == pred["argv"]
         assert r["phases"] == ["pulling", *LOCAL_PHASES]
         assert inspect("docker", cname(b))["Config"]["Image"] == pushed
+        # issue #19 item 6: the pull's last numbers (the image's layers are here already: dockerd streams none of
+        # them; test_vllm_image pulls a fresh layer and checks the bytes)
+        pulled = r["pull_progress"]
+        assert pulled["phase"] == "done" and pulled["layers_done"] == pulled["layers_total"], pulled
 
         again = ansible_run.run("vllm_container", b)
         assert again["changed"] is False and "phases" not in again
@@ -111,6 +115,7 @@ def test_pull_never_missing_and_check_mode(ansible_run, base, pushed):
         missing = {**b, "name": b["name"] + "-x", "port": port(), "image": pushed.rsplit(":", 1)[0] + ":v9.9.9"}
         r = ansible_run.run("vllm_container", missing)
         assert r["_rc"] != 0 and r["failure_class"] == "not_found" and r["phase"] == "pulling", r["_output"]
+        assert r["pull_progress"]["phase"] == "pulling"  # not done
         assert inspect("docker", cname(missing)) is None
     finally:
         subprocess.run(["docker", "rm", "-f", cname(b)], capture_output=True, check=False)
