@@ -142,9 +142,9 @@ fi
 # fleets on the shared simulated hosts (tests/conftest.py), so module fixtures are set up once and fleets never overlap.
 phase "pytest: unit" run_pytest tests/unit "${XDIST[@]}" "$@"
 # The version matrix (hack/matrix.sh: ansible-core 2.16, 2.17, 2.18 beside the test venv's 2.19, each in its own cached
-# venv: sanity compile/import/validate-modules, the unit tests that use ansible-core, one converge on one host on the
-# oldest) in the background beside the integration phase, which leaves CPU idle while it waits on the bed; its
-# converge waits for the fleet-tests lock like the fleet tests. Not with a pytest filter (arguments).
+# venv: sanity compile/import/validate-modules, the unit tests that use ansible-core, a converge on one host on each)
+# in the background beside the integration phase, which leaves CPU idle while it waits on the bed; the converges
+# wait for the fleet-tests lock like the fleet tests. Not with a pytest filter (arguments).
 # GPUFLEET_TEST_MATRIX=0: left out; or a list of cores, e.g. GPUFLEET_TEST_MATRIX="2.16 2.18".
 if [[ "${GPUFLEET_TEST_MATRIX:-1}" != 0 && $FILTERED -eq 0 ]]; then
   MATRIX_CORES=()
