@@ -150,6 +150,8 @@ if [[ "${GPUFLEET_TEST_MATRIX:-1}" != 0 && $FILTERED -eq 0 ]]; then
   MATRIX_CORES=()
   if [[ "${GPUFLEET_TEST_MATRIX:-1}" != 1 ]]; then read -ra MATRIX_CORES <<<"$GPUFLEET_TEST_MATRIX"; fi
   phase_bg "matrix" "$ROOT/hack/matrix.sh" "${MATRIX_CORES[@]}"
+elif [[ "${GPUFLEET_TEST_MATRIX:-1}" == 0 ]]; then
+  TABLE+=("matrix|0.0|skipped (GPUFLEET_TEST_MATRIX=0)")
 fi
 phase "pytest: integration" run_pytest tests/integration "${XDIST[@]}" ${XDIST:+--dist loadgroup} "$@"
 
