@@ -12,7 +12,8 @@
 #             whichever of its dependencies the test venv's do not satisfy), then the test venv's site-packages (a
 #             .pth file): every other package is the test venv's own version, so only the core differs. Built in
 #             parallel for all cores (pip downloads: network-bound on a fresh machine), kept while the hash of the
-#             core, the Python and venv_for's own text is the same.
+#             core, the Python and venv_for's own text is the same. pip's complaint in its log that the test venv's
+#             ansible-lint, ansible-compat and molecule want another ansible-core is expected: they never run there.
 #   sanity    ansible-test sanity --test compile --test import --test validate-modules with this core's ansible-test
 #             (the module docs and argument specs, the import rules of this core), on a copy of its own
 #             (.build/matrix/sanity-<core>, so it can run beside hack/test.sh's sanity); all tests: hack/sanity.sh.
