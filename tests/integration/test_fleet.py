@@ -423,9 +423,9 @@ def test_usage_per_owner_and_deployment(fleet: Fleet) -> None:
     assert owners["team-chat"]["deployments"] == ["chat"] and report["interval_s"] == 1.0
     # Nothing was served while it sampled: the current rate is exactly zero.
     assert deployments["mover"]["tokens_per_s"] == 0.0
-    mover = total("mover-0")
+    served = total("mover-0")
     assert re.search(
-        rf"^\W*team-mover\s+mover\s+1/1\s+{mover['requests']}\s+{mover['prompt_tokens']}\s", proc.stdout, re.M
+        rf"^\W*team-mover\s+mover\s+1/1\s+{served['requests']}\s+{served['prompt_tokens']}\s", proc.stdout, re.M
     )
     assert '"kind": "usage"' in proc.stdout  # gpufleet_usage_json: the report printed as JSON too
 
