@@ -157,7 +157,9 @@ options:
         whose running container is about to stop first leaves its deployment's routers (C(POST /remove_worker) from
         this host) and this run waits until it has no request running or waiting, at most O(drain_timeout); it joins
         them again once it passed the readiness gate (or once its previous container serves again after a rollback).
-        A surge joins them after its gate and leaves them (drained) before it is removed.
+        A surge joins them after its gate and leaves them (drained) before it is removed. A replica of O(removals)
+        (scale-down, C(state=absent), a move to another host) leaves them and is drained the same way before its
+        container stops.
       - Empty - no router is touched. Check mode never touches a router. See C(docs/rollouts.md), "Gateway".
     type: list
     elements: dict
@@ -224,8 +226,10 @@ records:
     - One record per removal (C(kind=remove)) and per replica that was reached (C(kind=replica)), in order; replicas
       after a failed container have none (not run).
     - "Each with C(name), C(changed), C(failed), C(failure_class) (for example C(gpu_oom), C(model_sync_failed),
-      C(image_failed), C(port_conflict)), C(hint) (one line); replicas also C(deployment), C(failed_step)
-      (C(model_sync), C(vllm_image) or C(vllm_container)), C(rolled_back), C(phase), C(endpoint) and C(actions)."
+      C(image_failed), C(port_conflict)), C(hint) (one line) and C(actions) (a removal's - its gateway drain, then
+      its stop and removal); replicas also C(deployment), C(failed_step) (C(model_sync), C(vllm_image) or
+      C(vllm_container)), C(rolled_back), C(phase), C(endpoint) and C(model_source) (for a model with C(sources):
+      the one that served, null when none could)."
   returned: O(state=applied)
   type: list
   elements: dict

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import validate as container_validate
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.deployment import Deployment
@@ -192,25 +193,32 @@ class HostApply:
         with converge_lock(state_dir(params["manifest_dir"]), params["name"]):
             return Deployment(params, self.rt, self.check_mode, self.warn).run()
 
-    def _stops(self, params: dict[str, Any]) -> bool:
-        """Whether converging ``params`` stops the running container (vllm_container's plan, in check mode)."""
+    def _stops(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """What converging ``params`` stops (vllm_container's plan, in check mode): the running container's labels
+        (``_labels.parse``: its ``port`` and ``host`` among them), or None when nothing stops."""
         try:
             preview = Deployment(params, self.rt, True).run()
         except GpufleetError:
-            return False  # the real run fails the same way, before it stops anything
-        return any(str(a).startswith(("stop ", "restart ")) for a in preview.get("actions") or [])
+            return None  # the real run fails the same way, before it stops anything
+        if not any(str(a).startswith(("stop ", "restart ")) for a in preview.get("actions") or []):
+            return None
+        running = self.rt.container(lb.container_name(params["name"]))
+        return lb.parse(running.labels if running else None)
 
     def _replace(self, params: dict[str, Any], deployment: str) -> dict[str, Any]:
         """``_converge``, drained (drain.py): when the container will stop and the deployment has routers, the
-        replica leaves them first (its requests in flight finish) and joins them again once it passed the gate, or
-        once vllm_container brought the old container back."""
+        replica leaves them first (its requests in flight finish; on the port it runs on now, which a re-placement
+        on this host may change) and joins them again once it passed the gate, or once vllm_container brought the
+        old container back."""
         gw = self.gateways
-        if gw is None or not gw.has(deployment) or not self._stops(params):
+        old = self._stops(params) if gw is not None and gw.has(deployment) else None
+        if gw is None or old is None:
             return self._converge(params)
-        url = gw.worker(params["port"])
+        port = int(old.get("port") or params["port"])
+        url, new_url = gw.worker(port), gw.worker(params["port"])
         before: list[str] = []
         after: list[str] = []
-        left = gw.leave(deployment, url, readiness.base_url(params.get("host"), params["port"]), before)
+        left = gw.leave(deployment, url, readiness.base_url(old.get("host") or params.get("host"), port), before)
         try:
             res = self._converge(params)
         except GpufleetError as err:
@@ -218,8 +226,20 @@ class HostApply:
                 gw.rejoin(deployment, left, url, after)
             err.details["actions"] = [*before, *(err.details.get("actions") or []), *after]
             raise
-        gw.rejoin(deployment, left, url, after)
+        gw.rejoin(deployment, left, new_url, after)
         return dict(res, actions=[*before, *(res.get("actions") or []), *after])
+
+    def _drain_removal(self, item: Mapping[str, Any], actions: list[str]) -> None:
+        """A replica the plan removes (scale-down, ``state: absent``, a move to another host, pruned) leaves its
+        deployment's routers and finishes its requests in flight before its container stops, like a replaced one
+        (drain.py). A Ray worker serves no requests: nothing to drain."""
+        gw, deployment = self.gateways, str(item.get("deployment") or "")
+        if gw is None or not gw.has(deployment) or item.get("ray_role") == "worker" or not item.get("port"):
+            return
+        running = self.rt.container(lb.container_name(str(item.get("name"))))
+        found = lb.parse(running.labels if running else None)
+        port = int(found.get("port") or item["port"])
+        gw.leave(deployment, gw.worker(port), readiness.base_url(found.get("host"), port), actions)
 
     def _container_args(self, spec: Mapping[str, Any], image: Any) -> dict[str, Any]:
         args = dict(spec.get("container") or {})
@@ -279,8 +299,10 @@ class HostApply:
                     "manifest_dir": self.p["manifest_dir"],
                 },
             )
+            self._drain_removal(item, rec.actions)
             res = self._converge(params)
             rec.changed = bool(res.get("changed"))
+            rec.actions += list(res.get("actions") or [])
             self._note(f"gpufleet-{name}", res)
         except GpufleetError as err:
             res = _error_result(err)

@@ -24,6 +24,7 @@ class RemovalRecord:
     failed: bool = False
     failure_class: str | None = None
     hint: str | None = None
+    actions: list[str] = field(default_factory=list)  # the gateway drain before the stop (drain.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": REMOVE, **asdict(self)}
@@ -36,6 +37,7 @@ class RemovalRecord:
             failed=bool(data.get("failed")),
             failure_class=data.get("failure_class"),
             hint=data.get("hint"),
+            actions=list(data.get("actions") or []),
         )
 
 

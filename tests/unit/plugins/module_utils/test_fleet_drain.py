@@ -187,6 +187,89 @@ def test_failed_replacement_rejoins_once_the_old_container_serves_again(
     assert router.list_workers() == [me]
 
 
+def removal(name: str, port: int, **kw: Any) -> dict[str, Any]:
+    dep, index = name.rsplit("-", 1)
+    return {"deployment": dep, "replica": int(index), "name": name, "host": "h", "gpus": [], "port": port, **kw}
+
+
+def test_a_removed_replica_leaves_the_router_and_drains_before_its_container_stops(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scale-down, a move to another host or ``state: absent`` (a removal of the plan) drains like a replacement:
+    the replica leaves the routers that list it, its requests in flight finish, then its container stops."""
+    me, gone = "http://10.0.0.7:8000", "http://10.0.0.7:8001"
+    router = routed(monkeypatch, fake_runtime.calls, [me, gone])
+    reps = [replica(tmp, "chat", 0, 8000), replica(tmp, "chat", 1, 8001)]
+    apply_host(gw_params(tmp, reps), runtime=fake_runtime)
+    fake_runtime.calls.clear()
+    # Check mode: no router call, nothing stops.
+    apply_host(gw_params(tmp, reps[:1], removals=[removal("chat-1", 8001)]), check_mode=True, runtime=fake_runtime)
+    assert fake_runtime.calls == [] and router.list_workers() == [me, gone]
+    out, errors = apply_host(gw_params(tmp, reps[:1], removals=[removal("chat-1", 8001)]), runtime=fake_runtime)
+    assert errors == []
+    c = fake_runtime.calls
+    assert c[0] == f"router remove {gone}" and c.index(f"router remove {gone}") < c.index("stop") < c.index("remove")
+    assert router.list_workers() == [me] and f"router remove {me}" not in c  # the kept replica stays
+    rec = out["records"][0]
+    assert rec["kind"] == "remove" and rec["name"] == "chat-1" and rec["changed"] is True
+    assert rec["actions"][:2] == [f"gateway: {gone} left {ROUTER}", f"gateway: {gone} drained in 0.0 s"]
+    # Removing it again (already gone, not listed): no router call.
+    fake_runtime.calls.clear()
+    apply_host(gw_params(tmp, reps[:1], removals=[removal("chat-1", 8001)]), runtime=fake_runtime)
+    assert not [x for x in fake_runtime.calls if x.startswith("router")]
+
+
+def test_a_removal_waits_for_its_requests_in_flight_and_a_ray_worker_is_not_drained(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me, gone = "http://10.0.0.7:8000", "http://10.0.0.7:8001"
+    log: list[str] = []
+    router = FakeRouter(ROUTER, log, [me, gone])
+    clock, readings = Clock(), iter([2, 1, 0, 0])
+    seen: list[str] = []
+
+    def idle(base: str) -> float:
+        seen.append(base)
+        log.append("in flight?")
+        return next(readings, 0)
+
+    monkeypatch.setattr(
+        fleet_apply,
+        "Gateways",
+        functools.partial(Gateways, client=lambda url, **_kw: router, idle=idle, clock=clock, sleep=clock.sleep),
+    )
+    reps = [replica(tmp, "chat", 0, 8000), replica(tmp, "chat", 1, 8001)]
+    apply_host(gw_params(tmp, reps), runtime=fake_runtime)
+    fake_runtime.calls = log
+    out, errors = apply_host(gw_params(tmp, reps[:1], removals=[removal("chat-1", 8001)]), runtime=fake_runtime)
+    assert errors == [] and seen == ["http://127.0.0.1:8001"] * 4  # its own /metrics, until two zeros in a row
+    assert log.index(f"router remove {gone}") < log.index("in flight?") and log[-2:] == ["stop", "remove"]
+    assert out["records"][0]["actions"][1] == f"gateway: {gone} drained in 0.6 s"
+    # The worker part of a multi-host replica serves nothing itself: no router call for it.
+    log.clear()
+    router.set.append(gone)
+    worker = removal("chat-1", 8001, ray_role="worker", ray_port=6400)
+    apply_host(gw_params(tmp, reps[:1], removals=[worker]), runtime=fake_runtime)
+    assert not [x for x in log if x.startswith("router")] and router.list_workers() == [me, gone]
+
+
+def test_a_replica_replaced_on_another_port_leaves_on_its_old_port_and_joins_on_its_new_one(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica re-placed on its own host with another port (vllm_container replaces it in place): the router
+    knows it by the port it runs on now."""
+    old, new = "http://10.0.0.7:8000", "http://10.0.0.7:8005"
+    router = routed(monkeypatch, fake_runtime.calls, [old])
+    reps = [replica(tmp, "chat", 0, 8000)]
+    apply_host(gw_params(tmp, reps), runtime=fake_runtime)
+    fake_runtime.calls.clear()
+    _out, errors = apply_host(gw_params(tmp, [replica(tmp, "chat", 0, 8005)]), runtime=fake_runtime)
+    assert errors == []
+    c = fake_runtime.calls
+    assert c.index(f"router remove {old}") < c.index("stop") < c.index("start") < c.index(f"router add {new}")
+    assert router.list_workers() == [new]
+
+
 def surge_spec(tmp: Path) -> dict[str, Any]:
     spec = replica(tmp, "chat", 0, 8000)
     spec["container"]["gpus"] = ["0"]

@@ -33,8 +33,11 @@ def test_removal_record_serialises_to_the_module_result_shape():
         ("failed", False),
         ("failure_class", None),
         ("hint", None),
+        ("actions", []),  # the gateway drain before the stop, then vllm_container's
     ]
     assert records.from_dict(rec.to_dict()) == rec
+    drained = records.RemovalRecord(name="old-0", actions=["gateway: http://h:8000 left http://gw:30000"])
+    assert records.from_dict(drained.to_dict()) == drained
 
 
 def test_reading_back_is_lenient_and_keyed_by_kind_and_name():
