@@ -300,7 +300,7 @@ def feed_sizes(
             found = (int(args["model_sizes"][name]), "model_sizes")
         elif (recorded := metadata.recorded_size(name, model, records)) is not None:
             found = (recorded[0], f"model_sync on {recorded[1]}")
-        elif hub_ok and model["source"] == "hf":
+        elif hub_ok and (model["source"] == "hf" or "hf" in (model.get("sources") or [])):
             try:
                 weights = metadata.hub_weights(
                     model["repo_id"], model["revision"], args.get("hf_endpoint"), norm[name]["hf_token"]

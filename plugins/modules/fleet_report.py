@@ -166,7 +166,8 @@ summary:
     - For O(kind=converge), the summary (C(version), C(kind), C(generated_at), C(check_mode), C(ok), C(counts),
       C(deployments) (per deployment C(status) and C(replicas), each with C(host), C(gpus), C(gpu_uuids), C(port),
       C(endpoint), C(action), C(status) (V(ok), V(changed), V(failed), V(unreachable), V(not_run)), C(changed),
-      C(failed), C(failure_class), C(failed_step), C(hint), C(rolled_back)), C(removed), C(unschedulable),
+      C(failed), C(failure_class), C(failed_step), C(hint), C(rolled_back), and C(model_source) when the model has
+      C(sources): the one that served), C(removed), C(unschedulable),
       C(undeclared), C(unreachable_hosts)).
   returned: kind is converge
   type: dict

@@ -212,3 +212,40 @@ def test_sources_order_reports_who_served_and_why_others_failed(s3_server, fake_
     for word in ("local:", "hf_cache:", "s3:", "hf:", "SignatureDoesNotMatch"):
         assert word in none["msg"]
     assert bad["aws_secret_access_key"] not in str(none)
+
+
+def test_a_fleet_deployment_with_sources(s3_server, model_gen, fake_runtime, tmp_path, monkeypatch):
+    """The fleet's path (plan -> fleet_apply on one host, the in-memory engine): a deployment whose model says
+    ``sources: [hf_cache, s3]`` is served from S3 with the host's credentials (boto3's chain: the environment), the
+    container serves the installed revision, the record and the summary say s3 served; a second apply is a no-op."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import summary
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, validated
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
+    from ansible_collections.gpufleet.vllm.plugins.modules.fleet_apply import ARGUMENT_SPEC
+
+    bucket, files = _bucket(s3_server, model_gen, multipart=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.credentials["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.credentials["aws_secret_access_key"])
+    gpus = [{"index": 0, "uuid": "GPU-0", "memory_total_mib": 81920, "memory_free_mib": 81920}]
+    hosts = {"h": {"reachable": True, "gpus": gpus, "models_root": str(tmp_path / "models")}}
+    model = {"sources": ["hf_cache", "s3"], "repo_id": "org/not-cached", "hf_cache_dir": str(tmp_path / "cache"),
+             "s3_url": f"s3://{bucket}/models/m", "endpoint_url": s3_server.url, "region": "us-east-1"}  # fmt: skip
+    dep = {"name": "m", "model": model, "vllm_version": "0.10.2", "model_size_bytes": 10**6}
+    plan = fleet_plan(hosts, [dep])
+    (spec,) = plan["hosts"]["h"]
+    spec["container"].update(hf_cache_dir=str(tmp_path / "hf"), compile_cache_dir=str(tmp_path / "cc"))
+    created = []
+    create = fake_runtime.create
+    fake_runtime.create = lambda s: created.append(s) or create(s)
+    args = {"replicas": [spec], "manifest_dir": str(tmp_path / "manifests")}
+    out, errors = apply_host(validated("fleet_apply", ARGUMENT_SPEC, args), runtime=fake_runtime)
+    assert errors == [] and out["records"][0]["changed"] and out["records"][0]["model_source"] == "s3", out
+    (c,) = created
+    (served,) = [p for p in (tmp_path / "models" / "m").iterdir() if not p.name.startswith(".")]
+    want = {k: hashlib.sha256(v).hexdigest() for k, v in files.items() if not k.startswith(".")}
+    assert str(served) in c.command and _tree(served) == want
+    rows = summary.converge_summary(plan, {"h": out["records"]})["deployments"]["m"]["replicas"]
+    assert rows[0]["model_source"] == "s3"
+    assert s3_server.credentials["aws_secret_access_key"] not in str(out)
+    again, errors = apply_host(validated("fleet_apply", ARGUMENT_SPEC, args), runtime=fake_runtime)
+    assert errors == [] and again["changed"] is False and len(created) == 1

@@ -105,11 +105,17 @@ def container_params(what: str, args: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+def synced_here(sync_args: Mapping[str, Any]) -> bool:
+    """Whether model_sync installs the model under the models root (hub, URL, a ``sources`` order), so the container
+    serves the revision directory it returns; a plain local model is served from where it is."""
+    return sync_args.get("source") in ("hf", "url") or bool(sync_args.get("sources"))
+
+
 def with_revision(args: dict[str, Any], spec: Mapping[str, Any], sync_res: Mapping[str, Any]) -> dict[str, Any]:
     """The container arguments with the weights model_sync installed (issue #15): hub and URL models are served from
     the revision directory it returned, and every model's revision id is hashed (``model_revision``), so a new
     revision replaces the container (readiness-gated, rolled back on failure) and never changes the running one."""
-    if sync_res.get("path") and (spec.get("model_sync") or {}).get("source") in ("hf", "url"):
+    if sync_res.get("path") and synced_here(spec.get("model_sync") or {}):
         args["model"] = sync_res["path"]
     if sync_res.get("revision_id"):
         args["model_revision"] = sync_res["revision_id"]
@@ -328,12 +334,7 @@ class HostApply:
         expected = spec.get("model_path")
         # model_sync installs each revision in <model_path>/<revision_id> (or keeps a flat install at model_path).
         where = res.get("path")
-        if (
-            args.get("source") in ("hf", "url")
-            and where
-            and expected
-            and expected not in (where, os.path.dirname(where))
-        ):
+        if synced_here(args) and where and expected and expected not in (where, os.path.dirname(where)):
             return {
                 "failed": True,
                 "changed": bool(res.get("changed")),
@@ -371,6 +372,8 @@ class HostApply:
         name = str(spec.get("name"))
         rec = ReplicaRecord(name=name, deployment=spec.get("deployment"))
         self.records.append(rec)
+        if (spec.get("model_sync") or {}).get("sources"):  # an order of sources: say which one served (or none)
+            rec.model_source = sync_res.get("served_by")
         if sync_res.get("failed"):
             rec.failed, rec.failed_step, rec.hint = True, "model_sync", failure_hint(sync_res)
             rec.failure_class = _failure_class(sync_res, "model_sync_failed")

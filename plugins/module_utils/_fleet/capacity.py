@@ -13,7 +13,11 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import Problems, normalize_reservations
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import (
+    ORDERED,
+    Problems,
+    normalize_reservations,
+)
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import fit
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import is_under
 
@@ -154,9 +158,17 @@ def selector_miss(dep: Mapping[str, Any], host: Host) -> str | None:
     return None
 
 
+def local_path(dep: Mapping[str, Any]) -> str | None:
+    """The host path a deployment's model can only come from (a local model, or an ordered one whose only source is
+    local); None when another source may serve it."""
+    model = dep.get("model") or {}
+    if model.get("source") == "local" or (model.get("source") == ORDERED and model.get("sources") == ["local"]):
+        return model["path"]
+    return None
+
+
 def dir_allowed(dep: Mapping[str, Any], host: Host) -> bool:
-    model = dep.get("model")
-    if not model or model["source"] != "local" or host.allowed_dirs is None:
+    path = local_path(dep)
+    if path is None or host.allowed_dirs is None:
         return True
-    path = model["path"]
     return any(is_under(path, d) for d in host.allowed_dirs)

@@ -18,8 +18,34 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as la
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import rollout
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity import natural_key
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import place_validated
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import image_build, validate_deployments
-from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT, model_path
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import (
+    ORDERED,
+    image_build,
+    validate_deployments,
+)
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import (
+    DEFAULT_MODELS_ROOT,
+    is_under,
+    model_path,
+)
+
+
+def ordered_sync_args(model: Mapping[str, Any], host: Mapping[str, Any]) -> dict[str, Any]:
+    """model_sync's arguments for a model with ``sources`` (the schema's ordered model): the order and the keys of the
+    sources in it. ``local`` copies (hard links on one filesystem) into the revision directory like the others, and
+    is left out of the order on a host whose ``gpufleet_allowed_model_dirs`` do not hold the path (model_sync would
+    refuse it there); S3 credentials are the host's (boto3's chain: AWS_* environment, shared files, instance role)."""
+    order = list(model["sources"])
+    allowed = list(host.get("allowed_model_dirs") or [])
+    if "local" in order and len(order) > 1 and not any(is_under(model["path"], d) for d in allowed):
+        order.remove("local")
+    args: dict[str, Any] = {"sources": order}
+    for key in ("repo_id", "revision", "url", "checksum", "s3_url", "endpoint_url", "region", "hf_cache_dir"):
+        if model.get(key) is not None:
+            args[key] = model[key]
+    if "local" in order:
+        args.update(src=model["path"], allowed_dirs=allowed)
+    return args
 
 
 def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: Mapping[str, Any]) -> dict[str, Any]:
@@ -32,7 +58,7 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
     models_root = host.get("models_root") or DEFAULT_MODELS_ROOT
     # hf and url models are brought onto the host by model_sync, at the path it computes: the container serves that
     # path (no hub id, no revision: model_sync pinned the revision). Local models are served from where they are.
-    synced_here = model.get("source") in ("hf", "url")
+    synced_here = model.get("source") in ("hf", "url", ORDERED)
     model_arg = model.get("path") if model.get("source") == "local" else model_path(models_root, dep["name"])
     container: dict[str, Any] = dict(dep["engine_options"])
     container.update(
@@ -95,6 +121,9 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
         sync.update(url=model["url"])
         if model.get("checksum"):
             sync["checksum"] = model["checksum"]
+    elif model.get("source") == ORDERED:
+        del sync["source"]
+        sync.update(ordered_sync_args(model, host))
     return {
         "name": assignment["name"],
         "deployment": dep["name"],

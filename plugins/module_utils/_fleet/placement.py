@@ -43,6 +43,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity impo
     Host,
     Requirement,
     dir_allowed,
+    local_path,
     natural_key,
     selector_miss,
     whole_host,
@@ -512,7 +513,7 @@ class _Planner:
         return resolved  # type: ignore[return-value]
 
     def _candidates(self, dep: Mapping[str, Any]) -> list[Host]:
-        path = dep["model"]["path"] if dep["model"] and dep["model"]["source"] == "local" else None
+        path = local_path(dep)
         key = (dep["host"], tuple(sorted((k, tuple(v)) for k, v in dep["selector"].items())), path)
         hosts = self.candidate_cache.get(key)
         if hosts is None:

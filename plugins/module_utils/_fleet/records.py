@@ -56,6 +56,7 @@ class ReplicaRecord:
     phase: str | None = None
     endpoint: str | None = None
     actions: list[str] = field(default_factory=list)
+    model_source: str | None = None  # which of the model's sources served (a model with sources only)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": REPLICA, **asdict(self)}
@@ -74,6 +75,7 @@ class ReplicaRecord:
             phase=data.get("phase"),
             endpoint=data.get("endpoint"),
             actions=list(data.get("actions") or []),
+            model_source=data.get("model_source"),
         )
 
 

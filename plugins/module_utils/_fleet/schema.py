@@ -27,7 +27,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.fit import (
     gpus_per_replica,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._image.build import parse_requirements
-from ansible_collections.gpufleet.vllm.plugins.module_utils._model import hub
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model import hub, s3
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.revisions import DEFAULT_KEEP
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.url import parse_checksum
@@ -384,22 +384,31 @@ def parse_model_source(value: Any, who: str, problems: Problems) -> dict[str, An
     then: the normalized model is part of the replicas' plan digest). Not the container's model argument
     (``_container/spec.py`` normalises that).
 
-    Shorthands: ``/abs/path`` (local), ``https://…`` (url), ``org/name`` (Hugging Face hub, revision main).
+    Shorthands: ``/abs/path`` (local), ``https://…`` (url), ``s3://bucket/prefix`` (s3), ``org/name`` (Hugging Face
+    hub, revision main). A model with ``sources`` (or an ``s3_url``) is an *ordered* one: ``_parse_ordered``.
     """
     allowed = (
-        "must be a hub id (org/name), an absolute path, an http(s) URL, or a mapping with repo_id (+ revision), "
-        "path or url"
+        "must be a hub id (org/name), an absolute path, an http(s) URL, an s3:// URL, or a mapping with repo_id "
+        "(+ revision), path, url or s3_url (+ sources, an order to try)"
     )
     if isinstance(value, str):
         if value.startswith("/"):
             value = {"path": value}
         elif re.match(r"^https?://", value):
             value = {"url": value}
+        elif value.startswith("s3://"):
+            value = {"s3_url": value}
         else:
             value = {"repo_id": value}
     if not isinstance(value, Mapping):
         problems.add(who, "model", allowed, value)
         return None
+    if (
+        value.get("sources") is not None
+        or value.get("source") == ORDERED
+        or _ORDERED_ONLY & {k for k, v in value.items() if v is not None}
+    ):
+        return _parse_ordered(value, who, problems)
     kinds = [k for k in ("repo_id", "path", "url") if value.get(k) is not None]
     source = value.get("source")
     if source is not None and (source not in ("hf", "local", "url") or [_KIND[source]] != kinds):
@@ -452,6 +461,92 @@ def parse_model_source(value: Any, who: str, problems: Problems) -> dict[str, An
                 problems.add(who, "model.checksum", "must be sha256:<64 hex digits>", checksum)
             else:
                 out["checksum"] = f"sha256:{digest.lower()}"
+    return out
+
+
+# A model with ``sources``: model_sync tries them in this order on each host (_model/sync.py) and reports which one
+# served. Each source and the key it needs; the keys only an ordered model has; model_sync's own alias (hub -> hf).
+ORDERED = "ordered"
+ORDERED_SOURCES = {"local": "path", "hf_cache": "repo_id", "s3": "s3_url", "hf": "repo_id", "url": "url"}
+_ORDERED_ONLY = {"sources", "s3_url", "endpoint_url", "region", "hf_cache_dir"}
+_ORDERED_KEYS = ("repo_id", "revision", "path", "url", "checksum", "s3_url", "endpoint_url", "region", "hf_cache_dir")
+_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+
+
+def _parse_ordered(value: Mapping[str, Any], who: str, problems: Problems) -> dict[str, Any] | None:
+    """A model that model_sync brings onto each host from the first of ``sources`` that can serve it (``local``,
+    ``hf_cache``, ``s3``, ``hub``/``hf``, ``url``; an ``s3_url`` alone means ``[s3]``) → ``{"source": "ordered",
+    "sources": [...], ...}`` with every key of ``_ORDERED_KEYS`` (None when not given). Each listed source needs its
+    key, and a key no listed source uses is refused (it would be silently ignored otherwise)."""
+    unknown = sorted(set(value) - {*_ORDERED_KEYS, "sources", "source"})
+    if unknown:
+        problems.add(
+            who, "model", f"unknown key(s) {', '.join(map(str, unknown))}; allowed: sources, {', '.join(_ORDERED_KEYS)}"
+        )
+    if value.get("source") not in (None, ORDERED):
+        problems.add(who, "model.source", f"must be {ORDERED} (or left out) with sources", value.get("source"))
+    raw = value.get("sources")
+    if raw is None:
+        raw = ["s3"]
+    order: list[str] = []
+    if not isinstance(raw, list) or not raw or not all(isinstance(s, str) for s in raw):
+        problems.add(who, "model.sources", "must be a non-empty list such as [local, hf_cache, s3, hub]", raw)
+        return None
+    for name in raw:
+        canon = "hf" if name == "hub" else name
+        if canon not in ORDERED_SOURCES:
+            problems.add(who, "model.sources", f"{name!r} is not one of local, hf_cache, s3, hub, url", raw)
+        elif canon in order:
+            problems.add(who, "model.sources", f"names {name!r} twice (hub and hf are the same source)", raw)
+        else:
+            order.append(canon)
+    out: dict[str, Any] = {"source": ORDERED, "sources": order, **{k: value.get(k) for k in _ORDERED_KEYS}}
+    for source in order:
+        if out[ORDERED_SOURCES[source]] in (None, ""):
+            problems.add(who, f"model.{ORDERED_SOURCES[source]}", f"is required by source {source} in sources")
+    used = {ORDERED_SOURCES[s] for s in order}
+    used |= {"revision"} if "repo_id" in used else set()
+    used |= {"checksum"} if "url" in used else set()
+    used |= {"endpoint_url", "region"} if "s3" in order else set()
+    used |= {"hf_cache_dir"} if "hf_cache" in order else set()
+    for key in _ORDERED_KEYS:
+        if out[key] is not None and key not in used:
+            problems.add(who, f"model.{key}", f"is used by no source in sources {raw}: add its source or drop it")
+    for key in _ORDERED_KEYS:
+        if out[key] is not None and not isinstance(out[key], str):
+            problems.add(who, f"model.{key}", "must be a string", out[key])
+            return None
+    if out["repo_id"] is not None:
+        if not REPO_ID_RE.match(out["repo_id"]):
+            problems.add(who, "model.repo_id", "must look like org/name", out["repo_id"])
+        out["revision"] = out["revision"] or "main"
+    if out["path"] is not None:
+        if not out["path"].startswith("/"):
+            problems.add(who, "model.path", "must be an absolute path on the host", out["path"])
+        out["path"] = out["path"].rstrip("/") or "/"
+    if out["url"] is not None and not re.match(r"^https?://", out["url"]):
+        problems.add(who, "model.url", "must be an http:// or https:// URL", out["url"])
+    if out["checksum"] is not None:
+        try:
+            digest = parse_checksum(out["checksum"])
+        except GpufleetError:
+            digest = None
+        if digest is None:
+            problems.add(who, "model.checksum", "must be sha256:<64 hex digits>", out["checksum"])
+        else:
+            out["checksum"] = f"sha256:{digest.lower()}"
+    for key, check in (("s3_url", s3.parse_url), ("endpoint_url", s3.check_endpoint)):
+        if out[key] is not None:
+            try:
+                check(out[key])
+            except GpufleetError as err:
+                problems.add(who, f"model.{key}", err.msg)
+    if out["region"] is not None and not _REGION_RE.match(out["region"]):
+        problems.add(who, "model.region", "must be a region name such as us-east-1 or auto (R2)", out["region"])
+    if out["hf_cache_dir"] is not None and not out["hf_cache_dir"].startswith("/"):
+        problems.add(
+            who, "model.hf_cache_dir", "must be the absolute path of a Hugging Face hub cache", out["hf_cache_dir"]
+        )
     return out
 
 

@@ -61,6 +61,8 @@ def _replica_row(spec: Mapping[str, Any], result: ReplicaRecord | None, unreacha
         value = getattr(result, key)
         if value is not None:
             row[key] = value
+    if result.model_source is not None:  # a model with sources: the one that served (only then: rows keep their keys)
+        row["model_source"] = result.model_source
     row["changed"] = result.changed
     row["failed"] = result.failed
     if row["failed"]:

@@ -48,7 +48,7 @@ def weights_from_info(info: Mapping[str, Any]) -> int | None:
 
 def installed_sizes(models_root: str) -> dict[str, dict[str, Any]]:
     """Per installed model name, what model_sync recorded: ``{weight_bytes, source, repo_id, revision, commit, src,
-    url}`` (weight bytes: the validated weight files, else the whole install)."""
+    url, s3_url}`` (weight bytes: the validated weight files, else the whole install)."""
     out: dict[str, dict[str, Any]] = {}
     directory = os.path.dirname(store.manifest_path(models_root, "x"))
     try:
@@ -62,7 +62,7 @@ def installed_sizes(models_root: str) -> dict[str, dict[str, Any]]:
         weights = (manifest.get("validation") or {}).get("weight_bytes") or manifest.get("size_bytes")
         if not isinstance(weights, int) or weights <= 0:
             continue
-        record = {k: manifest.get(k) for k in ("source", "repo_id", "revision", "commit", "src", "url")}
+        record = {k: manifest.get(k) for k in ("source", "repo_id", "revision", "commit", "src", "url", "s3_url")}
         out[name] = {"weight_bytes": weights, **record}
     return out
 
@@ -79,6 +79,12 @@ def _same_model(record: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
         return record.get("src") is not None and record.get("src") == model.get("path")
     if source == "url":
         return record.get("url") is not None and record.get("url") == model.get("url")
+    if source == "s3":
+        return record.get("s3_url") is not None and record.get("s3_url") == (model.get("s3_url") or "").rstrip("/")
+    if source == "ordered":  # a model with sources (the fleet schema's): installed by any of them
+        return any(
+            _same_model(record, {**model, "source": "hf" if s == "hf_cache" else s}) for s in model.get("sources") or []
+        )
     return False
 
 

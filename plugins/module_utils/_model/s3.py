@@ -40,6 +40,7 @@ from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.hub import name_problem
+from ansible_collections.gpufleet.vllm.plugins.module_utils._model.url import mask
 
 # The range size (bench/s3_sync.py measures others through GPUFLEET_S3_PART_MB; docs/modules/model_sync.md).
 PART_SIZE = 16 * 1024 * 1024
@@ -77,10 +78,13 @@ def check_endpoint(endpoint_url: str | None) -> str | None:
     """``endpoint_url`` (an S3-compatible store: R2, MinIO) when it is an http(s) URL with a host and no secret."""
     if endpoint_url is None:
         return None
-    parts = urllib.parse.urlsplit(str(endpoint_url))
+    try:
+        parts = urllib.parse.urlsplit(str(endpoint_url))
+    except ValueError:  # e.g. an unbalanced '[': not a URL at all
+        parts = urllib.parse.urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or parts.query:
         raise _bad(
-            f"endpoint_url {str(endpoint_url)[:120]!r} must be http(s)://HOST[:PORT] of an S3-compatible store (no "
+            f"endpoint_url {mask(str(endpoint_url))[:120]!r} must be http(s)://HOST[:PORT] of an S3-compatible store (no "
             "user, password or query: credentials go in aws_access_key_id / aws_secret_access_key), e.g. "
             "https://ACCOUNT.r2.cloudflarestorage.com"
         )

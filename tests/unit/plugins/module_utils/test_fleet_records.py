@@ -20,8 +20,11 @@ def test_replica_record_serialises_to_the_module_result_shape():
         ("phase", None),
         ("endpoint", None),
         ("actions", []),
+        ("model_source", None),  # which of a model's sources served (a model with sources only)
     ]
     assert records.from_dict(rec.to_dict()) == rec
+    served = records.ReplicaRecord(name="chat-0", model_source="s3")
+    assert records.from_dict(served.to_dict()) == served
 
 
 def test_removal_record_serialises_to_the_module_result_shape():
