@@ -171,7 +171,8 @@ _HINTS["timeout"] = (
 _HINTS["unknown"] = "the server failed; read log_tail"
 _HINTS["smoke_failed"] = (
     "the server answered /health and /v1/models but not one real request; read its answer and log_tail (a broken "
-    "model revision, a bad chat template), or set smoke_test: false for an engine without this endpoint"
+    "model revision, a bad chat template), choose the request (smoke_test: {endpoint, prompt}), or set "
+    "smoke_test: false for an engine without any of these endpoints"
 )
 
 _ERRORISH = r"(Error|Exception|error:|ERROR|Traceback|FATAL)"

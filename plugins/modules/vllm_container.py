@@ -460,8 +460,28 @@ options:
         C(--runner pooling) or C(--convert embed)). A failure is failure class C(smoke_failed), with the server's
         answer (secrets masked) in RV(hint), and is rolled back like any other start failure.
       - Set V(false) for an engine with none of these endpoints. Not part of the configuration hash.
+      - O(smoke_request) chooses the endpoint and the prompt.
     type: bool
     default: true
+  smoke_request:
+    description:
+      - The smoke request of O(smoke_test) (when it is V(true)). Not part of the configuration hash.
+    type: dict
+    suboptions:
+      endpoint:
+        description:
+          - V(auto) - from the argv, as O(smoke_test) says (completions, chat when the server has no completions
+            route for the model, embeddings for an embedding model).
+          - V(completions), V(chat) (C(/v1/chat/completions), which applies the model's chat template, so a broken
+            template fails the gate) or V(embeddings) - that endpoint only, never another.
+        type: str
+        choices: [auto, completions, chat, embeddings]
+        default: auto
+      prompt:
+        description:
+          - The prompt (chat - the user message; embeddings - the input). Default C(Hello). The inventory schema
+            (C(smoke_test) of a deployment) allows at most 4096 characters.
+        type: str
 requirements:
   - docker (Python SDK) on the target for O(runtime=docker); the podman CLI for O(runtime=podman).
 notes:

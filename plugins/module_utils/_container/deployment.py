@@ -502,7 +502,7 @@ class Deployment:
                     self._phase("ready")
                 return
         argv = self.desired.argv if self.desired is not None else list(self.result.get("argv") or [])
-        smoke = rd.smoke_kind(argv) if self.p.get("smoke_test", True) else None
+        smoke = rd.smoke_plan(argv, self.p.get("smoke_request")) if self.p.get("smoke_test", True) else None
         out = rd.wait_ready(
             self.rt, cid, self.base, self.p.get("api_key"), self.p["wait_timeout"], self.secrets, smoke=smoke
         )

@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,28 @@ SMOKE_PROMPT = "Hello"
 _POOLING = {"--task": ("embed", "embedding"), "--runner": ("pooling",), "--convert": ("embed",)}
 
 
+@dataclass(frozen=True)
+class Smoke:
+    """The smoke request to send: its endpoint (``kind``), the prompt, and whether a completions request that the
+    server has no route for may become a chat request (only when the endpoint was chosen from the argv)."""
+
+    kind: str
+    prompt: str = SMOKE_PROMPT
+    fallback: bool = True
+
+
+def smoke_plan(argv: list[str], request: Mapping[str, Any] | None = None) -> Smoke:
+    """The smoke request for a server started with ``argv`` and vllm_container's ``smoke_request`` option
+    (``endpoint``: auto, completions, chat or embeddings; ``prompt``). ``auto``: ``smoke_kind`` of the argv, with the
+    fall-back to chat; an endpoint given is sent as it is (a chat model's template is then checked, for example)."""
+    request = request or {}
+    endpoint = str(request.get("endpoint") or "auto")
+    prompt = str(request.get("prompt") or SMOKE_PROMPT)
+    if endpoint == "auto":
+        return Smoke(smoke_kind(argv), prompt)
+    return Smoke(endpoint, prompt, fallback=False)
+
+
 def smoke_kind(argv: list[str]) -> str:
     """Which request the smoke test sends: ``embeddings`` for a server whose argv says it runs an embedding model
     (``--task embed``, ``--runner pooling``, ``--convert embed``), else ``completions`` (``chat`` when the server has
@@ -161,13 +184,21 @@ def smoke_kind(argv: list[str]) -> str:
     return "completions"
 
 
-def smoke_request(base: str, api_key: str | None, model: str, kind: str, timeout: float) -> tuple[str, int, bytes]:
-    """One real request: (endpoint, status, body). ``completions`` falls back to chat when the server has no
-    completions route for the model (404/405, or a 400 that says the model is chat-only)."""
+def smoke_request(
+    base: str,
+    api_key: str | None,
+    model: str,
+    kind: str,
+    timeout: float,
+    prompt: str = SMOKE_PROMPT,
+    fallback: bool = True,
+) -> tuple[str, int, bytes]:
+    """One real request: (endpoint, status, body). ``completions`` falls back to chat (with ``fallback``) when the
+    server has no completions route for the model (404/405, or a 400 that says the model is chat-only)."""
     bodies = {
-        "completions": {"model": model, "prompt": SMOKE_PROMPT, "max_tokens": 1, "temperature": 0},
-        "chat": {"model": model, "messages": [{"role": "user", "content": SMOKE_PROMPT}], "max_tokens": 1},
-        "embeddings": {"model": model, "input": SMOKE_PROMPT},
+        "completions": {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0},
+        "chat": {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 1},
+        "embeddings": {"model": model, "input": prompt},
     }
     paths = {"completions": "/v1/completions", "chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}
     status, body = 0, b""
@@ -179,8 +210,8 @@ def smoke_request(base: str, api_key: str | None, model: str, kind: str, timeout
             break
         time.sleep(0.5)
     chat_only = status == 400 and b"chat" in body.lower() and b"completion" in body.lower()
-    if kind == "completions" and (status in (404, 405) or chat_only):
-        return smoke_request(base, api_key, model, "chat", timeout)
+    if fallback and kind == "completions" and (status in (404, 405) or chat_only):
+        return smoke_request(base, api_key, model, "chat", timeout, prompt)
     return paths[kind], status, body
 
 
@@ -234,11 +265,14 @@ def wait_ready(
     timeout: float,
     secrets: list[str] | None = None,
     follow: bool = True,
-    smoke: str | None = None,
+    smoke: Smoke | str | None = None,
 ) -> Outcome:
     """Wait until /health and /v1/models answer, the container dies or restarts, or ``timeout`` passes. With
-    ``smoke`` (smoke_kind), one real request to the first served model must then succeed too: if not, the outcome
-    is failure class ``smoke_failed`` with the server's answer (secrets masked) in its hint."""
+    ``smoke`` (``smoke_plan``, or an endpoint as ``smoke_kind`` names it), one real request to the first served
+    model must then succeed too: if not, the outcome is failure class ``smoke_failed`` with the server's answer
+    (secrets masked) in its hint."""
+    if isinstance(smoke, str):
+        smoke = Smoke(smoke)
     t0 = time.monotonic()
     wake = threading.Event()
     lines: deque[str] = deque(maxlen=failures.TAIL_LINES)
@@ -307,7 +341,9 @@ def wait_ready(
                 phases = in_order({*list(seen), "ready"})
                 if smoke and names:
                     left = max(1.0, min(SMOKE_TIMEOUT, timeout - (time.monotonic() - t0)))
-                    path, code, answer = smoke_request(base, api_key, names[0], smoke, left)
+                    path, code, answer = smoke_request(
+                        base, api_key, names[0], smoke.kind, left, smoke.prompt, smoke.fallback
+                    )
                     if not smoke_ok(path, code, answer):
                         return Outcome(
                             ready=False,

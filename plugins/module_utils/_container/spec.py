@@ -55,6 +55,15 @@ def _e(name: str, type_: str, flag: str, kind: str = "value", **kw: Any) -> Opti
     return Option(name=name, type=type_, flag=flag, kind=kind, **kw)
 
 
+# The smoke request's endpoints (auto: from the argv, readiness.smoke_plan) and the longest prompt it takes.
+SMOKE_ENDPOINTS = ("auto", "completions", "chat", "embeddings")
+SMOKE_PROMPT_MAX = 4096
+_SMOKE_SUBOPTIONS: dict[str, dict[str, Any]] = {
+    "endpoint": {"type": "str", "default": "auto", "choices": list(SMOKE_ENDPOINTS)},
+    "prompt": {"type": "str", "no_log": False},
+}
+
+
 # Engine options, in argv order. Everything here is optional (None = vLLM's default, nothing rendered).
 ENGINE_OPTIONS: tuple[Option, ...] = (
     _e("served_model_name", "list", "--served-model-name", "nargs", elements="str"),
@@ -125,6 +134,8 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option("wait", "bool", default=True),
     Option("wait_timeout", "int", default=1800),
     Option("smoke_test", "bool", default=True),
+    # The smoke request itself (readiness.smoke_plan): which endpoint, which prompt. Never hashed, like smoke_test.
+    Option("smoke_request", "dict", suboptions=_SMOKE_SUBOPTIONS),
     Option("stop_timeout", "int", default=30),
     Option("sleep_mode", "bool", default=False),
     Option("sleep_level", "int", default=1, choices=(1, 2)),

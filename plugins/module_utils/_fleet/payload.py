@@ -106,7 +106,10 @@ def container_spec(assignment: Mapping[str, Any], dep: Mapping[str, Any], host: 
     container["labels"] = {**(container.get("labels") or {}), labels.PLAN_DIGEST: digest}
     # The readiness gate's real request: after the digest, so that turning it on or off never rolls a replica (it
     # decides how the next start is checked, not what runs; vllm_container keeps it out of the config hash too).
-    container["smoke_test"] = dep.get("smoke_test", True)
+    smoke = dep.get("smoke_test", True)
+    container["smoke_test"] = bool(smoke)
+    if isinstance(smoke, dict):  # smoke_test: {endpoint, prompt} (the schema's): on, with that request
+        container["smoke_request"] = smoke
     sync: dict[str, Any] = {"name": dep["name"], "source": model.get("source"), "models_root": models_root}
     if dep.get("keep_revisions") is not None:  # how many old revisions model_sync keeps (validated by the schema)
         sync["keep_revisions"] = dep["keep_revisions"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import validate as container_validate
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import SMOKE_ENDPOINTS, SMOKE_PROMPT_MAX
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec as _container_spec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import FORMAT as DURATION_FORMAT
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, duration_hours
@@ -206,17 +207,46 @@ def _gate_and_revision_fields(dep: Mapping[str, Any], out: dict[str, Any], probl
     """smoke_test (the readiness gate's real request, vllm_container's option; default on) and keep_revisions (how many
     of the newest model revisions model_sync keeps on each host, 1..100, default 2). Neither rolls a replica."""
     smoke = dep.get("smoke_test")
-    as_bool = True if smoke is None else _as_bool(smoke)
-    if as_bool is None:
-        problems.add(who, "smoke_test", "must be true or false", smoke)
-        as_bool = True
-    out["smoke_test"] = as_bool
+    if isinstance(smoke, Mapping):  # on, with its request chosen: {endpoint, prompt} (only what is not a default)
+        out["smoke_test"] = _smoke_request(smoke, problems, who) or True
+    else:
+        as_bool = True if smoke is None else _as_bool(smoke)
+        if as_bool is None:
+            problems.add(who, "smoke_test", "must be true, false or a mapping with endpoint and/or prompt", smoke)
+            as_bool = True
+        out["smoke_test"] = as_bool
     keep = dep.get("keep_revisions")
     keep_i = DEFAULT_KEEP if keep is None else _as_int(keep)
     if isinstance(keep, bool) or keep_i is None or not 1 <= keep_i <= KEEP_REVISIONS_MAX:
         problems.add(who, "keep_revisions", f"must be an integer in 1..{KEEP_REVISIONS_MAX}", keep)
         keep_i = DEFAULT_KEEP
     out["keep_revisions"] = keep_i
+
+
+def _smoke_request(smoke: Mapping[str, Any], problems: Problems, who: str) -> dict[str, Any] | None:
+    """``smoke_test: {endpoint, prompt}``: the gate is on, with vllm_container's ``smoke_request`` (endpoint one of
+    SMOKE_ENDPOINTS, a prompt of 1..SMOKE_PROMPT_MAX characters); None when it says nothing beyond the defaults."""
+    out: dict[str, Any] = {}
+    for key in sorted(set(smoke) - {"endpoint", "prompt"}):
+        problems.add(who, f"smoke_test.{key}", "unknown key (smoke_test takes endpoint and prompt)", smoke[key])
+    endpoint = smoke.get("endpoint")
+    if endpoint is not None:
+        if endpoint not in SMOKE_ENDPOINTS:
+            problems.add(who, "smoke_test.endpoint", f"must be one of {', '.join(SMOKE_ENDPOINTS)}", endpoint)
+        elif endpoint != "auto":
+            out["endpoint"] = endpoint
+    prompt = smoke.get("prompt")
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > SMOKE_PROMPT_MAX:
+            problems.add(
+                who,
+                "smoke_test.prompt",
+                f"must be a non-empty string of at most {SMOKE_PROMPT_MAX} characters",
+                prompt if not isinstance(prompt, str) else f"{len(prompt)} characters",
+            )
+        else:
+            out["prompt"] = prompt
+    return out or None
 
 
 _KIND = {"hf": "repo_id", "local": "path", "url": "url"}

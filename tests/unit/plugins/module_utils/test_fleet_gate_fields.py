@@ -48,7 +48,12 @@ def test_defaults_and_values():
 @pytest.mark.parametrize(
     ("fields", "problem"),
     [
-        ({"smoke_test": "maybe"}, "chat: smoke_test: must be true or false, got 'maybe'"),
+        ({"smoke_test": "maybe"}, "chat: smoke_test: must be true, false or a mapping with endpoint and/or prompt, got 'maybe'"),
+        ({"smoke_test": {"endpoint": "complete"}}, "chat: smoke_test.endpoint: must be one of auto, completions, chat, embeddings, got 'complete'"),
+        ({"smoke_test": {"prompt": ""}}, "chat: smoke_test.prompt: must be a non-empty string of at most 4096 characters, got '0 characters'"),
+        ({"smoke_test": {"prompt": "x" * 4097}}, "chat: smoke_test.prompt: must be a non-empty string of at most 4096 characters, got '4097 characters'"),
+        ({"smoke_test": {"prompt": 42}}, "chat: smoke_test.prompt: must be a non-empty string of at most 4096 characters, got 42"),
+        ({"smoke_test": {"endpoint": "chat", "max_tokens": 5}}, "chat: smoke_test.max_tokens: unknown key (smoke_test takes endpoint and prompt), got 5"),
         ({"keep_revisions": 0}, "chat: keep_revisions: must be an integer in 1..100, got 0"),
         ({"keep_revisions": 101}, "chat: keep_revisions: must be an integer in 1..100, got 101"),
         ({"keep_revisions": True}, "chat: keep_revisions: must be an integer in 1..100, got True"),
@@ -96,3 +101,23 @@ def test_gate_and_keep_revisions_never_roll_a_checksum_does():
     base = spec_of(model={"url": "https://x/m.gguf"})["digest"]
     assert spec_of(model={"url": "https://x/m.gguf"}, smoke_test=False, keep_revisions=9)["digest"] == base
     assert spec_of(model={"url": "https://x/m.gguf", "checksum": SUM})["digest"] != base  # other weights: roll
+
+
+def test_smoke_test_mapping_chooses_the_request_and_rolls_nothing():
+    """smoke_test: {endpoint, prompt}: the gate is on, with that request (vllm_container's smoke_request), carried
+    by the plan after the digest: choosing another request never rolls a replica."""
+    d = one(smoke_test={"endpoint": "chat", "prompt": "Bonjour"})
+    assert d["smoke_test"] == {"endpoint": "chat", "prompt": "Bonjour"}
+    assert schema.validate_deployments([d]) == [d]  # normalized input validates to itself
+    assert one(smoke_test={"endpoint": "auto"})["smoke_test"] is True  # only the defaults: plain on
+    spec = spec_of(smoke_test={"endpoint": "chat", "prompt": "Bonjour"})
+    assert spec["container"]["smoke_test"] is True
+    assert spec["container"]["smoke_request"] == {"endpoint": "chat", "prompt": "Bonjour"}
+    assert spec["digest"] == spec_of()["digest"] == spec_of(smoke_test={"prompt": "Hi"})["digest"]
+    assert "smoke_request" not in spec_of()["container"]
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec import argument_spec
+
+    container_spec = {k: v for k, v in argument_spec().items() if k in ("smoke_test", "smoke_request")}
+    res = ArgumentSpecValidator(container_spec).validate({k: spec["container"][k] for k in container_spec})
+    assert not res.error_messages and res.validated_parameters["smoke_request"]["endpoint"] == "chat"

@@ -228,3 +228,23 @@ def test_no_smoke_when_off(smoke_server):
     _SmokeHandler.completions = (500, b"broken")
     out = rd.wait_ready(_Rt([]), "id", smoke_server, None, timeout=10, follow=False, smoke=None)
     assert out.ready and _SmokeHandler.seen == []
+
+
+def test_smoke_plan_and_a_chosen_endpoint_never_falls_back(smoke_server):
+    """smoke_request (vllm_container): auto keeps the argv's choice and the fall-back to chat; a chosen endpoint is
+    sent as it is, with the chosen prompt (a chat model's template is checked with endpoint chat)."""
+    assert rd.smoke_plan(["/m"]) == rd.Smoke("completions", "Hello", True)
+    assert rd.smoke_plan(["/m", "--task", "embed"], {"endpoint": "auto", "prompt": None}) == rd.Smoke("embeddings")
+    assert rd.smoke_plan(["/m"], {"endpoint": "chat", "prompt": "Bonjour"}) == rd.Smoke("chat", "Bonjour", False)
+    smoke = rd.smoke_plan(["/m"], {"endpoint": "chat", "prompt": "Bonjour"})
+    out = rd.wait_ready(_Rt([]), "id", smoke_server, None, timeout=10, follow=False, smoke=smoke)
+    path, body, _auth = _SmokeHandler.seen[0]
+    assert out.ready and len(_SmokeHandler.seen) == 1 and path == "/v1/chat/completions"
+    assert body["messages"] == [{"role": "user", "content": "Bonjour"}] and body["max_tokens"] == 1
+    # completions chosen: a chat-only answer fails the gate instead of trying chat.
+    _SmokeHandler.seen = []
+    _SmokeHandler.completions = (400, b'{"error":"this model only supports the chat completions API"}')
+    smoke = rd.smoke_plan(["/m"], {"endpoint": "completions", "prompt": "2+2="})
+    out = rd.wait_ready(_Rt([]), "id", smoke_server, None, timeout=10, follow=False, smoke=smoke)
+    assert out.failure_class == "smoke_failed" and [s[0] for s in _SmokeHandler.seen] == ["/v1/completions"]
+    assert _SmokeHandler.seen[0][1]["prompt"] == "2+2="

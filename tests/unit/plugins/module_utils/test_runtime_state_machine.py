@@ -98,7 +98,7 @@ def test_smoke_failure_rolls_back_and_smoke_test_false_skips_it(rt):
     (smoke_failed), rolled back like any other; smoke_test: false asks for no request."""
     run(rt, gpus=["0"], model_revision="r1")
     old = rt._find("gpufleet-t")
-    assert rt.smoke_kinds == ["completions"]
+    assert rt.smoke_kinds == [rd.Smoke("completions")]  # auto: from the argv, may fall back to chat
     with pytest.raises(GpufleetError) as e:
         run(rt, gpus=["0"], model_revision="r2", env={"SMOKE_FAIL": "1"})
     d = e.value.details
@@ -107,6 +107,18 @@ def test_smoke_failure_rolls_back_and_smoke_test_false_skips_it(rt):
     assert rt.smoke_kinds[-1] is None  # the rollback waits for the old server without a smoke request
     res = run(rt, gpus=["0"], model_revision="r2", env={"SMOKE_FAIL": "1"}, smoke_test=False)
     assert res["changed"] and res["ready"] and rt.smoke_kinds[-1] is None
+
+
+def test_smoke_request_chooses_the_endpoint_and_prompt_and_restarts_nothing(rt):
+    """smoke_request: that endpoint only (no fall-back) with that prompt; changing it is not a change of the
+    container (not hashed, like smoke_test)."""
+    chat = {"endpoint": "chat", "prompt": "Bonjour"}
+    first = run(rt, gpus=["0"], smoke_request=chat)
+    assert first["changed"] and rt.smoke_kinds == [rd.Smoke("chat", "Bonjour", fallback=False)]
+    again = run(rt, gpus=["0"], smoke_request={"endpoint": "completions", "prompt": "Hi"})
+    assert not again["changed"] and again["config_hash"] == first["config_hash"]
+    run(rt, gpus=["0"], model_revision="r2", smoke_request={"endpoint": "auto", "prompt": "Hi"})
+    assert rt.smoke_kinds[-1] == rd.Smoke("completions", "Hi", fallback=True)
 
 
 def test_model_revision_is_part_of_the_hash(rt):
