@@ -27,10 +27,11 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container import li
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import warm
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import metrics
 
-SERVED = "vllm:request_success_total"
-RUNNING = "vllm:num_requests_running"
-WAITING = "vllm:num_requests_waiting"
+SERVED = metrics.REQUEST_SUCCESS
+RUNNING = metrics.RUNNING
+WAITING = metrics.WAITING
 
 
 class Activity(NamedTuple):
@@ -43,19 +44,10 @@ class Activity(NamedTuple):
 
 def read_activity(text: str) -> Activity | None:
     """The request counters of a vLLM ``/metrics`` page; None when it has no ``vllm:request_success_total``."""
-    from prometheus_client.parser import text_string_to_metric_families  # the host venv's (requirements-host.txt)
-
-    sums = {SERVED: 0.0, RUNNING: 0.0, WAITING: 0.0}
-    seen = False
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name in sums:
-                    sums[sample.name] += float(sample.value)
-                    seen = seen or sample.name == SERVED
-    except ValueError:
+    sums = metrics.sums(text, (SERVED, RUNNING, WAITING))
+    if SERVED not in sums:
         return None
-    return Activity(sums[SERVED], sums[RUNNING], sums[WAITING]) if seen else None
+    return Activity(sums[SERVED], sums.get(RUNNING, 0.0), sums.get(WAITING, 0.0))
 
 
 def active(act: Activity, served_seen: float | None) -> bool:

@@ -7,7 +7,7 @@ Two halves, one home:
 
 - on each host (module ``vllm_usage``), ``sample_host``: every running managed replica's counters
   ``vllm:request_success_total``, ``vllm:prompt_tokens_total`` and ``vllm:generation_tokens_total`` (read with
-  prometheus_client's parser, ``status.parse_metrics``), sampled twice ``interval`` seconds apart on the host's
+  prometheus_client's parser, ``_vllm/metrics.py``), sampled twice ``interval`` seconds apart on the host's
   monotonic clock; a replica's rate is the counters' increase over the time between its own two samples (a counter
   that went down restarted from zero: its increase is its new value, as Prometheus' ``rate`` counts it);
 - on the controller (``fleet_report kind=usage``), ``usage_report``: the replicas of every host summed per deployment
@@ -29,14 +29,20 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container import re
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import name_problem
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.status import parse_metrics
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.table import render_table
+from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import metrics
 
 USAGE_VERSION = 1
 DEFAULT_INTERVAL = 5.0
 MAX_INTERVAL = 300.0
 
-# status.parse_metrics' keys -> the usage report's (completion tokens = vLLM's generation tokens).
+# vLLM's counters -> a sample's keys (the status report's names).
+SCRAPED = {
+    metrics.REQUEST_SUCCESS: "requests",
+    metrics.PROMPT_TOKENS: "prompt_tokens",
+    metrics.GENERATION_TOKENS: "generation_tokens",
+}
+# A sample's keys -> the usage report's (completion tokens = vLLM's generation tokens).
 COUNTERS = {"requests": "requests", "prompt_tokens": "prompt_tokens", "generation_tokens": "completion_tokens"}
 SUMS = ("requests", "prompt_tokens", "completion_tokens", "tokens_per_s", "prompt_tokens_per_s")
 
@@ -79,7 +85,8 @@ def _sample(
     when = (start + clock()) / 2
     if status != 200:
         return when, None, f"/metrics answered {status}" if status else "/metrics did not answer"
-    counters = parse_metrics(body.decode("utf-8", "replace"))
+    raw = metrics.sums(body.decode("utf-8", "replace"), SCRAPED)
+    counters = {key: raw[name] for name, key in SCRAPED.items() if name in raw}
     if "requests" not in counters:
         return when, None, "/metrics has no vllm:request_success_total (not a vLLM server?)"
     return when, counters, None
