@@ -167,7 +167,7 @@ summary:
       C(deployments) (per deployment C(status) and C(replicas), each with C(host), C(gpus), C(gpu_uuids), C(port),
       C(endpoint), C(action), C(status) (V(ok), V(changed), V(failed), V(unreachable), V(not_run)), C(changed),
       C(failed), C(failure_class), C(failed_step), C(hint), C(rolled_back), and C(model_source) when the model has
-      C(sources): the one that served), C(removed), C(unschedulable),
+      C(sources), the one that served), C(removed), C(unschedulable),
       C(undeclared), C(unreachable_hosts)).
   returned: kind is converge
   type: dict
