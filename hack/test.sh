@@ -153,21 +153,26 @@ if [[ "${GPUFLEET_TEST_MATRIX:-1}" != 0 && $FILTERED -eq 0 ]]; then
 elif [[ "${GPUFLEET_TEST_MATRIX:-1}" == 0 ]]; then
   TABLE+=("matrix|0.0|skipped (GPUFLEET_TEST_MATRIX=0)")
 fi
-phase "pytest: integration" run_pytest tests/integration "${XDIST[@]}" ${XDIST:+--dist loadgroup} "$@"
-
 # Molecule: every role's default scenario (roles/<role>/molecule/default: converge, idempotence, verify), offline
-# (dependency disabled, no prerun). Each holds the fleet-tests lock, as the fleet integration tests do: a scenario may
-# converge on the shared simulated hosts. With a pytest filter (arguments), molecule is left out.
+# (dependency disabled, no prerun), in the background beside the integration phase (one scenario after the other;
+# output when they end). A scenario on the shared simulated hosts gpu-a/b/c holds the fleet-tests lock, as the fleet
+# integration tests do (the xdist worker with the fleet files waits for it, and it for them); the gpu_host scenario
+# holds the bare host gpu-d's lock, as tests/integration/test_gpu_host.py does. With a pytest filter (arguments),
+# molecule is left out.
 run_molecule() {
-  local dir rc=0
+  local dir lock rc=0
   "$ROOT/sim/steps.d/70-fleet.sh" up >/dev/null  # the models the deployments scenario serves
   for dir in roles/*/molecule/default; do
     [[ -f "$dir/molecule.yml" ]] || continue
-    section "molecule: ${dir%%/molecule/*}"
-    (cd "${dir%/molecule/default}" && flock "$ROOT/.build/hosts/.fleet-tests.lock" molecule test) || rc=$?
+    lock=.fleet-tests.lock
+    if grep -q -- '- name: gpu-d$' "$dir/molecule.yml"; then lock=.gpu-d.lock; fi
+    section "molecule: ${dir%%/molecule/*} (holding .build/hosts/$lock)"
+    (cd "${dir%/molecule/default}" && flock "$ROOT/.build/hosts/$lock" molecule test) || rc=$?
   done
   return "$rc"
 }
-if [[ $FILTERED -eq 0 ]]; then phase "molecule" run_molecule; fi
+if [[ $FILTERED -eq 0 ]]; then phase_bg "molecule" run_molecule; fi
+phase "pytest: integration" run_pytest tests/integration "${XDIST[@]}" ${XDIST:+--dist loadgroup} "$@"
+
 wait_bg
 exit "$FIRST_RC"

@@ -163,7 +163,7 @@ def chat() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def bare(sim_hosts: SimHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
+def bare(sim_hosts: SimHosts, sim_bare_lock: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
     subprocess.run([str(ROOT / "sim" / "steps.d" / "70-fleet.sh"), "up"], check=True, capture_output=True)
     for step in (["bare-reset", HOST], ["bare", HOST]):
         proc = subprocess.run([str(HOSTS_SH), *step], capture_output=True, text=True, timeout=600, check=False)
