@@ -38,7 +38,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.logs import D
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.logs import DEFAULT_RETENTION_DAYS, LOGS_DIR
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import Policy
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.runner import Agent
-from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.shipping import shipped_files
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.shipping import pack, shipped_files
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 
 DEFAULT_STATE_DIR = "/var/lib/gpufleet/agent"
@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--stop", action="store_true", help="stop the background agent of --pidfile")
     mode.add_argument("--restart", action="store_true", help="stop, then start the background agent")
     mode.add_argument("--list-files", action="store_true", help="print the module_utils files the agent needs (JSON)")
+    mode.add_argument(
+        "--pack",
+        metavar="ARCHIVE",
+        default="",
+        help="write the agent's code (those files) as one reproducible .tar.gz and print its sha256 and files (JSON)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -128,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_files:
         print_line(json.dumps(shipped_files()))
+        return 0
+    if args.pack:
+        print_line(json.dumps(pack(args.pack)))
         return 0
     if (args.daemonize or args.stop or args.restart) and not args.worker:
         if not args.pidfile:
