@@ -61,6 +61,20 @@ options:
       - A GPU busier than this (percent) is unhealthy. V(100) disables the check.
     type: int
     default: 100
+  xid_file:
+    description:
+      - The record of the Xid errors the node agent (role P(gpufleet.vllm.node_agent#role)) saw, per GPU. NVML reports
+        Xid errors only as events that a waiting process sees, so this module reads what the agent recorded - without
+        a running agent there is none and Xids judge nothing.
+      - A critical Xid (48 double-bit ECC, 64 ECC page retirement/row remapping failure, 74 NVLink, 79 fallen off the
+        bus, 94/95 contained/uncontained ECC, 119/120 GSP) seen since the host booted makes the GPU unhealthy.
+    type: path
+    default: /var/lib/gpufleet/agent/xid.json
+  max_xid_age_s:
+    description:
+      - A critical Xid counts only this many seconds (after a GPU reset without a reboot, for example). Unset, it
+        counts until the host reboots (or its entry is removed from O(xid_file)).
+    type: int
   fail_on_unhealthy:
     description:
       - Fail the task when a (selected) GPU is unhealthy. The facts are returned either way.
@@ -239,6 +253,13 @@ ansible_facts:
           description: Memory pages wait to be retired at the next GPU reset (V(null) when not supported); makes it unhealthy.
           type: bool
           sample: false
+        xid_errors:
+          description:
+            - The critical Xid errors the node agent recorded for this GPU that still count (O(xid_file)), oldest first,
+              each with C(xid), C(at) (ISO 8601, UTC) and C(meaning). Any makes the GPU unhealthy.
+          type: list
+          elements: dict
+          sample: [{xid: 79, at: "2026-12-03T04:21:07Z", meaning: GPU has fallen off the bus}]
         healthy:
           description:
             - No health issue. The fleet's placement puts no new replica on an unhealthy GPU and vllm_container's
@@ -280,6 +301,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import SOURCES, gather_gpus
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import Thresholds, unhealthy_summary
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.xid import XID_FILE
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.gpu_runtime import (
     DEFAULT_CDI_DIRS,
     container_readiness,
@@ -291,6 +313,8 @@ ARGUMENT_SPEC = dict(
     max_temperature_c=dict(type="int", default=85),
     min_free_memory_mib=dict(type="int", default=0),
     max_utilization_pct=dict(type="int", default=100),
+    xid_file=dict(type="path", default=XID_FILE),
+    max_xid_age_s=dict(type="int"),
     fail_on_unhealthy=dict(type="bool", default=False),
     min_gpus=dict(type="int", default=0),
     nvidia_smi_path=dict(type="path"),
@@ -308,6 +332,7 @@ RANGES = {
     "min_free_memory_mib": (0, None, False, "MiB a GPU must have free to count as healthy"),
     "max_utilization_pct": (0, 100, False, "a percentage"),
     "max_temperature_c": (0, 150, False, "degrees Celsius, e.g. 85"),
+    "max_xid_age_s": (0, None, True, "seconds a critical Xid counts, e.g. 86400"),
 }
 
 
@@ -332,9 +357,11 @@ def run(module: AnsibleModule) -> None:
     problems = value_problems(p)
     if problems:
         module.fail_json(msg="gpu_facts: " + "; ".join(problems), problems=problems)
-    thresholds = Thresholds(p["max_temperature_c"], p["min_free_memory_mib"], p["max_utilization_pct"])
+    thresholds = Thresholds(
+        p["max_temperature_c"], p["min_free_memory_mib"], p["max_utilization_pct"], max_xid_age_s=p["max_xid_age_s"]
+    )
     try:
-        facts = gather_gpus(p["source"], thresholds, p["gpus"], p["nvidia_smi_path"], p["timeout"])
+        facts = gather_gpus(p["source"], thresholds, p["gpus"], p["nvidia_smi_path"], p["timeout"], p["xid_file"])
     except GpufleetError as err:
         module.fail_json(msg=str(err), **err.details)
     facts["gpu_container_runtime"] = (

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int nvmlReturn_t;
 
@@ -24,7 +25,9 @@ enum {
     NVML_ERROR_NO_PERMISSION = 4,
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
+    NVML_ERROR_MEMORY = 20,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
+    NVML_ERROR_TIMEOUT = 10,
     NVML_ERROR_GPU_IS_LOST = 15,
     NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
     NVML_ERROR_UNKNOWN = 999,
@@ -249,6 +252,8 @@ static const struct {
 };
 #define N_FIELD_KEYS (sizeof(FIELD_KEYS) / sizeof(FIELD_KEYS[0]))
 
+#define MAX_XIDS 64
+
 typedef struct {
     unsigned pid;
     unsigned long long used_bytes; /* ~0ULL: not available */
@@ -270,6 +275,8 @@ typedef struct {
     fake_proc *procs;
     int nprocs;
     int err[N_FIELDS]; /* NVML error returned for a query, 0 = answers */
+    unsigned long long xids[MAX_XIDS]; /* the Xid errors the driver raised (xid_errors), in order */
+    int n_xids;
 } fake_gpu;
 
 static fake_gpu *gpus;
@@ -318,6 +325,13 @@ static void free_gpus(void) {
     free(gpus);
     gpus = NULL;
     n_gpus = 0;
+}
+
+static void load_xids(fake_gpu *g, const jv *o) {
+    const jv *xids = jget(o, "xid_errors");
+    g->n_xids = 0;
+    for (int i = 0; xids && xids->type == J_ARR && i < xids->len && g->n_xids < MAX_XIDS; i++)
+        if (xids->items[i]->type == J_NUM) g->xids[g->n_xids++] = (unsigned long long)xids->items[i]->num;
 }
 
 static void load_gpu(fake_gpu *g, int index, const jv *o) {
@@ -385,19 +399,17 @@ static void load_gpu(fake_gpu *g, int index, const jv *o) {
         if (f >= 0) g->err[f] = error_code(errs->items[i]);
         else fprintf(stderr, "fake NVML: unknown field '%s' in errors of GPU %d\n", errs->keys[i], index);
     }
+    load_xids(g, o);
     if (jget(o, "lost") && jget(o, "lost")->type == J_BOOL && jget(o, "lost")->num)
         for (int f = F_MEMORY; f < N_FIELDS; f++) g->err[f] = NVML_ERROR_GPU_IS_LOST;
 }
 
-/* Reads the configuration; returns the nvmlInit result. */
-static nvmlReturn_t load_config(void) {
-    const char *path = getenv("GPUFLEET_FAKE_GPUS");
-    free_gpus();
-    if (!path || !*path) return NVML_ERROR_DRIVER_NOT_LOADED; /* a library without a driver behind it */
+/* The configuration file as JSON (an object), or NULL after saying why on stderr. */
+static jv *parse_file(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         fprintf(stderr, "fake NVML: cannot read GPUFLEET_FAKE_GPUS=%s: %s\n", path, strerror(errno));
-        return NVML_ERROR_UNKNOWN;
+        return NULL;
     }
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
@@ -419,9 +431,21 @@ static nvmlReturn_t load_config(void) {
                 (long)(ps.p - buf));
         jfree(root);
         free(buf);
-        return NVML_ERROR_UNKNOWN;
+        return NULL;
     }
     free(buf);
+    return root;
+}
+
+/* Reads the configuration; returns the nvmlInit result. */
+static jv *parse_file(const char *path);
+
+static nvmlReturn_t load_config(void) {
+    const char *path = getenv("GPUFLEET_FAKE_GPUS");
+    free_gpus();
+    if (!path || !*path) return NVML_ERROR_DRIVER_NOT_LOADED; /* a library without a driver behind it */
+    jv *root = parse_file(path);
+    if (!root) return NVML_ERROR_UNKNOWN;
     nvmlReturn_t ret = (nvmlReturn_t)error_code(jget(root, "init_error"));
     str_or(driver_version, sizeof driver_version, jget(root, "driver_version"), "550.54.15");
     char dflt[96];
@@ -748,5 +772,95 @@ nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(void *device, unsigned *co
     (void)infos;
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
     *count = 0;
+    return NVML_SUCCESS;
+}
+
+/* ------------------------------------------------------------------ events (Xid errors) */
+
+#define NVML_EVENT_TYPE_XID_CRITICAL_ERROR 0x8ULL
+#define SUPPORTED_EVENTS (0x1ULL | 0x2ULL | 0x4ULL | NVML_EVENT_TYPE_XID_CRITICAL_ERROR) /* ECC SBE/DBE, P-state, Xid */
+
+typedef struct {
+    void *device;
+    unsigned long long eventType;
+    unsigned long long eventData;
+    unsigned gpuInstanceId;
+    unsigned computeInstanceId;
+} nvmlEventData_t;
+
+/* An event set: which GPUs registered for Xid events and how many of their xid_errors it delivered so far. */
+typedef struct {
+    int registered[256];
+    int delivered[256];
+} fake_event_set;
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(void *device, unsigned long long *eventTypes) {
+    DEVICE(device, -1);
+    if (!eventTypes) return NVML_ERROR_INVALID_ARGUMENT;
+    *eventTypes = SUPPORTED_EVENTS;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlEventSetCreate(void **set) {
+    NEED_INIT();
+    if (!set) return NVML_ERROR_INVALID_ARGUMENT;
+    *set = calloc(1, sizeof(fake_event_set));
+    return *set ? NVML_SUCCESS : NVML_ERROR_MEMORY;
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(void *device, unsigned long long eventTypes, void *set) {
+    DEVICE(device, -1);
+    if (!set || g->index >= 256) return NVML_ERROR_INVALID_ARGUMENT;
+    if (eventTypes & ~SUPPORTED_EVENTS) return NVML_ERROR_NOT_SUPPORTED;
+    if (g->err[F_MEMORY] == NVML_ERROR_GPU_IS_LOST) return NVML_ERROR_GPU_IS_LOST;
+    if (eventTypes & NVML_EVENT_TYPE_XID_CRITICAL_ERROR) ((fake_event_set *)set)->registered[g->index] = 1;
+    return NVML_SUCCESS;
+}
+
+/* The Xid lists as the file says now: a test appends to a GPU's xid_errors while the agent waits. */
+static void reload_xids(void) {
+    const char *path = getenv("GPUFLEET_FAKE_GPUS");
+    jv *root = path && *path ? parse_file(path) : NULL;
+    const jv *list = root ? jget(root, "gpus") : NULL;
+    for (int i = 0; list && list->type == J_ARR && i < list->len && i < n_gpus; i++) load_xids(&gpus[i], list->items[i]);
+    jfree(root);
+}
+
+static int next_event(fake_event_set *es, nvmlEventData_t *data) {
+    for (int i = 0; i < n_gpus && i < 256; i++) {
+        if (es->registered[i] && es->delivered[i] < gpus[i].n_xids) {
+            data->device = &gpus[i];
+            data->eventType = NVML_EVENT_TYPE_XID_CRITICAL_ERROR;
+            data->eventData = gpus[i].xids[es->delivered[i]++];
+            data->gpuInstanceId = data->computeInstanceId = 0xFFFFFFFFu;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Each xid_errors entry of a registered GPU is delivered once, in order (those in the file when the set was created
+   too: the file lists what the driver raises); with none left, waits up to timeoutms (re-reading the file every
+   20 ms) and answers NVML_ERROR_TIMEOUT like the real call. */
+nvmlReturn_t nvmlEventSetWait_v2(void *set, nvmlEventData_t *data, unsigned timeoutms) {
+    NEED_INIT();
+    if (!set || !data) return NVML_ERROR_INVALID_ARGUMENT;
+    fake_event_set *es = set;
+    for (unsigned waited = 0;; waited += 20) {
+        reload_xids();
+        if (next_event(es, data)) return NVML_SUCCESS;
+        if (waited >= timeoutms) return NVML_ERROR_TIMEOUT;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+nvmlReturn_t nvmlEventSetWait(void *set, nvmlEventData_t *data, unsigned timeoutms) {
+    return nvmlEventSetWait_v2(set, data, timeoutms);
+}
+
+nvmlReturn_t nvmlEventSetFree(void *set) {
+    NEED_INIT();
+    free(set);
     return NVML_SUCCESS;
 }

@@ -26,10 +26,12 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import 
     load_state,
     save_state,
 )
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.xid import XidRecorder, XidWatch
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState, Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_atomic
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.xid import XID_FILE_NAME
 
 
 def policy_of(args: argparse.Namespace) -> Policy:
@@ -111,9 +113,16 @@ class Agent:
     def run(self) -> int:
         self.serve_metrics()
         parent = os.getppid()
+        watch = None
+        if not self.args.once:  # Xid errors come as NVML events only a waiting process sees (_agent/xid.py)
+            record = XidRecorder(os.path.join(self.state_dir, XID_FILE_NAME), self.events)
+            watch = XidWatch(record, self.events)
+            watch.start()
         try:
             return self._loop(parent)
         finally:
+            if watch is not None:
+                watch.stop()
             if self.vllm_logs is not None:
                 self.vllm_logs.close(0)
 

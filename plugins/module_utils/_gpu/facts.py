@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import xid
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import Thresholds, apply_health
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.nvml import collect_nvml
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.record import SourceUnavailable
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.smi import collect_nvidia_smi
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.xid import XID_FILE
 
 SOURCES = ("auto", "nvml", "nvidia_smi", "none")
 
@@ -28,8 +30,10 @@ def gather_gpus(
     selectors: Sequence[str | int] | None = None,
     nvidia_smi_path: str | None = None,
     timeout: float = 10.0,
+    xid_file: str | None = XID_FILE,
 ) -> dict[str, Any]:
-    """The GPU part of the facts: tries the sources ``source`` allows, in order, and says why one was skipped."""
+    """The GPU part of the facts: tries the sources ``source`` allows, in order, and says why one was skipped. The
+    critical Xids the node agent recorded in ``xid_file`` (None: not read) count in the health (``xid.py``)."""
     if source not in SOURCES:
         raise GpufleetError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
     thresholds = thresholds or Thresholds()
@@ -57,6 +61,7 @@ def gather_gpus(
             + "; ".join(reasons),
             failure_class="gpu_not_found",
         )
+    xid.attach(gpus, xid_file, thresholds.max_xid_age_s)
     apply_health(gpus, thresholds)
     return {
         "gpu_count": len(gpus),

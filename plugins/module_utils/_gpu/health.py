@@ -17,6 +17,7 @@ class Thresholds:
     max_utilization_pct: int | None = 100
     max_ecc_uncorrected: int | None = 0  # volatile uncorrectable ECC errors (since the driver loaded)
     retired_pages_pending_ok: bool = False  # pages waiting to be retired: a GPU reset is due
+    max_xid_age_s: float | None = None  # a critical Xid counts since boot (None) or for this many seconds (xid.py)
 
 
 def evaluate_health(gpu: dict[str, Any], thresholds: Thresholds) -> list[str]:
@@ -39,6 +40,8 @@ def evaluate_health(gpu: dict[str, Any], thresholds: Thresholds) -> list[str]:
         issues.append(f"{ecc} uncorrectable ECC errors (volatile; more than {thresholds.max_ecc_uncorrected})")
     if not thresholds.retired_pages_pending_ok and gpu.get("retired_pages_pending"):
         issues.append("retired memory pages pending: the GPU needs a reset")
+    for e in gpu.get("xid_errors") or []:  # the critical Xids the node agent saw since boot (_gpu/xid.py)
+        issues.append(f"Xid {e['xid']} ({e['meaning']}) at {e['at']}: the GPU needs a reset or a reboot")
     return issues
 
 

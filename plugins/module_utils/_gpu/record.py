@@ -30,6 +30,7 @@ GPU_KEYS = (
     "processes",
     "ecc_errors_uncorrected",
     "retired_pages_pending",
+    "xid_errors",
     "healthy",
     "health_issues",
 )
@@ -48,6 +49,7 @@ def empty_gpu(index: int) -> dict[str, Any]:
     gpu["index"] = index
     gpu["healthy"] = True
     gpu["health_issues"] = []
+    gpu["xid_errors"] = []
     return gpu
 
 

@@ -217,6 +217,7 @@ def test_nvml_one_gpu_every_field(fake_gpus):
             "processes": [{"pid": 77, "used_memory_mib": 1000}],
             "ecc_errors_uncorrected": 0,
             "retired_pages_pending": False,
+            "xid_errors": [],
             "healthy": True,
             "health_issues": [],
         }

@@ -1,0 +1,141 @@
+"""Xid errors in GPU health (issue #19 item 8): the record the node agent keeps (plugins/module_utils/_gpu/xid.py),
+what gpu_facts judges from it, and the agent's watch on NVML events (plugins/module_utils/_agent/xid.py) against the
+fake NVML's event set (sim/nvml: xid_errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent import cli
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.xid import XidRecorder, XidWatch
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import xid
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import gather_gpus
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import Thresholds, evaluate_health
+from fixtures.nvml import make_gpu
+
+BOOT = 1_700_000_000.0
+UUID = "GPU-00000001-1111-2222-3333-444444444444"
+
+
+def test_the_agent_writes_where_gpu_facts_reads():
+    assert xid.XID_FILE == os.path.join(cli.DEFAULT_STATE_DIR, xid.XID_FILE_NAME)
+
+
+def test_record_round_trip_keeps_the_newest_and_ignores_junk(tmp_path):
+    path = str(tmp_path / "xid.json")
+    assert xid.read_record(path) == {}
+    record: dict = {}
+    for i in range(xid.KEEP_PER_GPU + 3):
+        record = xid.add(record, UUID, 13 if i % 2 else 79, BOOT + i)
+    xid.write_record(path, record)
+    back = xid.read_record(path)
+    assert len(back[UUID]) == xid.KEEP_PER_GPU and back[UUID][-1]["at"] == BOOT + xid.KEEP_PER_GPU + 2
+    (tmp_path / "junk.json").write_text("{not json")
+    assert xid.read_record(str(tmp_path / "junk.json")) == {}
+    mixed = {"gpus": {UUID: [{"xid": "79", "at": 1}, {"xid": True, "at": 1}, {"xid": 48, "at": BOOT}], "x": "y"}}
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    assert xid.read_record(str(tmp_path / "mixed.json")) == {UUID: [{"xid": 48, "at": BOOT}]}
+
+
+def test_only_critical_xids_since_boot_and_within_the_age_count():
+    entries = [
+        {"xid": 79, "at": BOOT - 10},  # before this boot: the reboot reset the GPU
+        {"xid": 13, "at": BOOT + 5},  # an application's own fault: never unhealthy
+        {"xid": 48, "at": BOOT + 10},
+        {"xid": 95, "at": BOOT + 1000},
+    ]
+    got = xid.recent(entries, BOOT, now=BOOT + 1010)
+    assert [(e["xid"], e["meaning"]) for e in got] == [(48, "double-bit ECC error"), (95, "uncontained ECC error")]
+    assert got[0]["at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(BOOT + 10))
+    assert [e["xid"] for e in xid.recent(entries, BOOT, now=BOOT + 1010, max_age_s=100)] == [95]
+    assert [e["xid"] for e in xid.recent(entries, None, now=BOOT)] == [79, 48, 95]  # boot unknown: all of them
+
+
+def test_a_critical_xid_is_a_health_issue_with_its_meaning():
+    gpu = {"xid_errors": [{"xid": 79, "at": "2026-12-03T04:21:07Z", "meaning": "GPU has fallen off the bus"}]}
+    assert evaluate_health(gpu, Thresholds()) == [
+        "Xid 79 (GPU has fallen off the bus) at 2026-12-03T04:21:07Z: the GPU needs a reset or a reboot"
+    ]
+
+
+def test_gpu_facts_judges_the_record_by_uuid(fake_gpus, tmp_path):
+    fake_gpus({"gpus": [make_gpu(0), make_gpu(1)]})
+    path = str(tmp_path / "xid.json")
+    now = time.time()
+    xid.write_record(path, xid.add(xid.add({}, UUID, 13, now), UUID, 94, now))
+    for source in ("nvml", "nvidia_smi"):
+        facts = gather_gpus(source, xid_file=path)
+        assert [g["healthy"] for g in facts["gpus"]] == [True, False], source
+        assert [e["xid"] for e in facts["gpus"][1]["xid_errors"]] == [94] and facts["gpus"][0]["xid_errors"] == []
+        assert facts["gpus"][1]["health_issues"][0].startswith("Xid 94 (contained ECC error) at ")
+    assert gather_gpus("nvml", xid_file=None)["gpu_healthy"] is True  # no record read: nothing judged
+    assert gather_gpus("nvml", Thresholds(max_xid_age_s=1e-9), xid_file=path)["gpu_healthy"] is True
+
+
+def test_recorder_writes_the_record_and_one_event(tmp_path):
+    events: list[dict] = []
+    rec = XidRecorder(str(tmp_path / "xid.json"), events.append, clock=lambda: BOOT + 1)
+    rec(UUID, 79)
+    rec(UUID, 31)
+    assert xid.read_record(str(tmp_path / "xid.json")) == {
+        UUID: [{"xid": 79, "at": BOOT + 1}, {"xid": 31, "at": BOOT + 1}]
+    }
+    assert events == [
+        {"event": "gpu_xid", "gpu": UUID, "xid": 79, "critical": True, "meaning": "GPU has fallen off the bus"},
+        {"event": "gpu_xid", "gpu": UUID, "xid": 31, "critical": False},
+    ]
+
+
+def _wait(cond, what: str, limit: float = 30.0) -> None:
+    """Wait for ``cond`` (the limit only ends a hung test; correctness never depends on it)."""
+    end = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_the_watch_records_each_xid_the_driver_raises(fake_gpus, tmp_path):
+    config = fake_gpus({"gpus": [make_gpu(0), make_gpu(1, xid_errors=[79])]})
+    path = str(tmp_path / "xid.json")
+    events: list[dict] = []
+    lock = threading.Lock()
+
+    def log(event: dict) -> None:
+        with lock:
+            events.append(event)
+
+    watch = XidWatch(XidRecorder(path, log), log)
+    watch.start()
+    try:
+        assert watch.ready.wait(30)
+        assert watch.watching == sorted([make_gpu(0)["uuid"], UUID])
+        _wait(lambda: [e["xid"] for e in xid.read_record(path).get(UUID, [])] == [79], "the first Xid")
+        # the driver raises another one on GPU 0 while the agent waits
+        data = json.loads(Path(config).read_text())
+        data["gpus"][0]["xid_errors"] = [48]
+        tmp = Path(str(config) + ".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(config)
+        _wait(lambda: make_gpu(0)["uuid"] in xid.read_record(path), "the second Xid")
+    finally:
+        watch.stop()
+        watch.join(30)
+    assert not watch.is_alive()
+    assert {e["xid"] for e in events if e["event"] == "gpu_xid"} == {79, 48}
+    assert events[0] == {"event": "xid_watch", "watching": watch.watching}
+    facts = gather_gpus("nvml", xid_file=path)
+    assert [g["healthy"] for g in facts["gpus"]] == [False, False]
+    assert "Xid 79 (GPU has fallen off the bus)" in facts["gpus"][1]["health_issues"][0]
+
+
+def test_without_nvml_the_watch_says_so_and_ends(monkeypatch):
+    monkeypatch.delenv("GPUFLEET_FAKE_GPUS", raising=False)
+    events: list[dict] = []
+    watch = XidWatch(lambda u, x: None, events.append)
+    watch.run()  # in this thread: it ends by itself
+    assert events and events[0]["event"] == "xid_watch" and events[0]["watching"] == []
+    assert "not recorded" in events[0]["reason"]
