@@ -8,8 +8,9 @@ A flag change and a new model revision (the fake hub's next commit) of a 3-repli
 100 ms from a thread while the converge runs; the new weights served afterwards, the old revision gone from the
 hosts) together with a vLLM version change of a 1-replica deployment with a
 free GPU (a surge: something answers at every sample, and the surge served through the router). A new version that
-fails to start is rolled back, stops its deployment's rollout and fails the run, and no request fails. One fleet,
-built once.
+fails to start is rolled back, stops its deployment's rollout and fails the run, and no request fails; the same run
+scales chat down from 3 replicas to 2: the removed replica leaves the router before its container stops (drained),
+and no request fails either. One fleet, built once.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ MODEL = "tiny-chat"
 REQUEST_DELAY = "0.05"
 
 
-def chat(max_model_len: int = 2048, vllm_version: str = "0.10.2", revision: str = "v1", **env: str) -> dict[str, Any]:
+def chat(
+    max_model_len: int = 2048, vllm_version: str = "0.10.2", revision: str = "v1", replicas: int = 3, **env: str
+) -> dict[str, Any]:
     """Three replicas spread over two hosts, replaced in place one at a time (no surge); a hub model (the fake hub),
     one revision kept on the hosts."""
     return {
@@ -52,7 +55,7 @@ def chat(max_model_len: int = 2048, vllm_version: str = "0.10.2", revision: str 
         "keep_revisions": 1,
         "served_model_name": [MODEL],
         "vllm_version": vllm_version,
-        "replicas": 3,
+        "replicas": replicas,
         "placement": "spread",
         "selector": {"zone": "eu1"},  # gpu-a and gpu-b
         "port": 8000,
@@ -273,38 +276,53 @@ def test_rolling_flag_revision_and_version_change_fail_no_request(fleet: Rollout
 
 
 def test_failing_new_version_is_rolled_back_fails_the_run_and_no_request(fleet: RolloutFleet) -> None:
+    """The new version fails (rolled back, the run fails) while the same run scales chat down to 2 replicas: chat-2
+    is taken out of the router and drained before its container stops (apply step), and no request fails."""
     before = fleet.managed()
+    rows = {r["name"]: r for r in fleet.summary()["deployments"]["chat"]["replicas"]}
     chat_urls = endpoints(fleet, "chat")
+    gone_url = f"http://{fleet.sim.address(rows['chat-2']['host'])}:{rows['chat-2']['port']}"
+    kept_urls = [u for u in chat_urls if u != gone_url]
     solo_url = endpoints(fleet, "solo")[0]
+    chat_gw = fleet.gateway("chat")
     fleet.write(
         [
-            chat(max_model_len=512, vllm_version="0.33.0", revision="v2", STANDIN_FAIL="oom"),
+            chat(max_model_len=512, vllm_version="0.33.0", revision="v2", replicas=2, STANDIN_FAIL="oom"),
             solo(max_model_len=512, vllm_version="0.33.0", STANDIN_FAIL="oom"),
         ]
     )
-    with Load(gateways(fleet), MODEL) as load, Sampler([*chat_urls, solo_url]) as sampler:
+    with Load(gateways(fleet), MODEL) as load, Sampler([*chat_urls, solo_url], [chat_gw]) as sampler:
         assert load.wait_for(16), load.report()
         proc = fleet.play("converge.yml")
     assert proc.returncode == 2, proc.stdout[-5000:]
     assert load.failures == [] and load.ok > 16, load.report()
-    assert fleet.router_workers("chat") == sorted(chat_urls) and fleet.router_workers("solo") == [solo_url]
+    # The scale-down: chat-2 left the router before it stopped answering (never listed while down), and is gone.
+    assert gone_url in (sampler.listed[0][chat_gw] or []), "chat-2 was not in the router at the start"
+    assert not up(gone_url) and any(not x[gone_url] for x in sampler.samples)
+    listed_down = [  # a sample reads /health first, then the router's list: a drained replica is never both
+        i
+        for i, (x, r) in enumerate(zip(sampler.samples, sampler.listed, strict=False))
+        if not x[gone_url] and gone_url in (r[chat_gw] or [])
+    ]
+    assert listed_down == [], "chat-2 was still in the router while its server was down (not drained first)"
+    assert fleet.router_workers("chat") == sorted(kept_urls) and fleet.router_workers("solo") == [solo_url]
     summary = fleet.summary()
     assert summary["ok"] is False
     rows = {r["name"]: r for d in ("chat", "solo") for r in summary["deployments"][d]["replicas"]}
     # chat-0 failed in wave 1 (in place: rolled back to its old container); the rollout of chat stopped there.
     assert rows["chat-0"]["status"] == "failed" and rows["chat-0"]["rolled_back"] is True
     assert rows["chat-0"]["failure_class"] == "gpu_oom"
-    assert rows["chat-1"]["status"] == "not_run" and rows["chat-2"]["status"] == "not_run"
+    assert rows["chat-1"]["status"] == "not_run" and "chat-2" not in rows
     # solo's surge failed: removed, solo-0 never touched.
     assert rows["solo-0"]["status"] == "failed" and rows["solo-0"]["rolled_back"] is True
     assert "was not touched and still serves" in rows["solo-0"]["hint"] or rows["solo-0"]["failure_class"] == "gpu_oom"
     after = fleet.managed()
-    for name in ("gpufleet-chat-0", "gpufleet-chat-1", "gpufleet-chat-2", "gpufleet-solo-0"):
+    for name in ("gpufleet-chat-0", "gpufleet-chat-1", "gpufleet-solo-0"):
         assert after[name]["id"] == before[name]["id"], name
         assert after[name]["status"] == "running"
-    assert "gpufleet-solo-0-surge" not in after
-    assert all(up(u) for u in [*chat_urls, solo_url])
-    # solo served throughout; at most one chat replica was down at any sample.
+    assert "gpufleet-solo-0-surge" not in after and "gpufleet-chat-2" not in after
+    assert all(up(u) for u in [*kept_urls, solo_url])
+    # solo served throughout; at most one of the chat replicas it keeps was down at any sample.
     assert all(s[solo_url] for s in sampler.samples)
-    assert max(sum(not s[u] for u in chat_urls) for s in sampler.samples) <= 1
+    assert max(sum(not s[u] for u in kept_urls) for s in sampler.samples) <= 1
     assert "FAILED" in proc.stdout and "gpu_oom" in proc.stdout
