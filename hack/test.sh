@@ -44,9 +44,16 @@ phase() {
 # phase_bg NAME COMMAND [ARGS...]: start one phase in the background, its output in .build/test-logs/NAME.log; its
 # result is collected by wait_bg (output printed then, table row added). For the CPU-light or network-bound phases
 # (ansible-lint, sanity: its venvs' pip installs on a fresh machine) that overlap the pytest phases' waits on the bed.
+# phase_bg --nice N NAME ...: at a lower CPU priority (renice N) than the foreground phases (the integration tests are
+# the critical path on 2 cores; a niced phase still ends well within them).
 BG_PIDS=()  # "pid|name|t0|log"
 phase_bg() {
-  local name=$1 log
+  local name log nice=0
+  if [[ $1 == --nice ]]; then
+    nice=$2
+    shift 2
+  fi
+  name=$1
   shift
   if [[ "$SKIP" == *" $name "* ]]; then
     TABLE+=("$name|0.0|skipped")
@@ -55,7 +62,10 @@ phase_bg() {
   mkdir -p "$ROOT/.build/test-logs"
   log="$ROOT/.build/test-logs/${name//[^A-Za-z0-9_.-]/_}.log"
   section "$name (background, output after it ends: $log)"
-  "$@" >"$log" 2>&1 </dev/null &
+  (
+    if ((nice)); then renice -n "$nice" -p "$BASHPID" >/dev/null; fi
+    "$@"
+  ) >"$log" 2>&1 </dev/null &
   BG_PIDS+=("$!|$name|$(date +%s.%N)|$log")
 }
 
@@ -136,7 +146,7 @@ if [[ "${GPUFLEET_TEST_SERIAL:-0}" == 1 ]]; then
   phase "lint: ansible-lint" ansible-lint --offline --profile production
   phase "sanity" "$ROOT/hack/sanity.sh"
 else
-  phase_bg "lint+sanity" static_checks
+  phase_bg --nice 10 "lint+sanity" static_checks
 fi
 # Unit tests are independent: spread test by test. Integration tests: one xdist group per file, and one for the
 # fleets on the shared simulated hosts (tests/conftest.py), so module fixtures are set up once and fleets never overlap.
@@ -149,7 +159,7 @@ phase "pytest: unit" run_pytest tests/unit "${XDIST[@]}" "$@"
 if [[ "${GPUFLEET_TEST_MATRIX:-1}" != 0 && $FILTERED -eq 0 ]]; then
   MATRIX_CORES=()
   if [[ "${GPUFLEET_TEST_MATRIX:-1}" != 1 ]]; then read -ra MATRIX_CORES <<<"$GPUFLEET_TEST_MATRIX"; fi
-  phase_bg "matrix" "$ROOT/hack/matrix.sh" "${MATRIX_CORES[@]}"
+  phase_bg --nice 10 "matrix" "$ROOT/hack/matrix.sh" "${MATRIX_CORES[@]}"
 elif [[ "${GPUFLEET_TEST_MATRIX:-1}" == 0 ]]; then
   TABLE+=("matrix|0.0|skipped (GPUFLEET_TEST_MATRIX=0)")
 fi
@@ -172,7 +182,7 @@ run_molecule() {
   return "$rc"
 }
 if [[ $FILTERED -eq 0 ]]; then phase_bg "molecule" run_molecule; fi
-phase "pytest: integration" run_pytest tests/integration "${XDIST[@]}" ${XDIST:+--dist loadgroup} "$@"
+phase "pytest: integration" run_pytest tests/integration "${XDIST[@]}" ${XDIST:+--dist loadgroup} --durations=25 "$@"
 
 wait_bg
 exit "$FIRST_RC"
