@@ -30,8 +30,10 @@ import requests
 import yaml
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as failures
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.shipping import MODULE, shipped_files
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import xid
 from fixtures.container import free_port, inspect, logs
 from fixtures.hosts import recap
+from fixtures.nvml import make_gpu
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "node_agent"
@@ -477,12 +479,15 @@ class TestAgentOnDockerd:
             text = path.read_text()
             assert CANARY_URL not in text and CANARY_KEY not in text, path.name
 
-    def test_exporter_answers_metrics(self, deploy, agent_tree, tmp_path, names):
+    def test_exporter_answers_metrics(self, deploy, agent_tree, tmp_path, names, fake_gpu_env):
         r = deploy("metrics")
         assert r["_rc"] == 0 and r["ready"], r["_output"]
         name = names[0]
         port = free_port(*PORTS)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        # The agent's GPUs: the driver raised Xid 79 (fallen off the bus) and 13 (an application's) on GPU 1.
+        gpus = tmp_path / "gpus.json"
+        gpus.write_text(json.dumps({"gpus": [make_gpu(0), make_gpu(1, xid_errors=[79, 13])]}))
+        env = {k: v for k, v in fake_gpu_env(gpus).items() if k != "PYTHONPATH"}
         env["PYTHONPATH"] = str(agent_tree)
         cmd = [str(PYTHON), "-m", MODULE, "--interval", "0.5", "--port", str(port), "--address", "127.0.0.1"]
         cmd += ["--state-dir", str(tmp_path / "exporter"), "--names", name]
@@ -501,6 +506,19 @@ class TestAgentOnDockerd:
             assert f'gpufleet_agent_deployment_up{{deployment="{name}"}} 1.0' in text
             assert "gpufleet_agent_tick_duration_seconds" in text and "gpufleet_agent_tick_errors_total 0.0" in text
             assert CANARY_KEY not in text
+
+            # The Xid watch of the shipped agent recorded both Xids where gpu_facts reads them (_gpu/xid.py).
+            record = tmp_path / "exporter" / "xid.json"
+            sick = make_gpu(1)["uuid"]
+            end = time.monotonic() + 30
+            while time.monotonic() < end and len(xid.read_record(str(record)).get(sick, [])) < 2:
+                time.sleep(0.1)
+            assert [e["xid"] for e in xid.read_record(str(record))[sick]] == [79, 13]
+            events = [json.loads(line) for line in (tmp_path / "exporter" / "events.jsonl").read_text().splitlines()]
+            assert {"event": "xid_watch", "watching": sorted([make_gpu(0)["uuid"], sick])}.items() <= next(
+                e for e in events if e["event"] == "xid_watch"
+            ).items()
+            assert [(e["xid"], e["critical"]) for e in events if e["event"] == "gpu_xid"] == [(79, True), (13, False)]
 
             # The engine's log is bounded (vllm_container's defaults), and the agent keeps its own copy per run.
             d = inspect("docker", f"gpufleet-{name}")
