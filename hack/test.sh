@@ -24,9 +24,20 @@ T_START=$(date +%s.%N)
 
 section() { printf '\n=== %s\n' "$*"; }
 
+# cpu_ticks: "busy total" jiffies of all CPUs (/proc/stat); cpu_busy T0: the machine's busy share since T0, in %
+# (every process, the bed's daemons too: how much CPU a phase left idle).
+cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat; }
+cpu_busy() {
+  local b0 t0 b1 t1
+  read -r b0 t0 <<<"$1"
+  read -r b1 t1 <<<"$(cpu_ticks)"
+  awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%d%%", (t > 0 ? 100 * b / t : 0) }'
+}
+CPU_START=$(cpu_ticks)
+
 # phase NAME COMMAND [ARGS...]: run, time and record one phase.
 phase() {
-  local name=$1 t0 rc=0 secs
+  local name=$1 t0 rc=0 secs cpu0
   shift
   if [[ "$SKIP" == *" $name "* ]]; then
     TABLE+=("$name|0.0|skipped")
@@ -34,9 +45,10 @@ phase() {
   fi
   section "$name"
   t0=$(date +%s.%N)
+  cpu0=$(cpu_ticks)
   "$@" || rc=$?
   secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-  TABLE+=("$name|$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")")
+  TABLE+=("$name|$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")|$(cpu_busy "$cpu0")")
   if [[ $rc -ne 0 && $FIRST_RC -eq 0 ]]; then FIRST_RC=$rc; fi
   return 0
 }
@@ -89,12 +101,12 @@ print_table() {
   local total row
   total=$(awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   printf '\n=== timing (seconds)\n'
-  printf '%-22s %9s  %s\n' phase seconds result
+  printf '%-22s %9s %5s  %s\n' phase seconds cpu result
   for row in "${TABLE[@]}"; do
-    IFS='|' read -r n s r <<<"$row"
-    printf '%-22s %9s  %s\n' "$n" "$s" "$r"
+    IFS='|' read -r n s r c <<<"$row"
+    printf '%-22s %9s %5s  %s\n' "$n" "$s" "${c:--}" "$r"
   done
-  printf '%-22s %9s\n' total "$total"
+  printf '%-22s %9s %5s\n' total "$total" "$(cpu_busy "$CPU_START")"
 }
 trap print_table EXIT
 
