@@ -15,7 +15,7 @@ version_added: 0.1.0
 author:
   - gpufleet maintainers (@gpufleet)
 description:
-  - "From a C(gpufleet_deployments) list, returns C({<name>: {api_key, hf_token, secret_env}}) with only the fields a
+  - "From a C(gpufleet_deployments) list, returns C({<name>: {api_key, hf_token, secret_env, s3_credentials}}) with only the fields a
     deployment sets: the O(gpufleet.vllm.fleet_apply#module:secrets) of a host's apply, next to a plan that never
     holds a secret."
   - Use it only where the result goes into a C(no_log) option; never print it.
@@ -36,7 +36,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: Deployment name to its secret fields (C(api_key), C(hf_token), C(secret_env)) that are set.
+  description: Deployment name to its secret fields (C(api_key), C(hf_token), C(secret_env), C(s3_credentials)) that are set.
   type: dict
 """
 

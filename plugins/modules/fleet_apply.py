@@ -90,7 +90,8 @@ options:
     description:
       - Deployment name to its C(api_key), C(hf_token) and C(secret_env) (the filter
         C(gpufleet.vllm.deployment_secrets) builds it from C(gpufleet_deployments)). C(hf_token) is also the token
-        of the deployment's model sync. Never logged, never in a label, argv or manifest.
+        of the deployment's model sync; C(s3_credentials) go only to the model sync (a model with s3 in its
+        sources). Never logged, never in a label, argv or manifest.
     type: dict
     default: {}
   address:

@@ -55,7 +55,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import R
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import argument_spec as sync_argspec
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.sync import sync
 
-SECRET_KEYS = ("api_key", "hf_token", "secret_env")
+SECRET_KEYS = ("api_key", "hf_token", "secret_env", "s3_credentials")
 
 
 def image_key(image: Any, vllm_version: Any, build: Mapping[str, Any] | None = None) -> str:
@@ -255,7 +255,7 @@ class HostApply:
             wait_timeout=self.p["wait_timeout"],
             manifest_dir=self.p["manifest_dir"],
             reset_failed=bool(self.p.get("reset_failed")),
-            **self._secrets(str(spec.get("deployment"))),
+            **{k: v for k, v in self._secrets(str(spec.get("deployment"))).items() if k != "s3_credentials"},
         )
         return args
 
@@ -320,9 +320,11 @@ class HostApply:
     def sync_model(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         deployment = str(spec.get("deployment"))
         args = dict(spec.get("model_sync") or {})
-        token = self._secrets(deployment).get("hf_token")
-        if token:
-            args["token"] = token
+        secrets = self._secrets(deployment)
+        if secrets.get("hf_token"):
+            args["token"] = secrets["hf_token"]
+        if args.get("sources") and "s3" in args["sources"]:  # model_sync's no_log options (else the host's chain)
+            args.update(secrets.get("s3_credentials") or {})
         if self.p.get("hf_endpoint"):
             args["hf_endpoint"] = self.p["hf_endpoint"]
         try:

@@ -112,6 +112,7 @@ DEPLOYMENT_FIELDS = (
     "secret_env",
     "api_key",
     "hf_token",
+    "s3_credentials",
     "served_model_name",
     "replicas",
     "gpus_per_replica",
@@ -142,7 +143,9 @@ DEPLOYMENT_FIELDS = (
     "distributed",
     *IMAGE_BUILD_FIELDS,
 )
-SECRET_FIELDS = ("secret_env", "api_key", "hf_token")
+SECRET_FIELDS = ("secret_env", "api_key", "hf_token", "s3_credentials")
+# A model's S3 credentials (model_sync's options of the same names), for a model with s3 in its sources.
+S3_CREDENTIAL_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 
 HOST_FIELDS = (
     "gpufleet_runtime",
@@ -580,6 +583,37 @@ def _parse_ordered(value: Mapping[str, Any], who: str, problems: Problems) -> di
     return out
 
 
+def _s3_credentials(value: Any, model: Mapping[str, Any] | None, who: str, problems: Problems) -> dict[str, str] | None:
+    """``s3_credentials`` (a secret: values never in a message): ``aws_access_key_id`` and ``aws_secret_access_key``
+    (+ ``aws_session_token``) for model_sync's s3 source; only with a model whose sources hold s3. Without it the
+    host's own credentials serve (boto3's chain: AWS_* environment, ~/.aws files, an instance role)."""
+    if value is None:
+        return None
+    what = "must be a mapping with aws_access_key_id and aws_secret_access_key (+ aws_session_token): vault variables"
+    if not isinstance(value, Mapping):
+        problems.add(who, "s3_credentials", what, value, secret=True)
+        return None
+    unknown = sorted(str(k) for k in set(value) - set(S3_CREDENTIAL_KEYS))
+    if unknown:
+        problems.add(
+            who, "s3_credentials", f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(S3_CREDENTIAL_KEYS)}"
+        )
+    out: dict[str, str] = {}
+    for key in S3_CREDENTIAL_KEYS:
+        v = value.get(key)
+        if v is None and key != "aws_session_token":
+            problems.add(who, f"s3_credentials.{key}", "is required (use a vault variable)")
+        elif v is not None and (not isinstance(v, str) or not v):
+            problems.add(
+                who, f"s3_credentials.{key}", "must be a non-empty string (use a vault variable)", v, secret=True
+            )
+        elif v is not None:
+            out[key] = v
+    if "s3" not in ((model or {}).get("sources") or []):
+        problems.add(who, "s3_credentials", "only applies to a model with s3 in its sources (model.s3_url)")
+    return out or None
+
+
 def _normalize_lora(value: Any, who: str, problems: Problems) -> list[dict[str, Any]]:
     if value is None:
         return []
@@ -819,6 +853,7 @@ def validate_deployment(dep: Any, position: int, problems: Problems) -> dict[str
             problems.add(who, field, "must be a non-empty string (use a vault variable)", value, secret=True)
             value = None
         out[field] = value
+    out["s3_credentials"] = _s3_credentials(dep.get("s3_credentials"), out["model"], who, problems)
     overlap = sorted(set(out["env"]) & set(out["secret_env"]))
     if overlap:
         problems.add(who, "secret_env", f"{', '.join(overlap)} also set in env; set each variable in one of them")
@@ -1128,7 +1163,7 @@ def validate_host_vars(hostvars: Mapping[str, Mapping[str, Any]]) -> dict[str, d
 
 
 def deployment_secrets(deployments: Any) -> dict[str, dict[str, Any]]:
-    """The secret fields (``api_key``, ``hf_token``, ``secret_env``) of each declared deployment, by name: what
+    """The secret fields (``api_key``, ``hf_token``, ``secret_env``, ``s3_credentials``) of each declared deployment, by name: what
     ``fleet_apply`` needs next to a plan that never holds them. Deployments without a secret are left out; the
     schema itself is checked by ``validate_deployments`` (the preflight), not here."""
     out: dict[str, dict[str, Any]] = {}

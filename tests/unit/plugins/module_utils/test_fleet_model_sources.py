@@ -198,3 +198,58 @@ def test_fleet_apply_reports_the_source_that_served(tmp_path: Path, fake_runtime
     (rec,) = out["records"]
     assert rec["failed"] and rec["failed_step"] == "model_sync" and rec["model_source"] is None
     assert "HF cache" in rec["hint"]
+
+
+CANARY = "s3-secret-canary-7f3a"
+CREDS = {"aws_access_key_id": "AKIDCANARY", "aws_secret_access_key": CANARY}
+
+
+def test_s3_credentials_are_a_secret_checked_without_showing_it():
+    dep = validate_deployments([{"name": "chat", "model": "s3://models/chat", "s3_credentials": CREDS}])[0]
+    assert dep["s3_credentials"] == CREDS
+    with pytest.raises(GpufleetError) as info:
+        validate_deployments(
+            [
+                {"name": "a", "model": "s3://models/a", "s3_credentials": {"aws_secret_access_key": CANARY}},
+                {"name": "b", "model": "org/b", "s3_credentials": CREDS},
+                {"name": "c", "model": "s3://models/c", "s3_credentials": {**CREDS, "aws_session_token": 7}},
+                {"name": "d", "model": "s3://models/d", "s3_credentials": CANARY},
+            ]
+        )
+    problems = info.value.details["problems"]
+    assert problems == [
+        "a: s3_credentials.aws_access_key_id: is required (use a vault variable)",
+        "b: s3_credentials: only applies to a model with s3 in its sources (model.s3_url)",
+        "c: s3_credentials.aws_session_token: must be a non-empty string (use a vault variable), got a int",
+        "d: s3_credentials: must be a mapping with aws_access_key_id and aws_secret_access_key (+ aws_session_token): "
+        "vault variables, got a str",
+    ]
+    assert CANARY not in str(info.value)
+
+
+def test_s3_credentials_reach_model_sync_only(tmp_path: Path, fake_runtime: Any, monkeypatch) -> None:
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import apply as fleet_apply
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import deployment_secrets
+
+    deps = [{"name": "chat", "model": {"sources": ["hf_cache", "s3"], "repo_id": "org/chat",
+                                        "s3_url": "s3://models/chat"}, "s3_credentials": CREDS}]  # fmt: skip
+    secrets = deployment_secrets(deps)
+    assert secrets == {"chat": {"s3_credentials": CREDS}}
+    plan = fleet_plan({"h": host(models_root=str(tmp_path / "root"))}, deps)
+    (spec,) = plan["hosts"]["h"]
+    assert CANARY not in json.dumps(plan, default=str)
+    seen: list[dict] = []
+
+    def fake_sync(params: dict, check_mode: bool = False) -> dict:
+        seen.append(dict(params))
+        raise GpufleetError("no source could serve model chat", failure_class="no_source")
+
+    monkeypatch.setattr(fleet_apply, "sync", fake_sync)
+    p = validated("fleet_apply", ARGUMENT_SPEC, {"replicas": [spec], "secrets": secrets,
+                                                 "manifest_dir": str(tmp_path / "manifests")})  # fmt: skip
+    out, errors = apply_host(p, runtime=fake_runtime)
+    (params,) = seen
+    assert params["aws_access_key_id"] == "AKIDCANARY" and params["aws_secret_access_key"] == CANARY
+    assert out["records"][0]["failed_step"] == "model_sync" and CANARY not in json.dumps([out, errors], default=str)
+    # the container never gets them (vllm_container has no such option): a served model would not either
+    assert "s3_credentials" not in fleet_apply.HostApply(p, False, None, fake_runtime)._container_args(spec, "img")

@@ -43,6 +43,7 @@ def test_defaults():
         "secret_env": {},
         "api_key": None,
         "hf_token": None,
+        "s3_credentials": None,
         "served_model_name": None,
         "replicas": 1,
         "gpus_per_replica": 1,
