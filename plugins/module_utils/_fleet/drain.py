@@ -28,22 +28,15 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container import re
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config import worker_url
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.workers import RouterClient, normalize_url
+from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import metrics
 
-IN_FLIGHT_METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+IN_FLIGHT_METRICS = (metrics.RUNNING, metrics.WAITING)
 POLL_S = 0.2
 
 
 def in_flight(metrics_text: str) -> float:
     """Requests a vLLM server is running or has waiting, from its Prometheus text (summed over label sets)."""
-    total = 0.0
-    for line in metrics_text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in IN_FLIGHT_METRICS:
-            try:
-                total += float(line.rsplit(" ", 1)[1])
-            except (IndexError, ValueError):
-                continue
-    return total
+    return sum(metrics.sums(metrics_text, IN_FLIGHT_METRICS).values())
 
 
 def replica_in_flight(base: str) -> float | None:
