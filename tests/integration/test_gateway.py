@@ -5,6 +5,9 @@ In order: converge (replicas + gateway), 40 requests through the gateway all suc
 the API key is not on any process's command line, a second run changes nothing, check mode, a killed replica stops
 getting requests (waited for, no fixed sleep), gateway_workers removes a worker while requests are in flight (they
 finish) and puts it back, then status shows the gateway.
+Last, the replica guard and a paused replica: pause.yml puts both replicas to sleep, a request through the gateway
+is held by the replica until one tick of the node agent on its host wakes it (woken), and vLLM's dev endpoints on the
+hosts' addresses answer 403.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.shipping import MODULE
 from fixtures.gateway import WHEELHOUSE, ensure_wheelhouse
 from fixtures.hosts import SimFleet, recap
 
@@ -38,12 +42,14 @@ def deployment(replicas: int = 2) -> dict[str, Any]:
     return {
         "name": NAME,
         "model": str(MODELS / "models" / "tiny-chat"),
-        "vllm_version": "0.10.2",
+        # Sleep mode (0.16+ holds a request while asleep): vLLM listens on 127.0.0.1, the replica guard (HAProxy) on
+        # the host's address, so every test here goes through the guard as a gateway on another host does.
+        "vllm_version": "0.33.0",
         "replicas": replicas,
         "placement": "spread",
         "port": PORT,
         "served_model_name": ["tiny-chat"],
-        "engine_options": {"max_model_len": 1024},
+        "engine_options": {"max_model_len": 1024, "sleep_mode": True},
         "env": {"STANDIN_REQUEST_DELAY": "0.3"},  # slow enough to have requests in flight
         "api_key": KEY,
     }
@@ -59,6 +65,8 @@ class GatewayFleet(SimFleet):
         inv_file = self.inventory / "hosts.yml"
         inv = yaml.safe_load(inv_file.read_text())
         inv["all"]["children"]["gpufleet_gateways"] = {"hosts": {"gpu-a": None}}
+        for name, hostvars in inv["all"]["children"]["gpu_hosts"]["hosts"].items():  # the hosts share /opt
+            hostvars["gpufleet_replica_guard_dir"] = f"/opt/gpufleet/replica-guard-{name}"
         inv_file.write_text(yaml.safe_dump(inv))
 
     @property
@@ -82,6 +90,9 @@ def gw(sim_hosts: Any, sim_fleet_lock: None, tmp_path_factory: pytest.TempPathFa
     f.play("gateway.yml")
     f.write([])
     f.play("stop.yml", "-e", f"names={NAME}", "-e", "state=absent")
+    for h in HOSTS:  # the replica guards (a converge without sleep-mode replicas would stop them)
+        sim_hosts.in_host(h, "sh", "-c", 'kill "$(cat /run/gpufleet-replica-guard.pid)"')
+        sim_hosts.in_host(h, "rm", "-rf", f"/opt/gpufleet/replica-guard-{h}")
     sim_hosts.in_host("gpu-a", "rm", "-rf", "/opt/gpufleet/gateway/routers")
 
 
@@ -352,3 +363,53 @@ def test_admin_guard_refuses_the_worker_api_to_clients(gw: GatewayFleet) -> None
     back = gw.sim.ansible("gpu-b", "gpufleet.vllm.gateway_workers",
                           json.dumps({"router_url": gw.gateway, "add": [urls["gpu-b"]]}))["gpu-b"]  # fmt: skip
     assert back.get("changed") is True and sorted(back["workers"]) == before, back
+
+
+def test_a_request_through_the_gateway_wakes_a_paused_replica(gw: GatewayFleet) -> None:
+    """Issue #17 item 3 through the gateway: the replicas listen on 127.0.0.1 (sleep mode) and the replica guard on
+    each host's address. From the controller (another network namespace) vLLM's dev endpoints on the hosts' addresses
+    get 403; pause.yml puts the replicas to sleep; a request through the gateway is forwarded through the guard and
+    held by the sleeping replica until one tick of the node agent on its host wakes it (woken); it succeeds."""
+    urls = gw.replica_urls()
+    with httpx.Client(timeout=10) as client:
+        for url in urls.values():
+            for path in ("/sleep?level=1", "/wake_up", "/collective_rpc"):
+                assert client.post(url + path).status_code == 403, (url, path)
+            assert client.get(url + "/is_sleeping").status_code == 403
+            assert client.get(url + "/health").status_code == 200
+
+    def sleeping(host: str) -> bool:
+        out = gw.sim.in_host(host, "curl", "-sf", f"http://127.0.0.1:{PORT}/is_sleeping")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["is_sleeping"]
+
+    proc = gw.play("pause.yml", "-e", f"deployment={NAME}")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert all(sleeping(h) for h in HOSTS)
+
+    def waiting(url: str) -> float:
+        text = httpx.get(url + "/metrics", timeout=5).text  # /metrics passes the guard (Prometheus scrapes it)
+        return sum(
+            float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("vllm:num_requests_waiting")
+        )
+
+    state = f"/tmp/gpufleet-gw-agent-{NAME}"
+    with httpx.Client() as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(complete, gw.gateway, 0, client)
+        deadline, host = time.monotonic() + 60, None
+        while host is None:  # the router chose one replica: vLLM (0.16+) holds the request there while it sleeps
+            host = next((h for h, u in urls.items() if waiting(u) >= 1), None)
+            assert host or (time.monotonic() < deadline and not sent.done()), "the request is not waiting at a replica"
+            time.sleep(0.1)
+        tick = gw.sim.in_host(
+            host, "env", f"PYTHONPATH={ROOT / '.build' / 'collections'}", str(ROOT / ".venv" / "bin" / "python"),
+            "-m", MODULE, "--once", "--port", "0", "--state-dir", state, "--names", NAME, timeout=120,
+        )  # fmt: skip
+        assert tick.returncode == 0, tick.stdout + tick.stderr
+        assert sent.result(timeout=60) == 200
+    events = gw.sim.in_host(host, "cat", f"{state}/events.jsonl").stdout.splitlines()
+    gw.sim.in_host(host, "rm", "-rf", state)
+    woken = [e for e in map(json.loads, events) if e["event"] == "woken"]
+    assert len(woken) == 1 and woken[0]["container"].startswith(f"gpufleet-{NAME}-"), events
+    assert woken[0]["reason"] == "request" and woken[0]["waiting"] >= 1, events
+    assert not sleeping(host)
