@@ -16,6 +16,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as la
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_if_changed
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import published
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray as fleet_ray
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import state as fleet_state
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.rollout import wave_lines
@@ -65,7 +66,9 @@ def gpus_from_facts(hostvars: Mapping[str, Any], var: str) -> list[dict[str, Any
 
 
 def existing_from_info(host: str, info: Any) -> list[dict[str, Any]]:
-    """Existing placements from a registered vllm_deployment_info result (or its ``deployments`` list)."""
+    """Existing placements from a registered vllm_deployment_info result (or its ``deployments`` list); with the
+    ``ray_nodes`` of fleet_apply state=gathered, the parts of multi-host replicas (``_fleet/ray.existing_parts``)."""
+    nodes = info.get("ray_nodes") if isinstance(info, Mapping) else None
     if isinstance(info, Mapping):
         info = info.get("deployments")
     out = []
@@ -96,7 +99,7 @@ def existing_from_info(host: str, info: Any) -> list[dict[str, Any]]:
         if item.get("replica") is not None and item.get("deployment") is not None:
             entry.update(deployment=item["deployment"], replica=item["replica"])
         out.append(entry)
-    return out
+    return fleet_ray.existing_parts(host, out, [n for n in nodes or [] if isinstance(n, Mapping)])
 
 
 def used_ports_from_facts(hostvars: Mapping[str, Any]) -> list[int]:
@@ -182,6 +185,10 @@ def gather(
             "allowed_model_dirs": norm["allowed_model_dirs"],
             "runtime": norm["runtime"],
             "models_root": norm["models_root"],
+            # Where the other hosts reach it (a multi-host replica's Ray nodes, docs/ray.md).
+            "address": str(
+                _plain(info["_hv"].get("gpufleet_advertise_address") or info["_hv"].get("ansible_host") or name)
+            ),
         }
 
     if args.get("existing") is not None:

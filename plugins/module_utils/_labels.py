@@ -32,7 +32,9 @@ PLAN_DIGEST = "gpufleet.plan-digest"
 # Who the deployment belongs to (the inventory's ``owner``): status, usage and the agent's metrics group by it. Passed
 # in ``extra`` like the plan digest; part of the config hash like any label.
 OWNER = "gpufleet.owner"
-CALLER_LABELS = (PLAN_DIGEST, OWNER)
+# The hosts of a multi-host replica, head first (comma-separated), on its server: set by the fleet like the owner.
+RAY_HOSTS = "gpufleet.ray-hosts"
+CALLER_LABELS = (PLAN_DIGEST, OWNER, RAY_HOSTS)
 # "<vLLM version>|<typed engine options>" whose flags were mapped through that version's flag table when the
 # container was created (validate_args). The same value now lets a no-op converge compare hashes without loading the
 # flag tables (container_spec.argv_flags_marker).
@@ -155,6 +157,7 @@ def parse(labels: dict[str, str] | None) -> dict[str, Any]:
         "api_key": labels.get(API_KEY_SET) == "true",
         "plan_digest": labels.get(PLAN_DIGEST),
         "owner": labels.get(OWNER) or None,
+        "ray_hosts": [h for h in (labels.get(RAY_HOSTS) or "").split(",") if h],
     }
 
 

@@ -47,10 +47,27 @@ options:
     description:
       - V(applied) converges the host to O(replicas) and O(removals).
       - V(gathered) only reads the host (RV(deployments), RV(gpus), RV(gpu_source), RV(fleet_state),
-        RV(model_sizes)); O(replicas) and O(removals) are ignored.
+        RV(model_sizes), RV(ray_nodes)); O(replicas) and O(removals) are ignored.
+      - V(ray_nodes) converges the host's Ray nodes of multi-host replicas (C(distributed=ray), C(docs/ray.md)) - the
+        Ray parts of O(removals) (a head's server first, then the node), then per node of O(ray_nodes) the model, the
+        image and the Ray head or worker container (idempotent by a config hash label). A head whose declaration
+        changed takes its server with it (the whole cluster is replaced). The role runs it on every host at once,
+        before the rolling batches.
+      - V(ray_ready) waits (at most O(wait_timeout)) until the cluster of every Ray head of O(ray_nodes) shows all its
+        nodes and GPUs (C(ray status) in the head); the role runs it after V(ray_nodes) on every host, so a head's
+        server starts on a complete cluster. Check mode waits for nothing.
     type: str
-    choices: [applied, gathered]
+    choices: [applied, gathered, ray_nodes, ray_ready]
     default: applied
+  ray_nodes:
+    description:
+      - The host's Ray nodes from the plan (C(plan.ray[<host>]) of C(gpufleet.vllm.fleet_plan)), each with C(name),
+        C(deployment), C(replica), C(role) (C(head) or C(worker)), C(host), C(port) (the replica's Ray port block),
+        C(gpus), C(node_ip), C(head_ip), C(nodes), C(cluster_gpus), C(server), C(image), C(vllm_version),
+        C(image_build), C(env), C(model_sync) and C(model_path). Used by O(state=ray_nodes) and O(state=ray_ready).
+    type: list
+    elements: dict
+    default: []
   replicas:
     description:
       - The host's replicas from the plan (C(plan.hosts[<host>]) of C(gpufleet.vllm.fleet_plan)), each with
@@ -273,6 +290,17 @@ fleet_state:
   type: dict
   sample: {version: 1, generation: 3, placements: [{deployment: chat, replica: 0, host: gpu-a, gpus: ["0"],
            gpu_uuids: ["GPU-0a"], port: 8000}]}
+ray_nodes:
+  description:
+    - O(state=gathered) - the Ray nodes on the host (C(deployment), C(replica), C(role), C(port), C(gpus), C(host),
+      C(container_name), C(state)).
+    - O(state=ray_nodes) - one entry per node and Ray removal (C(name), C(role), C(action), C(changed), C(failed),
+      C(hint)); O(state=ray_ready) - one per head (C(name), C(ready), C(status)).
+  returned: O(state=gathered), O(state=ray_nodes), O(state=ray_ready)
+  type: list
+  elements: dict
+  sample: [{deployment: big, replica: 0, role: head, port: 6379, gpus: ["0", "1"], host: gpu-a,
+            container_name: gpufleet-big-0-ray-head, state: running}]
 fleet_state_changed:
   description: Whether the host's copy of O(fleet_state) was written (would be, in check mode).
   returned: O(state=applied) and O(fleet_state) given
@@ -282,10 +310,12 @@ fleet_state_changed:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import secret_values
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, gather_host
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray as fleet_ray
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host
 
 ARGUMENT_SPEC = dict(
-    state=dict(type="str", choices=["applied", "gathered"], default="applied"),
+    state=dict(type="str", choices=["applied", "gathered", "ray_nodes", "ray_ready"], default="applied"),
+    ray_nodes=dict(type="list", elements="dict", default=[]),
     replicas=dict(type="list", elements="dict", default=[]),
     only=dict(type="list", elements="str"),
     defer=dict(type="list", elements="str", default=[]),
@@ -319,11 +349,15 @@ def main() -> None:
             module.no_log_values.update(secret_values(container))
     if module.params["state"] == "gathered":
         try:
-            module.exit_json(changed=False, **gather_host(module.params))
+            module.exit_json(changed=False, **fleet_ray.gather(module.params))
         except GpufleetError as err:
             module.fail_json(msg=str(err), **err.details)
+    steps = {"applied": apply_host, "ray_nodes": fleet_ray.apply_nodes}
     try:
-        result, errors = apply_host(module.params, module.check_mode, module.warn)
+        if module.params["state"] == "ray_ready":
+            result, errors = fleet_ray.wait_ready(module.params, module.check_mode)
+        else:
+            result, errors = steps[module.params["state"]](module.params, module.check_mode, module.warn)
     except GpufleetError as err:
         module.fail_json(msg=str(err), **err.details)
     if not module._diff:

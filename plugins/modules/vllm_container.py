@@ -275,6 +275,14 @@ options:
       - Network mode; V(host) (default) or a network name (the port is then published on O(host)).
     type: str
     default: host
+  pid:
+    description:
+      - The PID namespace to share, V(container:<name>) (or V(host)); default its own.
+      - The server of a multi-host replica (C(--distributed-executor-backend ray) in O(extra_args)) shares its Ray head
+        container's, as C(gpufleet.vllm.fleet_apply) sets it (the head's raylet checks its drivers by PID). With the
+        Ray executor, O(tensor_parallel_size) x O(pipeline_parallel_size) may exceed the GPUs in O(gpus) (the rest
+        are the Ray workers' on other hosts).
+    type: str
   pipeline_parallel_size:
     description:
       - C(--pipeline-parallel-size).

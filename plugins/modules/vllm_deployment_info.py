@@ -197,6 +197,12 @@ deployments:
     owner:
       description: The C(gpufleet.owner) label (the inventory's C(owner)).
       type: str
+    hosts:
+      description:
+        - The hosts of a multi-host replica (C(distributed=ray), label C(gpufleet.ray-hosts)), its head first; null for
+          a replica on one host.
+      type: list
+      elements: str
     manifest:
       description: The reproducibility manifest from the label.
       type: dict

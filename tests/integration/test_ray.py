@@ -8,10 +8,16 @@ several ways:
 - the stand-in server with --distributed-executor-backend ray and tensor_parallel_size 4 (2 GPUs on its own host)
   joins the cluster and serves from gpu-a; one asking for 6 GPUs is refused with vLLM's error;
 - the worker's host lost (its container killed): the server dies with ActorDiedError (exit 1), a clear cause.
+
+Then the converge itself (playbooks/converge.yml, role deployments, fleet_apply state=ray_nodes/ray_ready): one
+TP=2 replica that no single host fits (reservations leave one GPU on gpu-a and one on gpu-b) is placed over both,
+served through its cluster, left alone by a second converge, shown as one replica with both hosts by status.yml, and
+removed with every Ray node by state: absent.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import urllib.request
@@ -25,6 +31,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory impo
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import node as ray_node
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports, spec
 from docker.types import DeviceRequest
+from fixtures.hosts import SimFleet, recap
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
@@ -33,6 +40,10 @@ BASE = ports.FIRST + 5 * ports.BLOCK  # a block no fleet test uses
 SERVE_PORT = 8390
 # A 2-core machine shared by other tests starts Ray's agents slowly: Ray's own start-up limits, raised (seconds).
 SLOW_BED_ENV = {"RAY_agent_register_timeout_ms": "300000", "RAY_raylet_start_wait_time_s": "300"}
+# The converged replica's env reaches its Ray nodes too: a 100 MB object store, not Ray's share of the machine.
+RAY_ENV = {**SLOW_BED_ENV, "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": "100000000"}
+WIDE_PORT = 8392
+WIDE = ["gpufleet-wide-0", "gpufleet-wide-0-ray-head", "gpufleet-wide-0-ray-worker"]
 
 
 def wait_for(what: str, check: Callable[[], object], limit: float = 300) -> object:
@@ -66,7 +77,7 @@ def ray_image(sim_hosts) -> str:
 @pytest.fixture(scope="module")
 def engines(sim_hosts, sim_fleet_lock) -> Iterator[dict[str, docker.DockerClient]]:
     clients = {h: docker.DockerClient(base_url=sim_hosts.docker_host(h)) for h in ("gpu-a", "gpu-b")}
-    names = ["gpufleet-big-0-ray-head", "gpufleet-big-0-ray-worker", "gpufleet-big-0", "gpufleet-big-0-too-big"]
+    names = ["gpufleet-big-0-ray-head", "gpufleet-big-0-ray-worker", "gpufleet-big-0", "gpufleet-big-0-too-big", *WIDE]
 
     def clean() -> None:
         for client in clients.values():
@@ -168,3 +179,71 @@ def test_two_host_cluster_serves_refuses_too_few_gpus_and_fails_on_a_lost_worker
     log = server.logs(tail=60).decode()
     assert "ActorDiedError" in log and "its node has died" in log and "EngineDeadError" in log
     assert failures.classify(log.splitlines(), 1)[0] == "ray_node_lost"
+
+
+def wide(image: str, state: str = "present") -> dict:
+    return {
+        "name": "wide",
+        "model": str(ROOT / ".build" / "fleet" / "models" / "tp-model"),
+        "image": image,
+        "tensor_parallel_size": 2,
+        "distributed": "ray",
+        "port": WIDE_PORT,
+        "env": RAY_ENV,
+        "state": state,
+    }
+
+
+def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_every_node(
+    sim_hosts, ray_image, engines, tmp_path
+):
+    subprocess.run([str(ROOT / "sim" / "steps.d" / "70-fleet.sh"), "up"], check=True, capture_output=True)
+    fleet = SimFleet(sim_hosts, tmp_path, {"gpu-a": "docker", "gpu-b": "docker"})
+
+    def inventory(state: str) -> None:
+        fleet.write_inventory([wide(ray_image, state)], gpufleet_wait_timeout=300)
+        (fleet.inventory / "host_vars").mkdir()
+        for host, reserved in (("gpu-a", [1]), ("gpu-b", [1, 2, 3])):  # one free GPU on each: no host fits TP=2
+            (fleet.inventory / "host_vars" / f"{host}.yml").write_text(f"gpufleet_gpu_reservations: {reserved}\n")
+
+    def ours() -> dict[str, str]:
+        return {c.name: c.id for client in engines.values() for c in client.containers.list(all=True) if c.name in WIDE}
+
+    # The hosts to ourselves (the fleet lock is held): no managed server of another test, no cluster of the test above.
+    fleet.write_inventory([])
+    assert fleet.play("stop.yml", "-e", "all=true", "-e", "state=absent").returncode == 0
+    for client in engines.values():
+        for c in client.containers.list(all=True, filters={"label": "gpufleet.ray-role"}):
+            c.remove(force=True)
+
+    inventory("present")
+    proc = fleet.play("converge.yml", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert all(r["ignored"] == 0 for r in recap(proc.stdout).values()), proc.stdout[-4000:]  # the Ray steps passed
+    (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
+    assert row["host"] == "gpu-a" and row["endpoint"] == f"http://{sim_hosts.address('gpu-a')}:{WIDE_PORT}"
+    with urllib.request.urlopen(f"{row['endpoint']}/v1/models", timeout=10) as resp:
+        assert resp.status == 200
+    server = engines["gpu-a"].containers.get("gpufleet-wide-0")
+    log = server.logs().decode()
+    assert "Connected to Ray cluster" in log and "Placement group of 2 GPUs on 2 Ray nodes" in log
+    assert engines["gpu-b"].containers.get("gpufleet-wide-0-ray-worker").status == "running"
+    assert "gpufleet-wide-0" not in {c.name for c in engines["gpu-b"].containers.list(all=True)}
+    before = ours()
+    assert set(before) == set(WIDE)
+
+    proc = fleet.play("converge.yml", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert all(r["changed"] == 0 and r["ignored"] == 0 for r in recap(proc.stdout).values()), proc.stdout[-4000:]
+    assert ours() == before
+
+    proc = fleet.play("status.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    report = json.loads((fleet.artifacts / "status.json").read_text())
+    (status,) = [r for r in report["rows"] if r["deployment"] == "wide"]
+    assert status["name"] == "wide-0" and status["hosts"] == ["gpu-a", "gpu-b"] and status["phase"] == "ready"
+
+    inventory("absent")
+    proc = fleet.play("converge.yml", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert ours() == {}

@@ -81,4 +81,5 @@ def create_spec(params: dict[str, Any], desired: Desired, labels: dict[str, str]
         log_driver=log["driver"],
         log_max_size=log["max_size"],
         log_max_files=log["max_files"],
+        pid=spec.get("pid"),
     )

@@ -114,6 +114,7 @@ def describe(
         "paused_reason": life["paused_reason"],
         "pinned": life["pinned"],
         "owner": lab["owner"],
+        "hosts": lab["ray_hosts"] or None,  # a multi-host replica's hosts, head first (docs/ray.md)
         "manifest": lab["manifest"],
         "previous": False,
     }

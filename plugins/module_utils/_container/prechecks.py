@@ -116,13 +116,22 @@ def check(
         )
 
 
+def ray_executor(params: dict[str, Any]) -> bool:
+    """Whether the server runs over a Ray cluster (``--distributed-executor-backend ray`` in extra_args)."""
+    args = [str(a) for a in params.get("extra_args") or []]
+    pairs = zip(args, [*args[1:], ""], strict=False)
+    return "--distributed-executor-backend=ray" in args or ("--distributed-executor-backend", "ray") in pairs
+
+
 def _gpu_problems(
     params: dict[str, Any], gpus: list[str], cur: ContainerState | None, facts: GpuFacts, rt: Runtime
 ) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     world = fit.gpus_per_replica(params.get("tensor_parallel_size"), params.get("pipeline_parallel_size"))
     host_gpus = facts.get() if gpus else None
-    if gpus and gpus != ["all"] and world != len(gpus):
+    if gpus and gpus != ["all"] and world > len(gpus) and ray_executor(params):
+        pass  # a multi-host replica: the other GPUs are its Ray workers' (the cluster is checked before the start)
+    elif gpus and gpus != ["all"] and world != len(gpus):
         problems.append(
             (
                 "tp_mismatch",

@@ -125,6 +125,9 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option("mounts", "list", elements="str", default=[]),
     Option("network", "str", default="host"),
     Option("ipc", "str", default="host"),
+    # Another container's PID namespace ("container:<name>"): the server of a multi-host replica shares its Ray
+    # head's (docs/ray.md); None: its own. In the config hash only when given (other containers keep their hash).
+    Option("pid", "str"),
     Option("shm_size", "str"),
     Option("restart_policy", "str", default="unless-stopped", choices=("no", "on-failure", "always", "unless-stopped")),
     Option("log_driver", "str", choices=LOG_DRIVERS),  # None: the runtime's (DEFAULT_LOG_DRIVER)
@@ -399,6 +402,8 @@ def normalized_spec(
         "restart_policy": params.get("restart_policy") or "no",
         "labels": {str(k): str(v) for k, v in sorted((params.get("labels") or {}).items())},
     }
+    if params.get("pid"):
+        spec["pid"] = str(params["pid"])
     if params.get("model_revision"):
         # The identity of the weights (model_sync's revision_id): new weights are a new container, even where the
         # model path stays the same (a local checkpoint served in place). Absent when not given: hashes of

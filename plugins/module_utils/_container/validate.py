@@ -296,6 +296,9 @@ def option_problems(params: Mapping[str, Any], *, require_name: bool = False) ->
     out += _mount_problems(params.get("mounts"))
     out += _sleep_mode_problems(params)
     out += _log_problems(params)
+    pid = params.get("pid")
+    if pid is not None and not re.match(r"^(host|container:[A-Za-z0-9][A-Za-z0-9_.-]*)$", str(pid)):
+        out.append(f"pid: {pid!r} is neither host nor container:<name> (the PID namespace to share)")
     return out
 
 

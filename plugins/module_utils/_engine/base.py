@@ -206,6 +206,15 @@ class Runtime:
     def list_managed(self) -> list[ContainerState]:
         raise NotImplementedError
 
+    def list_labeled(self, label: str) -> list[ContainerState]:
+        """Every container (running or not) with the label filter ``label`` (``key`` or ``key=value``)."""
+        raise NotImplementedError
+
+    def exec(self, cid: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str]:
+        """Run ``argv`` in the running container ``cid``: (exit code, stdout and stderr). For containers that are not
+        vLLM servers (``ray status`` in a Ray head, _ray/); an engine error raises GpufleetError."""
+        raise NotImplementedError
+
     # Image operations (vllm_image): Docker-shaped inspect dicts, pulls and builds.
 
     def inspect_image(self, ref: str) -> dict[str, Any] | None:

@@ -327,14 +327,17 @@ class DockerRuntime(Runtime):
             client.close()
 
     def list_managed(self) -> list[ContainerState]:
+        return self.list_labeled(f"{MANAGED}=true")
+
+    def list_labeled(self, label: str) -> list[ContainerState]:
         out = []
         if self.fast is not None:  # a plain GET on the socket: vllm_deployment_info never needs the SDK
-            query = urllib.parse.urlencode({"all": "1", "filters": json.dumps({"label": [f"{MANAGED}=true"]})})
+            query = urllib.parse.urlencode({"all": "1", "filters": json.dumps({"label": [label]})})
             status, listed = self.fast.get(f"/containers/json?{query}")
             if status >= 400:
                 raise GpufleetError(f"docker container list failed: {listed}")
         else:
-            listed = self._call("list", self.api.containers, all=True, filters={"label": f"{MANAGED}=true"})
+            listed = self._call("list", self.api.containers, all=True, filters={"label": label})
         for c in listed:
             st = self.container(c["Id"])
             if st:
@@ -442,6 +445,12 @@ class DockerRuntime(Runtime):
                 build_log_tail=tail,
             )
         return lines
+
+    def exec(self, cid: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str]:
+        run = self._call("exec", self.api.exec_create, cid, argv, stdout=True, stderr=True)
+        out = self._call("exec", self.api.exec_start, run["Id"], demux=False)
+        rc = self._call("exec", self.api.exec_inspect, run["Id"]).get("ExitCode")
+        return (1 if rc is None else int(rc)), (out or b"").decode("utf-8", "replace")
 
     def pids(self, cid: str) -> list[int]:
         try:

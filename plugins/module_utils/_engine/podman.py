@@ -198,12 +198,19 @@ class PodmanRuntime(Runtime):
             p.wait()
 
     def list_managed(self) -> list[ContainerState]:
-        out = self._run(["ps", "--all", "--filter", f"label={MANAGED}=true", "--format", "json"], "ps")
+        return self.list_labeled(f"{MANAGED}=true")
+
+    def list_labeled(self, label: str) -> list[ContainerState]:
+        out = self._run(["ps", "--all", "--filter", f"label={label}", "--format", "json"], "ps")
         ids = [c.get("Id") or c.get("ID") for c in json.loads(out or "[]")]
         if not ids:
             return []
         data = json.loads(self._run(["container", "inspect", *ids], "inspect") or "[]")
         return [state_from_inspect(d) for d in data]
+
+    def exec(self, cid: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str]:
+        r = self._exec(["exec", cid, *argv], "exec", extra=timeout, merged=True)
+        return r.returncode, r.stdout or ""
 
     def pids(self, cid: str) -> list[int]:
         r = self._exec(["top", cid, "hpid"], "top")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import rollout
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray, rollout
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.capacity import natural_key
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import place_validated
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import (
@@ -164,7 +164,8 @@ def fleet_plan(
 ) -> dict[str, Any]:
     """``plan()`` plus what the deployments role consumes: ``hosts[<host>]`` = container specs to run there (every
     host of the inventory has a key, sorted by name), ``remove[<host>]`` = managed containers to remove there,
-    ``images[<host>]`` = the ``[image, vllm_version]`` pairs its specs need (each once), ``rollout`` (the waves of the
+    ``images[<host>]`` = the ``[image, vllm_version]`` pairs its specs need (each once), ``ray[<host>]`` = the Ray
+    nodes of multi-host replicas it runs (``ray.plan_nodes``), ``rollout`` (the waves of the
     replicas that roll, ``rollout.compute``) and a ``summary`` of counts. Hosts carry ``runtime`` and ``models_root``
     (from ``validate_host_vars``) for the specs; ``existing`` entries may carry ``plan_digest`` and ``state``.
     """
@@ -177,6 +178,7 @@ def fleet_plan(
         per_host.setdefault(asg["host"], []).append(
             container_spec(asg, deps[asg["deployment"]], hosts.get(asg["host"], {}))
         )
+    ray_nodes = ray.plan_nodes(result["assignments"], per_host, hosts, deps)  # multi-host replicas (docs/ray.md)
     waves = rollout.compute(hosts, deps, per_host, existing)
     result["errors"] = sorted([*result["errors"], *waves.pop("errors")], key=lambda e: e["deployment"])
     for rem in result["removals"]:
@@ -199,6 +201,7 @@ def fleet_plan(
         remove=remove,
         images=images,
         rollout=waves,
+        ray=ray_nodes,
         summary={
             "create": actions["create"],
             "keep": actions["keep"],

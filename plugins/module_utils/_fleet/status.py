@@ -153,6 +153,7 @@ def status_report(
             rows.append(
                 {
                     "host": host,
+                    "hosts": list(d.get("hosts") or [host]),  # a multi-host replica: every host, head first
                     "name": name,
                     "deployment": deployment,
                     "container": d.get("container_name") or f"gpufleet-{name}",
@@ -216,7 +217,7 @@ def status_table(report: Mapping[str, Any]) -> list[str]:
         [
             r["deployment"],
             r.get("owner"),
-            r["host"],
+            "+".join(r.get("hosts") or [r["host"]]),
             r["name"],
             _short_model(r["model"]),
             gpus_text(r["gpus"]),

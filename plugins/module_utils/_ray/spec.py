@@ -135,10 +135,13 @@ def node_spec(
     head_ip: str | None = None,
     env: dict[str, str] | None = None,
     object_store_bytes: int | None = None,
+    model_dirs: list[str] | None = None,
 ) -> NodeSpec:
     """The container of one Ray node. ``gpus``: this host's share (indices or UUIDs, as vllm_container takes them);
     ``env``: the deployment's env (HF_*, NCCL_*, RAY_* settings reach the Ray processes that run the model), then
-    Ray's own; ``object_store_bytes``: Ray's object store (default: Ray's share of the host's memory)."""
+    Ray's own; ``object_store_bytes``: Ray's object store (default: Ray's share of the host's memory);
+    ``model_dirs``: the model's directories on this host, mounted read-only at the same path (vLLM's Ray workers in
+    this container load the weights from the path the server was given, as the server's own mount does)."""
     key = node_key(deployment, replica, role)
     hdir = host_dir(deployment, replica, role)
     node_env = {**(env or {}), **NODE_ENV, "VLLM_HOST_IP": node_ip}
@@ -149,7 +152,7 @@ def node_spec(
         entrypoint=["ray"],
         command=start_argv(role, base, len(gpus), node_ip, head_ip if role == "worker" else None, object_store_bytes),
         env=node_env,
-        mounts=[(hdir, TEMP_DIR, "rw")],
+        mounts=[(hdir, TEMP_DIR, "rw"), *((d, d, "ro") for d in sorted(set(model_dirs or [])))],
         gpus=list(gpus),
         labels={
             labels.DEPLOYMENT: deployment,
@@ -179,7 +182,8 @@ def serve_settings(deployment: str, replica: int, head_ip: str, base: int) -> di
     }
 
 
-_GPU_LINE = re.compile(r"^\s*(?P<used>[0-9.]+)/(?P<total>[0-9.]+)\s+GPU\s*$", re.MULTILINE)
+# "0.0/4.0 GPU", and once a placement group holds them "2.0/2.0 GPU (2.0 used of 2.0 reserved in placement groups)".
+_GPU_LINE = re.compile(r"^\s*(?P<used>[0-9.]+)/(?P<total>[0-9.]+)\s+GPU(?:\s+\(.*\))?\s*$", re.MULTILINE)
 _NODE_LINE = re.compile(r"^\s+\d+\s+node_[0-9a-f]+\s*$", re.MULTILINE)
 
 

@@ -103,3 +103,6 @@ def test_ray_status_read_and_cluster_ready():
     assert spec.cluster_ready(STATUS, 3, 4) == (False, "2/3 Ray nodes joined")
     assert spec.cluster_ready(STATUS, 2, 6) == (False, "the Ray cluster shows 4/6 GPUs")
     assert spec.cluster_ready("ConnectionError: GCS unavailable", 2, 4) == (False, "the Ray cluster shows no GPUs yet")
+    # Ray 2.60 once the server's placement group holds the GPUs (seen on the bed in the second converge)
+    held = STATUS.replace(" 0.0/4.0 GPU", " 4.0/4.0 GPU (4.0 used of 4.0 reserved in placement groups)")
+    assert held != STATUS and spec.parse_status(held) == {"nodes": 2, "gpus": 4.0, "gpus_used": 4.0}

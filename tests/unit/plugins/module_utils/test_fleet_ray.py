@@ -1,0 +1,233 @@
+"""Multi-host replicas in the converge (_fleet/ray.py): the plan's Ray nodes and the head server's settings, the
+placements the hosts report back (stable on a re-plan), the Ray step on a host (nodes, removals server first, an
+update replaces the cluster) and the wait for a complete cluster (driven clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container.prechecks import ray_executor
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
+from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports
+from fixtures.fake_runtime import FakeRuntime
+
+A100 = 81920
+STATUS = """======== Autoscaler status ========
+Node status
+---------------------------------------------------------------
+Active:
+ 1 node_aaaa
+ 1 node_bbbb
+Pending:
+ (no pending nodes)
+Resources
+---------------------------------------------------------------
+Usage:
+ 0.0/4.0 GPU
+"""
+
+
+def hosts() -> dict[str, Any]:
+    def gpus(prefix: str) -> list[dict[str, Any]]:
+        return [
+            {"index": i, "uuid": f"GPU-{prefix}-{i}", "memory_total_mib": A100, "memory_free_mib": A100}
+            for i in range(2)
+        ]
+
+    return {
+        h: {"reachable": True, "labels": {}, "gpus": gpus(h), "address": ip, "models_root": f"/models/{h}"}
+        for h, ip in (("gpu-a", "10.0.0.1"), ("gpu-b", "10.0.0.2"))
+    }
+
+
+def big() -> dict[str, Any]:
+    return {
+        "name": "big",
+        "model": "org/big",
+        "tensor_parallel_size": 4,
+        "distributed": "ray",
+        "port": 8300,
+        "env": {"RAY_DEDUP_LOGS": "1", "HF_HUB_OFFLINE": "1"},
+    }
+
+
+def reported(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """What fleet_plan reads back from the hosts after the converge: each host's server and Ray nodes."""
+    out: list[dict[str, Any]] = []
+    for host in plan["hosts"]:
+        servers = [
+            {"host": host, "name": s["name"], "gpus": [str(g) for g in s["gpus"]], "port": s["port"]}
+            for s in plan["hosts"][host]
+        ]
+        nodes = [
+            {k: n[k] for k in ("deployment", "replica", "role", "port", "gpus", "host")} for n in plan["ray"][host]
+        ]
+        out += ray.existing_parts(host, servers, nodes)
+    return out
+
+
+def test_plan_gives_each_host_its_node_and_the_head_the_server_settings_and_stays_on_a_re_plan():
+    plan = fleet_plan(hosts(), [big()])
+    (asg,) = plan["assignments"]
+    assert asg["hosts"] == ["gpu-a", "gpu-b"] and asg["ray"]["port"] == ports.FIRST
+    head, worker = plan["ray"]["gpu-a"][0], plan["ray"]["gpu-b"][0]
+    assert (head["role"], head["name"], head["server"], head["node_ip"]) == (
+        "head",
+        "big-0-ray-head",
+        "big-0",
+        "10.0.0.1",
+    )
+    assert (worker["role"], worker["head_ip"], worker["node_ip"], worker["server"]) == (
+        "worker",
+        "10.0.0.1",
+        "10.0.0.2",
+        None,
+    )
+    assert head["nodes"] == worker["nodes"] == 2 and head["cluster_gpus"] == 4 and worker["gpus"] == ["0", "1"]
+    # each node syncs the model into its own host's models root and mounts it there
+    assert worker["model_sync"]["models_root"] == "/models/gpu-b" and worker["model_path"] == "/models/gpu-b/big"
+    assert worker["env"] == big()["env"]
+    assert plan["hosts"]["gpu-b"] == []  # the worker host runs no server
+    (server,) = plan["hosts"]["gpu-a"]
+    c = server["container"]
+    assert c["tensor_parallel_size"] == 4 and c["gpus"] == [0, 1] and ray_executor(c)
+    assert c["extra_args"][-2:] == ["--distributed-executor-backend", "ray"]
+    assert c["env"]["RAY_ADDRESS"] == f"10.0.0.1:{ports.FIRST}" and c["env"]["VLLM_HOST_IP"] == "10.0.0.1"
+    assert c["pid"] == "container:gpufleet-big-0-ray-head" and c["network"] == "host"
+    assert "/var/lib/gpufleet/ray/big-0-head:/tmp/ray:rw" in c["mounts"]
+    assert server["ray"] == {"port": ports.FIRST, "role": "head", "hosts": ["gpu-a", "gpu-b"], "nodes": 2, "gpus": 4}
+
+    again = fleet_plan(hosts(), [big()], reported(plan))
+    assert [a["action"] for a in again["assignments"]] == ["keep"]
+    assert again["ray"] == plan["ray"] and again["removals"] == []
+    assert again["hosts"]["gpu-a"][0]["container"] == c  # the same server: vllm_container keeps it
+
+
+def test_existing_parts_marks_the_head_server_and_adds_workers_and_a_lone_head():
+    server = {"host": "gpu-a", "name": "big-0", "gpus": ["0", "1"], "port": 8300}
+    head = {"deployment": "big", "replica": 0, "role": "head", "port": 6379, "gpus": ["0", "1"], "host": "gpu-a"}
+    out = ray.existing_parts("gpu-a", [server], [head])
+    assert out == [{**server, "ray_role": "head", "ray_port": 6379}]
+    lone = ray.existing_parts("gpu-a", [], [head])
+    assert lone == [
+        {"host": "gpu-a", "name": "big-0", "deployment": "big", "replica": 0, "gpus": ["0", "1"], "port": None}
+        | {"ray_role": "head", "ray_port": 6379}
+    ]
+
+
+def test_removing_the_deployment_removes_the_server_then_every_node():
+    plan = fleet_plan(hosts(), [big()])
+    gone = fleet_plan(hosts(), [{**big(), "state": "absent"}], reported(plan))
+    assert gone["assignments"] == [] and gone["ray"] == {"gpu-a": [], "gpu-b": []}
+    roles = {(r["host"], r.get("ray_role")) for r in gone["removals"]}
+    assert roles == {("gpu-a", "head"), ("gpu-b", "worker")}
+
+
+class RayRuntime(FakeRuntime):
+    """The fake engine with ``ray status`` answered from ``status`` (what the head shows now)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status = ""
+
+    def list_labeled(self, label: str) -> list[Any]:
+        states = (self.container(cid) for cid in list(self.c))
+        return [st for st in states if st is not None and label in st.labels]
+
+    def exec(self, cid: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str]:
+        self.calls.append("exec")
+        return (0, self.status) if self.status else (1, "ConnectionError: could not connect to GCS")
+
+
+def params(nodes: list[dict[str, Any]], removals: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "ray_nodes": nodes,
+        "removals": removals or [],
+        "runtime": "docker",
+        "manifest_dir": "/nonexistent/manifests",
+        "image_repository": "vllm/vllm-openai",
+        "image_pull": "never",
+        "wait_timeout": 30,
+        "secrets": {},
+    }
+
+
+def test_apply_nodes_creates_keeps_replaces_with_the_server_and_removes(monkeypatch, tmp_path):
+    monkeypatch.setattr(ray.ray_spec, "HOST_DIR", str(tmp_path / "ray"))
+    plan = fleet_plan(hosts(), [{**big(), "model": str(tmp_path)}])
+    monkeypatch.setattr(ray.HostApply, "sync_model", lambda self, spec: {"changed": False})
+    monkeypatch.setattr(
+        ray.HostApply, "ensure_image", lambda self, *a: {"changed": False, "image": "img:1", "image_id": "sha256:1"}
+    )
+    rt = RayRuntime()
+    (head,) = plan["ray"]["gpu-a"]
+    res, errors = ray.apply_nodes(params([head]), runtime=rt)
+    assert errors == [] and res["changed"] and [n["action"] for n in res["ray_nodes"]] == ["create"]
+    st = rt.container("gpufleet-big-0-ray-head")
+    assert st.labels[labels.RAY_ROLE] == "head" and labels.MANAGED not in st.labels
+    assert ray.list_nodes(rt)[0] == {
+        "deployment": "big",
+        "replica": 0,
+        "role": "head",
+        "port": ports.FIRST,
+        "gpus": ["0", "1"],
+        "host": "gpu-a",
+        "container_name": "gpufleet-big-0-ray-head",
+        "state": "running",
+    }
+    res, _ = ray.apply_nodes(params([head]), runtime=rt)
+    assert not res["changed"] and res["ray_nodes"][0]["action"] == "keep"
+
+    removed: list[str] = []
+    monkeypatch.setattr(ray.HostApply, "_remove_container", lambda self, name: removed.append(name) or {})
+    res, _ = ray.apply_nodes(params([{**head, "env": {"NCCL_DEBUG": "INFO"}}]), check_mode=True, runtime=rt)
+    assert res["ray_nodes"][0]["action"] == "replace" and removed == []  # check mode: nothing removed
+    res, _ = ray.apply_nodes(params([{**head, "env": {"NCCL_DEBUG": "INFO"}}]), runtime=rt)
+    assert res["ray_nodes"][0]["action"] == "replace" and removed == ["big-0"]  # the server goes first
+
+    monkeypatch.setattr(ray.HostApply, "remove", lambda self, item: removed.append(f"server {item['name']}") or True)
+    removal = {"deployment": "big", "replica": 0, "name": "big-0", "host": "gpu-a", "ray_role": "head"}
+    res, _ = ray.apply_nodes(params([], [removal, {**removal, "ray_role": None}]), runtime=rt)
+    assert removed[-1] == "server big-0" and rt.container("gpufleet-big-0-ray-head") is None
+    assert [(n["name"], n["action"]) for n in res["ray_nodes"]] == [("gpufleet-big-0-ray-head", "remove")]
+
+
+def test_wait_ready_polls_ray_status_until_every_node_and_gpu_joined():
+    plan = fleet_plan(hosts(), [big()])
+    (head,) = plan["ray"]["gpu-a"]
+    rt = RayRuntime()
+    rt.c["h"] = {"name": "gpufleet-big-0-ray-head", "status": "running", "labels": {}, "env": {}}
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+        if now[0] >= 3:
+            rt.status = STATUS.replace(" 1 node_bbbb\n", "") if now[0] < 5 else STATUS
+
+    res, errors = ray.wait_ready(params([head]), runtime=rt, clock=lambda: now[0], sleep=sleep)
+    assert errors == [] and res["ray_nodes"] == [
+        {"name": "gpufleet-big-0-ray-head", "role": "head", "ready": True, "status": "2 Ray nodes, 4 GPUs"}
+    ]
+    assert now[0] == 5.0
+
+    rt.status = STATUS.replace(" 1 node_bbbb\n", "")
+    now[0] = 0.0
+    res, errors = ray.wait_ready(
+        params([head]), runtime=rt, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s)
+    )
+    assert now[0] == 30.0 and res["ray_nodes"][0]["ready"] is False and "1/2 Ray nodes joined" in errors[0]
+    assert ray.wait_ready(params([head]), check_mode=True, runtime=rt)[0]["ray_nodes"] == []
+
+
+def test_the_gpu_pre_check_accepts_more_gpus_than_its_own_only_with_the_ray_executor():
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container import prechecks
+
+    facts = prechecks.GpuFacts(lambda: (None, None))
+    over_ray = {"tensor_parallel_size": 4, "extra_args": ["--distributed-executor-backend", "ray"]}
+    assert prechecks._gpu_problems(over_ray, ["0", "1"], None, facts, FakeRuntime()) == []
+    assert ray_executor({"extra_args": ["--distributed-executor-backend=ray"]})
+    assert not ray_executor({"extra_args": ["--distributed-executor-backend", "mp"]}) and not ray_executor({})
+    alone = {"tensor_parallel_size": 4}
+    assert [p[0] for p in prechecks._gpu_problems(alone, ["0", "1"], None, facts, FakeRuntime())] == ["tp_mismatch"]
