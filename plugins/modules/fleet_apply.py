@@ -292,8 +292,7 @@ fleet_state:
            gpu_uuids: ["GPU-0a"], port: 8000}]}
 ray_nodes:
   description:
-    - O(state=gathered) - the Ray nodes on the host (C(deployment), C(replica), C(role), C(port), C(gpus), C(host),
-      C(container_name), C(state)).
+    - O(state=gathered) - the Ray nodes on the host, as C(gpufleet.vllm.vllm_deployment_info) returns them.
     - O(state=ray_nodes) - one entry per node and Ray removal (C(name), C(role), C(action), C(changed), C(failed),
       C(hint)); O(state=ray_ready) - one per head (C(name), C(ready), C(status)).
   returned: O(state=gathered), O(state=ray_nodes), O(state=ray_ready)
@@ -311,7 +310,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import secret_values
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray as fleet_ray
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, gather_host
 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["applied", "gathered", "ray_nodes", "ray_ready"], default="applied"),
@@ -349,7 +348,7 @@ def main() -> None:
             module.no_log_values.update(secret_values(container))
     if module.params["state"] == "gathered":
         try:
-            module.exit_json(changed=False, **fleet_ray.gather(module.params))
+            module.exit_json(changed=False, **gather_host(module.params))
         except GpufleetError as err:
             module.fail_json(msg=str(err), **err.details)
     steps = {"applied": apply_host, "ray_nodes": fleet_ray.apply_nodes}

@@ -95,6 +95,17 @@ pulls:
   returned: when O(state_dir) is set
   type: list
   elements: dict
+ray_nodes:
+  description:
+    - The Ray head and worker containers of multi-host replicas on the host (C(docs/ray.md); they carry no
+      C(gpufleet.managed) label and are not in RV(deployments)), chosen by O(name)/O(names) as the deployments are,
+      each with C(name) (its replica), C(deployment), C(replica), C(role) and C(ray_role) (C(head) or C(worker)),
+      C(port) and C(ray_port) (the replica's Ray port block), C(gpus), C(host), C(container_name) and C(state).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: big-0, deployment: big, replica: 0, role: head, ray_role: head, port: 6379, ray_port: 6379,
+            gpus: ["0", "1"], host: gpu-a, container_name: gpufleet-big-0-ray-head, state: running}]
 gpus:
   description:
     - With O(gpus=true), the host's GPUs, the same list as C(gpufleet.vllm.gpu_facts)' C(ansible_facts.gpus) (index,

@@ -120,6 +120,25 @@ def describe(
     }
 
 
+def ray_nodes(rt: Runtime, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Ray nodes of multi-host replicas on the host (docs/ray.md: no ``gpufleet.managed`` label, read by
+    ``_labels.ray_node``), chosen by ``name``/``names`` as the deployments are, sorted by container name: each with
+    ``name`` (its replica, ``<deployment>-<replica>``), ``ray_role``/``ray_port`` (as a placement or a removal of the
+    plan says them), ``container_name`` and ``state``."""
+    out = []
+    for st in rt.list_labeled(lb.RAY_ROLE):
+        node = lb.ray_node(st.labels)
+        if node is None:
+            continue
+        key = f"{node['deployment']}-{node['replica']}"
+        if (params.get("name") and key != params["name"]) or not lb.selected(key, params.get("names") or []):
+            continue
+        state = "running" if st.running else "stopped"
+        out.append({**node, "name": key, "ray_role": node["role"], "ray_port": node["port"]} | {"state": state})
+        out[-1]["container_name"] = st.name
+    return sorted(out, key=lambda n: n["container_name"])
+
+
 def gather(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:
     """``{deployments: [...]}`` (sorted by name; a deployment whose previous container is kept aside for a rollback
     has ``previous: true``), plus ``gpus`` and ``gpu_source`` with ``params["gpus"]``."""
@@ -151,7 +170,7 @@ def gather(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[st
     for name in previous:
         if name in out:
             out[name]["previous"] = True
-    result: dict[str, Any] = {"deployments": [out[k] for k in sorted(out)]}
+    result: dict[str, Any] = {"deployments": [out[k] for k in sorted(out)], "ray_nodes": ray_nodes(rt, params)}
     if params.get("state_dir"):  # the image pulls running now (vllm_image/vllm_container progress files)
         from ansible_collections.gpufleet.vllm.plugins.module_utils._image import progress
 

@@ -12,8 +12,9 @@
   an update replaces the whole cluster.
 - ``wait_ready`` (``fleet_apply state=ray_ready``, after every host ran ``apply_nodes``): on the head's host, until
   ``ray status`` shows every node and GPU of the replica (``spec.cluster_ready``); then the batches start the server.
-- ``gather``/``existing_parts``: the Ray nodes a host runs (``_labels.ray_node``) and the placements they make, with
-  ``ray_role``/``ray_port``, so that the planner keeps a multi-host replica where it is.
+- ``existing_parts``: the placements that the Ray nodes a host runs make (``ray_nodes`` of its gathered facts,
+  ``_container/info.ray_nodes``), with ``ray_role``/``ray_port``, so that the planner keeps a multi-host replica where
+  it is.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as la
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import HostApply, failure_hint, gather_host
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import HostApply, failure_hint
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT, model_path
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import node as ray_node
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import spec as ray_spec
@@ -131,28 +132,6 @@ def existing_parts(
 
 
 # ------------------------------------------------------------------------------------------------ hosts
-def list_nodes(rt: Runtime) -> list[dict[str, Any]]:
-    """The Ray nodes on the host (``_labels.ray_node``), with their container name and state, sorted by name."""
-    out = []
-    for st in rt.list_labeled(labels.RAY_ROLE):
-        info = labels.ray_node(st.labels)
-        if info is not None:
-            out.append({**info, "container_name": st.name, "state": "running" if st.running else "stopped"})
-    return sorted(out, key=lambda n: n["container_name"])
-
-
-def gather(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:
-    """``fleet_apply state=gathered``: ``apply.gather_host`` plus ``ray_nodes``."""
-    out = gather_host(params, runtime)
-    rt = runtime or get_runtime(params["runtime"], params.get("docker_host"), params.get("podman_socket"))
-    try:
-        out["ray_nodes"] = list_nodes(rt)
-    finally:
-        if runtime is None:
-            rt.close()
-    return out
-
-
 def _remove_parts(host: HostApply, results: list[dict[str, Any]]) -> None:
     """The Ray removals of the plan on this host: a head's server first, then the node."""
     for item in host.p.get("removals") or []:

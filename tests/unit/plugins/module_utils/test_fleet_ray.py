@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import info
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.prechecks import ray_executor
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
@@ -132,10 +133,6 @@ class RayRuntime(FakeRuntime):
         super().__init__()
         self.status = ""
 
-    def list_labeled(self, label: str) -> list[Any]:
-        states = (self.container(cid) for cid in list(self.c))
-        return [st for st in states if st is not None and label in st.labels]
-
     def exec(self, cid: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str]:
         self.calls.append("exec")
         return (0, self.status) if self.status else (1, "ConnectionError: could not connect to GCS")
@@ -167,7 +164,7 @@ def test_apply_nodes_creates_keeps_replaces_with_the_server_and_removes(monkeypa
     assert errors == [] and res["changed"] and [n["action"] for n in res["ray_nodes"]] == ["create"]
     st = rt.container("gpufleet-big-0-ray-head")
     assert st.labels[labels.RAY_ROLE] == "head" and labels.MANAGED not in st.labels
-    assert ray.list_nodes(rt)[0] == {
+    assert info.ray_nodes(rt, {"names": ["big"]})[0] == {
         "deployment": "big",
         "replica": 0,
         "role": "head",
@@ -176,7 +173,11 @@ def test_apply_nodes_creates_keeps_replaces_with_the_server_and_removes(monkeypa
         "host": "gpu-a",
         "container_name": "gpufleet-big-0-ray-head",
         "state": "running",
+        "name": "big-0",
+        "ray_role": "head",
+        "ray_port": ports.FIRST,
     }
+    assert info.ray_nodes(rt, {"names": ["other", "big-1"]}) == []
     res, _ = ray.apply_nodes(params([head]), runtime=rt)
     assert not res["changed"] and res["ray_nodes"][0]["action"] == "keep"
 
