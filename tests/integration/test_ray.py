@@ -209,12 +209,14 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     def ours() -> dict[str, str]:
         return {c.name: c.id for client in engines.values() for c in client.containers.list(all=True) if c.name in WIDE}
 
-    # The hosts to ourselves (the fleet lock is held): no managed server of another test, no cluster of the test above.
+    # The hosts to ourselves (the fleet lock is held): no managed server of another test, and stop.yml removes the
+    # Ray nodes of the test above too (its head on gpu-a, its dead worker on gpu-b).
     fleet.write_inventory([])
-    assert fleet.play("stop.yml", "-e", "all=true", "-e", "state=absent").returncode == 0
-    for client in engines.values():
-        for c in client.containers.list(all=True, filters={"label": "gpufleet.ray-role"}):
-            c.remove(force=True)
+    proc = fleet.play("stop.yml", "-e", "all=true", "-e", "state=absent")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert [
+        c.name for e in engines.values() for c in e.containers.list(all=True, filters={"label": "gpufleet.ray-role"})
+    ] == []
 
     inventory("present")
     proc = fleet.play("converge.yml", timeout=600)
