@@ -157,7 +157,9 @@ def compute(
         pinned = dep.get("gpus") is not None
         for s in items:  # can it ever surge: enough free GPUs on its host when no other surge runs there
             pool = pools.get(s["host"])
-            fits = surge > 0 and not pinned and pool is not None
+            # A multi-host replica (its spec's ray, _fleet/ray.py) is replaced in place: the Ray play has replaced its
+            # whole cluster before the waves, and a surge on its head's host alone could not serve.
+            fits = surge > 0 and not pinned and pool is not None and not s.get("ray")
             surgeable[s["name"]] = fits and pool.fitting(reqs[name], len(s["gpus"]) or 1, set()) is not None
         all_fit = all(surgeable[s["name"]] for s in items)
         if dep.get("max_unavailable") is None:

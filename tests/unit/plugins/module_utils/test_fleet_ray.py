@@ -232,3 +232,20 @@ def test_the_gpu_pre_check_accepts_more_gpus_than_its_own_only_with_the_ray_exec
     assert not ray_executor({"extra_args": ["--distributed-executor-backend", "mp"]}) and not ray_executor({})
     alone = {"tensor_parallel_size": 4}
     assert [p[0] for p in prechecks._gpu_problems(alone, ["0", "1"], None, facts, FakeRuntime())] == ["tp_mismatch"]
+
+
+def test_a_changed_multi_host_replica_rolls_in_place_never_with_a_surge():
+    first = fleet_plan(hosts(), [big()])
+    grown = hosts()  # gpu-a has 4 GPUs now: room for a surge of the head's share beside it
+    grown["gpu-a"]["gpus"] += [{**g, "index": g["index"] + 2, "uuid": f"{g['uuid']}x"} for g in grown["gpu-a"]["gpus"]]
+    running = [
+        {**e, "state": "running", "plan_digest": first["hosts"]["gpu-a"][0]["digest"]}
+        if e.get("port") is not None
+        else e
+        for e in reported(first)
+    ]
+    changed = fleet_plan(grown, [{**big(), "env": {"NCCL_DEBUG": "INFO"}}], running)
+    assert [a["action"] for a in changed["assignments"]] == ["keep"]
+    (wave,) = changed["rollout"]["waves"]
+    assert [(r["name"], r["mode"]) for r in wave["replicas"]] == [("big-0", "in_place")]
+    assert changed["ray"]["gpu-b"][0]["env"] == {"NCCL_DEBUG": "INFO"}  # the Ray play replaces the cluster first
