@@ -7,14 +7,13 @@ the human table.
 
 from __future__ import annotations
 
-import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.table import gpus_text, render_table
+from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import metrics
 
 STATUS_VERSION = 1
 PULL_KEYS = ("image", "phase", "bytes_done", "bytes_total", "bytes_known", "layers_done", "layers_total", "age", "text")
@@ -26,48 +25,21 @@ def _loop_results(registered: Any) -> list[Mapping[str, Any]]:
     return [r for r in registered.get("results") or [] if isinstance(r, Mapping)]
 
 
-def _metrics_parser() -> Callable[[str], Iterable[Any]]:
-    """prometheus_client's text parser (a controller requirement), or an error that says what to install."""
-    try:
-        from prometheus_client.parser import text_string_to_metric_families
-    except ImportError as e:
-        raise GpufleetError(
-            f"fleet_report kind=status needs prometheus-client on the controller (pip install prometheus-client): {e}"
-        ) from e
-    return text_string_to_metric_families
-
-
 def parse_metrics(text: str | None) -> dict[str, float]:
     """Sums of the vLLM counters the status table shows, from Prometheus text: ``requests`` (finished requests),
     ``generation_tokens``, ``prompt_tokens``, ``running``, ``waiting``. Missing metrics are left out.
 
     Each sample line is read by prometheus_client's own parser (label values may hold ``}``, ``,`` and escaped
-    quotes); a line it rejects (a scrape cut off mid-line) is skipped and the others still count."""
-    wanted = {
-        "vllm:request_success_total": "requests",
-        "vllm:generation_tokens_total": "generation_tokens",
-        "vllm:prompt_tokens_total": "prompt_tokens",
-        "vllm:num_requests_running": "running",
-        "vllm:num_requests_waiting": "waiting",
+    quotes); a line it rejects (a scrape cut off mid-line) is skipped and the others still count: the one reader,
+    ``_vllm/metrics.sums``."""
+    keys = {
+        metrics.REQUEST_SUCCESS: "requests",
+        metrics.GENERATION_TOKENS: "generation_tokens",
+        metrics.PROMPT_TOKENS: "prompt_tokens",
+        metrics.RUNNING: "running",
+        metrics.WAITING: "waiting",
     }
-    out: dict[str, float] = {}
-    if not text:
-        return out
-    parse = _metrics_parser()
-    for raw in text.splitlines():
-        line = raw.strip()
-        # Comments (HELP/TYPE) never change a sample's name in the text format: sample lines parse on their own.
-        if not line or line.startswith("#") or not line.startswith(tuple(wanted)):
-            continue
-        try:
-            samples = [s for family in parse(line + "\n") for s in family.samples]
-        except ValueError:
-            continue
-        for sample in samples:
-            key = wanted.get(sample.name)
-            if key is not None and math.isfinite(sample.value):
-                out[key] = out.get(key, 0.0) + sample.value
-    return out
+    return {keys[name]: value for name, value in metrics.sums(text, keys).items()}
 
 
 def _uptime_text(seconds: Any) -> str | None:
