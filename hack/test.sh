@@ -37,20 +37,38 @@ CPU_START=$(cpu_ticks)
 
 # phase NAME COMMAND [ARGS...]: run, time and record one phase.
 phase() {
-  local name=$1 t0 rc=0 secs cpu0
+  local name=$1 t0 rc=0 secs cpu0 log
   shift
   if [[ "$SKIP" == *" $name "* ]]; then
     TABLE+=("$name|0.0|skipped")
     return 0
   fi
   section "$name"
+  mkdir -p "$ROOT/.build/test-logs"
+  log="$ROOT/.build/test-logs/${name//[^A-Za-z0-9_.-]/_}.log"
   t0=$(date +%s.%N)
   cpu0=$(cpu_ticks)
-  "$@" || rc=$?
+  "$@" 2>&1 | tee "$log" || rc=$?
   secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   TABLE+=("$name|$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")|$(cpu_busy "$cpu0")")
+  if [[ $rc -ne 0 ]]; then FAILED_LOGS+=("$name|$log"); fi
   if [[ $rc -ne 0 && $FIRST_RC -eq 0 ]]; then FIRST_RC=$rc; fi
   return 0
+}
+
+# failures: after every phase's output, what failed, again (CI shows the end of the output): pytest's FAILED/ERROR
+# lines, molecule's per-scenario summary, else the end of the phase's log.
+FAILED_LOGS=()  # "name|log"
+failures() {
+  local row name log lines
+  ((${#FAILED_LOGS[@]})) || return 0
+  printf '\n=== failures (the whole output of each phase is above, and in .build/test-logs/)\n'
+  for row in "${FAILED_LOGS[@]}"; do
+    IFS='|' read -r name log <<<"$row"
+    printf -- '--- %s\n' "$name"
+    lines=$(grep -E '^(FAILED|ERROR) |^molecule summary|^  (ok|FAILED) +roles/|^[0-9]+ (failed|passed)|FAILED \(rc=' "$log" | tail -60 || true)
+    if [[ -n "$lines" ]]; then echo "$lines"; else tail -30 "$log"; fi
+  done
 }
 
 # phase_bg NAME COMMAND [ARGS...]: start one phase in the background, its output in .build/test-logs/NAME.log; its
@@ -92,6 +110,7 @@ wait_bg() {
     section "$name (background)"
     cat "$log"
     TABLE+=("$name (bg)|<=$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")")
+    if [[ $rc -ne 0 ]]; then FAILED_LOGS+=("$name|$log"); fi
     if [[ $rc -ne 0 && $FIRST_RC -eq 0 ]]; then FIRST_RC=$rc; fi
   done
   BG_PIDS=()
@@ -108,7 +127,7 @@ print_table() {
   done
   printf '%-22s %9s %5s\n' total "$total" "$(cpu_busy "$CPU_START")"
 }
-trap print_table EXIT
+trap 'failures; print_table' EXIT
 
 # ------------------------------------------------------------------------------------------------ phases
 phase "setup" "$ROOT/hack/setup.sh"
@@ -182,15 +201,21 @@ fi
 # holds the bare host gpu-d's lock, as tests/integration/test_gpu_host.py does. With a pytest filter (arguments),
 # molecule is left out.
 run_molecule() {
-  local dir lock rc=0
+  local dir lock rc=0 one t0 rows=()
   "$ROOT/sim/steps.d/70-fleet.sh" up >/dev/null  # the models the deployments scenario serves
   for dir in roles/*/molecule/default; do
     [[ -f "$dir/molecule.yml" ]] || continue
     lock=.fleet-tests.lock
     if grep -q -- '- name: gpu-d$' "$dir/molecule.yml"; then lock=.gpu-d.lock; fi
     section "molecule: ${dir%%/molecule/*} (holding .build/hosts/$lock)"
-    (cd "${dir%/molecule/default}" && flock "$ROOT/.build/hosts/$lock" molecule test) || rc=$?
+    one=0
+    t0=$SECONDS
+    (cd "${dir%/molecule/default}" && flock "$ROOT/.build/hosts/$lock" molecule test) || one=$?
+    rows+=("$(printf '  %-6s %-18s %4d s' "$([[ $one -eq 0 ]] && echo ok || echo FAILED)" "${dir%%/molecule/*}" $((SECONDS - t0)))")
+    if [[ $one -ne 0 ]]; then rc=$one; fi
   done
+  printf '\nmolecule summary (scenario, seconds with the wait for its lock):\n'
+  printf '%s\n' "${rows[@]}"
   return "$rc"
 }
 if [[ $FILTERED -eq 0 ]]; then phase_bg "molecule" run_molecule; fi

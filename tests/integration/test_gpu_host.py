@@ -23,7 +23,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fixtures.gateway import bed_wheelhouses
 from fixtures.hosts import HOSTS_SH, SimHosts, recap
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
@@ -56,16 +56,9 @@ def pins() -> list[str]:
 
 
 def wheelhouse() -> Path:
-    """The lock's wheels in one directory (kept between runs; downloaded again only when the lock changed)."""
-    stamp = WHEELHOUSE / ".lock"
-    if stamp.exists() and stamp.read_text() == LOCK.read_text():
-        return WHEELHOUSE
-    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(WHEELHOUSE), *pins()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"the lock's wheels cannot be downloaded here (no index or cache): {proc.stderr[-500:]}")
-    stamp.write_text(LOCK.read_text())
+    """The lock's wheels in one directory: the bed step sim/steps.d/65-wheelhouses.sh fills it whole at set-up (and
+    again when the lock changed), for this test and the role's molecule scenario."""
+    bed_wheelhouses()
     return WHEELHOUSE
 
 
