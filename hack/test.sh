@@ -34,6 +34,19 @@ cpu_busy() {
   awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%d%%", (t > 0 ? 100 * b / t : 0) }'
 }
 CPU_START=$(cpu_ticks)
+# timed CPUFILE COMMAND...: run COMMAND (in a subshell) and write the CPU seconds (user + system) of the processes it
+# ran and waited for into CPUFILE: what the phase itself costs, whatever else runs beside it.
+timed() {
+  local f=$1 rc=0
+  shift
+  (
+    "$@" || rc=$?
+    times >"$f.times"  # (not in a pipe: that would be a new subshell, without these children)
+    awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] } printf "%.0f", n }' \
+      "$f.times" >"$f"
+    exit "$rc"
+  )
+}
 
 # phase NAME COMMAND [ARGS...]: run, time and record one phase.
 phase() {
@@ -48,9 +61,9 @@ phase() {
   log="$ROOT/.build/test-logs/${name//[^A-Za-z0-9_.-]/_}.log"
   t0=$(date +%s.%N)
   cpu0=$(cpu_ticks)
-  "$@" 2>&1 | tee "$log" || rc=$?
+  timed "$log.cpu" "$@" 2>&1 | tee "$log" || rc=$?
   secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-  TABLE+=("$name|$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")|$(cpu_busy "$cpu0")")
+  TABLE+=("$name|$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")|$(cpu_busy "$cpu0")|$(cat "$log.cpu" 2>/dev/null)")
   if [[ $rc -ne 0 ]]; then FAILED_LOGS+=("$name|$log"); fi
   if [[ $rc -ne 0 && $FIRST_RC -eq 0 ]]; then FIRST_RC=$rc; fi
   return 0
@@ -94,7 +107,7 @@ phase_bg() {
   section "$name (background, output after it ends: $log)"
   (
     if ((nice)); then renice -n "$nice" -p "$BASHPID" >/dev/null; fi
-    "$@"
+    timed "$log.cpu" "$@"
   ) >"$log" 2>&1 </dev/null &
   BG_PIDS+=("$!|$name|$(date +%s.%N)|$log")
 }
@@ -109,7 +122,7 @@ wait_bg() {
     secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     section "$name (background)"
     cat "$log"
-    TABLE+=("$name (bg)|<=$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")")
+    TABLE+=("$name (bg)|<=$secs|$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (rc=$rc)")|-|$(cat "$log.cpu" 2>/dev/null)")
     if [[ $rc -ne 0 ]]; then FAILED_LOGS+=("$name|$log"); fi
     if [[ $rc -ne 0 && $FIRST_RC -eq 0 ]]; then FIRST_RC=$rc; fi
   done
@@ -120,12 +133,13 @@ print_table() {
   local total row
   total=$(awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   printf '\n=== timing (seconds)\n'
-  printf '%-22s %9s %5s  %s\n' phase seconds cpu result
+  printf '%-22s %9s %5s %7s  %s\n' phase seconds cpu "cpu s" result
   for row in "${TABLE[@]}"; do
-    IFS='|' read -r n s r c <<<"$row"
-    printf '%-22s %9s %5s  %s\n' "$n" "$s" "${c:--}" "$r"
+    IFS='|' read -r n s r c o <<<"$row"
+    printf '%-22s %9s %5s %7s  %s\n' "$n" "$s" "${c:--}" "${o:--}" "$r"
   done
   printf '%-22s %9s %5s\n' total "$total" "$(cpu_busy "$CPU_START")"
+  printf '(cpu: the whole machine busy during the phase; cpu s: CPU seconds of the phase'"'"'s own processes)\n'
 }
 trap 'failures; print_table' EXIT
 
