@@ -13,7 +13,7 @@ The admin guard (``admin_guard``, docs/gateway.md "The admin API"): vllm-router 
 the guard the router listens on loopback only (its port + ``internal_offset``) and HAProxy (the Debian package) takes
 the clients' port: ``haproxy_config()`` passes the OpenAI API (``/v1/...``), ``/health`` and the read-only worker
 listings from anywhere, and every other path only from the fleet's own hosts (the GPU hosts, whose ``fleet_apply``
-drains replicas, and this host).
+drains replicas, and this host). Its head, bind address and section names: ``haproxy.py``, as the replica guard's.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.haproxy import head, listen_address, section_name
 
 POLICIES = ("random", "round_robin", "cache_aware", "power_of_two", "consistent_hash")
 # What a client may reach through the guard from anywhere: the OpenAI API and the health check. Everything else of
@@ -206,22 +207,13 @@ def haproxy_config(
         raise GpufleetError(f"refusing to bind the gateway to {bind or 'nothing'!r}; name an address")
     sources = sorted({_source(a) for a in [*admin_sources, "127.0.0.1", "::1", bind] if a not in ("0.0.0.0", "::")})
     request_timeout = int(settings.get("request_timeout_secs") or 1800)
-    listen = f"[{bind}]" if ":" in bind else bind
-    lines = [
-        "# Managed by gpufleet.vllm (role gateway): HAProxy in front of the deployments' vllm-routers (docs/gateway.md)",
-        "global",  # maxconn and threads: HAProxy's own (from its file-descriptor limit and the CPUs)
-        "",
-        "defaults",
-        "    mode http",
-        "    timeout connect 5s",
-        f"    timeout client {request_timeout + 60}s",
-        f"    timeout server {request_timeout + 60}s",
-        "    timeout http-request 60s",
-        "    timeout http-keep-alive 60s",
-        "",
-    ]
+    listen = listen_address(bind)
+    lines = head(
+        "Managed by gpufleet.vllm (role gateway): HAProxy in front of the deployments' vllm-routers (docs/gateway.md)",
+        request_timeout + 60,
+    )
     for r in routers:
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", r.deployment)
+        name = section_name(r.deployment)
         lines += [
             f"frontend gw_{name}",
             f"    bind {listen}:{r.port}",

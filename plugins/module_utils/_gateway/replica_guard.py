@@ -13,7 +13,8 @@ dot segments, doubled or encoded slashes, gets 403 from HAProxy and never reache
 
 ``guarded()`` picks the replicas of one host's plan that need it (sleep mode, no explicit loopback ``host``), with
 their rollout's surge port (a surge serves through the gateway while its replica is replaced); ``haproxy_config()``
-writes the configuration (one frontend per replica, the server on loopback).
+writes the configuration (one frontend per replica, the server on loopback; its head, the same as the admin
+guard's: ``haproxy.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.haproxy import head, listen_address, section_name
 
 # What a replica's clients may reach from the network: the paths vLLM serves on a server without sleep mode too.
 CLIENT_PATH_PREFIXES = ("/v1/",)
@@ -32,7 +34,6 @@ CLIENT_PATHS = ("/health", "/metrics", "/version", "/ping", "/tokenize", "/detok
 ODD_PATH_PARTS = ("/../", "/./", "//", "%2e", "%2f", "%5c")
 WILDCARD = ("", "0.0.0.0", "::")
 DEFAULT_TIMEOUT = 1860  # the gateway's request timeout (1800 s) + 60 s: a held first request and a long generation
-_NAME_RE = re.compile(r"[^A-Za-z0-9_.-]")
 _ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.:\[\]-]+$")
 
 
@@ -83,22 +84,13 @@ def haproxy_config(replicas: Iterable[GuardedReplica], bind: str, timeout: int |
     seconds = int(DEFAULT_TIMEOUT if timeout in (None, "") else timeout)
     if seconds < 1:
         raise GpufleetError(f"replica guard: timeout must be a positive number of seconds, got {seconds}")
-    listen = f"[{bind}]" if ":" in bind else bind
-    lines = [
-        "# Managed by gpufleet.vllm (role deployments): HAProxy in front of the sleep-mode replicas (docs/node_agent.md)",
-        "global",  # maxconn and threads: HAProxy's own (from its file-descriptor limit and the CPUs)
-        "",
-        "defaults",
-        "    mode http",
-        "    timeout connect 5s",
-        f"    timeout client {seconds}s",
-        f"    timeout server {seconds}s",
-        "    timeout http-request 60s",
-        "    timeout http-keep-alive 60s",
-        "",
-    ]
+    listen = listen_address(bind)
+    lines = head(
+        "Managed by gpufleet.vllm (role deployments): HAProxy in front of the sleep-mode replicas (docs/node_agent.md)",
+        seconds,
+    )
     for r in replicas:
-        name = _NAME_RE.sub("_", r.name)
+        name = section_name(r.name)
         lines += [
             f"frontend replica_{name}",
             f"    bind {listen}:{r.port}",

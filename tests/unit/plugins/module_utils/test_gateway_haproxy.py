@@ -4,6 +4,7 @@ each configuration as the roles have written it so far (a change to either rende
 
 from __future__ import annotations
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway import haproxy
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config import Router
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config import haproxy_config as gateway_config
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.replica_guard import GuardedReplica
@@ -99,3 +100,16 @@ def test_admin_guard_renders_as_before() -> None:
     routers = [Router("chat", 30000, 31000), Router("em bed", 30001, 31001)]
     text = gateway_config(routers, "10.0.0.5", ["10.0.0.11"], {"request_timeout_secs": 60, "admin_guard": True})
     assert text.splitlines() == ADMIN_GUARD.splitlines() and text == ADMIN_GUARD
+
+
+def test_one_head_for_both_with_its_own_comment_and_timeout() -> None:
+    lines = haproxy.head("Managed by the test", 1860)
+    assert lines[:4] == ["# Managed by the test", "global", "", "defaults"] and lines[-1] == ""
+    assert "    timeout client 1860s" in lines and "    timeout server 1860s" in lines
+    assert REPLICA_GUARD.startswith("\n".join(haproxy.head(REPLICA_GUARD.splitlines()[0][2:], 90)))
+    assert ADMIN_GUARD.startswith("\n".join(haproxy.head(ADMIN_GUARD.splitlines()[0][2:], 120)))
+
+
+def test_bind_addresses_and_section_names() -> None:
+    assert haproxy.listen_address("10.0.0.5") == "10.0.0.5" and haproxy.listen_address("fd00::5") == "[fd00::5]"
+    assert haproxy.section_name("chat-0.v2") == "chat-0.v2" and haproxy.section_name("a b/c#d") == "a_b_c_d"
