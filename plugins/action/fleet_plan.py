@@ -127,9 +127,7 @@ def read_state(path: str | None) -> list[dict[str, Any]]:
 
 def write_state(path: str, assignments: list[dict[str, Any]]) -> bool:
     """Write the placements atomically; True when the file content changed."""
-    placements = [
-        {k: a[k] for k in ("deployment", "replica", "host", "gpus", "gpu_uuids", "port")} for a in assignments
-    ]
+    placements = fleet_state.placements(assignments)  # a multi-host replica: its head and each Ray worker
     text = json.dumps({"version": STATE_VERSION, "placements": placements}, indent=2, sort_keys=True) + "\n"
     return write_if_changed(path, text, mode=0o600)
 
@@ -200,12 +198,11 @@ def gather(
                 existing.extend(existing_from_info(name, _plain(info["_hv"].get(args["existing_var"]))))
     # Unreachable hosts report nothing: their last known placements come from the copy of the fleet's placements
     # that the reachable hosts keep (the newest one, _fleet/state.py), else from the state file when one is given.
-    known = {e.get("host") for e in existing}
-    kept = host_state(all_hostvars, [n for n in names if n not in unreachable], args["existing_var"])
+    # A multi-host replica comes back whole (its head and Ray workers), wherever its unreachable part is.
+    reachable = [n for n in names if n not in unreachable]
+    kept = host_state(all_hostvars, reachable, args["existing_var"])
     remembered = kept["placements"] if kept else read_state(args.get("state_path"))
-    for placement in remembered:
-        if placement.get("host") in unreachable and placement.get("host") not in known:
-            existing.append(dict(placement))
+    existing.extend(fleet_state.restore(remembered, existing, unreachable, reachable))
     return hosts, existing, unreachable
 
 

@@ -252,8 +252,13 @@ class _Planner:
                         self._remove(part, "moved: host unreachable")
                     continue
                 seen.add(key)
-                self.warnings.append(f"{ex['name']}: {ex['host']} is unreachable; its placement is kept, not moved")
+                down = [p["host"] for _pn, p in parts if not self.hosts[p["host"]].reachable]  # a Ray worker's too
+                self.warnings.append(
+                    f"{ex['name']}: {', '.join(down)} {'is' if len(down) == 1 else 'are'} unreachable; "
+                    "its placement is kept, not moved"
+                )
                 ray = self._kept_ray(parts)
+                self._hold_reachable_parts(dep, parts, held)
                 self._assign(dep, ex["replica"], host, ex["gpus"], ex["port"], ex, claim=False, ray=ray)
                 continue
             if reason:
@@ -314,6 +319,25 @@ class _Planner:
                 for _pn, part in parts:
                     self.hosts[part["host"]].ports.update(ray_ports.block(ray["port"]))
             self._assign(dep, ex["replica"], host, ex["gpus"], port, ex, claim=False, ray=ray)
+
+    def _hold_reachable_parts(
+        self, dep: Mapping[str, Any], parts: list[tuple[int, dict[str, Any]]], held: Mapping[int, Mapping[int, int]]
+    ) -> None:
+        """A multi-host replica kept for its unreachable part still holds the GPUs, port and Ray block of its parts on
+        reachable hosts: nothing else is placed there."""
+        if len(parts) < 2:
+            return
+        req = self.reqs[dep["name"]]
+        for pn, part in parts:
+            phost = self.hosts[part["host"]]
+            if not phost.reachable:
+                continue
+            for idx in part["gpus"]:
+                if idx in phost.gpus:
+                    phost.gpus[idx].avail += held[pn].get(idx, 0)
+                    self._claim(phost.gpus[idx], dep["name"], req.sharing, req.reserve(phost.gpus[idx].total))
+            phost.ports.update(p for p in [part["port"]] if p is not None)
+            phost.ports.update(ray_ports.block(part["ray_port"]) if part["ray_port"] is not None else ())
 
     def _memory_blocker(
         self, req: Requirement, host: Host, ex: Mapping[str, Any], held: Mapping[int, int]
@@ -782,7 +806,13 @@ class _Planner:
                 asg["ray"] = {
                     "port": asg["ray"]["port"],
                     "workers": [
-                        {**w, "gpu_uuids": [self.hosts[w["host"]].gpus[i].uuid for i in w["gpus"]]}
+                        # (none known for an unreachable host without facts, as for a head there)
+                        {
+                            **w,
+                            "gpu_uuids": [
+                                self.hosts[w["host"]].gpus[i].uuid for i in w["gpus"] if i in self.hosts[w["host"]].gpus
+                            ],
+                        }
                         for w in asg["ray"]["workers"]
                     ],
                 }

@@ -9,6 +9,11 @@ container, reads them back with the facts (``fleet_apply state=gathered`` return
 newest copy (highest ``generation``) for the hosts that cannot report their own containers: unreachable hosts keep
 their replicas in the plan. ``generation`` grows only when the placements change, so a converged fleet writes nothing.
 
+A multi-host replica (``distributed: ray``, docs/ray.md) is kept whole: its head (``ray_role: head``, ``ray_port``,
+the vLLM port) and one placement per Ray worker (``ray_role: worker``, its host and GPUs, no port), the form the
+hosts' facts give (``_fleet/ray.existing_parts``), so with any of its hosts unreachable the planner still sees every
+part and keeps or moves the replica as a whole.
+
 Plain functions over plain data: the action plugin ``fleet_plan`` chooses and builds the state, the module writes it.
 """
 
@@ -25,6 +30,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_
 VERSION = 1
 STATE_FILE = os.path.join("fleet", "placements.json")
 FIELDS = ("deployment", "replica", "host", "gpus", "gpu_uuids", "port")
+RAY_FIELDS = ("ray_role", "ray_port")
 
 
 def state_path(manifest_dir: str) -> str:
@@ -32,10 +38,41 @@ def state_path(manifest_dir: str) -> str:
     return os.path.join(os.path.dirname(os.path.normpath(manifest_dir)) or "/", STATE_FILE)
 
 
+def parts(assignment: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The placements of one assignment of the plan (or of one kept placement, unchanged): a one-host replica is one;
+    a multi-host one (its ``ray``) is its head and one per Ray worker, each with ``ray_role`` and ``ray_port``."""
+    head = {k: assignment.get(k) for k in FIELDS}
+    ray = assignment.get("ray")
+    if not isinstance(ray, Mapping):
+        if assignment.get("ray_role") in ("head", "worker"):  # already a kept part
+            head.update({k: assignment.get(k) for k in RAY_FIELDS})
+        return [head]
+    head.update(ray_role="head", ray_port=ray.get("port"))
+    out = [head]
+    for w in ray.get("workers") or []:
+        out.append(
+            {
+                "deployment": assignment.get("deployment"),
+                "replica": assignment.get("replica"),
+                "host": w.get("host"),
+                "gpus": list(w.get("gpus") or []),
+                "gpu_uuids": list(w.get("gpu_uuids") or []),
+                "port": None,
+                "ray_role": "worker",
+                "ray_port": ray.get("port"),
+            }
+        )
+    return out
+
+
 def placements(assignments: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The placement fields of the plan's assignments, sorted by (deployment, replica): a stable form to compare."""
-    out = [{k: a.get(k) for k in FIELDS} for a in assignments]
-    return sorted(out, key=lambda p: (str(p["deployment"]), int(p["replica"] or 0)))
+    """The placements of the plan's assignments (``parts``), sorted by (deployment, replica, head before workers,
+    host): a stable form to compare."""
+    out = [p for a in assignments for p in parts(a)]
+    return sorted(
+        out,
+        key=lambda p: (str(p["deployment"]), int(p["replica"] or 0), p.get("ray_role") == "worker", str(p["host"])),
+    )
 
 
 def valid(state: Any) -> bool:
@@ -102,3 +139,32 @@ def write(manifest_dir: str, state: Mapping[str, Any], check_mode: bool = False)
         raise GpufleetError(
             f"cannot write the fleet placements {path}: {e.strerror}; make the directory writable"
         ) from None
+
+
+def _replica(p: Mapping[str, Any]) -> str:
+    if p.get("deployment") is not None and p.get("replica") is not None:
+        return f"{p['deployment']}-{p['replica']}"
+    return str(p.get("name"))
+
+
+def restore(
+    kept: Iterable[Mapping[str, Any]],
+    existing: Iterable[Mapping[str, Any]],
+    unreachable: Iterable[str],
+    reachable: Iterable[str],
+) -> list[dict[str, Any]]:
+    """The kept placements to add to the ``existing`` ones the reachable hosts reported: every replica with a part on
+    an unreachable host comes back whole - its parts there, and the parts of a multi-host replica on reachable hosts
+    that no longer report them (so the planner keeps or moves the replica as a whole, never half of it)."""
+    down, up = set(unreachable), set(reachable)
+    reported = {(e.get("host"), _replica(e)) for e in existing}
+    hosts_reporting = {e.get("host") for e in existing}
+    lost = {_replica(p) for p in kept if p.get("host") in down and p.get("host") not in hosts_reporting}
+    out = []
+    for p in kept:
+        if _replica(p) not in lost:
+            continue
+        host = p.get("host")
+        if (host in down and host not in hosts_reporting) or (host in up and (host, _replica(p)) not in reported):
+            out.append(dict(p))
+    return out

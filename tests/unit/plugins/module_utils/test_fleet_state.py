@@ -141,3 +141,108 @@ def test_sliced_converge_is_refused_before_any_host_is_touched(tmp_path: Path, a
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "this job is slice 2 of 4 of a sliced job template" in proc.stdout
     assert "run the converge as one job" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- multi-host replicas
+def _gpus(n: int, host: str) -> list[dict[str, Any]]:
+    return [{**GPU, "index": i, "uuid": f"GPU-{host}-{i}"} for i in range(n)]
+
+
+BIG = {"name": "big", "model": "org/big", "distributed": "ray", "tensor_parallel_size": 4}
+
+
+def _ray_state() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A TP=4 replica over gpu-a (head) + gpu-b (worker), planned once, and the state the hosts keep after it."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import plan
+
+    hosts = {h: {"reachable": True, "labels": {}, "gpus": _gpus(2, h)} for h in ("gpu-a", "gpu-b", "gpu-c")}
+    (asg,) = plan(hosts, [BIG])["assignments"]
+    assert asg["hosts"] == ["gpu-a", "gpu-b"]
+    return asg, state.next_state(None, [asg])
+
+
+def test_a_multi_host_replica_is_kept_whole_head_and_workers() -> None:
+    asg, kept = _ray_state()
+    port = asg["ray"]["port"]
+    assert kept["placements"] == [
+        {
+            "deployment": "big",
+            "replica": 0,
+            "host": "gpu-a",
+            "gpus": [0, 1],
+            "gpu_uuids": ["GPU-gpu-a-0", "GPU-gpu-a-1"],
+        }
+        | {"port": 8000, "ray_role": "head", "ray_port": port},
+        {
+            "deployment": "big",
+            "replica": 0,
+            "host": "gpu-b",
+            "gpus": [0, 1],
+            "gpu_uuids": ["GPU-gpu-b-0", "GPU-gpu-b-1"],
+        }
+        | {"port": None, "ray_role": "worker", "ray_port": port},
+    ]
+    assert state.placements(kept["placements"]) == kept["placements"]  # a kept copy compares as the plan's form
+    assert state.next_state(kept, [asg]) == kept  # converged: the same generation, nothing written
+    one = state.placements([assignment("chat", 0, "a", ray=None)])
+    assert one == [{k: v for k, v in assignment("chat", 0, "a").items() if k in state.FIELDS}]  # no Ray fields
+
+
+def test_restore_brings_back_the_whole_replica_of_an_unreachable_part() -> None:
+    _asg, kept = _ray_state()
+    head, worker = kept["placements"]
+    reported_worker = {"host": "gpu-b", "name": "big-0", "deployment": "big", "replica": 0, "ray_role": "worker"}
+    # The head's host is down, its worker's host reports the worker: the head comes from the copy.
+    assert state.restore(kept["placements"], [reported_worker], ["gpu-a"], ["gpu-b", "gpu-c"]) == [head]
+    # ... and reports nothing any more (its worker container is gone): the worker comes back too, the replica whole.
+    assert state.restore(kept["placements"], [], ["gpu-a"], ["gpu-b", "gpu-c"]) == [head, worker]
+    # The worker's host is down: its part comes from the copy, the head is what gpu-a reports.
+    reported_head = {"host": "gpu-a", "name": "big-0", "deployment": "big", "replica": 0, "ray_role": "head"}
+    assert state.restore(kept["placements"], [reported_head], ["gpu-b"], ["gpu-a", "gpu-c"]) == [worker]
+    # Every host up: nothing from the copy.
+    assert state.restore(kept["placements"], [], [], ["gpu-a", "gpu-b", "gpu-c"]) == []
+
+
+@pytest.mark.parametrize("down", ["gpu-a", "gpu-b"])
+def test_plan_keeps_a_multi_host_replica_whole_with_either_host_unreachable(down: str) -> None:
+    from ansible_collections.gpufleet.vllm.plugins.action.fleet_plan import existing_from_info
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.placement import plan
+
+    asg, kept = _ray_state()
+    port = asg["ray"]["port"]
+    facts = "deployments_facts"
+    node = {"deployment": "big", "replica": 0, "port": port, "gpus": ["0", "1"]}
+    reports = {
+        "gpu-a": {
+            "deployments": [{"name": "big-0", "deployment": "big", "replica": 0, "gpus": ["0", "1"], "port": 8000}],
+            "ray_nodes": [{**node, "role": "head", "host": "gpu-a"}],
+        },
+        "gpu-b": {"deployments": [], "ray_nodes": [{**node, "role": "worker", "host": "gpu-b"}]},
+        "gpu-c": {"deployments": []},
+    }
+    hostvars = {
+        h: ({} if h == down else {"gpus": _gpus(2, h), facts: {**reports[h], "fleet_state": kept}})
+        for h in ("gpu-a", "gpu-b", "gpu-c")
+    }
+    up = [h for h in hostvars if h != down]
+    tv = {"hostvars": hostvars, "ansible_play_hosts_all": list(hostvars), "ansible_play_hosts": up}
+    args = {"gpu_facts_var": "gpus", "existing_var": facts, "unreachable": [], "state_path": None}
+    hosts, existing, unreachable = gather(tv, args)
+    assert unreachable == [down]
+    assert sorted((e["host"], e.get("ray_role")) for e in existing) == [("gpu-a", "head"), ("gpu-b", "worker")]
+    # What the reachable host reports, plus the part of the unreachable one from the copy.
+    (from_copy,) = [e for e in existing if e["host"] == down]
+    assert from_copy == next(p for p in kept["placements"] if p["host"] == down)
+    assert [e for e in existing if e["host"] != down] == existing_from_info(
+        next(h for h in ("gpu-a", "gpu-b") if h != down), reports[next(h for h in ("gpu-a", "gpu-b") if h != down)]
+    )
+    other = {"name": "other", "model": "org/other", "distributed": "ray", "tensor_parallel_size": 2, "port": 8100}
+    result = plan(hosts, [BIG, other], existing)
+    big = next(a for a in result["assignments"] if a["deployment"] == "big")
+    # Kept where it is as a whole (head, worker, Ray block), nothing removed, with a warning.
+    assert (big["action"], big["hosts"], big["port"], big["ray"]["port"]) == ("keep", ["gpu-a", "gpu-b"], 8000, port)
+    assert [w["gpus"] for w in big["ray"]["workers"]] == [[0, 1]]
+    assert result["removals"] == [] and any(down in w and "unreachable" in w for w in result["warnings"])
+    # The reachable part still holds its GPUs: another deployment goes to gpu-c, never onto them.
+    (o,) = [a for a in result["assignments"] if a["deployment"] == "other"]
+    assert o["hosts"] == ["gpu-c"]
