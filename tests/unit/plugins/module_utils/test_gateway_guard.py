@@ -4,14 +4,8 @@ HAProxy is installed, and one HAProxy in front of a fake router shows the refusa
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -26,8 +20,8 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config impo
     internal_port,
     router_argv,
 )
+from fixtures.container import free_port
 
-HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
 CHAT = Router("chat", 30000, 31000, ("http://10.0.0.11:8000",))
 GUARD = {"admin_guard": True}
 
@@ -99,79 +93,36 @@ def test_status_reports_the_clients_endpoint(tmp_path: Path) -> None:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Router(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _answer(self) -> None:
-        n = int(self.headers.get("content-length") or 0)
-        if n:
-            self.rfile.read(n)
-        body = self.path.encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-
-@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy)")
-def test_real_haproxy_refuses_the_worker_api_to_clients_and_passes_it_to_the_fleet(tmp_path: Path) -> None:
+def test_real_haproxy_refuses_the_worker_api_to_clients_and_passes_it_to_the_fleet(
+    real_haproxy: Callable[[str], object], echo_server: Callable[[int], str]
+) -> None:
     """HAProxy on 127.0.0.2 in front of a fake router, a client from 127.0.0.3 (not the fleet's): the OpenAI API,
     /health and the GET listings pass; /add_worker, /remove_worker, other methods and unknown paths get 403 - also
     written in other forms of the same path; a source the fleet lists (127.0.0.1) reaches /add_worker."""
-    port = _free_port()
-    router = ThreadingHTTPServer(("127.0.0.1", port + 2000), _Router)
-    threading.Thread(target=router.serve_forever, daemon=True).start()
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(haproxy_config([Router("chat", port, port + 1000)], "127.0.0.2", [], {}))
-    subprocess.run([HAPROXY, "-c", "-q", "-f", str(cfg)], check=True)
-    proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        base = f"http://127.0.0.2:{port}"
-        with httpx.Client(timeout=5) as client:
-            end = time.monotonic() + 30
-            while True:  # until HAProxy listens (or it exited: its error)
-                try:
-                    client.get(base + "/health")
-                    break
-                except httpx.TransportError:
-                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                    assert time.monotonic() < end, "HAProxy did not listen within 30 s"
-                    time.sleep(0.05)
-            # A client (source 127.0.0.1 is in the fleet list by default; go out from 127.0.0.3 instead).
-            with httpx.Client(timeout=5, transport=httpx.HTTPTransport(local_address="127.0.0.3")) as outsider:
-                assert outsider.post(base + "/v1/completions", json={"prompt": "x"}).text == "/v1/completions"
-                assert outsider.get(base + "/v1/models").status_code == 200
-                assert outsider.get(base + "/health").status_code == 200
-                assert outsider.get(base + "/list_workers").text == "/list_workers"  # read-only listings pass
-                assert outsider.get(base + "/workers").text == "/workers"
-                for method, path in [
-                    ("POST", "/add_worker?url=http://evil:1"),
-                    ("POST", "/remove_worker?url=http://10.0.0.11:8000"),
-                    ("POST", "/workers"),  # an add in sglang-style routers
-                    ("DELETE", "/workers/http%3A%2F%2F10.0.0.11%3A8000"),
-                    ("POST", "/list_workers"),
-                    ("POST", "/flush_cache"),
-                    ("GET", "/get_loads"),
-                    ("POST", "//add_worker?url=http://evil:1"),
-                    ("POST", "/v1/../add_worker?url=http://evil:1"),
-                ]:
-                    r = outsider.request(method, base + path)
-                    assert r.status_code == 403, (path, r.status_code)
-            # The fleet's own updates (this source is in the list).
-            assert client.post(base + "/add_worker?url=http://10.0.0.11:8000").text.startswith("/add_worker")
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        router.shutdown()
-        router.server_close()
+    port = free_port(40000, 44999)
+    echo_server(port + 2000)  # the router, on its internal port
+    real_haproxy(haproxy_config([Router("chat", port, port + 1000)], "127.0.0.2", [], {}))
+    base = f"http://127.0.0.2:{port}"
+    with httpx.Client(timeout=5) as client:
+        # A client (source 127.0.0.1 is in the fleet list by default; go out from 127.0.0.3 instead).
+        with httpx.Client(timeout=5, transport=httpx.HTTPTransport(local_address="127.0.0.3")) as outsider:
+            assert outsider.post(base + "/v1/completions", json={"prompt": "x"}).text == "/v1/completions"
+            assert outsider.get(base + "/v1/models").status_code == 200
+            assert outsider.get(base + "/health").status_code == 200
+            assert outsider.get(base + "/list_workers").text == "/list_workers"  # read-only listings pass
+            assert outsider.get(base + "/workers").text == "/workers"
+            for method, path in [
+                ("POST", "/add_worker?url=http://evil:1"),
+                ("POST", "/remove_worker?url=http://10.0.0.11:8000"),
+                ("POST", "/workers"),  # an add in sglang-style routers
+                ("DELETE", "/workers/http%3A%2F%2F10.0.0.11%3A8000"),
+                ("POST", "/list_workers"),
+                ("POST", "/flush_cache"),
+                ("GET", "/get_loads"),
+                ("POST", "//add_worker?url=http://evil:1"),
+                ("POST", "/v1/../add_worker?url=http://evil:1"),
+            ]:
+                r = outsider.request(method, base + path)
+                assert r.status_code == 403, (path, r.status_code)
+        # The fleet's own updates (this source is in the list).
+        assert client.post(base + "/add_worker?url=http://10.0.0.11:8000").text.startswith("/add_worker")

@@ -5,13 +5,7 @@ on the same port number shows that both bind and that the dev endpoints are refu
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,8 +18,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.replica_gua
     guarded,
     haproxy_config,
 )
-
-HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+from fixtures.container import free_port
 
 
 def spec(name: str, port: int, sleep_mode: bool = True, host: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -88,76 +81,33 @@ def test_filter_is_empty_without_sleep_mode_and_names_the_problem() -> None:
         replica_guard_config([spec("chat-0", 8000)], bind="0.0.0.0")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _answer(self) -> None:
-        n = int(self.headers.get("content-length") or 0)
-        if n:
-            self.rfile.read(n)
-        body = self.path.encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-
-@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy)")
-def test_real_haproxy_on_the_same_port_refuses_the_dev_endpoints(tmp_path: Path) -> None:
+def test_real_haproxy_on_the_same_port_refuses_the_dev_endpoints(
+    real_haproxy: Callable[[str], object], echo_server: Callable[[int], str]
+) -> None:
     """A fake sleep-mode server on 127.0.0.1:P, HAProxy on 127.0.0.2:P (the same port on another address, as on a GPU
     host): both bind; the OpenAI API, /health and /metrics pass; /sleep, /wake_up, /collective_rpc, /is_sleeping
     and the same paths written another way get 403."""
-    port = _free_port()
-    server = ThreadingHTTPServer(("127.0.0.1", port), _Server)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(replica_guard_config([spec("chat-0", port)], bind="127.0.0.2"))
-    subprocess.run([HAPROXY, "-c", "-q", "-f", str(cfg)], check=True)
-    proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        base = f"http://127.0.0.2:{port}"
-        with httpx.Client(timeout=5) as client:
-            end = time.monotonic() + 30
-            while True:  # until HAProxy listens (or it exited: its error)
-                try:
-                    client.get(base + "/health")
-                    break
-                except httpx.TransportError:
-                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                    assert time.monotonic() < end, "HAProxy did not listen within 30 s"
-                    time.sleep(0.05)
-            assert client.post(base + "/v1/completions", json={"prompt": "x"}).text == "/v1/completions"
-            assert client.get(base + "/v1/models").text == "/v1/models"
-            assert client.get(base + "/health").status_code == 200
-            assert client.get(base + "/metrics").text == "/metrics"
-            for method, path in [
-                ("POST", "/sleep?level=1"),
-                ("POST", "/wake_up"),
-                ("GET", "/is_sleeping"),
-                ("POST", "/collective_rpc"),
-                ("POST", "/reset_prefix_cache"),
-                ("POST", "//sleep"),
-                ("POST", "/v1/%2e%2e/sleep"),
-                ("POST", "/v1%2F..%2Fsleep"),
-                ("GET", "/"),
-            ]:
-                r = client.request(method, base + path)
-                assert r.status_code == 403, (path, r.status_code, r.text[:100])
-            # The server itself still answers its own host on loopback (the agent's and the module's calls).
-            assert client.post(f"http://127.0.0.1:{port}/wake_up").text == "/wake_up"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        server.shutdown()
-        server.server_close()
+    port = free_port(40000, 44999)
+    echo_server(port)
+    real_haproxy(replica_guard_config([spec("chat-0", port)], bind="127.0.0.2"))
+    base = f"http://127.0.0.2:{port}"
+    with httpx.Client(timeout=5) as client:
+        assert client.post(base + "/v1/completions", json={"prompt": "x"}).text == "/v1/completions"
+        assert client.get(base + "/v1/models").text == "/v1/models"
+        assert client.get(base + "/health").status_code == 200
+        assert client.get(base + "/metrics").text == "/metrics"
+        for method, path in [
+            ("POST", "/sleep?level=1"),
+            ("POST", "/wake_up"),
+            ("GET", "/is_sleeping"),
+            ("POST", "/collective_rpc"),
+            ("POST", "/reset_prefix_cache"),
+            ("POST", "//sleep"),
+            ("POST", "/v1/%2e%2e/sleep"),
+            ("POST", "/v1%2F..%2Fsleep"),
+            ("GET", "/"),
+        ]:
+            r = client.request(method, base + path)
+            assert r.status_code == 403, (path, r.status_code, r.text[:100])
+        # The server itself still answers its own host on loopback (the agent's and the module's calls).
+        assert client.post(f"http://127.0.0.1:{port}/wake_up").text == "/wake_up"
