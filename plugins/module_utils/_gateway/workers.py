@@ -29,6 +29,7 @@ from typing import Any
 
 from ansible.module_utils.urls import open_url
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_if_changed
 
 
 def normalize_url(url: str) -> str:
@@ -150,21 +151,13 @@ class RouterClient:
 
 
 def write_workers_file(path: str, urls: Iterable[str]) -> bool:
-    """Write the URL list the launcher adds after a restart (one per line); True when the content changed."""
-    import os
+    """Write the URL list the launcher adds after a restart (one per line, its directory created); True when the
+    content changed (an unchanged file is not touched)."""
+    return write_if_changed(path, _workers_text(urls), 0o644)
 
-    from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_atomic
 
-    content = "".join(f"{u}\n" for u in urls)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == content:
-                return False
-    except FileNotFoundError:
-        pass
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    write_atomic(path, content, 0o644, makedirs=False)
-    return True
+def _workers_text(urls: Iterable[str]) -> str:
+    return "".join(f"{u}\n" for u in urls)
 
 
 def ensure_workers(
@@ -189,7 +182,7 @@ def ensure_workers(
         if check_mode:
             try:
                 with open(workers_file, encoding="utf-8") as fh:
-                    file_changed = fh.read() != "".join(f"{u}\n" for u in target)
+                    file_changed = fh.read() != _workers_text(target)
             except FileNotFoundError:
                 file_changed = True
         else:

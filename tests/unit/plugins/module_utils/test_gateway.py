@@ -25,6 +25,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.workers imp
     diff_workers,
     ensure_workers,
     normalize_url,
+    write_workers_file,
 )
 
 ASSIGNMENTS = [
@@ -253,3 +254,12 @@ def test_launcher_imports_nothing_from_the_collection() -> None:
     """The role ships launch.py alone: it may import the standard library and vllm_router only."""
     src = Path(launch.__file__).read_text()
     assert "ansible_collections" not in src.split('"""', 2)[2]
+
+
+def test_workers_file_is_written_once_and_its_directory_made(tmp_path: Path) -> None:
+    path = tmp_path / "routers" / "chat" / "workers"
+    assert write_workers_file(str(path), ["http://a:1", "http://b:1"]) is True
+    assert path.read_text() == "http://a:1\nhttp://b:1\n" and path.stat().st_mode & 0o777 == 0o644
+    mtime = path.stat().st_mtime_ns
+    assert write_workers_file(str(path), ["http://a:1", "http://b:1"]) is False and path.stat().st_mtime_ns == mtime
+    assert write_workers_file(str(path), []) is True and path.read_text() == ""
