@@ -56,8 +56,11 @@ options:
       - V(ray_ready) waits (at most O(wait_timeout)) until the cluster of every Ray head of O(ray_nodes) shows all its
         nodes and GPUs (C(ray status) in the head); the role runs it after V(ray_nodes) on every host, so a head's
         server starts on a complete cluster. Check mode waits for nothing.
+      - V(ray_stopped) stops the Ray parts of O(removals) (the C(ray_nodes) of C(gpufleet.vllm.vllm_deployment_info):
+        each with C(deployment), C(replica) and C(ray_role)) and keeps them - a head's server first when it still
+        runs. C(playbooks/stop.yml) with C(state=stopped) uses it; the next converge's V(ray_nodes) starts them again.
     type: str
-    choices: [applied, gathered, ray_nodes, ray_ready]
+    choices: [applied, gathered, ray_nodes, ray_ready, ray_stopped]
     default: applied
   ray_nodes:
     description:
@@ -99,7 +102,8 @@ options:
   removals:
     description:
       - The host's removals from the plan (C(plan.remove[<host>])), each with C(name) (the deployment key of the
-        container C(gpufleet-<name>)).
+        container C(gpufleet-<name>)); a part of a multi-host replica also with C(deployment), C(replica) and
+        C(ray_role). With O(state=ray_stopped), the Ray nodes to stop.
     type: list
     elements: dict
     default: []
@@ -294,8 +298,9 @@ ray_nodes:
   description:
     - O(state=gathered) - the Ray nodes on the host, as C(gpufleet.vllm.vllm_deployment_info) returns them.
     - O(state=ray_nodes) - one entry per node and Ray removal (C(name), C(role), C(action), C(changed), C(failed),
-      C(hint)); O(state=ray_ready) - one per head (C(name), C(ready), C(status)).
-  returned: O(state=gathered), O(state=ray_nodes), O(state=ray_ready)
+      C(hint)); O(state=ray_ready) - one per head (C(name), C(ready), C(status)); O(state=ray_stopped) - one per node
+      (C(name), C(role), C(action) C(stop), C(stopped) or C(absent), C(changed)).
+  returned: O(state=gathered), O(state=ray_nodes), O(state=ray_ready), O(state=ray_stopped)
   type: list
   elements: dict
   sample: [{deployment: big, replica: 0, role: head, port: 6379, gpus: ["0", "1"], host: gpu-a,
@@ -313,7 +318,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray as
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, gather_host
 
 ARGUMENT_SPEC = dict(
-    state=dict(type="str", choices=["applied", "gathered", "ray_nodes", "ray_ready"], default="applied"),
+    state=dict(type="str", choices=["applied", "gathered", "ray_nodes", "ray_ready", "ray_stopped"], default="applied"),
     ray_nodes=dict(type="list", elements="dict", default=[]),
     replicas=dict(type="list", elements="dict", default=[]),
     only=dict(type="list", elements="str"),
@@ -351,7 +356,7 @@ def main() -> None:
             module.exit_json(changed=False, **gather_host(module.params))
         except GpufleetError as err:
             module.fail_json(msg=str(err), **err.details)
-    steps = {"applied": apply_host, "ray_nodes": fleet_ray.apply_nodes}
+    steps = {"applied": apply_host, "ray_nodes": fleet_ray.apply_nodes, "ray_stopped": fleet_ray.stop_nodes}
     try:
         if module.params["state"] == "ray_ready":
             result, errors = fleet_ray.wait_ready(module.params, module.check_mode)

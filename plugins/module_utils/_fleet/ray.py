@@ -12,6 +12,8 @@
   an update replaces the whole cluster.
 - ``wait_ready`` (``fleet_apply state=ray_ready``, after every host ran ``apply_nodes``): on the head's host, until
   ``ray status`` shows every node and GPU of the replica (``spec.cluster_ready``); then the batches start the server.
+- ``stop_nodes`` (``fleet_apply state=ray_stopped``, stop.yml ``state=stopped``): the selected replicas' Ray nodes
+  stopped and kept (a head's server first); the next converge's ``apply_nodes`` starts them again.
 - ``existing_parts``: the placements that the Ray nodes a host runs make (``ray_nodes`` of its gathered facts,
   ``_container/info.ray_nodes``), with ``ray_role``/``ray_port``, so that the planner keeps a multi-host replica where
   it is.
@@ -28,7 +30,11 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as la
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import HostApply, failure_hint
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import (
+    HostApply,
+    container_params,
+    failure_hint,
+)
 from ansible_collections.gpufleet.vllm.plugins.module_utils._model.layout import DEFAULT_MODELS_ROOT, model_path
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import node as ray_node
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import spec as ray_spec
@@ -265,3 +271,39 @@ def wait_ready(
         if runtime is None:
             rt.close()
     return {"changed": False, "ray_nodes": results}, errors
+
+
+def stop_nodes(
+    params: Mapping[str, Any], check_mode: bool = False, warn: Callable[[str], None] | None = None, runtime: Any = None
+) -> tuple[dict[str, Any], list[str]]:
+    """``fleet_apply state=ray_stopped``: stop the Ray nodes of ``removals`` (``ray_nodes`` of vllm_deployment_info:
+    each with ``deployment``, ``replica`` and ``ray_role``) and keep them; a head's server is stopped first when it
+    still runs (it shares the head's PID namespace). The next converge starts them again (``_ray/node.ensure``: the
+    same declaration, stopped, is started). Returns the result (``ray_nodes``: one entry per node) and the errors."""
+    host = HostApply(params, check_mode, warn, runtime)
+    results: list[dict[str, Any]] = []
+    for item in params.get("removals") or []:
+        role = item.get("ray_role")
+        if role not in ray_spec.ROLES:
+            continue
+        key = f"{item['deployment']}-{int(item['replica'])}"
+        name = labels.container_name(ray_spec.node_key(str(item["deployment"]), int(item["replica"]), role))
+        entry: dict[str, Any] = {"name": name, "role": role, "changed": False}
+        results.append(entry)
+        try:
+            server = host.rt.container(labels.container_name(key)) if role == "head" else None
+            if server is not None and (server.running or server.status == "restarting"):
+                args = {"name": key, "state": "stopped", "runtime": params["runtime"]}
+                args.update(docker_host=params.get("docker_host"), manifest_dir=params["manifest_dir"])
+                host._note(labels.container_name(key), host._converge(container_params(f"stop of {key}", args)))
+            res = ray_node.stop(host.rt, name, check_mode=check_mode)
+        except GpufleetError as err:
+            entry.update(action="stop", failed=True, hint=str(err))
+            host.errors.append(f"stop of {name}: {err}")
+            continue
+        entry.update(action=res["action"], changed=res["changed"])
+        if res["changed"]:
+            host._note(name, {"changed": True, "diff": {"before": {"state": "started"}, "after": {"state": "stopped"}}})
+    if host._rt is not None:
+        host.rt.close()
+    return {"changed": host.changed, "ray_nodes": results, "diff": host.diffs}, host.errors

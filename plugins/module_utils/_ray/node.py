@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """One Ray node container on its host, through the engine adapters (docker, podman): ensure it runs as declared
 (``spec.NodeSpec``), or remove it. Idempotent by a config hash label of the normalized declaration: the same
-declaration keeps the running container, another one replaces it, a stopped one is started again. Check mode plans
-the same actions without calling the engine.
+declaration keeps the running container, another one replaces it, a stopped one is started again. ``stop`` stops one
+and keeps it (stop.yml ``state=stopped``: the next ``ensure`` starts it again). Check mode plans the same actions
+without calling the engine.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import CreateSpec, Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray.spec import NodeSpec
+
+STOP_TIMEOUT_S = 10  # Ray holds nothing to save on a stop: its processes end with the container
 
 
 def normalized(node: NodeSpec) -> dict[str, Any]:
@@ -78,6 +81,19 @@ def ensure(rt: Runtime, node: NodeSpec, check_mode: bool = False) -> dict[str, A
     cid = rt.create(create_spec(node))
     rt.start(cid)
     return {"changed": True, "action": action, "name": node.name, "id": cid}
+
+
+def stop(rt: Runtime, name: str, timeout: int = STOP_TIMEOUT_S, check_mode: bool = False) -> dict[str, Any]:
+    """Container ``name`` stopped, kept as it is (a Ray node: its GPUs are free again). Returns ``{changed, action:
+    stop|stopped|absent, name, id}``; a node the engine is restarting (``on-failure``) is stopped too."""
+    cur = rt.container(name)
+    if cur is None:
+        return {"changed": False, "action": "absent", "name": name, "id": None}
+    if not cur.running and cur.status != "restarting":
+        return {"changed": False, "action": "stopped", "name": name, "id": cur.id}
+    if not check_mode:
+        rt.stop(cur.id, timeout)
+    return {"changed": True, "action": "stop", "name": name, "id": cur.id}
 
 
 def remove(rt: Runtime, name: str, check_mode: bool = False) -> dict[str, Any]:

@@ -195,6 +195,49 @@ def test_apply_nodes_creates_keeps_replaces_with_the_server_and_removes(monkeypa
     assert [(n["name"], n["action"]) for n in res["ray_nodes"]] == [("gpufleet-big-0-ray-head", "remove")]
 
 
+def test_stop_nodes_stops_the_server_then_the_node_keeps_them_and_the_next_converge_starts_them(monkeypatch, tmp_path):
+    monkeypatch.setattr(ray.ray_spec, "HOST_DIR", str(tmp_path / "ray"))
+    plan = fleet_plan(hosts(), [{**big(), "model": str(tmp_path)}])
+    monkeypatch.setattr(ray.HostApply, "sync_model", lambda self, spec: {"changed": False})
+    monkeypatch.setattr(
+        ray.HostApply, "ensure_image", lambda self, *a: {"changed": False, "image": "img:1", "image_id": "sha256:1"}
+    )
+    rt = RayRuntime()
+    (head,) = plan["ray"]["gpu-a"]
+    ray.apply_nodes(params([head]), runtime=rt)
+    rt.c["srv"] = {"name": "gpufleet-big-0", "status": "running", "labels": {}, "env": {}}  # the head's server
+    stopped: list[str] = []
+
+    def converge(self, p):  # vllm_container state=stopped by name, as stop.yml's servers task runs it
+        assert p["state"] == "stopped"
+        stopped.append(p["name"])
+        if not self.check_mode:
+            rt.stop(f"gpufleet-{p['name']}", 30)
+        return {"changed": True, "diff": {"before": {"state": "started"}, "after": {"state": "stopped"}}}
+
+    monkeypatch.setattr(ray.HostApply, "_converge", converge)
+    # What stop.yml hands over: vllm_deployment_info's ray_nodes of the selected replicas (names=big).
+    nodes = info.ray_nodes(rt, {"names": ["big"]})
+    assert info.ray_nodes(rt, {"names": ["big-1"]}) == []  # another replica's name selects none of them
+    calls = list(rt.calls)
+    res, errors = ray.stop_nodes(params([], nodes), check_mode=True, runtime=rt)
+    assert errors == [] and res["changed"] and rt.calls == calls  # check mode: the engine is not called
+    assert [(n["name"], n["action"]) for n in res["ray_nodes"]] == [("gpufleet-big-0-ray-head", "stop")]
+    assert [d["before_header"] for d in res["diff"]] == ["gpufleet-big-0 (before)", "gpufleet-big-0-ray-head (before)"]
+    assert res["diff"][1]["after"] == {"state": "stopped"}
+    res, errors = ray.stop_nodes(params([], nodes), runtime=rt)
+    assert errors == [] and res["changed"] and stopped == ["big-0", "big-0"]
+    assert rt.calls[-2:] == ["stop", "stop"]  # the server (it shares the head's PID namespace), then the head
+    assert not rt.container("gpufleet-big-0-ray-head").running and not rt.container("gpufleet-big-0").running
+    assert info.ray_nodes(rt, {"names": ["big-0"]})[0]["state"] == "stopped"
+    res, _ = ray.stop_nodes(params([], nodes), runtime=rt)
+    assert not res["changed"] and res["ray_nodes"][0]["action"] == "stopped" and res["diff"] == []
+    # The next converge's Ray play starts the same head again (not replaced: its server keeps its PID namespace).
+    res, _ = ray.apply_nodes(params([head]), runtime=rt)
+    assert [n["action"] for n in res["ray_nodes"]] == ["start"] and rt.container("gpufleet-big-0-ray-head").running
+    assert rt.container("gpufleet-big-0").labels == {}  # the server is left to the batches (vllm_container)
+
+
 def test_wait_ready_polls_ray_status_until_every_node_and_gpu_joined():
     plan = fleet_plan(hosts(), [big()])
     (head,) = plan["ray"]["gpu-a"]

@@ -70,3 +70,20 @@ def test_create_request_and_podman_arguments():
     assert args[args.index("--network") + 1] == "host" and "--publish" not in args
     assert args[-len(req.command) :] == req.command
     assert "--device" in args and "nvidia.com/gpu=0" in args
+
+
+def test_stop_keeps_the_node_and_ensure_starts_it_again_unchanged():
+    rt = FakeRuntime()
+    made = node.ensure(rt, worker())
+    name = made["name"]
+    assert node.stop(rt, name, check_mode=True) == {"changed": True, "action": "stop", "name": name, "id": made["id"]}
+    assert rt.calls == ["create", "start"]  # check mode: the engine is not called
+    assert node.stop(rt, name)["action"] == "stop" and rt.calls[-1] == "stop"
+    assert rt.container(name).running is False  # kept, stopped
+    assert node.stop(rt, name) == {"changed": False, "action": "stopped", "name": name, "id": made["id"]}
+    rt.c[made["id"]]["status"] = "restarting"  # the engine's on-failure restarts: stopped too
+    assert node.stop(rt, name)["changed"] is True
+    assert node.stop(rt, "gpufleet-none-0-ray-worker")["action"] == "absent"
+    # The next converge starts the same container again, neither left stopped nor replaced.
+    assert node.ensure(rt, worker()) == {"changed": True, "action": "start", "name": name, "id": made["id"]}
+    assert rt.calls[-1] == "start" and len(rt.c) == 1
