@@ -219,7 +219,14 @@ class HostApply:
         gw = self.gateways
         old = self._stops(params) if gw is not None and gw.has(deployment) else None
         if gw is None or old is None:
-            return self._converge(params)
+            res = self._converge(params)
+            if gw is not None and res.get("changed") and lb.RAY_HOSTS in (params.get("labels") or {}):
+                # A Ray head's server that the Ray step took down with its cluster (drained there, docs/ray.md)
+                # joins the deployment's routers again once it passed the gate, as a replaced replica does.
+                after: list[str] = []
+                gw.rejoin(deployment, gw.routers(deployment), gw.worker(params["port"]), after)
+                res = dict(res, actions=[*(res.get("actions") or []), *after])
+            return res
         port = int(old.get("port") or params["port"])
         url, new_url = gw.worker(port), gw.worker(params["port"])
         before: list[str] = []
@@ -239,13 +246,22 @@ class HostApply:
         """A replica the plan removes (scale-down, ``state: absent``, a move to another host, pruned) leaves its
         deployment's routers and finishes its requests in flight before its container stops, like a replaced one
         (drain.py). A Ray worker serves no requests: nothing to drain."""
-        gw, deployment = self.gateways, str(item.get("deployment") or "")
-        if gw is None or not gw.has(deployment) or item.get("ray_role") == "worker" or not item.get("port"):
+        if item.get("ray_role") != "worker":
+            self.drain(str(item.get("deployment") or ""), str(item.get("name")), actions, item.get("port"))
+
+    def drain(self, deployment: str, name: str, actions: list[str], port: Any = None) -> None:
+        """The server ``name`` leaves its deployment's routers and its requests in flight finish (drain.py), before
+        its container stops: on the port its labels say (else ``port``). Nothing without routers or a port; the Ray
+        step (_fleet/ray.py) drains a head's server the same way before it removes it."""
+        gw = self.gateways
+        if gw is None or not gw.has(deployment):
             return
-        running = self.rt.container(lb.container_name(str(item.get("name"))))
+        running = self.rt.container(lb.container_name(name))
         found = lb.parse(running.labels if running else None)
-        port = int(found.get("port") or item["port"])
-        gw.leave(deployment, gw.worker(port), readiness.base_url(found.get("host"), port), actions)
+        if not (found.get("port") or port):
+            return
+        at = int(found.get("port") or port)
+        gw.leave(deployment, gw.worker(at), readiness.base_url(found.get("host"), at), actions)
 
     def _container_args(self, spec: Mapping[str, Any], image: Any) -> dict[str, Any]:
         args = dict(spec.get("container") or {})

@@ -175,8 +175,10 @@ def _ensure(host: HostApply, n: Mapping[str, Any], image: str) -> dict[str, Any]
     actions = []
     if n["role"] == "head" and n.get("server") and cur is not None:
         if cur.labels.get(labels.CONFIG_HASH) != ray_node.config_hash(node):
-            # A new cluster: the server of the old one goes first (it shares the old head's PID namespace).
+            # A new cluster: the server of the old one goes first (it shares the old head's PID namespace), drained
+            # from its gateways first (it joins them again after its gate in the rollout, _fleet/apply.py).
             if not host.check_mode:
+                host.drain(str(n["deployment"]), str(n["server"]), actions)
                 host._remove_container(str(n["server"]))
             actions.append(f"remove gpufleet-{n['server']} (its Ray head is replaced)")
     if not host.check_mode:

@@ -1,6 +1,7 @@
 """Drain during a rollout (_fleet/drain.py) and its use by fleet_apply: a replica leaves its deployment's routers
 before its container stops and joins them again after the gate; a surge joins before the replica leaves; check mode
-and unchanged replicas touch no router; a router that refuses a surge fails the surge (the replica is untouched)."""
+and unchanged replicas touch no router; a router that refuses a surge fails the surge (the replica is untouched); the
+Ray step drains a multi-host replica's server it replaces or removes (its new server joins after its gate)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import apply as fleet_apply
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.drain import (
     Gateways,
     in_flight,
     routers_by_deployment,
 )
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
 
 from .test_fleet_apply import model_dir, params, replica
+from .test_fleet_ray import big, hosts
 
 ROUTER = "http://10.0.0.5:30000"
 
@@ -340,3 +345,62 @@ def test_a_wave_that_replaced_replicas_collects_old_revisions(
     out, errors = apply_host(params(tmp, reps, only=["chat-0"]), runtime=fake_runtime)
     assert errors == [] and out["records"][0]["changed"] is True
     assert calls == ["chat", "chat", "chat"]  # the wave's sync, then the collection after the replacement
+
+
+def test_the_ray_step_drains_a_head_server_it_replaces_or_removes_and_the_rollout_joins_it_after_its_gate(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multi-host replica's server goes with its cluster in the Ray step (fleet_apply state=ray_nodes, before the
+    batches): it leaves its gateways and its requests in flight finish before it stops, as any replaced or removed
+    replica; the rollout's new server (no container to replace any more) joins them again only after its gate."""
+    me = "http://10.0.0.7:8000"
+    router = routed(monkeypatch, fake_runtime.calls, [me])
+    monkeypatch.setattr(ray.ray_spec, "HOST_DIR", str(tmp / "ray"))
+    (head,) = fleet_plan(hosts(), [{**big(), "name": "chat", "model": str(tmp / "models" / "chat")}])["ray"]["gpu-a"]
+    server = replica(tmp, "chat", 0, 8000, labels={labels.RAY_HOSTS: "gpu-a,gpu-b"})
+
+    def ray_step(node: dict[str, Any], removals: list[dict[str, Any]] = ()) -> dict[str, Any]:
+        with monkeypatch.context() as m:  # the node's model and image: not what this test is about
+            m.setattr(ray.HostApply, "sync_model", lambda self, spec: {"changed": False})
+            m.setattr(ray.HostApply, "ensure_image", lambda self, *a: {"image": "img:1", "image_id": "sha256:1"})
+            out, errors = ray.apply_nodes(
+                gw_params(tmp, [], ray_nodes=[node] if node else [], removals=list(removals)), runtime=fake_runtime
+            )
+        assert errors == []
+        return out
+
+    ray_step(head)
+    apply_host(gw_params(tmp, [server]), runtime=fake_runtime)  # the rollout starts the server (listed already)
+    assert not [c for c in fake_runtime.calls if c.startswith("router")]
+    fake_runtime.calls.clear()
+
+    # The head's declaration changed: a new cluster. The server leaves the router before anything stops.
+    out = ray_step({**head, "env": {"NCCL_DEBUG": "INFO"}})
+    c = fake_runtime.calls
+    assert c[0] == f"router remove {me}" and c.index(f"router remove {me}") < c.index("stop")
+    assert router.list_workers() == [] and fake_runtime.container("gpufleet-chat-0") is None
+    assert out["ray_nodes"][0]["actions"] == [
+        f"gateway: {me} left {ROUTER}",
+        f"gateway: {me} drained in 0.0 s",
+        "remove gpufleet-chat-0 (its Ray head is replaced)",
+        "replace gpufleet-chat-0-ray-head",
+    ]
+    # The rollout creates the server again: it joins the router once it passed its gate.
+    fake_runtime.calls.clear()
+    res, errors = apply_host(gw_params(tmp, [server]), runtime=fake_runtime)
+    assert errors == [] and fake_runtime.calls.index("start") < fake_runtime.calls.index(f"router add {me}")
+    assert router.list_workers() == [me] and res["records"][0]["actions"][-1] == f"gateway: {me} joined {ROUTER}"
+    # Unchanged: no router call.
+    fake_runtime.calls.clear()
+    apply_host(gw_params(tmp, [server]), runtime=fake_runtime)
+    assert not [x for x in fake_runtime.calls if x.startswith("router")]
+
+    # The replica is removed (state: absent, a move): the Ray removal drains the server before it stops.
+    gone = {"deployment": "chat", "replica": 0, "name": "chat-0", "host": "h", "port": 8000, "ray_role": "head"}
+    out = ray_step({}, [gone])
+    c = fake_runtime.calls
+    assert c.index(f"router remove {me}") < c.index("stop") and router.list_workers() == []
+    assert out["records"][0]["actions"][0] == f"gateway: {me} left {ROUTER}"
+    assert (
+        fake_runtime.container("gpufleet-chat-0") is None and fake_runtime.container(f"gpufleet-{head['name']}") is None
+    )
