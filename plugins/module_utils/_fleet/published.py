@@ -4,14 +4,16 @@
 
 The plan is global (placement looks at every host), so it is made once over the whole inventory
 (``playbooks/plan.yml``) and each host keeps its part in ``<state dir>/fleet/plan.json`` (beside the fleet's
-placements, ``state.py``): the replicas it runs, its removals, its replicas' rollout waves, and the whole fleet's
-placements after the plan. An apply job of any subset of the hosts (``playbooks/apply_planned.yml``) reads the parts
+placements, ``state.py``): the replicas it runs, its removals, its replicas' rollout waves, its Ray nodes of
+multi-host replicas (``plan.ray``, docs/ray.md) with the hosts of each such replica, and the whole fleet's placements
+after the plan. An apply job of any subset of the hosts (``playbooks/apply_planned.yml``) reads the parts
 back from its hosts and runs exactly them: a replica is placed by the one host the plan gave it to, and a host
 removes only what the plan removes there, so slices never place twice nor prune each other's replicas.
 
 The apply refuses, before anything changes, when a host has no plan, when its hosts hold different plans, when the
 plan is not the one the workflow's plan job published (``plan_id``), when ``gpufleet_deployments`` changed since,
-or when the fleet's placements kept on a host are newer than the plan's (another converge ran since).
+or when the fleet's placements kept on a host are newer than the plan's (another converge ran since), or when the
+apply has only some of a multi-host replica's hosts (its Ray play needs the head and every worker at once).
 
 Plain functions over plain data: ``fleet_plan`` (``publish`` / ``planned_var``) calls them on the controller.
 """
@@ -32,6 +34,10 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.schema import
 VERSION = 1
 PLAN_FILE = os.path.join("fleet", "plan.json")
 RERUN = "run the plan job again (playbooks/plan.yml over the whole inventory), then the apply"
+TOGETHER = (
+    "apply every host of a multi-host replica in the same job (one --limit; with AWX job slicing, a slice that holds "
+    "them all, or those hosts unsliced)"
+)
 
 
 def plan_path(manifest_dir: str) -> str:
@@ -48,10 +54,26 @@ def deployments_digest(deployments: Iterable[Mapping[str, Any]]) -> str:
     return _digest([{k: v for k, v in dict(d).items() if k not in SECRET_FIELDS} for d in deployments or []])
 
 
+def ray_hosts(ray: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{replica name: its hosts, head first}`` of the multi-host replicas in ``plan.ray`` (``{host: [node]}``)."""
+    out: dict[str, list[str]] = {}
+    for host, nodes in sorted((ray or {}).items()):
+        for n in nodes or []:
+            hosts = out.setdefault(f"{n['deployment']}-{n['replica']}", [])
+            if n.get("role") == "head":
+                hosts.insert(0, host)
+            else:
+                hosts.append(host)
+    return out
+
+
 def host_part(plan: Mapping[str, Any], host: str) -> dict[str, Any]:
     """One host's part of ``fleet_plan``'s plan: its replicas, removals, deferred and held replicas, its entries of
-    each rollout wave (waves keep their index) and the undeclared containers seen there."""
+    each rollout wave (waves keep their index), the undeclared containers seen there, and its Ray nodes (``ray``)
+    with the hosts of each multi-host replica it has a part of (``ray_hosts``)."""
     rollout = plan.get("rollout") or {}
+    nodes = [dict(n) for n in (plan.get("ray") or {}).get(host) or []]
+    mine = {f"{n['deployment']}-{n['replica']}" for n in nodes}
     waves = []
     for wave in rollout.get("waves") or []:
         mine = [dict(e) for e in wave.get("replicas") or [] if e.get("host") == host]
@@ -64,6 +86,8 @@ def host_part(plan: Mapping[str, Any], host: str) -> dict[str, Any]:
         "held": list((rollout.get("held") or {}).get(host) or []),
         "waves": waves,
         "undeclared": [dict(u) for u in plan.get("undeclared") or [] if u.get("host") == host],
+        "ray": nodes,
+        "ray_hosts": {k: v for k, v in ray_hosts(plan.get("ray") or {}).items() if k in mine},
     }
 
 
@@ -77,7 +101,8 @@ def publish(
     those with nothing to run: an apply refuses a host without a plan). The id is a digest of the whole plan and the
     declaration, so the same plan gives the same files (a re-run of the plan job writes nothing)."""
     declared = deployments_digest(deployments)
-    plan_id = _digest({"plan": {k: plan.get(k) for k in ("hosts", "remove", "rollout")}, "deployments": declared})
+    keys = ("hosts", "remove", "rollout") + (("ray",) if any((plan.get("ray") or {}).values()) else ())
+    plan_id = _digest({"plan": {k: plan.get(k) for k in keys}, "deployments": declared})
     files = {}
     for host in hosts:
         record = {
@@ -110,6 +135,23 @@ def parse(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, Mapping) or raw.get("version") != VERSION or not raw.get("plan_id"):
         return None
     return dict(raw)
+
+
+def split_replicas(good: Mapping[str, Mapping[str, Any]], records: Mapping[str, Any]) -> list[str]:
+    """The multi-host replicas that this apply (``records``' hosts) has only some hosts of, one line each: its Ray play
+    must start the head and every worker together, before the batches (docs/ray.md)."""
+    out = []
+    whole: dict[str, list[str]] = {}
+    for host in sorted(good):
+        whole.update((good[host].get("part") or {}).get("ray_hosts") or {})
+    for name, hosts in sorted(whole.items()):
+        missing = [h for h in hosts if h not in records]
+        if missing:
+            out.append(
+                f"the multi-host replica {name} runs on {', '.join(hosts)}: {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not in this apply"
+            )
+    return out
 
 
 def assemble(
@@ -161,14 +203,17 @@ def assemble(
                 "the fleet's placements changed since the plan (generation "
                 f"{planned_state['generation']}): newer on {', '.join(newer)}"
             )
-    if problems:
-        raise GpufleetError("refusing to apply: " + "; ".join(problems) + f". {RERUN}.")
+    split = split_replicas(good, records)
+    if problems or split:
+        hints = ([RERUN] if problems else []) + ([TOGETHER] if split else [])
+        raise GpufleetError("refusing to apply: " + "; ".join(problems + split) + ". " + "; ".join(hints) + ".")
 
     plan: dict[str, Any] = {
         "hosts": {},
         "remove": {},
         "rollout": {"waves": [], "deferred": {}, "held": {}},
         "undeclared": [],
+        "ray": {},
     }
     waves: dict[int, list[dict[str, Any]]] = {}
     for host in sorted(good):
@@ -178,6 +223,7 @@ def assemble(
         plan["rollout"]["deferred"][host] = list(part.get("deferred") or [])
         plan["rollout"]["held"][host] = list(part.get("held") or [])
         plan["undeclared"].extend(part.get("undeclared") or [])
+        plan["ray"][host] = list(part.get("ray") or [])
         for wave in part.get("waves") or []:
             waves.setdefault(int(wave["index"]), []).extend(wave.get("replicas") or [])
     plan["rollout"]["waves"] = [{"index": i, "replicas": waves[i]} for i in sorted(waves)]

@@ -188,3 +188,63 @@ def test_publish_then_assemble_through_the_plugin(tmp_path: Path, ansible_env: d
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SAME=True" in run.stdout
+
+
+def test_a_published_plan_carries_the_ray_nodes_and_refuses_a_slice_with_part_of_a_multi_host_replica() -> None:
+    """plan.ray (each host's Ray nodes, docs/ray.md) travels in the hosts' parts: an apply of all of a multi-host
+    replica's hosts gets exactly fleet_plan's nodes (the Ray play runs them before the batches); an apply of only some
+    of them is refused before anything changes, naming the replica and the hosts missing."""
+    hosts = {h: host(1) for h in HOSTS}  # one GPU each: TP=2 spans two hosts
+    deps = [dep("big", tensor_parallel_size=2, distributed="ray"), dep("chat", replicas=2, placement="spread")]
+    plan = fleet_plan(hosts, deps)
+    (big,) = [a for a in plan["assignments"] if a["deployment"] == "big"]
+    head, worker = big["hosts"]
+    state = fleet_state.next_state(None, plan["assignments"])
+    plan_id, files = published.publish(plan, state, deps, HOSTS)
+    records = {h: json.loads(t) for h, t in files.items()}
+    assert records[head]["part"]["ray"] == plan["ray"][head] and records[head]["part"]["ray"][0]["role"] == "head"
+    assert records[worker]["part"]["ray_hosts"] == {"big-0": [head, worker]}
+    others = [h for h in HOSTS if h not in (head, worker)]
+    assert all(records[h]["part"]["ray"] == [] and records[h]["part"]["ray_hosts"] == {} for h in others)
+    # The nodes are part of the plan's id: another Ray layout is another plan.
+    assert plan_id != published.publish({**plan, "ray": {}}, state, deps, HOSTS)[0]
+
+    both = published.assemble({head: records[head], worker: records[worker]}, deps, {}, expected_id=plan_id)
+    assert both["plan"]["ray"] == {head: plan["ray"][head], worker: plan["ray"][worker]}
+    rest = published.assemble({h: records[h] for h in others}, deps, {})  # a slice without the replica: fine
+    assert rest["plan"]["ray"] == {h: [] for h in others}
+    for part in ({head: records[head]}, {worker: records[worker], others[0]: records[others[0]]}):
+        missing = worker if head in part else head
+        with pytest.raises(GpufleetError) as err:
+            published.assemble(part, deps, {}, expected_id=plan_id)
+        text = str(err.value)
+        assert f"the multi-host replica big-0 runs on {head}, {worker}: {missing} is not in this apply" in text, text
+        assert "apply every host of a multi-host replica in the same job" in text
+        assert "run the plan job again" not in text  # the plan is fine: the slice is not
+
+
+def test_apply_planned_runs_the_converge_ray_play_between_the_checks_and_the_batches(
+    ansible_env: dict[str, str],
+) -> None:
+    """playbooks/apply_planned.yml starts the Ray clusters of its hosts' multi-host replicas as converge.yml does: the
+    same play (role deployments, entry point ray, every host at once, no serial) after the plan is read back and
+    checked, before the rolling batches."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[4]
+
+    def plays(name: str) -> list[tuple[str, Any, Any]]:
+        found = yaml.safe_load((root / "playbooks" / name).read_text())
+        return [
+            (p["tasks"][0]["ansible.builtin.import_role"].get("tasks_from"), p["hosts"], p.get("serial")) for p in found
+        ]
+
+    converge, planned = plays("converge.yml"), plays("apply_planned.yml")
+    assert [p[0] for p in planned] == ["planned", "ray", "rollout"]
+    assert planned[1] == next(p for p in converge if p[0] == "ray") and planned[1][2] is None
+    assert planned[2] == next(p for p in converge if p[0] == "rollout")
+    run = subprocess.run(
+        ["ansible-playbook", "--syntax-check", "-i", "localhost,", str(root / "playbooks" / "apply_planned.yml")],
+        env=ansible_env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
