@@ -182,6 +182,9 @@ options:
         A surge joins them after its gate and leaves them (drained) before it is removed. A replica of O(removals)
         (scale-down, C(state=absent), a move to another host) leaves them and is drained the same way before its
         container stops.
+      - With O(state=ray_nodes), a Ray head's server that this run removes (a Ray removal) or takes down with its
+        replaced cluster is drained the same way first; the server that O(state=applied) creates again for a Ray head
+        joins them after its gate.
       - Empty - no router is touched. Check mode never touches a router. See C(docs/rollouts.md), "Gateway".
     type: list
     elements: dict
