@@ -56,7 +56,7 @@ options:
       - V(ray_ready) waits (at most O(wait_timeout)) until the cluster of every Ray head of O(ray_nodes) shows all its
         nodes and GPUs (C(ray status) in the head); the role runs it after V(ray_nodes) on every host, so a head's
         server starts on a complete cluster. Check mode waits for nothing.
-      - V(ray_stopped) stops the Ray parts of O(removals) (the C(ray_nodes) of C(gpufleet.vllm.vllm_deployment_info):
+      - V(ray_stopped) stops the Ray parts of O(removals) (the C(ray_nodes) of C(gpufleet.vllm.vllm_deployment_info),
         each with C(deployment), C(replica) and C(ray_role)) and keeps them - a head's server first when it still
         runs. C(playbooks/stop.yml) with C(state=stopped) uses it; the next converge's V(ray_nodes) starts them again.
     type: str
