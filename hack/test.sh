@@ -44,6 +44,7 @@ timed() {
     times >"$f.times"  # (not in a pipe: that would be a new subshell, without these children)
     awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] } printf "%.0f", n }' \
       "$f.times" >"$f"
+    rm -f "$f.times"
     exit "$rc"
   )
 }

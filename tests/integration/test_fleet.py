@@ -521,7 +521,7 @@ def test_hub_model_is_served_from_the_path_model_sync_produced(
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while not port_file.exists() and time.monotonic() < deadline and hub.poll() is None:
             time.sleep(0.05)
         assert port_file.exists(), "the fake hub did not start"

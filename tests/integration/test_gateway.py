@@ -212,7 +212,7 @@ def test_killed_replica_stops_receiving_requests(gw: GatewayFleet) -> None:
     container = next(c for c in client.containers.list() if c.name.startswith(f"gpufleet-{NAME}-"))
     container.kill()
     try:
-        deadline = time.monotonic() + 30  # health interval 1 s, threshold 1: marked within a few seconds
+        deadline = time.monotonic() + 120  # health interval 1 s, threshold 1: marked within seconds (the bound ends a hang)
         while time.monotonic() < deadline:
             health = {w["url"]: w["is_healthy"] for w in router_workers(gw)}
             if health.get(victim) is False:
@@ -263,7 +263,7 @@ def test_module_removes_a_worker_with_requests_in_flight(gw: GatewayFleet) -> No
         res = module(gw, {"router_url": gw.gateway, "remove": [urls["gpu-b"]], "workers_file": wfile})
         with lock:
             sent_at_removal = len(codes)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(codes) < sent_at_removal + 16 and any(t.is_alive() for t in threads):
             time.sleep(0.05)
     finally:

@@ -352,7 +352,7 @@ def test_kill_during_download_then_rerun(fake_hub, model_sync, tmp_path, backend
     fake_hub.set_options(repo, throttle_bps=512 * 1024)  # per response: ~8 s for the new shards
     proc = model_sync.spawn(_hf("m", repo, root, download_backend=backend), tmp_path)
     status = root / ".gpufleet" / "status" / "m.json"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     started = None
     while time.monotonic() < deadline and proc.poll() is None:
         st = json.loads(status.read_text()) if status.exists() else {}

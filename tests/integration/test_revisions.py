@@ -65,7 +65,7 @@ def test_revision_change_rolls_the_container_and_smoke_failure_rolls_back(
 
     # a new revision: installed beside the running one (check mode and diff say so first), then the container rolls
     _write(ckpt, "config.json", _config(2048))
-    pred = ansible_run.run("model_sync", sync_args, check=True, diff=True)
+    pred = ansible_run.run("model_sync", sync_args, check=True, diff=True, cli=True)
     assert pred["changed"] and pred["revision_id"] != s1["revision_id"] and s1["revision_id"] in pred["_output"]
     s2, r2 = converge()
     p2 = s2["path"]

@@ -160,7 +160,7 @@ def hub(sim_hosts: Any, model_gen: Any, tmp_path_factory: pytest.TempPathFactory
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 20  # only ends a hung start
+    deadline = time.monotonic() + 120  # only ends a hung start
     while not port_file.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert port_file.exists(), "the fake hub did not start"

@@ -60,7 +60,7 @@ def test_option_change_recreates_with_diff_and_env_removal_recreates(ansible_run
     assert ansible_run.run("vllm_container", b)["changed"]
     old_id = inspect("docker", cname(b))["Id"]
 
-    r = ansible_run.run("vllm_container", {**b, "max_model_len": 2048}, diff=True)
+    r = ansible_run.run("vllm_container", {**b, "max_model_len": 2048}, diff=True, cli=True)  # the rendered diff
     assert r["_rc"] == 0 and r["changed"] and r["replaced"]
     assert r["changed_keys"] == ["argv"]
     out = r["_output"]
@@ -214,7 +214,7 @@ def test_stopped_and_restarted_by_name_act_on_the_existing_container(ansible_run
     assert ansible_run.run("vllm_container", b)["ready"]
     first = inspect("docker", cname(b))
     by_name = {"name": b["name"], "manifest_dir": b["manifest_dir"], "stop_timeout": 5}
-    pred = ansible_run.run("vllm_container", {**by_name, "state": "stopped"}, check=True, diff=True)
+    pred = ansible_run.run("vllm_container", {**by_name, "state": "stopped"}, check=True, diff=True, cli=True)
     assert pred["_rc"] == 0 and pred["changed"] and pred["actions"] == [f"stop {cname(b)}"], pred["_output"]
     assert '-    "state": "started"' in pred["_output"] and '+    "state": "stopped"' in pred["_output"]
     assert inspect("docker", cname(b))["State"]["Running"]

@@ -158,7 +158,7 @@ def test_deploy_b_from_a_manifest(ansible_run, deployed_a):
     try:
         pred = ansible_run.run("vllm_container", b, check=True)
         assert pred["_rc"] == 0 and pred["changed"] and inspect("docker", f"gpufleet-{b_name}") is None
-        rb = ansible_run.run("vllm_container", b)
+        rb = ansible_run.run("vllm_container", b, cli=True)  # the controller's output: its warnings
         assert rb["_rc"] == 0 and rb["ready"] and rb["models"] == ["tiny", "tiny-alias"], rb["_output"]
         assert "[WARNING]" not in rb["_output"] or "from_manifest" not in rb["_output"]
         ia, ib = inspect("docker", cname(a)), inspect("docker", f"gpufleet-{b_name}")
@@ -183,7 +183,7 @@ def test_deploy_b_from_a_manifest(ansible_run, deployed_a):
         assert r["_rc"] == 0 and r["endpoint"] == "http://127.0.0.1:8000", r["_output"]
 
         # the env values are not in the manifest: a task that does not give them again is told which keys
-        r = ansible_run.run("vllm_container", _without(b, {"env", "api_key"}), check=True)
+        r = ansible_run.run("vllm_container", _without(b, {"env", "api_key"}), check=True, cli=True)
         assert r["_rc"] == 0 and "from_manifest" in r["_output"] and "MY_FLAG, VLLM_API_KEY" in r["_output"]
     finally:
         subprocess.run(["docker", "rm", "-f", f"gpufleet-{b_name}"], capture_output=True, check=False)
