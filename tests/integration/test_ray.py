@@ -11,13 +11,15 @@ several ways:
 
 Then the converge itself (playbooks/converge.yml, role deployments, fleet_apply state=ray_nodes/ray_ready): one
 TP=2 replica that no single host fits (reservations leave one GPU on gpu-a and one on gpu-b) is placed over both,
-served through its cluster, left alone by a second converge, shown as one replica with both hosts by status.yml, and
-removed with every Ray node by state: absent.
+served through its cluster, left alone by a second converge, stopped with its Ray nodes by stop.yml state=stopped
+(check mode first: nothing changes), shown stopped as one replica with both hosts by status.yml, started again (the
+same containers) and serving after the next converge, and removed with every Ray node by state: absent.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.request
@@ -219,7 +221,17 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     ] == []
 
     inventory("present")
-    proc = fleet.play("converge.yml", timeout=600)
+    # The first converge goes through a published plan (plan.yml, then apply_planned.yml: the same Ray play before the
+    # batches); a job with the head's host only is refused first, before anything changes.
+    proc = fleet.play("plan.yml")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    plan_id = re.search(r"plan ([0-9a-f]{64}) kept on 2 host", proc.stdout).group(1)  # type: ignore[union-attr]
+    proc = fleet.play("apply_planned.yml", "-e", f"gpufleet_plan_id={plan_id}", "--limit", "gpu-a")
+    assert proc.returncode != 0 and "the multi-host replica wide-0 runs on gpu-a, gpu-b: gpu-b is not" in proc.stdout
+    assert ours() == {}
+    proc = fleet.play("apply_planned.yml", "-e", f"gpufleet_plan_id={plan_id}", timeout=600)
+    for host in ("gpu-a", "gpu-b"):
+        sim_hosts.in_host(host, "rm", "-f", "/var/lib/gpufleet/fleet/plan.json")
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert all(r["ignored"] == 0 for r in recap(proc.stdout).values()), proc.stdout[-4000:]  # the Ray steps passed
     (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
@@ -239,11 +251,37 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     assert all(r["changed"] == 0 and r["ignored"] == 0 for r in recap(proc.stdout).values()), proc.stdout[-4000:]
     assert ours() == before
 
+    # stop.yml state=stopped by the replica's name: its server, then its Ray nodes (the head on gpu-a, the worker on
+    # gpu-b: each host its own), stopped and kept; --check --diff first reports it and changes nothing.
+    def states() -> dict[str, str]:
+        return {n: engines["gpu-b" if n.endswith("worker") else "gpu-a"].containers.get(n).status for n in WIDE}
+
+    stop = ("stop.yml", "-e", "names=wide-0", "-e", "state=stopped")
+    proc = fleet.play(*stop, "--check", "--diff")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert all(f"{n} (before)" in proc.stdout for n in WIDE), proc.stdout[-3000:]
+    assert set(states().values()) == {"running"}
+    proc = fleet.play(*stop)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert set(states().values()) == {"exited"} and ours() == before  # stopped, not removed
+
     proc = fleet.play("status.yml")
     assert proc.returncode == 0, proc.stdout[-3000:]
     report = json.loads((fleet.artifacts / "status.json").read_text())
     (status,) = [r for r in report["rows"] if r["deployment"] == "wide"]
-    assert status["name"] == "wide-0" and status["hosts"] == ["gpu-a", "gpu-b"] and status["phase"] == "ready"
+    assert status["name"] == "wide-0" and status["hosts"] == ["gpu-a", "gpu-b"]
+    # (its phase reads "failed": the server's Ray driver exits 15 on the stop's SIGTERM, docs/ray.md "What is left")
+    assert status["state"] == "stopped", status
+
+    # The next converge starts the same nodes (not replaced), waits for the cluster, then the server serves again.
+    proc = fleet.play("converge.yml", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert all(r["ignored"] == 0 for r in recap(proc.stdout).values()), proc.stdout[-4000:]
+    assert ours() == before and set(states().values()) == {"running"}
+    (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
+    assert row["phase"] == "ready", row
+    with urllib.request.urlopen(f"{row['endpoint']}/v1/models", timeout=10) as resp:
+        assert resp.status == 200
 
     inventory("absent")
     proc = fleet.play("converge.yml", timeout=600)
