@@ -194,9 +194,6 @@ if [[ "${GPUFLEET_TEST_SERIAL:-0}" == 1 ]]; then
 else
   phase_bg --nice 10 "lint+sanity" static_checks
 fi
-# Unit tests are independent: spread test by test. Integration tests: one xdist group per file, and one for the
-# fleets on the shared simulated hosts (tests/conftest.py), so module fixtures are set up once and fleets never overlap.
-phase "pytest: unit" run_pytest tests/unit "${XDIST[@]}" "$@"
 # The version matrix (hack/matrix.sh: ansible-core 2.16, 2.17, 2.18 beside the test venv's 2.19, each in its own cached
 # venv: sanity compile/import/validate-modules, the unit tests that use ansible-core, a converge on one host on each)
 # in the background beside the integration phase, which leaves CPU idle while it waits on the bed; the converges
@@ -234,6 +231,11 @@ run_molecule() {
   return "$rc"
 }
 if [[ $FILTERED -eq 0 ]]; then phase_bg "molecule" run_molecule; fi
+# (The matrix and molecule start before the unit tests: molecule's scenarios hold the fleet-tests lock, which the
+# fleet integration tests wait for, so what they do before the integration phase is off its critical path.)
+# Unit tests are independent: spread test by test. Integration tests: one xdist group per file, and one for the
+# fleets on the shared simulated hosts (tests/conftest.py), so module fixtures are set up once and fleets never overlap.
+phase "pytest: unit" run_pytest tests/unit "${XDIST[@]}" "$@"
 phase "pytest: integration" run_pytest tests/integration "${XDIST[@]}" ${XDIST:+--dist loadgroup} --durations=25 "$@"
 
 wait_bg
