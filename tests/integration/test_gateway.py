@@ -212,7 +212,7 @@ def test_killed_replica_stops_receiving_requests(gw: GatewayFleet) -> None:
     container = next(c for c in client.containers.list() if c.name.startswith(f"gpufleet-{NAME}-"))
     container.kill()
     try:
-        deadline = time.monotonic() + 120  # health interval 1 s, threshold 1: marked within seconds (the bound ends a hang)
+        deadline = time.monotonic() + 120  # health interval 1 s, threshold 1: marked in seconds (bound: a hang)
         while time.monotonic() < deadline:
             health = {w["url"]: w["is_healthy"] for w in router_workers(gw)}
             if health.get(victim) is False:
