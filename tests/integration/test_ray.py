@@ -19,7 +19,6 @@ same containers) and serving after the next converge, and removed with every Ray
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 import urllib.request
@@ -221,17 +220,7 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     ] == []
 
     inventory("present")
-    # The first converge goes through a published plan (plan.yml, then apply_planned.yml: the same Ray play before the
-    # batches); a job with the head's host only is refused first, before anything changes.
-    proc = fleet.play("plan.yml")
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    plan_id = re.search(r"plan ([0-9a-f]{64}) kept on 2 host", proc.stdout).group(1)  # type: ignore[union-attr]
-    proc = fleet.play("apply_planned.yml", "-e", f"gpufleet_plan_id={plan_id}", "--limit", "gpu-a")
-    assert proc.returncode != 0 and "the multi-host replica wide-0 runs on gpu-a, gpu-b: gpu-b is not" in proc.stdout
-    assert ours() == {}
-    proc = fleet.play("apply_planned.yml", "-e", f"gpufleet_plan_id={plan_id}", timeout=600)
-    for host in ("gpu-a", "gpu-b"):
-        sim_hosts.in_host(host, "rm", "-f", "/var/lib/gpufleet/fleet/plan.json")
+    proc = fleet.play("converge.yml", timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert all(r["ignored"] == 0 for r in recap(proc.stdout).values()), proc.stdout[-4000:]  # the Ray steps passed
     (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
