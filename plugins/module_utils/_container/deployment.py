@@ -313,6 +313,9 @@ class Deployment:
                 if cur.status == "paused":
                     self.rt.unpause(cur.id)
                 self.rt.stop(cur.id, self.p["stop_timeout"])
+                directory = self._lifecycle_dir()
+                if directory is not None:
+                    lc.update(directory, self.name, lambda r: lc.stopped_on_request(r, cur.id, time.time()))
 
     def _by_name(self, cur: ContainerState | None) -> dict[str, Any]:
         """state stopped, paused or restarted without image and model: act on the existing managed container as it

@@ -46,6 +46,7 @@ def _lifecycle(state_dir: str | None, name: str | None, lab: dict[str, Any]) -> 
     """The lifecycle record's view (lifecycle.summary): failed / expired, the deadline; the old label without one."""
     rec = lc.load(state_dir, name) if state_dir and name else {}
     out = lc.summary(rec, time.time())
+    out["record"] = rec
     if rec.get("since") is not None:
         until = out["serve_until_ts"]
         out["serve_until"] = None if until is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
@@ -76,7 +77,8 @@ def describe(
             phase = rd.phase_of(rt.logs(st.id, failures.TAIL_LINES))
             phase = "starting" if phase == "ready" else phase
     last_failure = None
-    if not st.running and st.exit_code not in (None, 0) and classify:
+    requested = not st.running and lc.stopped_by_request(life["record"], st.id, parse_time(st.started_at))
+    if not st.running and st.exit_code not in (None, 0) and classify and not requested:
         last_failure = failures.classify(rt.logs(st.id, failures.TAIL_LINES), exit_code=st.exit_code)[0]
         phase = "failed"
     if st.running and life["lifecycle"] == "paused":

@@ -11,6 +11,8 @@ Mutable, unlike a label, so the deadline can move without a restart. Who writes 
   ``gpu_memory_utilization``: its claim on its GPUs); it clears
   ``failed`` when the configuration changed or the user asked (``reset_failed``) and ``expired`` when the deadline
   moved past now;
+- vllm_container's stop on request (state=stopped: stop.yml, a multi-host replica's server before its Ray nodes):
+  ``stopped`` (``{"at", "container_id"}``), so status reads that exit as stopped whatever its code;
 - ``playbooks/extend.yml`` (vllm_lifecycle): ``extra_h`` / ``extra_infinite``; ``pause.yml`` / ``resume.yml`` /
   ``pin.yml``: ``paused`` and ``pinned`` (the host-side pin, over the deployment's ``pin``);
 - the node agent: ``last_active`` and ``served_seen`` (vLLM's request counters, ``_agent/idle.py``), ``failed``
@@ -187,6 +189,26 @@ def is_pinned(rec: Record) -> bool:
 def pausable(rec: Record) -> bool:
     """The warm cache may put it to sleep: it has a (sleep-mode) idle policy and is not pinned."""
     return rec.get("idle_pause_after_s") is not None and not is_pinned(rec)
+
+
+def stopped_on_request(rec: Record, container_id: str, now: float) -> None:
+    """vllm_container stopped the container because a task asked (state=stopped: stop.yml, a multi-host replica's
+    server before its Ray nodes): status reads its exit as ``stopped``, whatever the code (a Ray driver exits 15 on
+    SIGTERM), until the container runs again."""
+    rec["stopped"] = {"at": now, "container_id": container_id}
+
+
+def stopped_by_request(rec: Record, container_id: str, started_at: float | None) -> bool:
+    """The exited container ``container_id`` was stopped on request and has not been started since (a start after
+    the request, then an exit, is the container's own exit)."""
+    stopped = rec.get("stopped")
+    if not isinstance(stopped, dict) or stopped.get("container_id") != container_id:
+        return False
+    try:
+        at = float(stopped["at"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return started_at is None or started_at <= at
 
 
 def summary(rec: Record, now: float) -> dict[str, Any]:

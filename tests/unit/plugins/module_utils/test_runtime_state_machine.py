@@ -6,6 +6,8 @@ import socket
 
 import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import deployment as ct
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import info
+from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import prechecks as pc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
@@ -281,6 +283,30 @@ def test_stopped_by_name_without_spec_options(rt, monkeypatch):
     # The declared configuration converges again afterwards, without a recreate (same hash).
     r = run(rt, gpus=["0"], port=18001)
     assert r["actions"] == ["start gpufleet-t"] and rt._find("gpufleet-t") == cid
+
+
+def test_a_stop_on_request_reads_stopped_whatever_the_exit_code(rt):
+    """status (vllm_deployment_info) reads a container vllm_container stopped on request as stopped, not failed, even
+    with a non-zero exit (a Ray driver exits 15 on SIGTERM); an exit of its own, or after a later start, is a
+    failure."""
+    run(rt, gpus=["0"], port=18001)
+    cid = rt._find("gpufleet-t")
+    assert by_name(rt, "stopped", check=True)["changed"] and "stopped" not in lc.load(str(rt.tmp), "t")
+    by_name(rt, "stopped")
+    rec = lc.load(str(rt.tmp), "t")
+    assert rec["stopped"]["container_id"] == cid
+    rt.c[cid]["exit"] = 15
+    row = info.describe(rt, rt.container("gpufleet-t"), probe=False, classify=True, state_dir=str(rt.tmp))
+    assert (row["state"], row["phase"], row["last_failure_class"]) == ("stopped", "stopped", None)
+    # Without the record (its own exit): failed, classified.
+    lc.remove(str(rt.tmp), "t")
+    row = info.describe(rt, rt.container("gpufleet-t"), probe=False, classify=True, state_dir=str(rt.tmp))
+    assert row["phase"] == "failed"
+    # Started again after the request (then it exited by itself): the request no longer explains the exit.
+    assert lc.stopped_by_request(rec, cid, started_at=None)
+    assert lc.stopped_by_request(rec, cid, started_at=rec["stopped"]["at"] - 5)
+    assert not lc.stopped_by_request(rec, cid, started_at=rec["stopped"]["at"] + 5)
+    assert not lc.stopped_by_request(rec, "another-container", started_at=None)
 
 
 def test_by_name_needs_an_existing_managed_container(rt):
