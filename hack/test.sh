@@ -210,19 +210,32 @@ fi
 # (dependency disabled, no prerun), in the background beside the integration phase (one scenario after the other;
 # output when they end). A scenario on the shared simulated hosts gpu-a/b/c holds the fleet-tests lock, as the fleet
 # integration tests do (the xdist worker with the fleet files waits for it, and it for them); the gpu_host scenario
-# holds the bare host gpu-d's lock, as tests/integration/test_gpu_host.py does. With a pytest filter (arguments),
+# holds the bare host gpu-d's lock, as tests/integration/test_gpu_host.py does; one on the controller only holds none
+# (a lock file of its own). With a pytest filter (arguments),
 # molecule is left out.
 run_molecule() {
   local dir lock rc=0 one t0 rows=()
   "$ROOT/sim/steps.d/70-fleet.sh" up >/dev/null  # the models the deployments scenario serves
   for dir in roles/*/molecule/default; do
     [[ -f "$dir/molecule.yml" ]] || continue
-    lock=.fleet-tests.lock
-    if grep -q -- '- name: gpu-d$' "$dir/molecule.yml"; then lock=.gpu-d.lock; fi
+    # The lock of the hosts the scenario uses (its platforms): the bare host gpu-d's, the shared hosts' (fleet-tests),
+    # or none (the controller only, e.g. monitoring's scenario). The bare host's scenario gets gpu-d started first:
+    # its inventory, which molecule reads before converge, is written by hosts.sh bare (a fresh machine has none).
+    lock=.none.lock
+    bare=()
+    if grep -q -- '- name: gpu-d$' "$dir/molecule.yml"; then
+      lock=.gpu-d.lock bare=(gpu-d)
+    elif grep -Eq -- '- name: gpu-[abc]$' "$dir/molecule.yml"; then
+      lock=.fleet-tests.lock
+    fi
     section "molecule: ${dir%%/molecule/*} (holding .build/hosts/$lock)"
     one=0
     t0=$SECONDS
-    (cd "${dir%/molecule/default}" && flock "$ROOT/.build/hosts/$lock" molecule test) || one=$?
+    (
+      cd "${dir%/molecule/default}" &&
+        flock "$ROOT/.build/hosts/$lock" sh -c 'for h in "$@"; do "$0/sim/hosts/hosts.sh" bare "$h" || exit; done; molecule test' \
+          "$ROOT" "${bare[@]}"
+    ) || one=$?
     rows+=("$(printf '  %-6s %-18s %4d s' "$([[ $one -eq 0 ]] && echo ok || echo FAILED)" "${dir%%/molecule/*}" $((SECONDS - t0)))")
     if [[ $one -ne 0 ]]; then rc=$one; fi
   done
