@@ -151,7 +151,8 @@ def params(nodes: list[dict[str, Any]], removals: list[dict[str, Any]] | None = 
     }
 
 
-def test_apply_nodes_creates_keeps_replaces_with_the_server_and_removes(monkeypatch, tmp_path):
+def head_node(monkeypatch, tmp_path):
+    """An in-memory engine and the plan's Ray head of ``big`` on gpu-a, with model sync and image stubbed out."""
     monkeypatch.setattr(ray.ray_spec, "HOST_DIR", str(tmp_path / "ray"))
     plan = fleet_plan(hosts(), [{**big(), "model": str(tmp_path)}])
     monkeypatch.setattr(ray.HostApply, "sync_model", lambda self, spec: {"changed": False})
@@ -160,6 +161,11 @@ def test_apply_nodes_creates_keeps_replaces_with_the_server_and_removes(monkeypa
     )
     rt = RayRuntime()
     (head,) = plan["ray"]["gpu-a"]
+    return rt, head
+
+
+def test_apply_nodes_creates_keeps_replaces_with_the_server_and_removes(monkeypatch, tmp_path):
+    rt, head = head_node(monkeypatch, tmp_path)
     res, errors = ray.apply_nodes(params([head]), runtime=rt)
     assert errors == [] and res["changed"] and [n["action"] for n in res["ray_nodes"]] == ["create"]
     st = rt.container("gpufleet-big-0-ray-head")
@@ -196,14 +202,7 @@ def test_apply_nodes_creates_keeps_replaces_with_the_server_and_removes(monkeypa
 
 
 def test_stop_nodes_stops_the_server_then_the_node_keeps_them_and_the_next_converge_starts_them(monkeypatch, tmp_path):
-    monkeypatch.setattr(ray.ray_spec, "HOST_DIR", str(tmp_path / "ray"))
-    plan = fleet_plan(hosts(), [{**big(), "model": str(tmp_path)}])
-    monkeypatch.setattr(ray.HostApply, "sync_model", lambda self, spec: {"changed": False})
-    monkeypatch.setattr(
-        ray.HostApply, "ensure_image", lambda self, *a: {"changed": False, "image": "img:1", "image_id": "sha256:1"}
-    )
-    rt = RayRuntime()
-    (head,) = plan["ray"]["gpu-a"]
+    rt, head = head_node(monkeypatch, tmp_path)
     ray.apply_nodes(params([head]), runtime=rt)
     rt.c["srv"] = {"name": "gpufleet-big-0", "status": "running", "labels": {}, "env": {}}  # the head's server
     stopped: list[str] = []
