@@ -21,9 +21,10 @@
 #             (hack/matrix_tests.py: the modules' argument specs and main(), the action plugins, the filters, the
 #             module_utils on ansible.module_utils.*); the others check the collection's pure logic, the same on
 #             every core.
-#   converge  one fleet converge on one small inventory (gpu-c of the simulated hosts, one replica): converge, a
-#             second converge with changed=0, then the replica removed; the cores' converges one after the other
-#             under one hold of the fleet-tests lock, like the fleet integration tests (it waits for them).
+#   converge  one fleet converge on one small inventory (the solo simulated host gpu-e, sim/hosts/hosts.sh solo, one
+#             replica): converge, a second converge with changed=0, then the replica removed; the cores' converges
+#             one after the other under one hold of gpu-e's lock (molecule's scenarios on gpu-e take it too), never
+#             the fleet integration tests' hosts (gpu-a/b/c), so the fleet tests never wait for the matrix.
 # Exit status: the number of failed steps (0: all passed). A table of each step's seconds at the end.
 # shellcheck disable=SC2317  # step runs the functions indirectly
 set -euo pipefail
@@ -127,13 +128,7 @@ converge() {
   work=$(mktemp -d)
   inv=$work/inventory
   mkdir -p "$inv/group_vars/all"
-  "$venv/bin/python" - "$ROOT/.build/hosts/inventory.yml" "$inv/hosts.yml" <<'PY'
-import sys, yaml
-inv = yaml.safe_load(open(sys.argv[1]))
-hosts = inv["all"]["children"]["gpu_hosts"]["hosts"]
-inv["all"]["children"]["gpu_hosts"]["hosts"] = {"gpu-c": hosts["gpu-c"]}
-yaml.safe_dump(inv, open(sys.argv[2], "w"))
-PY
+  cp "$ROOT/.build/hosts/gpu-e/inventory.yml" "$inv/hosts.yml"
   cat >"$inv/group_vars/all/fleet.yml" <<YAML
 gpufleet_allowed_model_dirs: ["$ROOT/.build/fleet"]
 gpufleet_artifacts_dir: "$work/artifacts"
@@ -147,7 +142,7 @@ YAML
   (
     "${play[@]}" playbooks/converge.yml >"$work/1.log" 2>&1 || { tail -40 "$work/1.log"; exit 1; }
     "${play[@]}" playbooks/converge.yml >"$work/2.log" 2>&1 || { tail -40 "$work/2.log"; exit 1; }
-    grep -Eq '^gpu-c +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$work/2.log" \
+    grep -Eq '^gpu-e +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$work/2.log" \
       || { echo "second converge changed something:"; grep -A3 RECAP "$work/2.log"; exit 1; }
     "${play[@]}" playbooks/stop.yml -e names=matrixchat -e state=absent >"$work/3.log" 2>&1 || { tail -40 "$work/3.log"; exit 1; }
   ) || rc=$?
@@ -155,8 +150,9 @@ YAML
   return "$rc"
 }
 
-lock_wait() {  # the fleet-tests lock (fd 9), held by the fleet integration tests and molecule of any test run
+lock_wait() {  # gpu-e's lock (fd 9), held by molecule's scenarios on it and test_node_agent_role of any test run
   flock 9
+  "$ROOT/sim/hosts/hosts.sh" solo gpu-e  # started if it is not (idempotent)
   "$ROOT/sim/steps.d/70-fleet.sh" up >/dev/null # the model the converges serve
 }
 
@@ -171,13 +167,13 @@ done
 # The converges, one after the other, under one hold of the lock (one wait for the other runs' fleets, not one each).
 if [[ -n "${CONVERGE// /}" ]]; then
   {
-    step "fleet-tests lock (wait)" lock_wait
-    # Holding the lock, the converges are what the fleet integration tests wait for: at the normal CPU priority even
+    step "gpu-e lock (wait), gpu-e up" lock_wait
+    # Holding the lock, the converges are what molecule's scenarios on gpu-e wait for: at the normal CPU priority even
     # when hack/test.sh runs the matrix niced (root may lower its niceness again; elsewhere this does nothing).
     if [[ $(id -u) == 0 ]]; then renice -n 0 -p "$BASHPID" >/dev/null 2>&1 || true; fi
     for core in "${READY[@]}"; do
       if [[ "$CONVERGE" == *" $core "* ]]; then step "core $core: fleet converge" converge "$core"; fi
     done
-  } 9>"$ROOT/.build/hosts/.fleet-tests.lock"
+  } 9>"$ROOT/.build/hosts/.gpu-e.lock"
 fi
 exit "$FAILED"

@@ -1,8 +1,8 @@
-"""Role gpufleet.vllm.node_agent over SSH on the simulated host gpu-c (playbooks/node_agent.yml): check mode starts
-nothing; the shipped files are byte-identical to the collection's; the agent runs and its exporter asks for
+"""Role gpufleet.vllm.node_agent over SSH on the solo simulated host gpu-e (playbooks/node_agent.yml): check mode
+starts nothing; the shipped files are byte-identical to the collection's; the agent runs and its exporter asks for
 credentials; logs.yml; a second run changes nothing; a killed supervisor is started again. A file of its own (not in
-test_node_agent.py): it holds the fleet-tests lock, so its file joins the fleet group (tests/conftest.py), which runs
-on one worker; the local agent tests stay out of that chain."""
+test_node_agent.py, whose agent tests are local) on a host of its own (`sim_solo_host`, not the fleet tests' gpu-a/b/c):
+it runs on either xdist worker, beside the fleet tests, never in their chain (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -32,10 +32,9 @@ SIM_PIDFILE = "/run/gpufleet-node-agent-test.pid"
 
 @pytest.mark.integration
 @pytest.mark.multihost
-def test_role_on_sim_host(sim_hosts, sim_fleet_lock, tmp_path):
-    host = "gpu-c"
-    if host not in sim_hosts.hosts:
-        pytest.skip("the simulated host gpu-c is not up")
+def test_role_on_sim_host(sim_solo_host, tmp_path):
+    sim_hosts = sim_solo_host
+    host = "gpu-e"
     port = free_port(*PORTS)
     extra = {
         "gpufleet_hosts": "gpu_hosts",
@@ -45,7 +44,7 @@ def test_role_on_sim_host(sim_hosts, sim_fleet_lock, tmp_path):
         "gpufleet_agent_port": port,
         "gpufleet_agent_interval": 1,
         "gpufleet_agent_names": ["agent-sim-none"],
-        # Exposed on gpu-c's address (the default is 127.0.0.1), so it asks for credentials (exporter-toolkit style).
+        # Exposed on gpu-e's address (the default is 127.0.0.1), so it asks for credentials (exporter-toolkit style).
         "gpufleet_agent_listen_address": sim_hosts.address(host),
         "gpufleet_agent_web_config": {
             "basic_auth_users": {"prom": bcrypt.hashpw(b"scrape-pw", bcrypt.gensalt(4)).decode()}
@@ -83,7 +82,7 @@ def test_role_on_sim_host(sim_hosts, sim_fleet_lock, tmp_path):
         local = {f: subprocess.check_output(["sha256sum", str(MODULE_UTILS / f)], text=True).split()[0] for f in remote}
         assert remote == local
 
-        # The agent runs (supervised, in gpu-c's namespaces) and answers on gpu-c's address.
+        # The agent runs (supervised, in gpu-e's namespaces) and answers on gpu-e's address.
         pid = agent_pid()
         assert pid is not None and MODULE in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
         url = f"http://{sim_hosts.address(host)}:{port}/metrics"
