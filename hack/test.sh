@@ -145,7 +145,10 @@ print_table() {
 trap 'failures; print_table' EXIT
 
 # ------------------------------------------------------------------------------------------------ phases
-phase "setup" "$ROOT/hack/setup.sh"
+# Set-up in two phases: the machine's packages and the venv, then the bed (sim/bed.sh up: on a fresh machine its images,
+# hosts and registries take minutes, mostly on one core), with ansible-lint and sanity, which need only the venv,
+# started in the background between them.
+phase "setup" "$ROOT/hack/setup.sh" --no-bed
 if [[ $FIRST_RC -ne 0 ]]; then exit "$FIRST_RC"; fi
 # shellcheck source=env.sh
 source "$ROOT/hack/env.sh"
@@ -194,10 +197,19 @@ if [[ "${GPUFLEET_TEST_SERIAL:-0}" == 1 ]]; then
 else
   phase_bg --nice 10 "lint+sanity" static_checks
 fi
+phase "setup: bed" "$ROOT/sim/bed.sh" up
+if [[ $FIRST_RC -ne 0 ]]; then
+  wait_bg
+  exit "$FIRST_RC"
+fi
+# The execution environment's image (sim/images/ee/build.sh: built once per content hash) in the background, so that
+# tests/integration/test_ee.py, in the fleet tests' chain, finds it built (its fixture runs the same script, which
+# waits for a build in progress and then has nothing to do). Not with a pytest filter (arguments).
+if [[ $FILTERED -eq 0 ]]; then phase_bg --nice 10 "ee image" "$ROOT/sim/images/ee/build.sh"; fi
 # The version matrix (hack/matrix.sh: ansible-core 2.16, 2.17, 2.18 beside the test venv's 2.19, each in its own cached
 # venv: sanity compile/import/validate-modules, the unit tests that use ansible-core, a converge on one host on each)
-# in the background beside the integration phase, which leaves CPU idle while it waits on the bed; the converges
-# wait for the fleet-tests lock like the fleet tests. Not with a pytest filter (arguments).
+# in the background beside the integration phase, which leaves CPU idle while it waits on the bed; the converges run
+# on the solo host gpu-e, holding its lock (never the fleet tests' hosts). Not with a pytest filter (arguments).
 # GPUFLEET_TEST_MATRIX=0: left out; or a list of cores, e.g. GPUFLEET_TEST_MATRIX="2.16 2.18".
 if [[ "${GPUFLEET_TEST_MATRIX:-1}" != 0 && $FILTERED -eq 0 ]]; then
   MATRIX_CORES=()
@@ -208,33 +220,38 @@ elif [[ "${GPUFLEET_TEST_MATRIX:-1}" == 0 ]]; then
 fi
 # Molecule: every role's default scenario (roles/<role>/molecule/default: converge, idempotence, verify), offline
 # (dependency disabled, no prerun), in the background beside the integration phase (one scenario after the other;
-# output when they end). A scenario on the shared simulated hosts gpu-a/b/c holds the fleet-tests lock, as the fleet
-# integration tests do (the xdist worker with the fleet files waits for it, and it for them); the gpu_host scenario
-# holds the bare host gpu-d's lock, as tests/integration/test_gpu_host.py does; one on the controller only holds none
-# (a lock file of its own). With a pytest filter (arguments),
-# molecule is left out.
+# output when they end). No scenario uses the fleet tests' hosts gpu-a/b/c (it would hold the fleet-tests lock, which
+# the xdist worker with the fleet files waits for): those on one prepared host use the solo host gpu-e (started first:
+# sim/hosts/hosts.sh solo, idempotent) and hold its lock, as hack/matrix.sh's converges and
+# tests/integration/test_node_agent_role.py do; the gpu_host scenario holds the bare host gpu-d's lock, as
+# tests/integration/test_gpu_host.py does; one on the controller only holds none (a lock file of its own). With a
+# pytest filter (arguments), molecule is left out.
 run_molecule() {
   local dir lock rc=0 one t0 rows=()
   "$ROOT/sim/steps.d/70-fleet.sh" up >/dev/null  # the models the deployments scenario serves
   for dir in roles/*/molecule/default; do
     [[ -f "$dir/molecule.yml" ]] || continue
-    # The lock of the hosts the scenario uses (its platforms): the bare host gpu-d's, the shared hosts' (fleet-tests),
-    # or none (the controller only, e.g. monitoring's scenario). The bare host's scenario gets gpu-d started first:
-    # its inventory, which molecule reads before converge, is written by hosts.sh bare (a fresh machine has none).
+    # The lock of the hosts the scenario uses (its platforms): the bare host gpu-d's, the solo host gpu-e's, the
+    # shared hosts' (fleet-tests), or none (the controller only, e.g. monitoring's scenario). The bare or solo host is
+    # started first: its inventory, which molecule reads before converge, is written by hosts.sh (a fresh machine has
+    # none).
     lock=.none.lock
-    bare=()
+    start=()
     if grep -q -- '- name: gpu-d$' "$dir/molecule.yml"; then
-      lock=.gpu-d.lock bare=(gpu-d)
+      lock=.gpu-d.lock start=(bare gpu-d)
+    elif grep -q -- '- name: gpu-e$' "$dir/molecule.yml"; then
+      lock=.gpu-e.lock start=(solo gpu-e)
     elif grep -Eq -- '- name: gpu-[abc]$' "$dir/molecule.yml"; then
       lock=.fleet-tests.lock
     fi
     section "molecule: ${dir%%/molecule/*} (holding .build/hosts/$lock)"
     one=0
     t0=$SECONDS
+    # shellcheck disable=SC2016  # $0 and $@ are the inner sh's: the checkout and the hosts.sh command
     (
       cd "${dir%/molecule/default}" &&
-        flock "$ROOT/.build/hosts/$lock" sh -c 'for h in "$@"; do "$0/sim/hosts/hosts.sh" bare "$h" || exit; done; molecule test' \
-          "$ROOT" "${bare[@]}"
+        flock "$ROOT/.build/hosts/$lock" sh -c 'if [ $# -gt 0 ]; then "$0/sim/hosts/hosts.sh" "$@" || exit; fi; molecule test' \
+          "$ROOT" "${start[@]}"
     ) || one=$?
     rows+=("$(printf '  %-6s %-18s %4d s' "$([[ $one -eq 0 ]] && echo ok || echo FAILED)" "${dir%%/molecule/*}" $((SECONDS - t0)))")
     if [[ $one -ne 0 ]]; then rc=$one; fi
@@ -244,8 +261,8 @@ run_molecule() {
   return "$rc"
 }
 if [[ $FILTERED -eq 0 ]]; then phase_bg "molecule" run_molecule; fi
-# (The matrix and molecule start before the unit tests: molecule's scenarios hold the fleet-tests lock, which the
-# fleet integration tests wait for, so what they do before the integration phase is off its critical path.)
+# (The matrix and molecule start before the unit tests, so that they end within the integration phase; neither uses
+# the fleet tests' hosts, so the fleet integration tests never wait for them.)
 # Unit tests are independent: spread test by test. Integration tests: one xdist group per file, and one for the
 # fleets on the shared simulated hosts (tests/conftest.py), so module fixtures are set up once and fleets never overlap.
 phase "pytest: unit" run_pytest tests/unit "${XDIST[@]}" "$@"
