@@ -265,7 +265,14 @@ if [[ $FILTERED -eq 0 ]]; then phase_bg "molecule" run_molecule; fi
 # the fleet tests' hosts, so the fleet integration tests never wait for them.)
 # Unit tests are independent: spread test by test. Integration tests: one xdist group per file, and one for the
 # fleets on the shared simulated hosts (tests/conftest.py), so module fixtures are set up once and fleets never overlap.
-phase "pytest: unit" run_pytest tests/unit "${XDIST[@]}" "$@"
+# Without a filter the unit tests run in the background too, at a lower CPU priority: they take what the integration
+# tests leave idle (their waits on containers and hosts) instead of running before them; with a filter, first, in the
+# foreground.
+if [[ $FILTERED -eq 0 ]]; then
+  phase_bg --nice 10 "pytest: unit" run_pytest tests/unit "${XDIST[@]}"
+else
+  phase "pytest: unit" run_pytest tests/unit "${XDIST[@]}" "$@"
+fi
 phase "pytest: integration" run_pytest tests/integration "${XDIST[@]}" ${XDIST:+--dist loadgroup} --durations=25 "$@"
 
 wait_bg
