@@ -200,6 +200,18 @@ options:
         the sizes it recorded there (RV(model_sizes)).
     type: path
     default: /var/lib/gpufleet/models
+  agent_state_dir:
+    description:
+      - With O(state=gathered), the node agent's state directory on the host (C(gpufleet_agent_state_dir)), where it
+        records the GPUs' Xid errors that make a GPU unhealthy for the plan. Default the agent's,
+        C(/var/lib/gpufleet/agent).
+    type: path
+  max_xid_age_s:
+    description:
+      - With O(state=gathered), how many seconds a critical Xid makes its GPU unhealthy for the plan
+        (C(gpufleet_max_xid_age_s); after a GPU reset without a reboot, for example). Unset, it counts until the host
+        reboots, as C(gpufleet.vllm.gpu_facts)' O(gpufleet.vllm.gpu_facts#module:max_xid_age_s).
+    type: int
   drain_timeout:
     description:
       - Seconds a replica that left its routers may take to finish its requests in flight before its container stops
@@ -344,6 +356,8 @@ ARGUMENT_SPEC = dict(
     worker_address=dict(type="str"),
     drain_timeout=dict(type="int", default=60),
     models_root=dict(type="path", default="/var/lib/gpufleet/models"),
+    agent_state_dir=dict(type="path"),
+    max_xid_age_s=dict(type="int"),
     gateway_api_key=dict(type="str", no_log=True),
 )
 

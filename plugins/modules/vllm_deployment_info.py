@@ -65,6 +65,17 @@ options:
         C(gpufleet.vllm.deployments) role plans from this single call per host.
     type: bool
     default: false
+  agent_state_dir:
+    description:
+      - With O(gpus=true), the node agent's state directory (C(gpufleet_agent_state_dir)), where it records the GPUs'
+        Xid errors (a critical one makes a GPU unhealthy). Default the agent's, C(/var/lib/gpufleet/agent).
+    type: path
+  max_xid_age_s:
+    description:
+      - With O(gpus=true), how many seconds a critical Xid makes its GPU unhealthy (C(gpufleet_max_xid_age_s)).
+        Unset, it counts until the host reboots, as C(gpufleet.vllm.gpu_facts)'
+        O(gpufleet.vllm.gpu_facts#module:max_xid_age_s).
+    type: int
 requirements:
   - docker (Python SDK) on the target for O(runtime=docker); the podman CLI for O(runtime=podman).
 """

@@ -33,6 +33,10 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "classify_failures": {"type": "bool", "default": True},
     "gpus": {"type": "bool", "default": False},
     "state_dir": {"type": "path", "default": "/var/lib/gpufleet"},
+    # With gpus: where the node agent keeps its Xid record (its --state-dir; None: its default) and how long a
+    # critical Xid counts (None: since boot), as gpu_facts' xid_file and max_xid_age_s.
+    "agent_state_dir": {"type": "path"},
+    "max_xid_age_s": {"type": "int"},
 }
 MUTUALLY_EXCLUSIVE = [("name", "names")]
 
@@ -180,6 +184,30 @@ def gather(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[st
     if params.get("gpus"):
         from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import gather_gpus
 
-        facts = gather_gpus()
+        facts = gather_gpus(thresholds=gpu_thresholds(params), xid_file=xid_file(params))
         result.update(gpus=facts["gpus"], gpu_source=facts["gpu_source"])
     return result
+
+
+def gpu_thresholds(params: Mapping[str, Any]) -> Any:
+    """gpu_facts' default health limits, with ``max_xid_age_s`` (seconds a critical Xid counts; None: since boot)."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import Thresholds
+
+    age = params.get("max_xid_age_s")
+    if age is not None and (isinstance(age, bool) or not isinstance(age, int) or age <= 0):
+        raise GpufleetError(
+            f"max_xid_age_s must be a positive number of seconds, e.g. 86400 (gpufleet_max_xid_age_s), not {age!r}"
+        )
+    return Thresholds(max_xid_age_s=age)
+
+
+def xid_file(params: Mapping[str, Any]) -> str:
+    """The node agent's Xid record: ``xid.json`` in its state directory (``agent_state_dir``, else its default)."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import xid
+
+    state = params.get("agent_state_dir")
+    if not state:
+        return xid.XID_FILE
+    if not os.path.isabs(state):
+        raise GpufleetError(f"agent_state_dir must be an absolute path (gpufleet_agent_state_dir), not {state!r}")
+    return os.path.join(state, xid.XID_FILE_NAME)

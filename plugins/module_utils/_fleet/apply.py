@@ -598,6 +598,8 @@ def gather_host(params: Mapping[str, Any], runtime: Runtime | None = None) -> di
             "classify_failures": False,
             "gpus": True,
             "state_dir": state_dir(params["manifest_dir"]),
+            "agent_state_dir": params.get("agent_state_dir"),
+            "max_xid_age_s": params.get("max_xid_age_s"),
         },
         runtime,
     )

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent import cli
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.xid import XidRecorder, XidWatch
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu import xid
@@ -139,3 +140,37 @@ def test_without_nvml_the_watch_says_so_and_ends(monkeypatch):
     watch.run()  # in this thread: it ends by itself
     assert events and events[0]["event"] == "xid_watch" and events[0]["watching"] == []
     assert "not recorded" in events[0]["reason"]
+
+
+def test_the_converge_and_status_read_the_agents_record_with_the_inventorys_age(fake_gpus, tmp_path, monkeypatch):
+    """fleet_apply state=gathered (the plan's GPUs) and vllm_deployment_info gpus=true (status.yml) read the Xid record
+    where the agent keeps it (gpufleet_agent_state_dir) and count a critical Xid only gpufleet_max_xid_age_s."""
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._container import info
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import gather_host
+    from fixtures.fake_runtime import FakeRuntime
+
+    fake_gpus({"gpus": [make_gpu(0), make_gpu(1)]})
+    state = tmp_path / "agent"
+    state.mkdir()
+    old = time.time() - 7200  # two hours ago, since this boot
+    monkeypatch.setattr(xid, "boot_time", lambda: old - 60)
+    monkeypatch.setattr(xid, "XID_FILE", str(tmp_path / "default-agent" / xid.XID_FILE_NAME))  # none there
+    xid.write_record(str(state / xid.XID_FILE_NAME), xid.add({}, UUID, 79, old))
+
+    def healthy(**extra) -> list[bool]:
+        params = {"runtime": "docker", "manifest_dir": str(tmp_path / "manifests"), **extra}
+        return [g["healthy"] for g in gather_host(params, runtime=FakeRuntime())["gpus"]]
+
+    assert healthy() == [True, True]  # the default place holds no record: nothing judged
+    assert healthy(agent_state_dir=str(state)) == [True, False]  # Xid 79 counts since boot
+    assert healthy(agent_state_dir=str(state), max_xid_age_s=86400) == [True, False]  # within the day
+    assert healthy(agent_state_dir=str(state), max_xid_age_s=3600) == [True, True]  # older than the hour: reset
+    listed = info.gather({**{k: v["default"] for k, v in info.ARGUMENT_SPEC.items() if "default" in v},
+                          "gpus": True, "agent_state_dir": str(state)}, FakeRuntime())  # fmt: skip
+    assert [g["healthy"] for g in listed["gpus"]] == [True, False]
+    for bad, why in ((0, "max_xid_age_s must be a positive number"), (-5, "positive"), (True, "positive")):
+        with pytest.raises(GpufleetError, match=why):
+            gather_host({"runtime": "docker", "manifest_dir": str(tmp_path), "max_xid_age_s": bad}, FakeRuntime())
+    with pytest.raises(GpufleetError, match="agent_state_dir must be an absolute path"):
+        gather_host({"runtime": "docker", "manifest_dir": str(tmp_path), "agent_state_dir": "agent"}, FakeRuntime())
