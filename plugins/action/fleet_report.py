@@ -16,7 +16,11 @@ from ansible_collections.gpufleet.vllm.plugins.plugin_utils.controller_action im
 # gpufleet.vllm.deployments registers the deployments_* names; the gpufleet_* names are what playbooks written
 # before the role's variables took its prefix register (still read).
 HOST_VARS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
-    "converge": (("results", ("deployments_host_results", "gpufleet_host_results")),),
+    "converge": (
+        ("results", ("deployments_host_results", "gpufleet_host_results")),
+        ("ray_nodes", ("deployments_ray_nodes",)),  # the Ray step (tasks/ray.yml), multi-host replicas only
+        ("ray_ready", ("deployments_ray_ready",)),
+    ),
     "status": (
         ("infos", ("deployments_status_info", "gpufleet_status_info")),
         ("metrics", ("deployments_status_scraped", "gpufleet_status_scraped")),

@@ -68,12 +68,28 @@ options:
       - Hosts of O(from_hosts) missing here are read from their host vars.
     type: dict
     default: {}
+  ray_nodes:
+    description:
+      - For O(kind=converge), per host, its registered C(gpufleet.vllm.fleet_apply) result of
+        O(gpufleet.vllm.fleet_apply#module:state=ray_nodes) (the Ray step of multi-host replicas, C(docs/ray.md)). A multi-host replica's row lists its Ray nodes with
+        what this step did to each; a failed node is the replica's failure.
+      - Hosts of O(from_hosts) missing here are read from their host vars (C(deployments_ray_nodes)).
+    type: dict
+    default: {}
+  ray_ready:
+    description:
+      - For O(kind=converge), per host, its registered C(gpufleet.vllm.fleet_apply) result of
+        O(gpufleet.vllm.fleet_apply#module:state=ray_ready) (whether each Ray head's cluster showed every node and GPU).
+      - Hosts of O(from_hosts) missing here are read from their host vars (C(deployments_ray_ready)).
+    type: dict
+    default: {}
   from_hosts:
     description:
       - Inventory hosts whose host vars fill in what is not given explicitly (only where the action plugin runs, that
         is in a play), so that a play passes its host list instead of gathering host vars in Jinja.
       - For O(kind=converge), each host's C(deployments_host_results), else C(gpufleet_host_results) (its registered
-        C(gpufleet.vllm.fleet_apply) result; undefined = did not run).
+        C(gpufleet.vllm.fleet_apply) result; undefined = did not run), and its C(deployments_ray_nodes) and
+        C(deployments_ray_ready) (O(ray_nodes), O(ray_ready)).
       - For O(kind=status), each host's C(deployments_status_info) or C(gpufleet_status_info) (O(infos)),
         C(deployments_status_scraped) or C(gpufleet_status_scraped) (O(metrics)) and C(ansible_host) (O(addresses)).
       - For O(kind=usage), each host's C(deployments_usage_samples) (O(usage)).
@@ -167,7 +183,10 @@ summary:
       C(deployments) (per deployment C(status) and C(replicas), each with C(host), C(gpus), C(gpu_uuids), C(port),
       C(endpoint), C(action), C(status) (V(ok), V(changed), V(failed), V(unreachable), V(not_run)), C(changed),
       C(failed), C(failure_class), C(failed_step), C(hint), C(rolled_back), and C(model_source) when the model has
-      C(sources), the one that served), C(removed), C(unschedulable),
+      C(sources), the one that served; a multi-host replica also C(hosts), head first, and C(ray_nodes), each
+      with C(host), C(role) (V(head) or V(worker)), C(container), C(gpus), C(action) (what the Ray step did:
+      V(created), V(unchanged), V(replaced), V(started), ...), C(status), C(ready), C(failed_step), C(hint)),
+      C(removed) (a Ray part with its C(ray_node)), C(unschedulable),
       C(undeclared), C(unreachable_hosts)).
   returned: kind is converge
   type: dict
@@ -229,6 +248,8 @@ ARGUMENT_SPEC = dict(
     plan=dict(type="dict", default={}),
     plan_errors=dict(type="list", elements="dict", default=[]),
     results=dict(type="dict", default={}),
+    ray_nodes=dict(type="dict", default={}),
+    ray_ready=dict(type="dict", default={}),
     from_hosts=dict(type="list", elements="str", default=[]),
     addresses=dict(type="dict", default={}),
     unreachable=dict(type="list", elements="str", default=[]),

@@ -43,6 +43,8 @@ def run_report(params: Mapping[str, Any], check_mode: bool = False) -> dict[str,
             unreachable=params.get("unreachable") or [],
             plan_errors=params.get("plan_errors") or [],
             check_mode=bool(params.get("run_check_mode")),
+            ray_nodes=params.get("ray_nodes") or {},
+            ray_ready=params.get("ray_ready") or {},
         )
         counts = summary["counts"]
         out.update(

@@ -11,9 +11,11 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import records
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.records import RemovalRecord, ReplicaRecord
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.table import gpus_text, render_table
+from ansible_collections.gpufleet.vllm.plugins.module_utils._ray.spec import node_key
 
 SUMMARY_VERSION = 1
 
@@ -27,6 +29,115 @@ def _worst(statuses: Iterable[str]) -> str:
         if status in found:
             return status
     return "ok"
+
+
+# What the Ray step (``fleet_apply state=ray_nodes``, ``_fleet/ray.py``) reports per node, as the summary says it.
+RAY_ACTIONS = {
+    "keep": "unchanged",
+    "start": "started",
+    "create": "created",
+    "replace": "replaced",
+    "remove": "removed",
+    "absent": "absent",
+    "stop": "stopped",
+    "stopped": "stopped",
+}
+
+
+def _first_line(text: Any) -> str | None:
+    lines = str(text or "").strip().splitlines()
+    return lines[0] if lines else None
+
+
+RayStep = tuple[dict[tuple[str, bool], Mapping[str, Any]], str | None]
+
+
+def _ray_step(raw: Any) -> RayStep:
+    """One host's registered Ray step result (``deployments_ray_nodes`` or ``deployments_ray_ready``): its entries by
+    ``(container name, removal)`` (a removal's entry says ``remove`` or ``absent``), and the step's own error when it
+    failed before any entry said why (None otherwise)."""
+    if not isinstance(raw, Mapping) or raw.get("skipped"):
+        return {}, None
+    entries = {
+        (str(e["name"]), e.get("action") in ("remove", "absent")): e
+        for e in raw.get("ray_nodes") or []
+        if isinstance(e, Mapping) and e.get("name")
+    }
+    bad = any(e.get("failed") or e.get("ready") is False for e in entries.values())
+    error = _first_line(raw.get("msg") or "the Ray step failed") if raw.get("failed") and not bad else None
+    return entries, error
+
+
+def _ray_node_row(
+    node: Mapping[str, Any],
+    steps: Mapping[str, RayStep],
+    ready: Mapping[str, RayStep],
+    unreachable: set[str],
+    removal: bool = False,
+) -> dict[str, Any]:
+    """One Ray node of the plan (``plan.ray[<host>]``) with what the Ray step did to it on its host this run:
+    ``action`` (created, unchanged, replaced, started, …), ``status`` (ok, changed, failed, not_run, unreachable),
+    ``ready`` (a head: whether its cluster showed every node and GPU; None when not waited for), ``failed_step`` and
+    ``hint`` of a failure."""
+    host, role = str(node.get("host")), str(node.get("role"))
+    container = labels.container_name(str(node.get("name")))
+    row: dict[str, Any] = {
+        "host": host,
+        "role": role,
+        "container": container,
+        "gpus": list(node.get("gpus") or []),
+        "action": None,
+        "status": "not_run",
+        "ready": None,
+        "failed_step": None,
+        "hint": None,
+    }
+    if host in unreachable:
+        row["status"] = "unreachable"
+        return row
+    entries, error = steps.get(host, ({}, None))
+    entry = entries.get((container, removal))
+    if entry is None:
+        if error:
+            row.update(status="failed", failed_step="ray_nodes", hint=error)
+        return row
+    row["action"] = RAY_ACTIONS.get(str(entry.get("action")), entry.get("action"))
+    if entry.get("failed"):
+        row.update(status="failed", failed_step="ray_nodes", hint=_first_line(entry.get("hint")) or "failed")
+        return row
+    row["status"] = "changed" if entry.get("changed") else "ok"
+    if role == "head" and not removal:
+        waited, wait_error = ready.get(host, ({}, None))
+        found = waited.get((container, False))
+        if found is not None:
+            row["ready"] = bool(found.get("ready"))
+            if not row["ready"]:
+                why = _first_line(found.get("status")) or "not every node and GPU joined"
+                row.update(status="failed", failed_step="ray_ready", hint=f"the Ray cluster is not complete: {why}")
+        elif wait_error:
+            row.update(status="failed", failed_step="ray_ready", hint=wait_error)
+    return row
+
+
+def _with_ray_nodes(row: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
+    """A multi-host replica's row with its Ray nodes (``hosts``: head first; ``ray_nodes``): any node changed makes
+    the replica changed; the first node that failed in the Ray step (the head, then the workers), else the head
+    whose cluster did not complete, is the replica's failure cause (its step and hint; class
+    ``ray_cluster_incomplete`` unless the server failed with a class of its own)."""
+    row["hosts"] = list(dict.fromkeys([str(row["host"]), *(n["host"] for n in nodes)]))
+    row["ray_nodes"] = nodes
+    if any(n["status"] == "changed" for n in nodes) and row["status"] == "ok":
+        row.update(changed=True, status="changed")
+    failed = [n for n in nodes if n["status"] == "failed"]
+    cause = next((n for n in failed if n["failed_step"] == "ray_nodes"), failed[0] if failed else None)
+    if cause is None:
+        return
+    server_hint = row.get("hint")
+    hint = f"Ray {cause['role']} {cause['container']} on {cause['host']}: {cause['hint']}"
+    row.update(failed=True, status="failed", failed_step=cause["failed_step"])
+    row["hint"] = f"{hint} (then the server: {server_hint})" if server_hint else hint
+    if row.get("failure_class") in (None, "unknown"):
+        row["failure_class"] = "ray_cluster_incomplete"
 
 
 def _replica_row(spec: Mapping[str, Any], result: ReplicaRecord | None, unreachable: bool) -> dict[str, Any]:
@@ -81,13 +192,18 @@ def converge_summary(
     plan_errors: Iterable[Mapping[str, Any]] = (),
     check_mode: bool = False,
     generated_at: float | None = None,
+    ray_nodes: Mapping[str, Any] | None = None,
+    ray_ready: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The machine-readable converge summary.
 
     ``plan``: fleet_plan's ``plan`` (``hosts``, ``remove``, ``undeclared``). ``host_results``: per host, the
     registered ``fleet_apply`` result or its records (``records.py``: ``{kind: replica|remove, name,
     changed, failed, failure_class, hint, endpoint, ...}``); a host with None did not run (unreachable, or a batch
-    stopped the run before it). Returns ``{version, generated_at, check_mode, ok, counts, deployments: {name:
+    stopped the run before it). ``ray_nodes`` / ``ray_ready``: per host, the registered results of the Ray step
+    (``fleet_apply state=ray_nodes`` / ``state=ray_ready``): a multi-host replica's row gets ``hosts`` and
+    ``ray_nodes`` (the plan's ``ray`` nodes with what that step did to each), a removed Ray part its ``ray_node``.
+    Returns ``{version, generated_at, check_mode, ok, counts, deployments: {name:
     {status, replicas: [...]}}, removed: [...], unschedulable: [...], undeclared: [...], unreachable_hosts}``.
     """
     unreachable_set = {str(h) for h in unreachable}
@@ -107,11 +223,23 @@ def converge_summary(
             continue
         by_host[str(host)] = records.by_key(raw)
 
+    steps = {str(h): _ray_step(raw) for h, raw in (ray_nodes or {}).items()}
+    ready = {str(h): _ray_step(raw) for h, raw in (ray_ready or {}).items()}
+    plan_nodes: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}  # (deployment, replica) -> host -> node
+    for host, nodes in (plan.get("ray") or {}).items():
+        for n in nodes or []:
+            plan_nodes.setdefault((str(n.get("deployment")), str(n.get("replica"))), {})[str(host)] = n
+
     deployments: dict[str, dict[str, Any]] = {}
     for host, specs in sorted((plan.get("hosts") or {}).items()):
         for spec in specs or []:
             result = by_host.get(host, {}).get((records.REPLICA, str(spec.get("name"))))
             row = _replica_row(spec, result if isinstance(result, ReplicaRecord) else None, host in unreachable_set)
+            if spec.get("ray"):  # a multi-host replica: its Ray nodes, head first (docs/ray.md)
+                parts = plan_nodes.get((str(spec.get("deployment")), str(spec.get("replica"))), {})
+                order = [str(h) for h in spec["ray"].get("hosts") or []] or sorted(parts)
+                nodes = [_ray_node_row(parts[h], steps, ready, unreachable_set) for h in order if h in parts]
+                _with_ray_nodes(row, nodes)
             deployments.setdefault(str(spec.get("deployment")), {"replicas": []})["replicas"].append(row)
 
     removed: list[dict[str, Any]] = []
@@ -143,6 +271,15 @@ def converge_summary(
             elif host in unreachable_set:
                 entry["status"] = "unreachable"
                 entry["failure_class"] = "unreachable"
+            role = item.get("ray_role")
+            if role in ("head", "worker"):  # a Ray part: the Ray step removed its node (a head's server first)
+                part = {"host": host, "role": role, "gpus": item.get("gpus")}
+                part["name"] = node_key(str(item.get("deployment")), int(item.get("replica") or 0), role)
+                node = _ray_node_row(part, steps, ready, unreachable_set, removal=True)
+                entry["ray_node"] = node
+                if node["status"] == "failed":
+                    entry.update(status="failed", failed=True, hint=entry["hint"] or node["hint"])
+                    entry["failure_class"] = entry["failure_class"] or "unknown"
             removed.append(entry)
 
     unschedulable = []
@@ -212,7 +349,7 @@ def converge_table(summary: Mapping[str, Any]) -> list[str]:
                 [
                     name,
                     r["replica"],
-                    r["host"],
+                    "+".join(r.get("hosts") or [r["host"]]),
                     gpus_text(r["gpus"]),
                     r["endpoint"] or (f":{r['port']}" if r.get("port") else None),
                     r["action"],
@@ -220,7 +357,11 @@ def converge_table(summary: Mapping[str, Any]) -> list[str]:
                     r["failure_class"],
                 ]
             )
+            for n in r.get("ray_nodes") or []:  # every container of a multi-host replica, one line each
+                action = f"ray {n['role']}: {n['action']}" if n["action"] else f"ray {n['role']}"
+                rows.append([name, r["replica"], n["host"], gpus_text(n["gpus"]), None, action, n["status"], None])
     for r in summary.get("removed") or []:
+        node = r.get("ray_node")
         rows.append(
             [
                 r["deployment"],
@@ -228,7 +369,7 @@ def converge_table(summary: Mapping[str, Any]) -> list[str]:
                 r["host"],
                 gpus_text(r["gpus"]),
                 None,
-                "remove",
+                f"remove (ray {node['role']})" if node else "remove",
                 r["status"],
                 r["failure_class"],
             ]

@@ -9,7 +9,7 @@ from typing import Any
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import info
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.prechecks import ray_executor
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray, summary
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.payload import fleet_plan
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports
 from fixtures.fake_runtime import FakeRuntime
@@ -291,3 +291,118 @@ def test_a_changed_multi_host_replica_rolls_in_place_never_with_a_surge():
     (wave,) = changed["rollout"]["waves"]
     assert [(r["name"], r["mode"]) for r in wave["replicas"]] == [("big-0", "in_place")]
     assert changed["ray"]["gpu-b"][0]["env"] == {"NCCL_DEBUG": "INFO"}  # the Ray play replaces the cluster first
+
+
+def registered(step: tuple[dict[str, Any], list[str]]) -> dict[str, Any]:
+    """A Ray step's result as the role registers it: what fleet_apply's main() returns (fail_json with the errors)."""
+    result, errors = step
+    return {**result, "failed": True, "msg": "; ".join(errors)} if errors else result
+
+
+def server_record(**kw: Any) -> dict[str, Any]:
+    """The head's server as fleet_apply (the rollout batch) records it on gpu-a."""
+    return {"kind": "replica", "name": "big-0", "deployment": "big", "changed": True, "phase": "ready"} | kw
+
+
+def test_the_summary_row_of_a_multi_host_replica_lists_every_ray_node_with_what_the_ray_step_did(monkeypatch, tmp_path):
+    rt, head = head_node(monkeypatch, tmp_path)
+    plan = fleet_plan(hosts(), [{**big(), "model": str(tmp_path)}])
+    (worker,) = plan["ray"]["gpu-b"]
+    rt.status = STATUS  # 2 nodes, 4 GPUs
+    ray_nodes = {
+        "gpu-a": registered(ray.apply_nodes(params([head]), runtime=rt)),
+        "gpu-b": registered(ray.apply_nodes(params([worker]), runtime=RayRuntime())),
+    }
+    ray_ready = {"gpu-a": registered(ray.wait_ready(params([head]), runtime=rt)), "gpu-b": {"skipped": True}}
+    endpoint = "http://10.0.0.1:8300"
+    results = {"gpu-a": {"records": [server_record(endpoint=endpoint)]}, "gpu-b": {"records": []}}
+    out = summary.converge_summary(plan, results, ray_nodes=ray_nodes, ray_ready=ray_ready)
+    (row,) = out["deployments"]["big"]["replicas"]
+    assert (row["host"], row["hosts"], row["status"], row["endpoint"]) == (
+        "gpu-a",
+        ["gpu-a", "gpu-b"],
+        "changed",
+        endpoint,
+    )
+    assert [(n["host"], n["role"], n["container"], n["gpus"], n["action"], n["status"]) for n in row["ray_nodes"]] == [
+        ("gpu-a", "head", "gpufleet-big-0-ray-head", ["0", "1"], "created", "changed"),
+        ("gpu-b", "worker", "gpufleet-big-0-ray-worker", ["0", "1"], "created", "changed"),
+    ]
+    assert row["ray_nodes"][0]["ready"] is True and row["ray_nodes"][1]["ready"] is None and out["ok"]
+    table = summary.converge_table(out)
+    assert "gpu-a+gpu-b" in table[2] and "ray head: created" in table[3] and "ray worker: created" in table[4]
+
+    # The next converge keeps both nodes and the server: the replica is ok, its nodes unchanged.
+    ray_nodes = {"gpu-a": registered(ray.apply_nodes(params([head]), runtime=rt)), "gpu-b": ray_nodes["gpu-b"]}
+    ray_nodes["gpu-b"] = {**ray_nodes["gpu-b"], "changed": False}
+    ray_nodes["gpu-b"]["ray_nodes"] = [{**ray_nodes["gpu-b"]["ray_nodes"][0], "action": "keep", "changed": False}]
+    results = {"gpu-a": {"records": [server_record(changed=False)]}}
+    (row,) = summary.converge_summary(plan, results, ray_nodes=ray_nodes)["deployments"]["big"]["replicas"]
+    assert row["status"] == "ok" and [n["action"] for n in row["ray_nodes"]] == ["unchanged", "unchanged"]
+    # A single-host replica's row has no Ray keys.
+    single = fleet_plan(hosts(), [{"name": "small", "model": "org/small", "port": 8400}])
+    results = {"gpu-a": {"records": [server_record(name="small-0", deployment="small")]}}
+    (row,) = summary.converge_summary(single, results, ray_nodes={})["deployments"]["small"]["replicas"]
+    assert "ray_nodes" not in row and "hosts" not in row
+
+
+def test_a_failed_ray_worker_is_the_replica_failure_cause_in_the_summary(monkeypatch, tmp_path):
+    rt, head = head_node(monkeypatch, tmp_path)
+    plan = fleet_plan(hosts(), [{**big(), "model": str(tmp_path)}])
+    (worker,) = plan["ray"]["gpu-b"]
+    head_step = registered(ray.apply_nodes(params([head]), runtime=rt))
+    monkeypatch.setattr(
+        ray.HostApply, "ensure_image", lambda self, *a: {"failed": True, "msg": "pull of img:1: manifest unknown"}
+    )
+    worker_step = registered(ray.apply_nodes(params([worker]), runtime=RayRuntime()))
+    assert worker_step["failed"] and worker_step["ray_nodes"][0]["failed"]
+    rt.status = STATUS.replace(" 1 node_bbbb\n", "").replace("0.0/4.0", "0.0/2.0")  # the head alone
+    now = [0.0]  # a driven clock: the wait gives up after wait_timeout (30 s) at once
+    ticks = {"clock": lambda: now[0], "sleep": lambda t: now.__setitem__(0, now[0] + t)}
+    ready = registered(ray.wait_ready(params([head]), runtime=rt, **ticks))
+    assert ready["failed"]
+    server = server_record(changed=False, failed=True, failure_class="ray_cluster_incomplete", hint="2 GPUs < 4")
+    out = summary.converge_summary(
+        plan,
+        {"gpu-a": {"failed": True, "msg": "big-0 failed", "records": [server]}},
+        ray_nodes={"gpu-a": head_step, "gpu-b": worker_step},
+        ray_ready={"gpu-a": ready},
+    )
+    (row,) = out["deployments"]["big"]["replicas"]
+    assert (row["status"], row["failure_class"], row["failed_step"]) == (
+        "failed",
+        "ray_cluster_incomplete",
+        "ray_nodes",
+    )
+    assert row["hint"].startswith("Ray worker gpufleet-big-0-ray-worker on gpu-b: pull of img:1: manifest unknown")
+    assert row["hint"].endswith("(then the server: 2 GPUs < 4)")
+    head_row, worker_row = row["ray_nodes"]
+    assert (head_row["status"], head_row["failed_step"], head_row["ready"]) == ("failed", "ray_ready", False)
+    assert "1/2 Ray nodes joined" in head_row["hint"]
+    assert (worker_row["status"], worker_row["action"]) == ("failed", None)
+    assert not out["ok"] and out["failed_hosts"] == {"gpu-a": ["big-0"]}
+    assert any("Ray worker gpufleet-big-0-ray-worker on gpu-b" in line for line in summary.converge_table(out))
+
+    # A worker host whose Ray step failed before any node (the engine not reachable), and an unreachable one.
+    down = {"failed": True, "msg": "Cannot connect to the Docker daemon\nat unix:///run/docker.sock"}
+    (row,) = summary.converge_summary(
+        plan, {"gpu-a": {"records": [server_record()]}}, ray_nodes={"gpu-a": head_step, "gpu-b": down}
+    )["deployments"]["big"]["replicas"]
+    assert row["status"] == "failed" and row["hint"].endswith("on gpu-b: Cannot connect to the Docker daemon")
+    (row,) = summary.converge_summary(
+        plan, {"gpu-a": {"records": [server_record()]}}, unreachable=["gpu-b"], ray_nodes={"gpu-a": head_step}
+    )["deployments"]["big"]["replicas"]
+    assert row["status"] == "changed" and row["ray_nodes"][1]["status"] == "unreachable"
+
+
+def test_the_summary_shows_the_removed_ray_nodes_of_a_removed_replica(monkeypatch, tmp_path):
+    rt, head = head_node(monkeypatch, tmp_path)
+    plan = fleet_plan(hosts(), [{**big(), "model": str(tmp_path)}])
+    ray.apply_nodes(params([head]), runtime=rt)
+    monkeypatch.setattr(ray.HostApply, "remove", lambda self, item: True)  # the head's server, removed first
+    gone = fleet_plan(hosts(), [{**big(), "model": str(tmp_path), "state": "absent"}], reported(plan))
+    steps = {h: registered(ray.apply_nodes(params([], gone["remove"][h]), runtime=rt)) for h in ("gpu-a",)}
+    out = summary.converge_summary(gone, {}, ray_nodes=steps)
+    nodes = {(r["host"], r["ray_node"]["container"], r["ray_node"]["action"]) for r in out["removed"]}
+    assert nodes == {("gpu-a", "gpufleet-big-0-ray-head", "removed"), ("gpu-b", "gpufleet-big-0-ray-worker", None)}
+    assert any("remove (ray head)" in line for line in summary.converge_table(out))
