@@ -20,6 +20,9 @@ description:
     reload.
   - Servers with an API key are scraped by a job that reads the bearer token from O(credentials_file); the token is
     never written into the configuration.
+  - The Ray nodes of multi-host replicas (C(ray_nodes) of O(infos), C(docs/ray.md)) are scraped by a job of their
+    own, C(gpufleet-ray) (Ray's metrics on each node's metrics export port, labels C(deployment), C(replica),
+    C(host), C(ray_role), C(gpus)); the job is there only while some GPU host runs a Ray node.
   - The Prometheus configuration and rules are checked with C(promtool) (when it is found) before they replace the
     live files. The rules and dashboard are described in C(docs/monitoring.md).
   - "An action plugin fills O(infos) and O(addresses) from the host vars of O(from_hosts), then runs the module on

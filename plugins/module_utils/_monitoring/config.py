@@ -5,7 +5,8 @@
 Per job of vLLM servers, two scrape configs read the same target file: ``<job>`` scrapes ``/metrics``,
 ``<job>-health`` scrapes ``/health`` (an empty 200 body parses as an empty exposition, so ``up`` of that job is the
 health check; a 5xx makes it 0). The jobs set the ``gpufleet_probe`` label (``metrics`` / ``health``). The node
-agent's exporter has a job of its own (``gpufleet-agent``).
+agent's exporter has a job of its own (``gpufleet-agent``), and so do the Ray nodes of multi-host replicas
+(``gpufleet-ray``: Ray's metrics, without the probe label, so no vLLM alert selects them).
 
 No scrape config carries vLLM's API key: vLLM's ``--api-key`` guards ``/v1`` only, so ``/metrics`` and ``/health``
 answer without it, and a bearer token sent there over plain http would only expose the inference key (issue #16).
@@ -21,6 +22,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import Gpufl
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.names import (
     AGENT_JOB,
     PROBE_LABEL,
+    RAY_JOB,
     duration_seconds,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.targets import Job
@@ -62,8 +64,10 @@ def scrape_configs(
     scrape_interval: str | None = None,
     scrape_timeout: str | None = None,
     health: bool = True,
+    ray: bool = False,
 ) -> list[dict[str, Any]]:
-    """The scrape configs of the vLLM jobs (``/metrics`` and ``/health``) and, with ``agent``, the node agent's."""
+    """The scrape configs of the vLLM jobs (``/metrics`` and ``/health``), with ``agent`` the node agent's, with
+    ``ray`` the Ray nodes'."""
     out: list[dict[str, Any]] = []
     timing = (scrape_interval, scrape_timeout)
     for name in sorted(jobs):
@@ -73,6 +77,8 @@ def scrape_configs(
             out.append(_job_config(f"{name}-health", "/health", "health", file, None, *timing))
     if agent:
         out.append(_job_config(AGENT_JOB, "/metrics", None, targets_file(targets_dir, AGENT_JOB), None, *timing))
+    if ray:
+        out.append(_job_config(RAY_JOB, "/metrics", None, targets_file(targets_dir, RAY_JOB), None, *timing))
     if scrape_interval:
         duration_seconds(scrape_interval, "job_scrape_interval")
     if scrape_timeout:

@@ -21,6 +21,9 @@ PROBE_LABEL = "gpufleet_probe"
 TARGET_LABELS = ("deployment", "replica", "host", "model", "gpus")
 DEFAULT_JOB = "vllm"
 AGENT_JOB = "gpufleet-agent"
+# The Ray nodes of multi-host replicas (docs/ray.md): Ray's own metrics, on each node's metrics export port.
+RAY_JOB = "gpufleet-ray"
+RAY_TARGET_LABELS = ("deployment", "replica", "host", "ray_role", "gpus")
 
 # Metrics of the node agent's exporter (plugins/module_utils/_agent/agent.py, role gpufleet.vllm.node_agent, port
 # gpufleet_agent_port) the rules use; overridable per option. Label ``deployment`` (the replica key, e.g. chat-1).

@@ -22,13 +22,16 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.files im
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.names import (
     AGENT_JOB,
     DEFAULT_JOB,
+    RAY_JOB,
     duration_seconds,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.rules import alert_rules
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.targets import (
+    Job,
     Kept,
     agent_targets,
     keep_targets,
+    ray_targets,
     vllm_targets,
 )
 
@@ -115,6 +118,12 @@ def render(params: Mapping[str, Any]) -> Plan:
             credentials_file=params.get("credentials_file"),
             credentials_files=params.get("credentials_files") or {},
         )
+    # The Ray nodes of multi-host replicas (docs/ray.md): a job of their own, there while any is (or was: an
+    # unreachable host keeps its entries as above).
+    ray = {RAY_JOB: Job(targets=ray_targets(infos, params.get("addresses") or {}))}
+    if missing and params.get("keep_unreachable", True):
+        kept += keep_targets(ray, read_target_files(targets_dir, RAY_JOB), RAY_JOB, missing)
+    ray_entries = ray[RAY_JOB].targets
     agent_port = params.get("node_agent_port")
     agent = agent_port is not None
     files: list[OutFile] = []
@@ -126,6 +135,9 @@ def render(params: Mapping[str, Any]) -> Plan:
     targets = {job: result.jobs[job].targets for job in sorted(result.jobs)}
     for job, entries in targets.items():
         files.append(OutFile(targets_file(targets_dir, job), "targets", "0644", content=to_json(entries)))
+    if ray_entries:
+        files.append(OutFile(targets_file(targets_dir, RAY_JOB), "targets", "0644", content=to_json(ray_entries)))
+        targets[RAY_JOB] = ray_entries
     if agent:
         hosts = list(params.get("agent_hosts") or []) or sorted(set(infos) | set(params.get("from_hosts") or []))
         entries = agent_targets(hosts, params.get("addresses") or {}, int(agent_port))
@@ -138,6 +150,7 @@ def render(params: Mapping[str, Any]) -> Plan:
         scrape_interval=params.get("job_scrape_interval"),
         scrape_timeout=params.get("scrape_timeout"),
         health=params.get("health_probe", True),
+        ray=bool(ray_entries),
     )
     rules = None
     rules_path = params.get("rules_path")

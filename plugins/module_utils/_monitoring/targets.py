@@ -17,6 +17,7 @@ from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.names import DEFAULT_JOB
+from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports as ray_ports
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 WILDCARD = ("0.0.0.0", "::", "[::]", "")
@@ -104,6 +105,38 @@ def _entries(info: Any) -> list[Mapping[str, Any]]:
     return [d for d in entries or [] if isinstance(d, Mapping)]
 
 
+def target_labels(deployment: str, replica: Any, host: str, gpus: Any, **more: str) -> dict[str, str]:
+    """The labels every target entry of a replica carries (``deployment``, ``replica``, ``host``, ``gpus``: the GPU
+    ids comma-separated), then the job's own (``more``), all as strings."""
+    gpu_text = ",".join(str(g) for g in gpus) if isinstance(gpus, list) else str(gpus or "")
+    labels = {"deployment": str(deployment), "replica": str(replica), "host": str(host)}
+    return {**labels, **{k: str(v) for k, v in more.items()}, "gpus": gpu_text}
+
+
+def _address(host: str, addresses: Mapping[str, Any] | None) -> str:
+    """The address Prometheus reaches ``host`` at: its ``ansible_host`` (``addresses``), else its name."""
+    addr = str((addresses or {}).get(host) or host)
+    return f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr
+
+
+def ray_targets(infos: Mapping[str, Any], addresses: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One file_sd entry per Ray node of a multi-host replica in ``infos`` (per host, vllm_deployment_info's result:
+    its ``ray_nodes``): the node's metrics export port in its replica's port block (``_ray/ports.py``; Ray binds it
+    on every interface of the host unless the node's IP is loopback) at the host's address, with the labels
+    deployment, replica, host, ray_role and gpus. Single-host replicas have no Ray node, hence no entry."""
+    out = []
+    for host in sorted(infos or {}):
+        info = infos[host]
+        for n in (info.get("ray_nodes") if isinstance(info, Mapping) else None) or []:
+            if not isinstance(n, Mapping) or not str(n.get("ray_port") or n.get("port") or "").isdigit():
+                continue
+            port = ray_ports.ports(int(n.get("ray_port") or n["port"]))["metrics_export_port"]
+            role = str(n.get("ray_role") or n.get("role"))
+            labels = target_labels(str(n.get("deployment")), n.get("replica"), host, n.get("gpus"), ray_role=role)
+            out.append({"targets": [f"{_address(host, addresses)}:{port}"], "labels": labels})
+    return sorted(out, key=_entry_key)
+
+
 def _entry_key(entry: Mapping[str, Any]) -> tuple[str, ...]:
     labels = entry.get("labels") or {}
     return tuple(str(labels.get(k, "")) for k in ("deployment", "replica", "host")) + tuple(entry.get("targets") or [])
@@ -157,14 +190,7 @@ def vllm_targets(
                     f"{deployment}: its replicas name different credentials files; give one per deployment",
                     deployment=deployment,
                 )
-            gpus = d.get("gpus") or []
-            labels = {
-                "deployment": deployment,
-                "replica": replica,
-                "host": str(host),
-                "model": str(d.get("model") or ""),
-                "gpus": ",".join(str(g) for g in gpus) if isinstance(gpus, list) else str(gpus),
-            }
+            labels = target_labels(deployment, replica, str(host), d.get("gpus") or [], model=str(d.get("model") or ""))
             if d.get("owner"):  # the inventory's owner: every series of the server carries it (usage per owner)
                 labels["owner"] = str(d["owner"])
             slot.targets.append({"targets": [target], "labels": labels})
@@ -212,10 +238,4 @@ def agent_targets(hosts: Iterable[str], addresses: Mapping[str, Any] | None, por
     """One file_sd entry per host for the node agent's exporter on ``port`` (label ``host``)."""
     if not isinstance(port, int) or not 1 <= port <= 65535:
         raise GpufleetError(f"node_agent_port: {port!r} is not a TCP port (1-65535)")
-    out = []
-    for host in sorted(set(hosts)):
-        addr = str((addresses or {}).get(host) or host)
-        if ":" in addr and not addr.startswith("["):
-            addr = f"[{addr}]"
-        out.append({"targets": [f"{addr}:{port}"], "labels": {"host": str(host)}})
-    return out
+    return [{"targets": [f"{_address(h, addresses)}:{port}"], "labels": {"host": str(h)}} for h in sorted(set(hosts))]

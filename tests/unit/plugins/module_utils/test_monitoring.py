@@ -26,10 +26,12 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.files im
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.plan import HEADER, Plan, render
 from ansible_collections.gpufleet.vllm.plugins.module_utils._monitoring.targets import (
     agent_targets,
+    ray_targets,
     scrape_address,
     split_name,
     vllm_targets,
 )
+from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import spec as ray_spec
 
 ROOT = Path(__file__).resolve().parents[4]
 PROMTOOL = shutil.which("promtool")
@@ -222,6 +224,80 @@ def test_unreachable_hosts_keep_their_targets(tmp_path):
     # without keep_unreachable they go
     gone = run_config({**down, "keep_unreachable": False})
     assert gone["kept"] == [] and [e["labels"]["host"] for e in gone["targets"]["vllm"]] == ["gpu-a"]
+
+
+def _ray_node(host, role, base, gpus):
+    """A Ray node as vllm_deployment_info lists it (``ray_nodes``, _container/info.ray_nodes)."""
+    return {
+        "deployment": "big",
+        "replica": 0,
+        "role": role,
+        "port": base,
+        "gpus": gpus,
+        "host": host,
+        "container_name": f"gpufleet-big-0-ray-{role}",
+        "state": "running",
+        "name": "big-0",
+        "ray_role": role,
+        "ray_port": base,
+    }
+
+
+def _ray_infos(base=6419):
+    """big-0 over gpu-a (head, beside its server and a single-host replica) and gpu-b (worker)."""
+    return {
+        "gpu-a": {
+            **_info(_dep("big-0", 8300), _dep("chat-0", 8000)),
+            "ray_nodes": [_ray_node("gpu-a", "head", base, ["0", "1"])],
+        },
+        "gpu-b": {**_info(), "ray_nodes": [_ray_node("gpu-b", "worker", base, ["2", "3"])]},
+    }
+
+
+def test_ray_targets_scrape_each_node_on_the_metrics_export_port_it_is_started_with():
+    out = ray_targets(_ray_infos(), {"gpu-a": "10.0.0.1", "gpu-b": "fd00::2"})
+    # the port ray start is given (--metrics-export-port) inside the replica's block, at each host's address
+    for role in ("head", "worker"):
+        argv = ray_spec.start_argv(role, 6419, 2, "10.0.0.1", "10.0.0.1")
+        assert "--metrics-export-port=6424" in argv
+    assert out == [
+        {
+            "targets": ["10.0.0.1:6424"],
+            "labels": {"deployment": "big", "replica": "0", "host": "gpu-a", "ray_role": "head", "gpus": "0,1"},
+        },
+        {
+            "targets": ["[fd00::2]:6424"],
+            "labels": {"deployment": "big", "replica": "0", "host": "gpu-b", "ray_role": "worker", "gpus": "2,3"},
+        },
+    ]
+    # single-host replicas (chat-0, and big-0's server itself) have no Ray node: no entry; no address: the name
+    assert [e["targets"] for e in ray_targets({"gpu-b": _ray_infos()["gpu-b"]}, {})] == [["gpu-b:6424"]]
+    assert ray_targets({"gpu-a": _info(_dep("chat-0", 8000))}) == []
+
+
+def test_render_adds_the_ray_job_only_with_ray_nodes_and_keeps_an_unreachable_hosts_nodes(tmp_path):
+    p = _params(tmp_path, infos=_ray_infos(), addresses={"gpu-a": "10.0.0.1", "gpu-b": "10.0.0.2"}, validate=False)
+    p["from_hosts"] = ["gpu-a", "gpu-b"]
+    r = run_config(p)
+    assert [e["targets"] for e in r["targets"]["gpufleet-ray"]] == [["10.0.0.1:6424"], ["10.0.0.2:6424"]]
+    assert [e["labels"]["host"] for e in r["targets"]["vllm"]] == ["gpu-a", "gpu-a"]  # the servers as before
+    cfg = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+    (job,) = [c for c in cfg["scrape_configs"] if c["job_name"] == "gpufleet-ray"]
+    # Ray's own metrics: no gpufleet_probe label, so no vLLM alert (VllmServerDown) selects the Ray nodes
+    assert (
+        job["file_sd_configs"] == [{"files": [f"{p['targets_dir']}/gpufleet-ray.json"]}]
+        and "relabel_configs" not in job
+    )
+    written = json.loads((tmp_path / "targets" / "gpufleet-ray.json").read_text())
+    assert written == r["targets"]["gpufleet-ray"]
+    # gpu-b does not answer: its worker stays scraped (and shows down) as its servers would
+    down = run_config({**p, "infos": {"gpu-a": _ray_infos()["gpu-a"]}})
+    assert [(k["host"], k["job"]) for k in down["kept"]] == [("gpu-b", "gpufleet-ray")]
+    assert down["targets"]["gpufleet-ray"] == written
+    # no multi-host replica: no Ray job at all
+    plan = render(_params(tmp_path, infos={"gpu-a": _info(_dep("chat-0", 8000))}))
+    assert "gpufleet-ray" not in plan.targets
+    assert [c["job_name"] for c in plan.scrape_configs] == ["vllm", "vllm-health"]
 
 
 def test_fragment_mode_has_only_scrape_configs(tmp_path):
