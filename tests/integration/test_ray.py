@@ -225,6 +225,15 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     assert all(r["ignored"] == 0 for r in recap(proc.stdout).values()), proc.stdout[-4000:]  # the Ray steps passed
     (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
     assert row["host"] == "gpu-a" and row["endpoint"] == f"http://{sim_hosts.address('gpu-a')}:{WIDE_PORT}"
+
+    def nodes(row: dict) -> list[tuple]:  # the summary's row lists every container of the replica, on every host
+        return [(n["host"], n["role"], n["container"], n["gpus"], n["action"], n["status"]) for n in row["ray_nodes"]]
+
+    assert row["hosts"] == ["gpu-a", "gpu-b"] and row["ray_nodes"][0]["ready"] is True, row
+    assert nodes(row) == [
+        ("gpu-a", "head", WIDE[1], ["0"], "created", "changed"),
+        ("gpu-b", "worker", WIDE[2], ["0"], "created", "changed"),
+    ], row
     with urllib.request.urlopen(f"{row['endpoint']}/v1/models", timeout=10) as resp:
         assert resp.status == 200
     server = engines["gpu-a"].containers.get("gpufleet-wide-0")
@@ -239,6 +248,8 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert all(r["changed"] == 0 and r["ignored"] == 0 for r in recap(proc.stdout).values()), proc.stdout[-4000:]
     assert ours() == before
+    (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
+    assert row["status"] == "ok" and [n[4:] for n in nodes(row)] == [("unchanged", "ok")] * 2, row
 
     # stop.yml state=stopped by the replica's name: its server, then its Ray nodes (the head on gpu-a, the worker on
     # gpu-b: each host its own), stopped and kept; --check --diff first reports it and changes nothing.
@@ -269,6 +280,7 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     assert ours() == before and set(states().values()) == {"running"}
     (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
     assert row["phase"] == "ready", row
+    assert [n[4] for n in nodes(row)] == ["started", "started"], row  # the same nodes, started again
     with urllib.request.urlopen(f"{row['endpoint']}/v1/models", timeout=10) as resp:
         assert resp.status == 200
 
