@@ -20,9 +20,10 @@ description:
     reload.
   - Servers with an API key are scraped by a job that reads the bearer token from O(credentials_file); the token is
     never written into the configuration.
-  - The Ray nodes of multi-host replicas (C(ray_nodes) of O(infos), C(docs/ray.md)) are scraped by a job of their
-    own, C(gpufleet-ray) (Ray's metrics on each node's metrics export port, labels C(deployment), C(replica),
-    C(host), C(ray_role), C(gpus)); the job is there only while some GPU host runs a Ray node.
+  - With O(ray_metrics), the Ray nodes of multi-host replicas (C(ray_nodes) of O(infos), C(docs/ray.md)) are
+    scraped by a job of their own, C(gpufleet-ray) (Ray's metrics on each node's metrics export port, labels
+    C(deployment), C(replica), C(host), C(ray_role), C(gpus)); the job is there only while some GPU host runs a Ray
+    node.
   - The Prometheus configuration and rules are checked with C(promtool) (when it is found) before they replace the
     live files. The rules and dashboard are described in C(docs/monitoring.md).
   - "An action plugin fills O(infos) and O(addresses) from the host vars of O(from_hosts), then runs the module on
@@ -134,6 +135,13 @@ options:
       - Add the C(/health) jobs (needed by the C(VllmHealthFailing) alert).
     type: bool
     default: true
+  ray_metrics:
+    description:
+      - Scrape the Ray nodes of multi-host replicas (job C(gpufleet-ray)). Ray serves its metrics only when its
+        dashboard dependencies are installed (C(ray[default]), e.g. a deployment's C(extra_pip_packages)); the vLLM
+        images have a minimal Ray, whose nodes would only show down, so this is off by default.
+    type: bool
+    default: false
   credentials_file:
     description:
       - File on the monitoring host holding the bearer token of the API-key protected servers (Prometheus'
@@ -331,6 +339,7 @@ ARGUMENT_SPEC = dict(
     dashboards_dir=dict(type="path"),
     job_name=dict(type="str", default="vllm"),
     health_probe=dict(type="bool", default=True),
+    ray_metrics=dict(type="bool", default=False),
     credentials_file=dict(type="path"),
     credentials_files=dict(type="dict", default={}),
     api_key=dict(type="str", no_log=True),

@@ -118,10 +118,12 @@ def render(params: Mapping[str, Any]) -> Plan:
             credentials_file=params.get("credentials_file"),
             credentials_files=params.get("credentials_files") or {},
         )
-    # The Ray nodes of multi-host replicas (docs/ray.md): a job of their own, there while any is (or was: an
-    # unreachable host keeps its entries as above).
-    ray = {RAY_JOB: Job(targets=ray_targets(infos, params.get("addresses") or {}))}
-    if missing and params.get("keep_unreachable", True):
+    # The Ray nodes of multi-host replicas (docs/ray.md), with ray_metrics (their images need ray[default]: a minimal
+    # Ray, as in the vLLM images, serves no metrics): a job of their own, there while any is (or was: an unreachable
+    # host keeps its entries as above).
+    ray_wanted = bool(params.get("ray_metrics"))
+    ray = {RAY_JOB: Job(targets=ray_targets(infos, params.get("addresses") or {}) if ray_wanted else [])}
+    if ray_wanted and missing and params.get("keep_unreachable", True):
         kept += keep_targets(ray, read_target_files(targets_dir, RAY_JOB), RAY_JOB, missing)
     ray_entries = ray[RAY_JOB].targets
     agent_port = params.get("node_agent_port")

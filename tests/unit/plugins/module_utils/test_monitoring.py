@@ -278,6 +278,10 @@ def test_ray_targets_scrape_each_node_on_the_metrics_export_port_it_is_started_w
 def test_render_adds_the_ray_job_only_with_ray_nodes_and_keeps_an_unreachable_hosts_nodes(tmp_path):
     p = _params(tmp_path, infos=_ray_infos(), addresses={"gpu-a": "10.0.0.1", "gpu-b": "10.0.0.2"}, validate=False)
     p["from_hosts"] = ["gpu-a", "gpu-b"]
+    # off by default: a minimal Ray (the vLLM images') serves no metrics, its nodes would only show down
+    assert "gpufleet-ray" not in render(p).targets
+    assert [c["job_name"] for c in render(p).scrape_configs] == ["vllm", "vllm-health"]
+    p["ray_metrics"] = True
     r = run_config(p)
     assert [e["targets"] for e in r["targets"]["gpufleet-ray"]] == [["10.0.0.1:6424"], ["10.0.0.2:6424"]]
     assert [e["labels"]["host"] for e in r["targets"]["vllm"]] == ["gpu-a", "gpu-a"]  # the servers as before
