@@ -151,9 +151,11 @@ YAML
 }
 
 lock_wait() {  # gpu-e's lock (fd 9), held by molecule's scenarios on it and test_node_agent_role of any test run
-  flock 9
-  "$ROOT/sim/hosts/hosts.sh" solo gpu-e  # started if it is not (idempotent)
+  flock -w 1800 9 || { echo "waited 30 min for .build/hosts/.gpu-e.lock (held by another run): no converge"; return 1; }
+  # gpu-e started if it is not (idempotent); without fd 9, which its daemons would otherwise keep (and the lock with it)
+  "$ROOT/sim/hosts/hosts.sh" solo gpu-e 9>&- || return
   "$ROOT/sim/steps.d/70-fleet.sh" up >/dev/null # the model the converges serve
+  LOCKED=1
 }
 
 step "venvs (${CORES[*]}, parallel)" venvs
@@ -172,7 +174,7 @@ if [[ -n "${CONVERGE// /}" ]]; then
     # when hack/test.sh runs the matrix niced (root may lower its niceness again; elsewhere this does nothing).
     if [[ $(id -u) == 0 ]]; then renice -n 0 -p "$BASHPID" >/dev/null 2>&1 || true; fi
     for core in "${READY[@]}"; do
-      if [[ "$CONVERGE" == *" $core "* ]]; then step "core $core: fleet converge" converge "$core"; fi
+      if [[ -n ${LOCKED:-} && "$CONVERGE" == *" $core "* ]]; then step "core $core: fleet converge" converge "$core"; fi
     done
   } 9>"$ROOT/.build/hosts/.gpu-e.lock"
 fi

@@ -250,9 +250,10 @@ run_molecule() {
     # shellcheck disable=SC2016  # $0 and $@ are the inner sh's: the checkout and the hosts.sh command
     (
       cd "${dir%/molecule/default}" &&
-        flock "$ROOT/.build/hosts/$lock" sh -c 'if [ $# -gt 0 ]; then "$0/sim/hosts/hosts.sh" "$@" || exit; fi; molecule test' \
-          "$ROOT" "${start[@]}"
+        flock -E 75 -w 1800 "$ROOT/.build/hosts/$lock" \
+          sh -c 'if [ $# -gt 0 ]; then "$0/sim/hosts/hosts.sh" "$@" || exit; fi; molecule test' "$ROOT" "${start[@]}"
     ) || one=$?
+    if [[ $one -eq 75 ]]; then echo "molecule: waited 30 min for .build/hosts/$lock (held by another run): not run"; fi
     rows+=("$(printf '  %-6s %-18s %4d s' "$([[ $one -eq 0 ]] && echo ok || echo FAILED)" "${dir%%/molecule/*}" $((SECONDS - t0)))")
     if [[ $one -ne 0 ]]; then rc=$one; fi
   done

@@ -53,6 +53,14 @@ if [[ -z ${GPUFLEET_HOSTS_LOCKED:-} && ${1:-} =~ ^(up|down|clean|bare|bare-down|
   GPUFLEET_HOSTS_LOCKED=1 exec flock -o "$B/.lock" "$0" "$@"
 fi
 
+# The daemons started below (holders, dockerd, sshd) must not inherit a caller's descriptors either: a caller's lock
+# (`flock LOCK hosts.sh solo gpu-e ...`, `{ flock 9; hosts.sh ...; } 9>LOCK`) would live as long as they do, and every
+# later holder of that lock would wait for the host to stop. (bash reads this script on fd 255.)
+for fd in /proc/$$/fd/*; do
+  fd=${fd##*/}
+  if [[ $fd =~ ^[0-9]+$ ]] && ((fd > 2 && fd != 255)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
+
 log() { printf '[hosts] %s\n' "$*" >&2; }
 die() { printf '[hosts] error: %s\n' "$*" >&2; exit 1; }
 

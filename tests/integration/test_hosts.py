@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from fixtures.hosts import BASE_IMAGE, BUILD, HOSTS_SH, ROOT, SimHosts
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
@@ -306,3 +307,24 @@ def test_podman_containers_stay_in_their_host(sim_hosts: SimHosts, sim_podman_ho
         assert main.returncode == 0 and not main.stdout.strip(), "the container leaked into the main podman"
     finally:
         sim_hosts.podman(sim_podman_host, "rm", "-f", "--time", "1", "--ignore", name)
+
+
+def test_a_solo_host_started_under_a_callers_lock_does_not_keep_it(sim_solo_host: SimHosts, tmp_path: Path) -> None:
+    """`flock LOCK hosts.sh solo gpu-e` (molecule's and the matrix's form): the host's daemons must not inherit the
+    lock's descriptor, or the lock would be held as long as they run (every later molecule scenario and matrix converge
+    on gpu-e waited for it). Also: the solo host is outside the shared inventory, with its own."""
+    name = next(iter(sim_solo_host.hosts))
+    assert name not in yaml_hosts(BUILD / "inventory.yml") and sim_solo_host.inventory == BUILD / name / "inventory.yml"
+    down = subprocess.run([str(HOSTS_SH), "solo-down", name], capture_output=True, text=True, check=False, timeout=120)
+    assert down.returncode == 0, down.stderr
+    lock = tmp_path / "caller.lock"
+    up = subprocess.run(
+        ["flock", str(lock), str(HOSTS_SH), "solo", name], capture_output=True, text=True, check=False, timeout=600
+    )
+    assert up.returncode == 0, up.stderr
+    assert subprocess.run(["flock", "-n", str(lock), "true"], check=False).returncode == 0, "the lock is still held"
+    assert sim_solo_host.in_host(name, "hostname").stdout.strip() == name  # and the host is up again
+
+
+def yaml_hosts(path: Path) -> list[str]:
+    return list(yaml.safe_load(path.read_text())["all"]["children"]["gpu_hosts"]["hosts"])
