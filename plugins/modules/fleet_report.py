@@ -71,8 +71,9 @@ options:
   ray_nodes:
     description:
       - For O(kind=converge), per host, its registered C(gpufleet.vllm.fleet_apply) result of
-        O(gpufleet.vllm.fleet_apply#module:state=ray_nodes) (the Ray step of multi-host replicas, C(docs/ray.md)). A multi-host replica's row lists its Ray nodes with
-        what this step did to each; a failed node is the replica's failure.
+        O(gpufleet.vllm.fleet_apply#module:state=ray_nodes) (the Ray step of multi-host replicas, C(docs/ray.md)).
+        A multi-host replica's row lists its Ray nodes with what this step did to each; a failed node is the
+        replica's failure.
       - Hosts of O(from_hosts) missing here are read from their host vars (C(deployments_ray_nodes)).
     type: dict
     default: {}
@@ -184,7 +185,7 @@ summary:
       C(endpoint), C(action), C(status) (V(ok), V(changed), V(failed), V(unreachable), V(not_run)), C(changed),
       C(failed), C(failure_class), C(failed_step), C(hint), C(rolled_back), and C(model_source) when the model has
       C(sources), the one that served; a multi-host replica also C(hosts), head first, and C(ray_nodes), each
-      with C(host), C(role) (V(head) or V(worker)), C(container), C(gpus), C(action) (what the Ray step did:
+      with C(host), C(role) (V(head) or V(worker)), C(container), C(gpus), C(action) (what the Ray step did, e.g.
       V(created), V(unchanged), V(replaced), V(started), ...), C(status), C(ready), C(failed_step), C(hint)),
       C(removed) (a Ray part with its C(ray_node)), C(unschedulable),
       C(undeclared), C(unreachable_hosts)).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Optional
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import records
@@ -49,7 +49,8 @@ def _first_line(text: Any) -> str | None:
     return lines[0] if lines else None
 
 
-RayStep = tuple[dict[tuple[str, bool], Mapping[str, Any]], str | None]
+# One host's Ray step: its entries by (container name, removal), and the step's own error (None: none).
+RayStep = tuple[dict[tuple[str, bool], Mapping[str, Any]], Optional[str]]  # noqa: UP045 (evaluated at run time: sanity checks older Pythons)
 
 
 def _ray_step(raw: Any) -> RayStep:
