@@ -402,21 +402,25 @@ write_inventory() {
   } | write_if_changed "$B/inventory.yml"
 }
 
+start_prepared() {                                # start_prepared NAME INDEX: files, holder, dockerd, sshd of a
+  local n=$1 i=$2 p                               # prepared host (a COUNT host or a solo one); idempotent
+  host_files "$n" "$i"
+  if ! p=$(holder_pid "$n"); then
+    start_holder "$n" "$i"
+    p=$(pid_in "$B/$n/holder.pid")
+  fi
+  start_dockerd "$n" "$i" "$p"
+  start_sshd "$n" "$p"
+}
+
 up() {
   ensure_tools
   mkdir -p "$B"
   ensure_bridge
   ensure_keys
-  local i n p
+  local i
   for i in "${!names[@]}"; do
-    n=${names[i]}
-    host_files "$n" "$i"
-    if ! p=$(holder_pid "$n"); then
-      start_holder "$n" "$i"
-      p=$(pid_in "$B/$n/holder.pid")
-    fi
-    start_dockerd "$n" "$i" "$p"
-    start_sshd "$n" "$p"
+    start_prepared "${names[i]}" "$i"
   done
   # An image retagged while we copy it (a stand-in rebuilt meanwhile) makes save/load fail: compare again once.
   sync_images || { log "image copy failed; trying again"; sync_images; } || die "loading images into the hosts failed"
@@ -543,7 +547,7 @@ bare_up() {                                       # bare_up NAME: holder, docker
 }
 
 solo_up() {                                       # solo_up NAME [SET]: a prepared host with an inventory of its own
-  local n=$1 i p hd=$B/$1 set=${2:-1x-h100}
+  local n=$1 i hd=$B/$1 set=${2:-1x-h100}
   i=$(bare_index "$n")
   [[ -f $ROOT/sim/nvml/examples/$set.json ]] || die "no fake GPU set '$set' (sim/nvml/examples/$set.json)"
   GPUFLEET_HOSTS_GPUS="$n=$set ${GPUFLEET_HOSTS_GPUS:-}"
@@ -552,13 +556,7 @@ solo_up() {                                       # solo_up NAME [SET]: a prepar
   mkdir -p "$B"
   ensure_bridge
   ensure_keys
-  host_files "$n" "$i"
-  if ! p=$(holder_pid "$n"); then
-    start_holder "$n" "$i"
-    p=$(pid_in "$hd/holder.pid")
-  fi
-  start_dockerd "$n" "$i" "$p"
-  start_sshd "$n" "$p"
+  start_prepared "$n" "$i"
   names=("$n")
   sync_images || { log "image copy failed; trying again"; sync_images; } || die "loading images into $n failed"
   {
