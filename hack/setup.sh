@@ -37,6 +37,13 @@ if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
+# The bed's compile cache for zip imports (sim/hosts/zipcache.py: what AnsiballZ modules import on the simulated
+# hosts), on when GPUFLEET_ZIPIMPORT_CACHE is set (hack/env.sh, the hosts' sshd): a link to it and a .pth that imports
+# it, in the venv's site-packages.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+ln -sfn "$ROOT/sim/hosts/zipcache.py" "$site/gpufleet_zipcache.py"
+echo 'import os; os.environ.get("GPUFLEET_ZIPIMPORT_CACHE") and __import__("gpufleet_zipcache")' >"$site/gpufleet_zipcache.pth"
+
 # The collection on an Ansible collection path (the repo root is the collection root).
 mkdir -p .build/collections/ansible_collections/gpufleet
 ln -sfn "$ROOT" .build/collections/ansible_collections/gpufleet/vllm

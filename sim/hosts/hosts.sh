@@ -19,7 +19,8 @@
 # Each host = network namespace gpufleet-<name> (veth to bridge gpufbr0 in the main namespace) + its own mount
 # and UTS namespace (hostname, /run, /var/lib/docker, /etc/docker, /var/lib/gpufleet, /etc/cdi, /root, /tmp
 # from .build/hosts/<name>/fs) held by a sleeping holder process, with its own dockerd (sim/engine/dockerd.sh,
-# fake NVIDIA hook, own bridge) and an sshd (key auth; SetEnv gives the host its fake GPU set).
+# fake NVIDIA hook, own bridge) and an sshd (key auth; SetEnv gives the host its fake GPU set and the bed's compile
+# cache for the modules' zip imports, zipcache.py: GPUFLEET_ZIPIMPORT_CACHE, empty = off).
 # Settings (env):
 #   GPUFLEET_HOSTS_COUNT   number of hosts, named gpu-a, gpu-b, ... (default 3)
 #   GPUFLEET_HOSTS_NET     first three octets of the hosts' /24 (default 10.213.37; .1 = main namespace,
@@ -169,7 +170,7 @@ MaxStartups 64:30:128
 LogLevel INFO
 AcceptEnv LANG LC_*
 Subsystem sftp /usr/lib/openssh/sftp-server
-SetEnv GPUFLEET_HOST=$n GPUFLEET_FAKE_GPUS=$gpus LD_LIBRARY_PATH=$ROOT/.build/nvml PATH=$path
+SetEnv GPUFLEET_HOST=$n GPUFLEET_FAKE_GPUS=$gpus LD_LIBRARY_PATH=$ROOT/.build/nvml PATH=$path GPUFLEET_ZIPIMPORT_CACHE=${GPUFLEET_ZIPIMPORT_CACHE-$ROOT/.cache/zipimport}
 EOF
   {
     echo "127.0.0.1 localhost"
