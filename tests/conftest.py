@@ -6,7 +6,9 @@ Fixture modules live in tests/fixtures/ (one per part of the test bed) and are r
 from __future__ import annotations
 
 import os
+import resource
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,15 +79,41 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
 
 # ------------------------------------------------------------------------------------------------ time per file
-# Seconds spent per test file (set-up + call + tear-down of its tests, summed; with xdist the controller receives every
-# worker's reports), printed after the run, slowest first, and written to .build/test-durations/<phase>.json for the
-# timing table of hack/test.sh (GPUFLEET_TEST_DURATIONS names the file; unset: printed only).
+# Seconds and CPU seconds per test file (set-up + call + tear-down of its tests, summed; with xdist the controller
+# receives every worker's reports), printed after the run, slowest first, and written as JSON to the file
+# GPUFLEET_TEST_DURATIONS names (unset: printed only). CPU: the test process's own and that of the processes it
+# waited for (ansible-playbook and its workers, modules run here, ...; getrusage), not the bed's daemons, containers
+# or the simulated hosts' sessions: what a test costs the controller. A file's module fixtures count in its first and
+# last tests, a session fixture in the first test that uses it.
 _file_seconds: dict[str, float] = {}
+_file_cpu: dict[str, float] = {}
+_cpu_mark: list[float] = [0.0]
+
+
+def _cpu_now() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    _cpu_mark[0] = _cpu_now()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    now = _cpu_now()
+    outcome.get_result().user_properties.append(("cpu_s", now - _cpu_mark[0]))  # type: ignore[attr-defined]
+    _cpu_mark[0] = now
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     path = report.nodeid.split("::", 1)[0]
     _file_seconds[path] = _file_seconds.get(path, 0.0) + report.duration
+    cpu = sum(v for k, v in report.user_properties if k == "cpu_s")
+    _file_cpu[path] = _file_cpu.get(path, 0.0) + cpu
 
 
 def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
@@ -94,12 +122,17 @@ def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: p
     rows = sorted(_file_seconds.items(), key=lambda kv: -kv[1])
     write = terminalreporter.write_line  # type: ignore[attr-defined]
     write("")
-    write(f"seconds per file (set-up + call + tear-down, all workers; total {sum(_file_seconds.values()):.1f})")
+    write(
+        f"seconds per file (set-up + call + tear-down, all workers; total {sum(_file_seconds.values()):.1f} s,"
+        f" CPU {sum(_file_cpu.values()):.1f} s: the tests' processes and what they waited for)"
+    )
+    write(f"{'seconds':>9}  {'CPU s':>7}  file")
     for path, secs in rows[:40]:
-        write(f"{secs:9.1f}  {path}")
+        write(f"{secs:9.1f}  {_file_cpu.get(path, 0.0):7.1f}  {path}")
     target = os.environ.get("GPUFLEET_TEST_DURATIONS")
     if target:
         import json
 
+        table = {path: {"seconds": round(secs, 1), "cpu_s": round(_file_cpu.get(path, 0.0), 1)} for path, secs in rows}
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).write_text(json.dumps(dict(rows), indent=1) + "\n")
+        Path(target).write_text(json.dumps(table, indent=1) + "\n")
