@@ -2,12 +2,19 @@
 # Idempotent set-up for a fresh Debian 12 machine (and a no-op on a prepared one):
 #   Debian packages, the Python venv (.venv, from requirements-test.txt: the controller's requirements.txt, the GPU
 #   hosts' requirements-host.txt and the tools), the collection path (.build/collections),
-#   then the simulated test bed (sim/bed.sh up: dockerd/podman, images, fake GPUs, fake hub).
-# Usage: hack/setup.sh [--no-bed]
+#   then the simulated test bed (sim/bed.sh up: dockerd/podman, images, fake GPUs, fake hub). The bed's engine and
+#   images (on a fresh machine: a Debian rootfs from the mirror, about a minute on one core) are built while pip makes
+#   the venv (downloads: the CPU is mostly idle), then the other steps run.
+# Usage: hack/setup.sh [--no-bed | --bed-images]
+#   --no-bed       packages and venv only
+#   --bed-images   packages, venv, and of the bed only its engine and images (hack/test.sh: the rest of the bed is a
+#                  phase of its own, after ansible-lint and sanity started)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 log() { printf '[setup] %s\n' "$*" >&2; }
+MODE=${1:-all}
+case "$MODE" in all | --no-bed | --bed-images) ;; *) echo "usage: hack/setup.sh [--no-bed | --bed-images]" >&2; exit 2 ;; esac
 
 # dpkg-dev, gnupg: the bed's local apt repository (sim/hosts/toolkit/aptrepo.sh); python3-debian: what role gpu_host's
 # deb822_repository needs on a host (the bare host gpu-d has the machine's packages). haproxy: the gateway's admin guard.
@@ -25,6 +32,14 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian's prometheus/docker-registry packages may start their services; the bed starts what it needs itself.
+
+IMAGES_PID=
+IMAGES_LOG=$ROOT/.build/setup-bed-images.log
+if [[ "$MODE" != --no-bed && -x sim/bed.sh ]]; then
+  mkdir -p .build
+  sim/bed.sh up engine images >"$IMAGES_LOG" 2>&1 &
+  IMAGES_PID=$!
+fi
 
 PY=${PYTHON:-python3}
 stamp=.venv/.requirements.sha256
@@ -48,7 +63,13 @@ echo 'import os; os.environ.get("GPUFLEET_ZIPIMPORT_CACHE") and __import__("gpuf
 mkdir -p .build/collections/ansible_collections/gpufleet
 ln -sfn "$ROOT" .build/collections/ansible_collections/gpufleet/vllm
 
-if [[ "${1:-}" != "--no-bed" && -x sim/bed.sh ]]; then
+if [[ -n "$IMAGES_PID" ]]; then
+  rc=0
+  wait "$IMAGES_PID" || rc=$?
+  cat "$IMAGES_LOG" >&2
+  if [[ $rc -ne 0 ]]; then log "the bed's engine or images failed (rc=$rc)"; exit "$rc"; fi
+fi
+if [[ "$MODE" == all && -x sim/bed.sh ]]; then
   sim/bed.sh up
 fi
 log "ready"

@@ -148,10 +148,10 @@ print_table() {
 trap 'failures; print_table' EXIT
 
 # ------------------------------------------------------------------------------------------------ phases
-# Set-up in two phases: the machine's packages and the venv, then the bed (sim/bed.sh up: on a fresh machine its images,
-# hosts and registries take minutes, mostly on one core), with ansible-lint and sanity, which need only the venv,
-# started in the background between them.
-phase "setup" "$ROOT/hack/setup.sh" --no-bed
+# Set-up in two phases: the machine's packages, the venv and, while pip makes it, the bed's engine and images; then the
+# rest of the bed (sim/bed.sh up: on a fresh machine its hosts, Ray image and registries take minutes, mostly on one
+# core), with ansible-lint and sanity, which need only the venv, started in the background between them.
+phase "setup" "$ROOT/hack/setup.sh" --bed-images
 if [[ $FIRST_RC -ne 0 ]]; then exit "$FIRST_RC"; fi
 # shellcheck source=env.sh
 source "$ROOT/hack/env.sh"
@@ -210,7 +210,7 @@ fi
 # waits for a build in progress and then has nothing to do). Not with a pytest filter (arguments).
 if [[ $FILTERED -eq 0 ]]; then phase_bg --nice 10 "ee image" "$ROOT/sim/images/ee/build.sh"; fi
 # The version matrix (hack/matrix.sh: ansible-core 2.16, 2.17, 2.18 beside the test venv's 2.19, each in its own cached
-# venv: sanity compile/import/validate-modules, the unit tests that use ansible-core, a converge on one host on each)
+# venv: sanity import/validate-modules, the unit tests that use ansible-core, a converge on one host on each)
 # in the background beside the integration phase, which leaves CPU idle while it waits on the bed; the converges run
 # on the solo host gpu-e, holding its lock (never the fleet tests' hosts). Not with a pytest filter (arguments).
 # GPUFLEET_TEST_MATRIX=0: left out; or a list of cores, e.g. GPUFLEET_TEST_MATRIX="2.16 2.18".

@@ -58,8 +58,16 @@ def xdist_scope(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if hasattr(config, "workerinput"):  # an xdist worker: the longest chain (the fleet group) is handed out first
-        items.sort(key=lambda item: xdist_scope(item.nodeid) != SIM_FLEET_GROUP)  # stable; every worker the same
+    # An xdist worker: the longest chain (the fleet group) is handed out first, and in it the files marked
+    # `after_background_builds` come last (test_ee waits for the image hack/test.sh builds in the background, at a
+    # lower priority: first in the chain, it held the chain up to two minutes). Stable; every worker the same.
+    if hasattr(config, "workerinput"):
+        items.sort(
+            key=lambda item: (
+                xdist_scope(item.nodeid) != SIM_FLEET_GROUP,
+                item.get_closest_marker("after_background_builds") is not None,
+            )
+        )
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; a run without xdist never calls it

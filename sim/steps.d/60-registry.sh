@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# bed-step: background
 # Loopback image registries (open :5000, htpasswd :5001) seeded with the stand-in images; see sim/registry/registry.py.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

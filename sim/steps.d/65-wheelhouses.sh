@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# bed-step: background
 # Bed step of the wheelhouses the simulated hosts install Python packages from, as a site's hosts install from the
 # mirror it names (the hosts reach no index; the controller's pip downloads here, once):
 #   .build/gateway-wheelhouse      vllm-router (role gateway's pin) and its dependencies: role gateway's

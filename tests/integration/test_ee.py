@@ -21,7 +21,7 @@ import pytest
 import yaml
 from fixtures.hosts import SimFleet
 
-pytestmark = [pytest.mark.integration, pytest.mark.multihost]
+pytestmark = [pytest.mark.integration, pytest.mark.multihost, pytest.mark.after_background_builds]
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / ".build" / "fleet"
