@@ -294,13 +294,17 @@ ansible_facts:
           type: dict
 """
 
-import math
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.facts import SOURCES, gather_gpus
-from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import Thresholds, unhealthy_summary
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import RANGES as HEALTH_RANGES
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import (
+    Thresholds,
+    range_problems,
+    unhealthy_summary,
+)
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.xid import XID_FILE
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.gpu_runtime import (
     DEFAULT_CDI_DIRS,
@@ -325,27 +329,17 @@ ARGUMENT_SPEC = dict(
 )
 
 
-# Values the argument spec's types let through: (low, high, low_open, what the option means).
+# Values the argument spec's types let through: (low, high, low_open, what the option means); the health thresholds'
+# ranges are _gpu/health.py's.
 RANGES = {
     "timeout": (0, None, True, "seconds NVML / nvidia-smi may take, e.g. 10"),
     "min_gpus": (0, None, False, "the fewest GPUs this host must have"),
-    "min_free_memory_mib": (0, None, False, "MiB a GPU must have free to count as healthy"),
-    "max_utilization_pct": (0, 100, False, "a percentage"),
-    "max_temperature_c": (0, 150, False, "degrees Celsius, e.g. 85"),
-    "max_xid_age_s": (0, None, True, "seconds a critical Xid counts, e.g. 86400"),
+    **HEALTH_RANGES,
 }
 
 
 def value_problems(p: dict) -> list[str]:
-    out = []
-    for name, (low, high, low_open, what) in RANGES.items():
-        v = p.get(name)
-        if v is None:
-            continue
-        ok = math.isfinite(v) and (v > low if low_open else v >= low) and (high is None or v <= high)
-        if not ok:
-            allowed = f"in [{low}, {high}]" if high is not None else f"{'>' if low_open else '>='} {low}"
-            out.append(f"{name}: {v!r} must be {allowed}; {what}")
+    out = range_problems(p, RANGES)
     for path in p.get("cdi_spec_dirs") or []:
         if not str(path).startswith("/"):
             out.append(f"cdi_spec_dirs: {path!r} is not an absolute path; give directories such as /etc/cdi")

@@ -191,13 +191,12 @@ def gather(params: Mapping[str, Any], runtime: Runtime | None = None) -> dict[st
 
 def gpu_thresholds(params: Mapping[str, Any]) -> Any:
     """gpu_facts' default health limits, with ``max_xid_age_s`` (seconds a critical Xid counts; None: since boot)."""
-    from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import Thresholds
+    from ansible_collections.gpufleet.vllm.plugins.module_utils._gpu.health import Thresholds, range_problems
 
     age = params.get("max_xid_age_s")
-    if age is not None and (isinstance(age, bool) or not isinstance(age, int) or age <= 0):
-        raise GpufleetError(
-            f"max_xid_age_s must be a positive number of seconds, e.g. 86400 (gpufleet_max_xid_age_s), not {age!r}"
-        )
+    problems = range_problems({"max_xid_age_s": age})
+    if problems:
+        raise GpufleetError(f"{problems[0]} (gpufleet_max_xid_age_s)")
     return Thresholds(max_xid_age_s=age)
 
 

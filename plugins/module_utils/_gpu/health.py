@@ -4,8 +4,38 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+# What each threshold option allows (gpu_facts' options, the deployments' gpufleet_max_xid_age_s), one home for both:
+# name -> (low, high or None, whether low itself is refused, what the value means).
+RANGES: dict[str, tuple[float, float | None, bool, str]] = {
+    "min_free_memory_mib": (0, None, False, "MiB a GPU must have free to count as healthy"),
+    "max_utilization_pct": (0, 100, False, "a percentage"),
+    "max_temperature_c": (0, 150, False, "degrees Celsius, e.g. 85"),
+    "max_xid_age_s": (0, None, True, "seconds a critical Xid counts, e.g. 86400"),
+}
+
+
+def range_problems(
+    values: Mapping[str, Any], ranges: Mapping[str, tuple[float, float | None, bool, str]] = RANGES
+) -> list[str]:
+    """One line per value of ``values`` outside its range (None: not set, no problem)."""
+    out = []
+    for name, (low, high, low_open, what) in ranges.items():
+        v = values.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            out.append(f"{name}: {v!r} must be a number; {what}")
+            continue
+        ok = math.isfinite(v) and (v > low if low_open else v >= low) and (high is None or v <= high)
+        if not ok:
+            allowed = f"in [{low}, {high}]" if high is not None else f"{'>' if low_open else '>='} {low}"
+            out.append(f"{name}: {v!r} must be {allowed}; {what}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,8 @@ def test_the_converge_and_status_read_the_agents_record_with_the_inventorys_age(
     listed = info.gather({**{k: v["default"] for k, v in info.ARGUMENT_SPEC.items() if "default" in v},
                           "gpus": True, "agent_state_dir": str(state)}, FakeRuntime())  # fmt: skip
     assert [g["healthy"] for g in listed["gpus"]] == [True, False]
-    for bad, why in ((0, "max_xid_age_s must be a positive number"), (-5, "positive"), (True, "positive")):
+    for bad, why in ((0, r"max_xid_age_s: 0 must be > 0; seconds .* \(gpufleet_max_xid_age_s\)"), (-5, "must be > 0"),
+                     (True, "True must be a number"), (float("nan"), "must be > 0")):  # fmt: skip
         with pytest.raises(GpufleetError, match=why):
             gather_host({"runtime": "docker", "manifest_dir": str(tmp_path), "max_xid_age_s": bad}, FakeRuntime())
     with pytest.raises(GpufleetError, match="agent_state_dir must be an absolute path"):
