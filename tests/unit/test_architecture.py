@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "_errors": 0,
     "_files": 1,
     "_duration": 1,
+    "_utc": 1,
     "_labels": 1,
     "_failures": 1,
     "_gpu": 2,

@@ -8,26 +8,22 @@ Events arrive masked: the loop masks log tails, hints and error texts (``failure
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import logging.handlers
 import os
 import socket
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, TextIO
+
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp
 
 EVENTS_FILE = "events.jsonl"
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 3
 
 Emit = Callable[[dict[str, Any]], None]
-
-
-def utc_iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def print_line(text: str, stream: TextIO | None = None) -> None:
@@ -94,7 +90,7 @@ class EventLog:
         return int(self._file.backupCount)
 
     def __call__(self, event: dict[str, Any]) -> None:
-        record = {"ts": utc_iso(time.time()), "host": socket.gethostname(), **event}
+        record = {"ts": stamp(), "host": socket.gethostname(), **event}
         line = json.dumps(record, sort_keys=True, default=str)  # ASCII: the size check counts characters
         self._file.handle(logging.makeLogRecord({"msg": line, "levelno": logging.INFO, "levelname": "INFO"}))
         if self.echo:

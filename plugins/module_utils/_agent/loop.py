@@ -36,7 +36,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.diagnosis imp
     http_probe,
     secret_values,
 )
-from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import Emit, utc_iso
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import Emit
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import (
     Limits,
     Policy,
@@ -53,6 +53,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import readiness as rd
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState, Runtime
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp_or_none
 
 Probe = Callable[[str, float], bool]
 LIVE = ("paused", "restarting")  # not running, yet holding (or about to hold) the GPUs: stopped like a running one
@@ -212,7 +213,7 @@ class Ctx:
         """The deadline: the lifecycle record's (the converge and extend.yml move it), else the old label."""
         if self.record.get("since") is not None:
             until = lc.deadline(self.record)
-            return None if until is None else utc_iso(until)
+            return stamp_or_none(until)
         return self.t.serve_until
 
 

@@ -13,6 +13,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container import ma
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.desired import Desired
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import CreateSpec
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp
 
 
 def serve_until(serve_for: datetime.timedelta | None, now: datetime.datetime | None = None) -> str | None:
@@ -20,7 +21,7 @@ def serve_until(serve_for: datetime.timedelta | None, now: datetime.datetime | N
     if serve_for is None:
         return None
     until = (now or datetime.datetime.now(datetime.timezone.utc)) + serve_for
-    return until.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return stamp(until.timestamp())
 
 
 def manifest_of(params: dict[str, Any], desired: Desired, gpu_facts: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -36,14 +36,11 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import 
     parse_time,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp_or_none
 
 # Imported where used, not here, so that a no-op converge (label hash equal -> changed false) never loads them:
 # gpu facts (NVML / nvidia-smi, for the GPU pre-checks), vllm_args and its flag tables (argv mapping and validation),
 # image_ref (pull). AnsiballZ still ships them: it follows imports inside functions too.
-
-
-def _iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 class Deployment:
@@ -241,7 +238,7 @@ class Deployment:
         rec = dict(lc.load(directory, self.name))
         self._lifecycle_converged(rec, cur.id, cur)
         until = lc.deadline(rec)
-        self.result["serve_until"] = _iso(until)
+        self.result["serve_until"] = stamp_or_none(until)
         failed = lc.failed_for(rec, self.want.config_hash)
         if failed is not None:
             self.result["lifecycle"] = "failed"
@@ -269,7 +266,7 @@ class Deployment:
         if directory is None or self.check_mode or not cid:
             return
         rec = lc.update(directory, self.name, lambda r: self._lifecycle_converged(r, cid, cur))
-        self.result["serve_until"] = _iso(lc.deadline(rec))
+        self.result["serve_until"] = stamp_or_none(lc.deadline(rec))
 
     # ------------------------------------------------------------------------------------------------ states
     def _absent(self, cur: ContainerState | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container import li
 from ansible_collections.gpufleet.vllm.plugins.module_utils._duration import INFINITE, duration_hours
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp_or_none
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "deployment": {"type": "str", "required": True},
@@ -24,10 +25,6 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "docker_host": {"type": "str"},
     "state_dir": {"type": "path", "default": lc.DEFAULT_STATE_DIR},
 }
-
-
-def _iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def extend_host(params: Mapping[str, Any], rt: Runtime, check_mode: bool, now: float | None = None) -> dict[str, Any]:
@@ -63,8 +60,8 @@ def extend_host(params: Mapping[str, Any], rt: Runtime, check_mode: bool, now: f
             {
                 "name": name,
                 "changed": item_changed,
-                "serve_until_before": _iso(lc.deadline(rec)),
-                "serve_until": _iso(until),
+                "serve_until_before": stamp_or_none(lc.deadline(rec)),
+                "serve_until": stamp_or_none(until),
                 "started": start,
                 "container_id": c.id,
             }

@@ -23,6 +23,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import 
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory import get_runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp_or_none
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "name": {"type": "str"},
@@ -53,7 +54,7 @@ def _lifecycle(state_dir: str | None, name: str | None, lab: dict[str, Any]) -> 
     out["record"] = rec
     if rec.get("since") is not None:
         until = out["serve_until_ts"]
-        out["serve_until"] = None if until is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+        out["serve_until"] = stamp_or_none(until)
     else:
         out["serve_until"] = lab["serve_until"]
         t = parse_time(lab["serve_until"])

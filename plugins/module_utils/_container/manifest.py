@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container.spec impo
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import name_problem
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_if_changed
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp
 
 MANIFEST_VERSION = 1
 
@@ -104,7 +104,7 @@ def build(
         "env_keys": sorted(env_keys),
         "hostname": hostname or socket.gethostname(),
         "config_hash": config_hash,
-        "created_at": created_at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_at": created_at or stamp(),
     }
 
 

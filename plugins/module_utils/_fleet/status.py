@@ -8,11 +8,11 @@ the human table.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.table import gpus_text, render_table
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp
 from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import metrics
 
 STATUS_VERSION = 1
@@ -160,7 +160,7 @@ def status_report(
     return {
         "version": STATUS_VERSION,
         "kind": "status",
-        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generated_at)),
+        "generated_at": stamp(generated_at),
         "deployments": deployments,
         "rows": rows,
         "unreachable_hosts": sorted(str(h) for h in unreachable),

@@ -7,7 +7,6 @@ results; never sees a secret value.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
@@ -16,6 +15,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import record
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.records import RemovalRecord, ReplicaRecord
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.table import gpus_text, render_table
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray.spec import node_key
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp
 
 SUMMARY_VERSION = 1
 
@@ -329,7 +329,7 @@ def converge_summary(
         "version": SUMMARY_VERSION,
         "kind": "converge",
         "failed_hosts": failed_hosts,
-        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generated_at)),
+        "generated_at": stamp(generated_at),
         "check_mode": bool(check_mode),
         "ok": ok,
         "counts": counts,

@@ -30,6 +30,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import Runtime
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.table import render_table
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp
 from ansible_collections.gpufleet.vllm.plugins.module_utils._vllm import metrics
 
 USAGE_VERSION = 1
@@ -229,7 +230,7 @@ def usage_report(
     return {
         "version": USAGE_VERSION,
         "kind": "usage",
-        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generated_at)),
+        "generated_at": stamp(generated_at),
         "interval_s": max(intervals) if intervals else None,
         "replicas": replicas,
         "deployments": [deployments[k] for k in sorted(deployments)],

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_atomic
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp
 
 # Where the agent keeps the record (its default state directory, _agent/cli.py DEFAULT_STATE_DIR) and gpu_facts
 # looks for it; a unit test keeps them equal.
@@ -108,7 +109,7 @@ def recent(
             continue
         if max_age_s is not None and now - e["at"] > max_age_s:
             continue
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e["at"]))
+        at = stamp(e["at"])
         out.append({"xid": e["xid"], "at": at, "meaning": CRITICAL[e["xid"]]})
     return out
 

@@ -14,7 +14,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils import _failures as 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.cli import build_parser
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.diagnosis import secret_values
-from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import EventLog, utc_iso
+from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.events import EventLog
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.loop import tick
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.metrics import render_metrics
 from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.policy import Policy, backoff_s
@@ -23,6 +23,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._agent.state import 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import lifecycle as lc
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import ContainerState
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
+from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp
 from fixtures.fake_runtime import FakeRuntime
 
 SECRET = "canary-apikey-0a1b2c3d"
@@ -44,7 +45,7 @@ LOGS = {
 
 
 def iso(t: float) -> str:
-    return utc_iso(t)
+    return stamp(t)
 
 
 class AgentRuntime(FakeRuntime):
