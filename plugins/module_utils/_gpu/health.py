@@ -20,11 +20,11 @@ RANGES: dict[str, tuple[float, float | None, bool, str]] = {
 
 
 def range_problems(
-    values: Mapping[str, Any], ranges: Mapping[str, tuple[float, float | None, bool, str]] = RANGES
+    values: Mapping[str, Any], ranges: Mapping[str, tuple[float, float | None, bool, str]] | None = None
 ) -> list[str]:
-    """One line per value of ``values`` outside its range (None: not set, no problem)."""
+    """One line per value of ``values`` outside its range (``ranges``, default RANGES; None: not set, no problem)."""
     out = []
-    for name, (low, high, low_open, what) in ranges.items():
+    for name, (low, high, low_open, what) in (RANGES if ranges is None else ranges).items():
         v = values.get(name)
         if v is None:
             continue
