@@ -294,7 +294,6 @@ ansible_facts:
           type: dict
 """
 
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError

@@ -19,8 +19,6 @@ Anything unexpected (no directory, a corrupt entry) falls back to compiling.
 
 from __future__ import annotations
 
-import hashlib
-import marshal
 import os
 import sys
 import types
@@ -35,12 +33,22 @@ def _renamed(code: types.CodeType, filename: str) -> types.CodeType:
     return code.replace(co_filename=filename, co_consts=consts)
 
 
+def _uncached() -> types.FunctionType:
+    """zipimport's own compile function, whether or not the cache is installed."""
+    return getattr(zipimport._compile_source, "uncached", zipimport._compile_source)  # type: ignore[attr-defined]
+
+
 def install(directory: str) -> None:
     """Make zipimport compile through the cache in directory (created if missing)."""
     os.makedirs(directory, exist_ok=True)
-    compile_source = getattr(zipimport._compile_source, "uncached", zipimport._compile_source)  # type: ignore[attr-defined]
+    compile_source = _uncached()
 
     def cached_compile(pathname: str, source: bytes) -> types.CodeType:
+        # Imported here, not at start-up: every Python of .venv loads this file, and hashlib (OpenSSL) alone took
+        # 5-8 ms of it; a process that imports nothing from a zip never needs them.
+        import hashlib
+        import marshal
+
         key = hashlib.sha256(_MAGIC + b"\0" + source).hexdigest()
         entry = os.path.join(directory, key[:2], key[2:])
         try:
@@ -65,7 +73,7 @@ def install(directory: str) -> None:
 
 def uninstall() -> None:
     """Compile without the cache again."""
-    zipimport._compile_source = getattr(zipimport._compile_source, "uncached", zipimport._compile_source)  # type: ignore[attr-defined]
+    zipimport._compile_source = _uncached()  # type: ignore[attr-defined]
 
 
 def _from_environment() -> None:
