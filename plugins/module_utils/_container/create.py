@@ -5,7 +5,6 @@ plugins/module_utils/_labels.py) and the engine-neutral CreateSpec, all from the
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as lb
@@ -13,15 +12,6 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._container import ma
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container import spec as cs
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.desired import Desired
 from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.base import CreateSpec
-from ansible_collections.gpufleet.vllm.plugins.module_utils._utc import stamp
-
-
-def serve_until(serve_for: datetime.timedelta | None, now: datetime.datetime | None = None) -> str | None:
-    """The ``gpufleet.serve-until`` label value (UTC, whole seconds) ``serve_for`` from ``now``; None = no limit."""
-    if serve_for is None:
-        return None
-    until = (now or datetime.datetime.now(datetime.timezone.utc)) + serve_for
-    return stamp(until.timestamp())
 
 
 def manifest_of(params: dict[str, Any], desired: Desired, gpu_facts: list[dict[str, Any]] | None) -> dict[str, Any]:
