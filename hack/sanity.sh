@@ -21,19 +21,40 @@ print(m.group(1) if m else "")
 PY
 )
 cache=~/.ansible/test/cache/get_pip_${pipver//./_}.py
-if [[ -n "$pipver" && ! -s "$cache" ]]; then
-  mkdir -p "$(dirname "$cache")"
-  cat > "$cache" <<'PY'
-# Offline stand-in for get-pip.py (gpufleet hack/sanity.sh): bootstrap pip with ensurepip, then let that pip install
-# the requested packages (pip==X setuptools wheel ...) from the configured index.
+# The stand-in is written again when its text changed (a machine prepared before keeps no older one), atomically: the
+# matrix's sanity runs beside this one.
+standin=$(cat <<'PY'
+# Offline stand-in for get-pip.py (gpufleet hack/sanity.sh): install the requested packages (pip==X ...) into this
+# new venv with the pip wheel that Python bundles (run from the wheel: one install, not ensurepip's pip first and
+# then the requested one), from the configured index; ensurepip when Python bundles no pip wheel.
+# ansible-test's sanity venvs are each used by one test, and it uninstalls pip again after the test's requirements:
+# the venv's own pip.conf (pip reads sys.prefix/pip.conf) turns off byte-compiling at install, so only what a test
+# imports is compiled, when it imports it (pip's and setuptools' ~1,500 files were compiled twice per venv).
+import glob
+import os
 import subprocess
 import sys
 
-subprocess.check_call([sys.executable, "-m", "ensurepip", "--upgrade", "--default-pip"])
 args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
-if args:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args])
+if sys.prefix != sys.base_prefix:
+    with open(os.path.join(sys.prefix, "pip.conf"), "w", encoding="utf-8") as f:
+        f.write("[install]\nno-compile = true\n")
+import ensurepip  # noqa: E402
+
+wheels = sorted(glob.glob(os.path.join(os.path.dirname(ensurepip.__file__), "_bundled", "pip-*.whl")))
+if wheels and args:
+    pip = [sys.executable, os.path.join(wheels[-1], "pip")]
+    subprocess.check_call([*pip, "install", "--disable-pip-version-check", "--no-compile", *args])
+else:
+    subprocess.check_call([sys.executable, "-m", "ensurepip", "--upgrade", "--default-pip"])
+    if args:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args])
 PY
+)
+if [[ -n "$pipver" && "$(cat "$cache" 2>/dev/null)" != "$standin" ]]; then
+  mkdir -p "$(dirname "$cache")"
+  printf '%s\n' "$standin" > "$cache.$$"
+  mv -f "$cache.$$" "$cache"
 fi
 
 # GPUFLEET_SANITY_COPY: where the copy goes (default .build/sanity), e.g. one per core when sanity runs beside another.
