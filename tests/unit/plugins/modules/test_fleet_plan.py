@@ -228,13 +228,20 @@ PLAYBOOK = """
       run_once: true
       register: gpufleet_plan
     - name: dump
-      ansible.builtin.copy:
-        content: "{{ gpufleet_plan | to_json }}"
-        dest: "{{ out }}"
-      delegate_to: localhost
+      ansible.builtin.debug:
+        var: gpufleet_plan
       run_once: true
-      check_mode: false
 """
+
+
+def registered(stdout: str) -> dict | None:
+    """The registered plan as the dump task printed it (JSON, the default callback's result format); None when the
+    play ended before it. debug runs on the controller only: no module run to save the result (a copy task cost two)."""
+    task = stdout.find("TASK [dump]")
+    start = stdout.find("=> {", task) if task >= 0 else -1
+    if start < 0:
+        return None
+    return json.JSONDecoder().raw_decode(stdout[start + 3 :])[0]["gpufleet_plan"]
 
 
 def run_playbook(tmp_path: Path, env: dict, deployments: list, *extra: str, existing: list | None = None):
@@ -243,7 +250,6 @@ def run_playbook(tmp_path: Path, env: dict, deployments: list, *extra: str, exis
     evars = {
         "deployments": deployments,
         "state_path": str(tmp_path / "state.json"),
-        "out": str(tmp_path / "out.json"),
     }
     if existing is not None:
         evars["existing"] = existing
@@ -257,11 +263,7 @@ def run_playbook(tmp_path: Path, env: dict, deployments: list, *extra: str, exis
         timeout=120,
         check=False,
     )
-    out = tmp_path / "out.json"
-    result = json.loads(out.read_text()) if out.exists() else None
-    if out.exists():
-        out.unlink()
-    return proc, result
+    return proc, registered(proc.stdout)
 
 
 DEPLOYMENTS = [
