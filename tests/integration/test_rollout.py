@@ -34,14 +34,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / ".build" / "fleet"
-SAMPLE_S = 0.1
+SAMPLE_S = 0.2  # a replica replaced in place is down for seconds (stop, start, health gate): seen at this rate
 SAMPLE_LIMIT_S = 400  # the sampler stops by itself at the latest after this
 GW_PORTS = {"chat": 30600, "solo": 30601}
 HUB_REPO = "org/roll-chat"
 HOST_MODELS = "/var/lib/gpufleet/models"  # gpufleet_models_root's default on the hosts
 MODEL = "tiny-chat"
-# Each request takes this long in the stand-in, so that replicas have requests in flight when they are drained.
-REQUEST_DELAY = "0.05"
+# Each request takes this long in the stand-in, so that replicas have requests in flight when they are drained: the
+# 8 clients keep 8 requests in flight all along. Longer requests, not more of them: at 0.05 s the clients sent about
+# four times as many, and their CPU (client, router, stand-in) slowed the converge they watch.
+REQUEST_DELAY = "0.25"
 
 
 def chat(
@@ -119,7 +121,7 @@ def listed(router: str) -> list[str] | None:
 
 
 class Sampler(threading.Thread):
-    """Probes every endpoint's /health and every router's worker list every 100 ms until stopped (or
+    """Probes every endpoint's /health and every router's worker list every SAMPLE_S until stopped (or
     SAMPLE_LIMIT_S): a list of {url: up} and a list of {router: [workers]}."""
 
     def __init__(self, urls: list[str], routers: list[str] = ()) -> None:  # type: ignore[assignment]
