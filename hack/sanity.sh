@@ -30,6 +30,7 @@ standin=$(cat <<'PY'
 # ansible-test's sanity venvs are each used by one test, and it uninstalls pip again after the test's requirements:
 # the venv's own pip.conf (pip reads sys.prefix/pip.conf) turns off byte-compiling at install, so only what a test
 # imports is compiled, when it imports it (pip's and setuptools' ~1,500 files were compiled twice per venv).
+import ensurepip
 import glob
 import os
 import subprocess
@@ -39,7 +40,6 @@ args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
 if sys.prefix != sys.base_prefix:
     with open(os.path.join(sys.prefix, "pip.conf"), "w", encoding="utf-8") as f:
         f.write("[install]\nno-compile = true\n")
-import ensurepip  # noqa: E402
 
 wheels = sorted(glob.glob(os.path.join(os.path.dirname(ensurepip.__file__), "_bundled", "pip-*.whl")))
 if wheels and args:

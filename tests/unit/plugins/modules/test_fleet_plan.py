@@ -234,9 +234,14 @@ PLAYBOOK = """
 """
 
 
+# The output run_playbook asks for, whatever the caller's environment says: the default callback (the tests read its
+# diff lines) with results as JSON (registered() reads the dump task's).
+OUTPUT_ENV = {"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
+
+
 def registered(stdout: str) -> dict | None:
-    """The registered plan as the dump task printed it (JSON, the default callback's result format); None when the
-    play ended before it. debug runs on the controller only: no module run to save the result (a copy task cost two)."""
+    """The registered plan as the dump task printed it (JSON: OUTPUT_ENV); None when the play ended before it. debug
+    runs on the controller only: no module run to save the result (a copy task cost two)."""
     task = stdout.find("TASK [dump]")
     start = stdout.find("=> {", task) if task >= 0 else -1
     if start < 0:
@@ -257,7 +262,7 @@ def run_playbook(tmp_path: Path, env: dict, deployments: list, *extra: str, exis
     proc = subprocess.run(
         ["ansible-playbook", "-i", "inv.yml", "pb.yml", "-e", "@vars.json", *extra],
         cwd=tmp_path,
-        env=env,
+        env={**env, **OUTPUT_ENV},
         capture_output=True,
         text=True,
         timeout=120,
