@@ -6,12 +6,11 @@ import ctypes.util
 import json
 import shlex
 import subprocess
-import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
-from fixtures.container import run_module
+from fixtures.container import run_adhoc, run_module
 from fixtures.nvml import EXAMPLES, make_gpu
 
 pytestmark = pytest.mark.integration
@@ -28,25 +27,10 @@ def adhoc(
         result, proc = run_module(module, params, env, check=check_mode)
         result["_rc"] = proc.returncode
         return result
-    with tempfile.TemporaryDirectory(prefix="gpufleet-gpu-") as tree:
-        cmd = ["ansible", "localhost", "-m", f"gpufleet.vllm.{module}"]
-        if args:
-            cmd += ["-a", args]
-        if check_mode:
-            cmd.append("--check")
-        run_env = {
-            **env,
-            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "true",
-            "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.tree",
-            "ANSIBLE_CALLBACK_TREE_DIR": tree,
-            "ANSIBLE_LOCALHOST_WARNING": "false",
-        }
-        proc = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=120, check=False)
-        path = Path(tree) / "localhost"
-        assert path.exists(), f"no result (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        result = json.loads(path.read_text())
-        result["_rc"] = proc.returncode  # the tree callback drops "failed"; ansible's exit status tells
-        return result
+    result, _, proc = run_adhoc(module, args, env, check=check_mode, timeout=120)
+    assert result is not None, f"no result (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    result["_rc"] = proc.returncode  # the tree callback drops "failed"; ansible's exit status tells
+    return result
 
 
 @pytest.fixture
