@@ -57,11 +57,16 @@ if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
 fi
 
 # The bed's compile cache for zip imports (sim/hosts/zipcache.py: what AnsiballZ modules import on the simulated
-# hosts), on when GPUFLEET_ZIPIMPORT_CACHE is set (hack/env.sh, the hosts' sshd): a link to it and a .pth that imports
-# it, in the venv's site-packages.
+# hosts), on when GPUFLEET_ZIPIMPORT_CACHE is set (hack/env.sh, the hosts' sshd), and its cache of the imports
+# ansible-playbook finds when it builds those zips (sim/controller/depcache.py), on when GPUFLEET_ANSIBALLZ_CACHE is
+# set (hack/env.sh): a link to each and a .pth that imports them, in the venv's site-packages.
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 ln -sfn "$ROOT/sim/hosts/zipcache.py" "$site/gpufleet_zipcache.py"
-echo 'import os; os.environ.get("GPUFLEET_ZIPIMPORT_CACHE") and __import__("gpufleet_zipcache")' >"$site/gpufleet_zipcache.pth"
+ln -sfn "$ROOT/sim/controller/depcache.py" "$site/gpufleet_depcache.py"
+cat >"$site/gpufleet_zipcache.pth" <<'PTH'
+import os; os.environ.get("GPUFLEET_ZIPIMPORT_CACHE") and __import__("gpufleet_zipcache")
+import os; os.environ.get("GPUFLEET_ANSIBALLZ_CACHE") and __import__("gpufleet_depcache")
+PTH
 
 # The collection on an Ansible collection path (the repo root is the collection root).
 mkdir -p .build/collections/ansible_collections/gpufleet
