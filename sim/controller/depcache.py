@@ -105,7 +105,6 @@ def patch(mc: Any, directory: str) -> bool:
             pass
 
     deferred_compile.gpufleet_depcache = True  # type: ignore[attr-defined]
-    deferred_compile.uncached = compile_ast  # type: ignore[attr-defined]
     mc._compile_module_ast = deferred_compile
     mc._get_module_metadata = metadata
     finder_class.__init__ = cached_init
