@@ -5,7 +5,6 @@ Containers are started once per module and shared; short-lived failure runs are 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import uuid
@@ -16,6 +15,7 @@ import docker
 import pytest
 import requests
 from docker.types import DeviceRequest
+from fixtures.container import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -379,15 +379,9 @@ def test_0_8_5_entrypoint_and_metric_names(runs, standin_images):
 # --- podman (CDI)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.podman
 def test_podman_cdi_gpu(podman_images, standin_model_dir):
-    port = _free_port()
+    port = free_port()
     name = f"standin-podman-{uuid.uuid4().hex[:8]}"
     run = subprocess.run(
         ["podman", "run", "-d", "--name", name, "--device", "nvidia.com/gpu=1", "--network", "host",
@@ -448,13 +442,11 @@ def fake_hub_url(tmp_path_factory) -> Iterator[str]:
 
 
 def test_hub_model_download_gated_and_missing(runs, standin_images, fake_hub_url):
-    port = _free_port()
+    port = free_port()
     env = {"HF_ENDPOINT": fake_hub_url, "HF_HOME": "/tmp/hf"}
     ok = runs.run(standin_images["0.10.2"], ["org/tiny", "--port", str(port)], env=env, network_mode="host")
-    gated = runs.run(standin_images["0.10.2"], ["org/gated", "--port", str(_free_port())], env=env, network_mode="host")
-    missing = runs.run(
-        standin_images["latest"], ["org/nope", "--port", str(_free_port())], env=env, network_mode="host"
-    )
+    gated = runs.run(standin_images["0.10.2"], ["org/gated", "--port", str(free_port())], env=env, network_mode="host")
+    missing = runs.run(standin_images["latest"], ["org/nope", "--port", str(free_port())], env=env, network_mode="host")
     wait_ready(f"http://127.0.0.1:{port}", ok)
     models = requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()["data"]
     assert [m["id"] for m in models] == ["org/tiny"]

@@ -99,7 +99,7 @@ def test_real_haproxy_refuses_the_worker_api_to_clients_and_passes_it_to_the_fle
     """HAProxy on 127.0.0.2 in front of a fake router, a client from 127.0.0.3 (not the fleet's): the OpenAI API,
     /health and the GET listings pass; /add_worker, /remove_worker, other methods and unknown paths get 403 - also
     written in other forms of the same path; a source the fleet lists (127.0.0.1) reaches /add_worker."""
-    port = free_port(40000, 44999)
+    port = free_port(21000, 22999, offsets=(0, 1000, 2000))
     echo_server(port + 2000)  # the router, on its internal port
     real_haproxy(haproxy_config([Router("chat", port, port + 1000)], "127.0.0.2", [], {}))
     base = f"http://127.0.0.2:{port}"

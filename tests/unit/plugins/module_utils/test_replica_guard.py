@@ -87,7 +87,7 @@ def test_real_haproxy_on_the_same_port_refuses_the_dev_endpoints(
     """A fake sleep-mode server on 127.0.0.1:P, HAProxy on 127.0.0.2:P (the same port on another address, as on a GPU
     host): both bind; the OpenAI API, /health and /metrics pass; /sleep, /wake_up, /collective_rpc, /is_sleeping
     and the same paths written another way get 403."""
-    port = free_port(40000, 44999)
+    port = free_port(23000, 23999)
     echo_server(port)
     real_haproxy(replica_guard_config([spec("chat-0", port)], bind="127.0.0.2"))
     base = f"http://127.0.0.2:{port}"
