@@ -59,15 +59,26 @@ options:
       - V(ray_stopped) stops the Ray parts of O(removals) (the C(ray_nodes) of C(gpufleet.vllm.vllm_deployment_info),
         each with C(deployment), C(replica) and C(ray_role)) and keeps them - a head's server first when it still
         runs. C(playbooks/stop.yml) with C(state=stopped) uses it; the next converge's V(ray_nodes) starts them again.
+      - V(ray_drain), V(ray_swap), V(ray_settle) and V(ray_restore) are a multi-host replica's rolling update in its
+        rollout wave (C(docs/ray.md), "Rolling updates"; the role's C(wave.yml) runs each on every host of the wave
+        at once). V(ray_drain), on the head's host, takes the server of each head whose cluster will be replaced out
+        of its routers (drained) and stops it, kept. V(ray_swap) replaces the nodes of O(ray_nodes) whose declaration changed and keeps each old one stopped as
+        C(<node>-previous).
+        V(ray_settle) removes the old nodes when the replica passed its gate, or brings them back in place of the
+        new ones when it failed (the nodes' C(failed)). V(ray_restore), on the head's host of a failed replica (its
+        node's C(failed_record)), waits for the old cluster and starts the old server again (RV(records)).
     type: str
-    choices: [applied, gathered, ray_nodes, ray_ready, ray_stopped]
+    choices: [applied, gathered, ray_nodes, ray_ready, ray_stopped, ray_drain, ray_swap, ray_settle, ray_restore]
     default: applied
   ray_nodes:
     description:
       - The host's Ray nodes from the plan (C(plan.ray[<host>]) of C(gpufleet.vllm.fleet_plan)), each with C(name),
         C(deployment), C(replica), C(role) (C(head) or C(worker)), C(host), C(port) (the replica's Ray port block),
         C(gpus), C(node_ip), C(head_ip), C(nodes), C(cluster_gpus), C(server), C(image), C(vllm_version),
-        C(image_build), C(env), C(model_sync) and C(model_path). Used by O(state=ray_nodes) and O(state=ray_ready).
+        C(image_build), C(env), C(model_sync) and C(model_path); a node of a replica that rolls also with C(wave)
+        (O(state=ray_nodes) then leaves its old cluster serving until that wave). Used by O(state=ray_nodes),
+        O(state=ray_ready) and the wave's O(state=ray_swap), O(state=ray_settle) (each node with C(failed)) and
+        O(state=ray_restore) (a head with C(failed_record)); the filter C(gpufleet.vllm.wave_ray_nodes) picks them.
     type: list
     elements: dict
     default: []
@@ -267,7 +278,9 @@ records:
       its stop and removal); replicas also C(deployment), C(failed_step) (C(model_sync), C(vllm_image) or
       C(vllm_container)), C(rolled_back), C(phase), C(endpoint) and C(model_source) (for a model with C(sources):
       the one that served, null when none could)."
-  returned: O(state=applied)
+    - O(state=ray_restore) - the failed record of each multi-host replica whose old cluster it brought back, its
+      C(hint) completed (whether the old server serves again).
+  returned: O(state=applied), O(state=ray_restore)
   type: list
   elements: dict
   sample:
@@ -315,11 +328,21 @@ ray_nodes:
     - O(state=ray_nodes) - one entry per node and Ray removal (C(name), C(role), C(action), C(changed), C(failed),
       C(hint)); O(state=ray_ready) - one per head (C(name), C(ready), C(status)); O(state=ray_stopped) - one per node
       (C(name), C(role), C(action) C(stop), C(stopped) or C(absent), C(changed)).
-  returned: O(state=gathered), O(state=ray_nodes), O(state=ray_ready), O(state=ray_stopped)
+    - O(state=ray_nodes) says C(action=defer) for a node of a replica that rolls (replaced in its wave);
+      O(state=ray_drain) - one per head (C(action) C(drain) or C(keep)); O(state=ray_swap) - one entry per node of
+      the wave (C(action) C(replace) or C(keep)); O(state=ray_settle) - one
+      per old node brought back (C(action=restore)).
+  returned: O(state=gathered), O(state=ray_nodes), O(state=ray_ready), O(state=ray_stopped), O(state=ray_drain),
+    O(state=ray_swap), O(state=ray_settle)
   type: list
   elements: dict
   sample: [{deployment: big, replica: 0, role: head, port: 6379, gpus: ["0", "1"], host: gpu-a,
             container_name: gpufleet-big-0-ray-head, state: running}]
+removed:
+  description: O(state=ray_settle) - the old Ray nodes (C(<node>-previous)) removed because their replica passed.
+  returned: O(state=ray_settle)
+  type: list
+  elements: str
 fleet_state_changed:
   description: Whether the host's copy of O(fleet_state) was written (would be, in check mode).
   returned: O(state=applied) and O(fleet_state) given
@@ -330,10 +353,25 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.vllm.plugins.module_utils._container.validate import secret_values
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray as fleet_ray
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray_wave
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host, gather_host
 
 ARGUMENT_SPEC = dict(
-    state=dict(type="str", choices=["applied", "gathered", "ray_nodes", "ray_ready", "ray_stopped"], default="applied"),
+    state=dict(
+        type="str",
+        choices=[
+            "applied",
+            "gathered",
+            "ray_nodes",
+            "ray_ready",
+            "ray_stopped",
+            "ray_drain",
+            "ray_swap",
+            "ray_settle",
+            "ray_restore",
+        ],
+        default="applied",
+    ),
     ray_nodes=dict(type="list", elements="dict", default=[]),
     replicas=dict(type="list", elements="dict", default=[]),
     only=dict(type="list", elements="str"),
@@ -373,7 +411,15 @@ def main() -> None:
             module.exit_json(changed=False, **gather_host(module.params))
         except GpufleetError as err:
             module.fail_json(msg=str(err), **err.details)
-    steps = {"applied": apply_host, "ray_nodes": fleet_ray.apply_nodes, "ray_stopped": fleet_ray.stop_nodes}
+    steps = {
+        "applied": apply_host,
+        "ray_nodes": fleet_ray.apply_nodes,
+        "ray_stopped": fleet_ray.stop_nodes,
+        "ray_drain": ray_wave.drain,
+        "ray_swap": ray_wave.swap,
+        "ray_settle": ray_wave.settle,
+        "ray_restore": ray_wave.restore,
+    }
     try:
         if module.params["state"] == "ray_ready":
             result, errors = fleet_ray.wait_ready(module.params, module.check_mode)

@@ -11,7 +11,9 @@ several ways:
 
 Then the converge itself (playbooks/converge.yml, role deployments, fleet_apply state=ray_nodes/ray_ready): one
 TP=2 replica that no single host fits (reservations leave one GPU on gpu-a and one on gpu-b) is placed over both,
-served through its cluster, left alone by a second converge, stopped with its Ray nodes by stop.yml state=stopped
+served through its cluster, left alone by a second converge, rolled (its nodes and server replaced in its wave: an
+update that fails its gate brings the old cluster and server back, the same containers, serving; one that passes
+leaves new containers on both hosts and nothing aside), stopped with its Ray nodes by stop.yml state=stopped
 (check mode first: nothing changes), shown stopped as one replica with both hosts by status.yml, started again (the
 same containers) and serving after the next converge, and removed with every Ray node by state: absent.
 """
@@ -201,8 +203,9 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     subprocess.run([str(ROOT / "sim" / "steps.d" / "70-fleet.sh"), "up"], check=True, capture_output=True)
     fleet = SimFleet(sim_hosts, tmp_path, {"gpu-a": "docker", "gpu-b": "docker"})
 
-    def inventory(state: str) -> None:
-        fleet.write_inventory([wide(ray_image, state)], gpufleet_wait_timeout=300)
+    def inventory(state: str, env: dict | None = None) -> None:
+        declared = {**wide(ray_image, state), **({"env": {**RAY_ENV, **env}} if env else {})}
+        fleet.write_inventory([declared], gpufleet_wait_timeout=300)
         (fleet.inventory / "host_vars").mkdir()
         for host, reserved in (("gpu-a", [1]), ("gpu-b", [1, 2, 3])):  # one free GPU on each: no host fits TP=2
             (fleet.inventory / "host_vars" / f"{host}.yml").write_text(f"gpufleet_gpu_reservations: {reserved}\n")
@@ -251,11 +254,47 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
     assert row["status"] == "ok" and [n[4:] for n in nodes(row)] == [("unchanged", "ok")] * 2, row
 
-    # stop.yml state=stopped by the replica's name: its server, then its Ray nodes (the head on gpu-a, the worker on
-    # gpu-b: each host its own), stopped and kept; --check --diff first reports it and changes nothing.
     def states() -> dict[str, str]:
         return {n: engines["gpu-b" if n.endswith("worker") else "gpu-a"].containers.get(n).status for n in WIDE}
 
+    def serves(endpoint: str) -> bool:  # a real completion through the replica's cluster
+        with urllib.request.urlopen(f"{endpoint}/v1/models", timeout=10) as resp:
+            model = json.load(resp)["data"][0]["id"]
+        body = json.dumps({"model": model, "prompt": "hi", "max_tokens": 1}).encode()
+        req = urllib.request.Request(f"{endpoint}/v1/completions", body, {"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status == 200 and bool(json.load(resp)["choices"])
+
+    def aside() -> list[str]:
+        return [c.name for e in engines.values() for c in e.containers.list(all=True) if c.name.endswith("-previous")]
+
+    # A rolling update whose new server fails its gate (the stand-in answers completions 500: the smoke request
+    # fails). The Ray play leaves the old cluster serving (deferred to the replica's wave); the wave drains and
+    # stops the server, sets both old nodes aside and starts new ones, the new server fails, and the old cluster
+    # and its server come back: the same containers, serving again, nothing left aside.
+    inventory("present", {"STANDIN_FAIL": "completions"})
+    proc = fleet.play("converge.yml", timeout=600)
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
+    assert row["status"] == "failed" and row["failure_class"] == "smoke_failed", row
+    assert row["hint"].endswith("rolled back to the previous Ray cluster (serving again)"), row
+    assert [n[4] for n in nodes(row)] == ["rolled back", "rolled back"], row
+    assert ours() == before and aside() == [] and set(states().values()) == {"running"}
+    assert serves(row["endpoint"])
+
+    # The same update without the fault: a new cluster (new containers on both hosts) under the new server.
+    inventory("present", {"GPUFLEET_TEST_REVISION": "2"})
+    proc = fleet.play("converge.yml", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
+    assert row["status"] == "changed" and [n[4:] for n in nodes(row)] == [("replaced", "changed")] * 2, row
+    after = ours()
+    assert set(after) == set(WIDE) and not set(after.values()) & set(before.values()) and aside() == []
+    assert serves(row["endpoint"]) and set(states().values()) == {"running"}
+    before = after
+
+    # stop.yml state=stopped by the replica's name: its server, then its Ray nodes (the head on gpu-a, the worker on
+    # gpu-b: each host its own), stopped and kept; --check --diff first reports it and changes nothing.
     stop = ("stop.yml", "-e", "names=wide-0", "-e", "state=stopped")
     proc = fleet.play(*stop, "--check", "--diff")
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -138,6 +138,8 @@ def ray_nodes(rt: Runtime, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         if node is None:
             continue
         key = f"{node['deployment']}-{node['replica']}"
+        if st.name != lb.container_name(f"{key}-ray-{node['role']}"):
+            continue  # a node set aside by a rollout wave (<node>-previous, _fleet/ray_wave.py): not a placement
         if (params.get("name") and key != params["name"]) or not lb.selected(key, params.get("names") or []):
             continue
         state = "running" if st.running else "stopped"

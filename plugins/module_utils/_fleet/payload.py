@@ -180,6 +180,7 @@ def fleet_plan(
         )
     ray_nodes = ray.plan_nodes(result["assignments"], per_host, hosts, deps)  # multi-host replicas (docs/ray.md)
     waves = rollout.compute(hosts, deps, per_host, existing)
+    ray.mark_waves(ray_nodes, per_host)  # a rolling multi-host replica swaps its cluster in its wave
     result["errors"] = sorted([*result["errors"], *waves.pop("errors")], key=lambda e: e["deployment"])
     for rem in result["removals"]:
         remove.setdefault(rem["host"], []).append(dict(rem))

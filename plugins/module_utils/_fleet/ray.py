@@ -116,6 +116,23 @@ def plan_nodes(
     return out
 
 
+def mark_waves(nodes: Mapping[str, list[dict[str, Any]]], per_host: Mapping[str, list[dict[str, Any]]]) -> None:
+    """Every Ray node of a replica that rolls (its head's server spec has ``rollout``, ``rollout.compute``) gets the
+    ``wave`` that replaces it: the Ray play leaves its old cluster serving until then (``apply_nodes``), and the
+    wave swaps every node of the replica on every host (``_fleet/ray_wave.py``)."""
+    waves = {
+        str(spec["name"]): int(spec["rollout"]["wave"])
+        for specs in per_host.values()
+        for spec in specs
+        if spec.get("ray") and (spec.get("rollout") or {}).get("wave")
+    }
+    for host_nodes in nodes.values():
+        for n in host_nodes:
+            wave = waves.get(f"{n['deployment']}-{n['replica']}")
+            if wave is not None:
+                n["wave"] = wave
+
+
 def existing_parts(
     host: str, entries: list[dict[str, Any]], nodes: Iterable[Mapping[str, Any]] | None
 ) -> list[dict[str, Any]]:
@@ -149,6 +166,7 @@ def _remove_parts(host: HostApply, results: list[dict[str, Any]]) -> None:
         name = labels.container_name(ray_spec.node_key(str(item["deployment"]), int(item["replica"]), role))
         try:
             res = ray_node.remove(host.rt, name, host.check_mode)
+            ray_node.remove(host.rt, ray_node.previous_name(name), host.check_mode)  # a wave's leftover, if any
         except GpufleetError as err:
             host.errors.append(f"removal of {name}: {err}")
             results.append({"name": name, "role": role, "action": "remove", "changed": False, "failed": True})
@@ -157,8 +175,9 @@ def _remove_parts(host: HostApply, results: list[dict[str, Any]]) -> None:
         results.append({"name": name, "role": role, "action": res["action"], "changed": res["changed"]})
 
 
-def _ensure(host: HostApply, n: Mapping[str, Any], image: str) -> dict[str, Any]:
-    node = ray_spec.node_spec(
+def node_spec_of(n: Mapping[str, Any], image: str) -> ray_spec.NodeSpec:
+    """The container of one plan node (``plan.ray[<host>]``) with its image reference."""
+    return ray_spec.node_spec(
         deployment=str(n["deployment"]),
         replica=int(n["replica"]),
         role=n["role"],
@@ -171,8 +190,39 @@ def _ensure(host: HostApply, n: Mapping[str, Any], image: str) -> dict[str, Any]
         env=dict(n.get("env") or {}),
         model_dirs=[str(n["model_path"])] if n.get("model_path") else [],
     )
+
+
+def _leftover(host: HostApply, name: str, actions: list[str]) -> None:
+    """A node set aside by a rollout wave that did not finish (``_fleet/ray_wave.py``): dropped when its replacement
+    is there, else renamed back (as vllm_container treats its ``-previous``)."""
+    old = host.rt.container(ray_node.previous_name(name))
+    if old is None:
+        return
+    if host.rt.container(name) is not None:
+        actions.append(f"remove leftover {ray_node.previous_name(name)}")
+        if not host.check_mode:
+            host.rt.remove(old.id)
+    else:
+        actions.append(f"rename leftover {ray_node.previous_name(name)} back to {name}")
+        if not host.check_mode:
+            host.rt.rename(old.id, name)
+
+
+def _ensure(host: HostApply, n: Mapping[str, Any], image: str) -> dict[str, Any]:
+    node = node_spec_of(n, image)
+    actions: list[str] = []
+    _leftover(host, node.name, actions)
     cur = host.rt.container(node.name)
-    actions = []
+    if cur is not None and cur.labels.get(labels.CONFIG_HASH) != ray_node.config_hash(node) and n.get("wave"):
+        # A replica that rolls (the plan's rollout waves): its old cluster serves until its wave replaces it and
+        # is kept there for the rollback (_fleet/ray_wave.py).
+        return {
+            "changed": False,
+            "action": "defer",
+            "name": node.name,
+            "id": cur.id,
+            "actions": [*actions, f"replace {node.name} in rollout wave {n['wave']}"],
+        }
     if n["role"] == "head" and n.get("server") and cur is not None:
         if cur.labels.get(labels.CONFIG_HASH) != ray_node.config_hash(node):
             # A new cluster: the server of the old one goes first (it shares the old head's PID namespace), drained
@@ -246,33 +296,42 @@ def wait_ready(
     try:
         for n in heads:
             name = labels.container_name(str(n["name"]))
-            argv = ray_spec.status_argv(str(n["head_ip"]), int(n["port"]))
-            deadline = clock() + float(params.get("wait_timeout") or 600)
-            why = "the Ray head is not running"
-            while True:
-                cur = rt.container(name)
-                if cur is not None and cur.running:
-                    rc, text = rt.exec(cur.id, argv)
-                    ok, why = (
-                        ray_spec.cluster_ready(text, int(n["nodes"]), int(n["cluster_gpus"]))
-                        if rc == 0
-                        else (
-                            False,
-                            (text.strip().splitlines() or ["ray status failed"])[-1],
-                        )
-                    )
-                    if ok:
-                        results.append({"name": name, "role": "head", "ready": True, "status": why})
-                        break
-                if clock() >= deadline:
-                    results.append({"name": name, "role": "head", "ready": False, "status": why})
-                    errors.append(f"{name}: the Ray cluster is not complete: {why} (ray_cluster_incomplete)")
-                    break
-                sleep(POLL_S)
+            ok, why = cluster_ready(rt, n, float(params.get("wait_timeout") or 600), clock, sleep)
+            results.append({"name": name, "role": "head", "ready": ok, "status": why})
+            if not ok:
+                errors.append(f"{name}: the Ray cluster is not complete: {why} (ray_cluster_incomplete)")
     finally:
         if runtime is None:
             rt.close()
     return {"changed": False, "ray_nodes": results}, errors
+
+
+def cluster_ready(
+    rt: Runtime,
+    n: Mapping[str, Any],
+    timeout: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[bool, str]:
+    """Until ``ray status`` in the head ``n`` (a plan node) shows every node and GPU of its replica, at most
+    ``timeout`` s: ``(ready, Ray's words or why not)``."""
+    name = labels.container_name(str(n["name"]))
+    argv = ray_spec.status_argv(str(n["head_ip"]), int(n["port"]))
+    deadline = clock() + timeout
+    why = "the Ray head is not running"
+    while True:
+        cur = rt.container(name)
+        if cur is not None and cur.running:
+            rc, text = rt.exec(cur.id, argv)
+            if rc == 0:
+                ok, why = ray_spec.cluster_ready(text, int(n["nodes"]), int(n["cluster_gpus"]))
+            else:
+                ok, why = False, (text.strip().splitlines() or ["ray status failed"])[-1]
+            if ok:
+                return True, why
+        if clock() >= deadline:
+            return False, why
+        sleep(POLL_S)
 
 
 def stop_nodes(

@@ -157,8 +157,9 @@ def compute(
         pinned = dep.get("gpus") is not None
         for s in items:  # can it ever surge: enough free GPUs on its host when no other surge runs there
             pool = pools.get(s["host"])
-            # A multi-host replica (its spec's ray, _fleet/ray.py) is replaced in place: the Ray play has replaced its
-            # whole cluster before the waves, and a surge on its head's host alone could not serve.
+            # A multi-host replica (its spec's ray, _fleet/ray.py) is replaced in place in its wave, cluster and server
+            # (_fleet/ray_wave.py): a surge on its head's host alone could not serve, and a second cluster on every
+            # host is more GPUs than a multi-host replica's fleet usually has free.
             fits = surge > 0 and not pinned and pool is not None and not s.get("ray")
             surgeable[s["name"]] = fits and pool.fitting(reqs[name], len(s["gpus"]) or 1, set()) is not None
         all_fit = all(surgeable[s["name"]] for s in items)
@@ -173,6 +174,8 @@ def compute(
             why = (
                 "its GPUs are pinned (gpus)"
                 if pinned
+                else "a multi-host replica (distributed: ray) is replaced in place, never by a surge"
+                if any(s.get("ray") for s in items)
                 else "no free GPUs for a surge on "
                 + ", ".join(sorted({s["host"] for s in items if not surgeable[s["name"]]}, key=natural_key))
             )

@@ -41,6 +41,10 @@ RAY_ACTIONS = {
     "absent": "absent",
     "stop": "stopped",
     "stopped": "stopped",
+    "defer": "deferred",  # a replica that rolls: its old cluster serves until its wave (ray_wave.py)
+    "drain": "drained",  # its server left the routers and stopped; the swap replaces the node next
+    "set_aside": "replaced",
+    "restore": "rolled back",  # its wave failed: the old node is back (ray_wave.settle)
 }
 
 

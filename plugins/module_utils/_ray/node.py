@@ -104,3 +104,53 @@ def remove(rt: Runtime, name: str, check_mode: bool = False) -> dict[str, Any]:
     if not check_mode:
         rt.remove(cur.id)
     return {"changed": True, "action": "remove", "name": name, "id": cur.id}
+
+
+def previous_name(name: str) -> str:
+    """Where a node waits while the rollout wave tries its replacement (``<container>-previous``): kept for the
+    rollback to the old cluster (docs/ray.md, "Rolling updates")."""
+    return f"{name}{labels.PREVIOUS_SUFFIX}"
+
+
+def set_aside(rt: Runtime, name: str, timeout: int = STOP_TIMEOUT_S, check_mode: bool = False) -> dict[str, Any]:
+    """Container ``name`` stopped and renamed ``previous_name(name)`` (a leftover there from an interrupted wave is
+    removed first), so that its replacement takes its name, GPUs and ports. Returns ``{changed, action:
+    set_aside|absent, name, id}``."""
+    cur = rt.container(name)
+    if cur is None:
+        return {"changed": False, "action": "absent", "name": name, "id": None}
+    if not check_mode:
+        old = rt.container(previous_name(name))
+        if old is not None:
+            rt.remove(old.id)
+        if cur.running or cur.status == "restarting":
+            rt.stop(cur.id, timeout)
+        rt.rename(cur.id, previous_name(name))
+    return {"changed": True, "action": "set_aside", "name": name, "id": cur.id}
+
+
+def restore(rt: Runtime, name: str, check_mode: bool = False) -> dict[str, Any]:
+    """The node set aside brought back (the rollback to the old cluster): its replacement ``name`` removed, the
+    previous container renamed ``name`` and started. Returns ``{changed, action: restore|none, name, id}``; none
+    when nothing was set aside."""
+    old = rt.container(previous_name(name))
+    if old is None:
+        return {"changed": False, "action": "none", "name": name, "id": None}
+    if not check_mode:
+        new = rt.container(name)
+        if new is not None:
+            rt.remove(new.id)
+        rt.rename(old.id, name)
+        rt.start(old.id)
+    return {"changed": True, "action": "restore", "name": name, "id": old.id}
+
+
+def drop_previous(rt: Runtime, name: str, check_mode: bool = False) -> dict[str, Any]:
+    """The node set aside removed (its replacement passed the wave). Returns ``{changed, action: remove|none,
+    name, id}``."""
+    old = rt.container(previous_name(name))
+    if old is None:
+        return {"changed": False, "action": "none", "name": name, "id": None}
+    if not check_mode:
+        rt.remove(old.id)
+    return {"changed": True, "action": "remove", "name": previous_name(name), "id": old.id}

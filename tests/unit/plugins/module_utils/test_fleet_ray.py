@@ -290,7 +290,9 @@ def test_a_changed_multi_host_replica_rolls_in_place_never_with_a_surge():
     assert [a["action"] for a in changed["assignments"]] == ["keep"]
     (wave,) = changed["rollout"]["waves"]
     assert [(r["name"], r["mode"]) for r in wave["replicas"]] == [("big-0", "in_place")]
-    assert changed["ray"]["gpu-b"][0]["env"] == {"NCCL_DEBUG": "INFO"}  # the Ray play replaces the cluster first
+    # Its nodes are replaced in that wave (the Ray play leaves the old cluster serving until then: ray_wave.py).
+    assert changed["ray"]["gpu-b"][0]["env"] == {"NCCL_DEBUG": "INFO"}
+    assert [n["wave"] for h in ("gpu-a", "gpu-b") for n in changed["ray"][h]] == [1, 1]
 
 
 def registered(step: tuple[dict[str, Any], list[str]]) -> dict[str, Any]:
