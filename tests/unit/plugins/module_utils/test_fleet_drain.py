@@ -1,7 +1,8 @@
 """Drain during a rollout (_fleet/drain.py) and its use by fleet_apply: a replica leaves its deployment's routers
 before its container stops and joins them again after the gate; a surge joins before the replica leaves; check mode
 and unchanged replicas touch no router; a router that refuses a surge fails the surge (the replica is untouched); the
-Ray step drains a multi-host replica's server it replaces or removes (its new server joins after its gate)."""
+Ray step drains a multi-host replica's server it replaces or removes (its new server joins after its gate), and so
+does a rolling one's wave (its old server joins again after a rollback)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _labels as labels
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import apply as fleet_apply
-from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray
+from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet import ray, ray_wave
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.apply import apply_host
 from ansible_collections.gpufleet.vllm.plugins.module_utils._fleet.drain import (
     Gateways,
@@ -404,3 +405,48 @@ def test_the_ray_step_drains_a_head_server_it_replaces_or_removes_and_the_rollou
     assert (
         fake_runtime.container("gpufleet-chat-0") is None and fake_runtime.container(f"gpufleet-{head['name']}") is None
     )
+
+
+def test_a_rolling_ray_replica_leaves_the_router_in_its_wave_and_its_old_server_joins_again_after_a_rollback(
+    tmp: Path, fake_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multi-host replica that rolls (docs/ray.md, Rolling updates): the Ray play leaves it in the router; in its
+    wave the server leaves the router and its requests finish before it stops (fleet_apply state=ray_drain), the
+    nodes are swapped; after a failed wave its old cluster comes back and the old server joins the router again once
+    it serves (state=ray_settle, ray_restore)."""
+    me = "http://10.0.0.7:8000"
+    router = routed(monkeypatch, fake_runtime.calls, [me])
+    monkeypatch.setattr(ray.ray_spec, "HOST_DIR", str(tmp / "ray"))
+    monkeypatch.setattr(ray.HostApply, "sync_model", lambda self, spec: {"changed": False})
+    monkeypatch.setattr(ray.HostApply, "ensure_image", lambda self, *a: {"image": "img:1", "image_id": "sha256:1"})
+    (head,) = fleet_plan(hosts(), [{**big(), "name": "chat", "model": str(tmp / "models" / "chat")}])["ray"]["gpu-a"]
+    server = replica(tmp, "chat", 0, 8000, labels={labels.RAY_HOSTS: "gpu-a,gpu-b"})
+    ray.apply_nodes(gw_params(tmp, [], ray_nodes=[head]), runtime=fake_runtime)
+    apply_host(gw_params(tmp, [server]), runtime=fake_runtime)
+    old = fake_runtime.container("gpufleet-chat-0").id
+    rolling = {**head, "env": {"NCCL_DEBUG": "INFO"}, "wave": 1}
+
+    fake_runtime.calls.clear()
+    ray.apply_nodes(gw_params(tmp, [], ray_nodes=[rolling]), runtime=fake_runtime)  # the Ray play: deferred
+    assert router.list_workers() == [me] and fake_runtime.container("gpufleet-chat-0").running
+    assert not [c for c in fake_runtime.calls if c.startswith("router")]
+
+    out, errors = ray_wave.drain(gw_params(tmp, [], ray_nodes=[rolling]), runtime=fake_runtime)
+    c = fake_runtime.calls
+    assert errors == [] and c.index(f"router remove {me}") < c.index("stop") and router.list_workers() == []
+    assert out["ray_nodes"][0]["actions"][:2] == [f"gateway: {me} left {ROUTER}", f"gateway: {me} drained in 0.0 s"]
+    assert not fake_runtime.container("gpufleet-chat-0").running  # stopped, kept for the rollback
+    assert ray_wave.swap(gw_params(tmp, [], ray_nodes=[rolling]), runtime=fake_runtime)[1] == []
+
+    # The new server failed its gate (vllm_container put the stopped old one back under its name).
+    failed = {"kind": "replica", "name": "chat-0", "deployment": "chat", "failed": True, "hint": "smoke_failed"}
+    (settle,) = ray_wave.wave_nodes([rolling], {"index": 1}, "settle", [{"records": [failed]}])
+    ray_wave.settle(gw_params(tmp, [], ray_nodes=[settle]), runtime=fake_runtime)
+    monkeypatch.setattr(ray_wave, "cluster_ready", lambda rt, n, timeout, clock, sleep: (True, "2 Ray nodes"))
+    fake_runtime.calls.clear()
+    res, errors = ray_wave.restore(gw_params(tmp, [], ray_nodes=[settle], address="10.0.0.7"), runtime=fake_runtime)
+    c = fake_runtime.calls
+    assert errors == [] and c.index("start") < c.index(f"router add {me}") and router.list_workers() == [me]
+    assert fake_runtime.container("gpufleet-chat-0").id == old and fake_runtime.container("gpufleet-chat-0").running
+    (rec,) = res["records"]
+    assert rec["endpoint"] == me and rec["actions"][-1] == f"gateway: {me} joined {ROUTER}"
