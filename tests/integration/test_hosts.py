@@ -68,7 +68,7 @@ def _http_get(url: str, attempts: int = 50) -> int:
 
 def test_container_on_one_host_is_invisible_elsewhere(sim_hosts: SimHosts, sim_hosts_image: str) -> None:
     name = f"gpufleet-test-hosts-{uuid.uuid4().hex[:8]}"
-    port = 48000 + uuid.uuid4().int % 1000
+    port = 28000 + uuid.uuid4().int % 1000  # below the ephemeral range (32768-60999)
     try:
         sim_hosts.ansible(
             "gpu-a",
@@ -102,7 +102,7 @@ def test_gpu_requests_are_accepted_by_a_hosts_dockerd(sim_hosts: SimHosts, sim_h
 
 
 def test_host_to_host_tcp(sim_hosts: SimHosts) -> None:
-    port = 47000 + uuid.uuid4().int % 1000
+    port = 27000 + uuid.uuid4().int % 1000  # below the ephemeral range (32768-60999)
     # A listener on gpu-a that answers two connections with "<its hostname> <the peer's address>", then exits
     # (at the latest after 60 s).
     server = (
@@ -288,7 +288,7 @@ def test_podman_in_a_host_gets_that_hosts_gpus_through_cdi(sim_hosts: SimHosts, 
 @pytest.mark.podman
 def test_podman_containers_stay_in_their_host(sim_hosts: SimHosts, sim_podman_host: str) -> None:
     name = f"gpufleet-test-hosts-pm-{uuid.uuid4().hex[:8]}"
-    port = 46000 + uuid.uuid4().int % 1000
+    port = 26000 + uuid.uuid4().int % 1000  # below the ephemeral range (32768-60999)
     image = f"docker.io/{BASE_IMAGE}"
     try:
         sim_hosts.ansible(
