@@ -11,9 +11,11 @@ several ways:
 
 Then the converge itself (playbooks/converge.yml, role deployments, fleet_apply state=ray_nodes/ray_ready): one
 TP=2 replica that no single host fits (reservations leave one GPU on gpu-a and one on gpu-b) is placed over both,
-served through its cluster, left alone by a second converge, rolled (its nodes and server replaced in its wave: an
-update that fails its gate brings the old cluster and server back, the same containers, serving; one that passes
-leaves new containers on both hosts and nothing aside), stopped with its Ray nodes by stop.yml state=stopped
+served through its cluster and through its gateway (real vllm-router on gpu-a, the replica its one worker), left
+alone by a second converge, rolled (its nodes and server replaced in its wave: the server leaves the router before
+it stops; an update that fails its gate brings the old cluster and server back, the same containers, serving, in the
+router again; one that passes leaves new containers on both hosts, nothing aside, the new server in the router),
+stopped with its Ray nodes by stop.yml state=stopped
 (check mode first: nothing changes), shown stopped as one replica with both hosts by status.yml, started again (the
 same containers) and serving after the next converge, and removed with every Ray node by state: absent.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,6 +37,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._engine.factory impo
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import node as ray_node
 from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports, spec
 from docker.types import DeviceRequest
+from fixtures.gateway import add_gateway_host, ensure_wheelhouse, gateway_vars
 from fixtures.hosts import SimFleet, recap
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
@@ -47,6 +51,7 @@ SLOW_BED_ENV = {"RAY_agent_register_timeout_ms": "300000", "RAY_raylet_start_wai
 RAY_ENV = {**SLOW_BED_ENV, "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": "100000000"}
 WIDE_PORT = 8392
 WIDE = ["gpufleet-wide-0", "gpufleet-wide-0-ray-head", "gpufleet-wide-0-ray-worker"]
+GW_PORT = 30700  # the deployment's gateway (vllm-router on gpu-a); + 1000 and + 2000 too, below the ephemeral range
 
 
 def wait_for(what: str, check: Callable[[], object], limit: float = 300) -> object:
@@ -115,6 +120,45 @@ def serve(client, image: str, name: str, model: Path, tp: int, settings: dict, p
         device_requests=[DeviceRequest(device_ids=["0", "1"], capabilities=[["gpu"]])],
         detach=True,
     )
+
+
+def listed(router: str) -> list[str] | None:
+    """The router's workers (vllm-router's GET /list_workers, open to clients), or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{router}/list_workers", timeout=5) as resp:
+            return sorted(json.load(resp)["urls"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class RouterWatch(threading.Thread):
+    """The router's worker lists while the block runs, each change once, in order (every 0.2 s; bounded at 900 s)."""
+
+    def __init__(self, router: str) -> None:
+        super().__init__(daemon=True)
+        self.router, self.done = router, threading.Event()
+        self.seen: list[list[str]] = []
+
+    def note(self, workers: list[str] | None) -> None:
+        if workers is not None and self.seen[-1:] != [workers]:
+            self.seen.append(workers)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 900
+        while True:
+            last = self.done.wait(0.2) or time.monotonic() > deadline
+            self.note(listed(self.router))  # once more after the block ended: its last state
+            if last:
+                return
+
+    def __enter__(self) -> RouterWatch:
+        self.note(listed(self.router))
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
 
 
 def exited(container) -> int | None:
@@ -198,14 +242,32 @@ def wide(image: str, state: str = "present") -> dict:
 
 
 def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_every_node(
-    sim_hosts, ray_image, engines, tmp_path
+    sim_hosts, ray_image, engines, tmp_path, request
 ):
     subprocess.run([str(ROOT / "sim" / "steps.d" / "70-fleet.sh"), "up"], check=True, capture_output=True)
+    ensure_wheelhouse()
     fleet = SimFleet(sim_hosts, tmp_path, {"gpu-a": "docker", "gpu-b": "docker"})
+    gateway = f"http://{sim_hosts.address('gpu-a')}:{GW_PORT}"
 
-    def inventory(state: str, env: dict | None = None) -> None:
+    def stop_gateway() -> subprocess.CompletedProcess[str] | None:
+        if not running_gateway:  # stopped by the test already
+            return None
+        fleet.write_inventory([], **gateway_vars({}, gpufleet_gateway_state="stopped"))
+        add_gateway_host(fleet.inventory / "hosts.yml", "gpu-a")
+        proc = fleet.play("gateway.yml")
+        sim_hosts.in_host("gpu-a", "rm", "-rf", "/opt/gpufleet/gateway/routers")
+        running_gateway.clear()
+        return proc
+
+    running_gateway = [True]  # until stop_gateway ran (by the test, else at its end)
+    request.addfinalizer(stop_gateway)
+
+    def inventory(state: str, env: dict | None = None, with_gateway: bool = True) -> None:
         declared = {**wide(ray_image, state), **({"env": {**RAY_ENV, **env}} if env else {})}
-        fleet.write_inventory([declared], gpufleet_wait_timeout=300)
+        gw = gateway_vars({"wide": GW_PORT}) if with_gateway else {}
+        fleet.write_inventory([declared], gpufleet_wait_timeout=300, **gw)
+        if with_gateway:
+            add_gateway_host(fleet.inventory / "hosts.yml", "gpu-a")
         (fleet.inventory / "host_vars").mkdir()
         for host, reserved in (("gpu-a", [1]), ("gpu-b", [1, 2, 3])):  # one free GPU on each: no host fits TP=2
             (fleet.inventory / "host_vars" / f"{host}.yml").write_text(f"gpufleet_gpu_reservations: {reserved}\n")
@@ -233,12 +295,23 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
         return [(n["host"], n["role"], n["container"], n["gpus"], n["action"], n["status"]) for n in row["ray_nodes"]]
 
     assert row["hosts"] == ["gpu-a", "gpu-b"] and row["ray_nodes"][0]["ready"] is True, row
+    assert listed(gateway) == [row["endpoint"]]  # the gateway play: the replica (its head's server) is the worker
     assert nodes(row) == [
         ("gpu-a", "head", WIDE[1], ["0"], "created", "changed"),
         ("gpu-b", "worker", WIDE[2], ["0"], "created", "changed"),
     ], row
     with urllib.request.urlopen(f"{row['endpoint']}/v1/models", timeout=10) as resp:
         assert resp.status == 200
+
+    def serves(endpoint: str, via: str | None = None) -> bool:  # a real completion through the replica's cluster
+        with urllib.request.urlopen(f"{endpoint}/v1/models", timeout=10) as resp:
+            model = json.load(resp)["data"][0]["id"]
+        body = json.dumps({"model": model, "prompt": "hi", "max_tokens": 1}).encode()
+        req = urllib.request.Request(f"{via or endpoint}/v1/completions", body, {"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status == 200 and bool(json.load(resp)["choices"])
+
+    assert serves(row["endpoint"], via=gateway)  # through vllm-router
     server = engines["gpu-a"].containers.get("gpufleet-wide-0")
     log = server.logs().decode()
     assert "Connected to Ray cluster" in log and "Placement group of 2 GPUs on 2 Ray nodes" in log
@@ -257,41 +330,45 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     def states() -> dict[str, str]:
         return {n: engines["gpu-b" if n.endswith("worker") else "gpu-a"].containers.get(n).status for n in WIDE}
 
-    def serves(endpoint: str) -> bool:  # a real completion through the replica's cluster
-        with urllib.request.urlopen(f"{endpoint}/v1/models", timeout=10) as resp:
-            model = json.load(resp)["data"][0]["id"]
-        body = json.dumps({"model": model, "prompt": "hi", "max_tokens": 1}).encode()
-        req = urllib.request.Request(f"{endpoint}/v1/completions", body, {"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status == 200 and bool(json.load(resp)["choices"])
-
     def aside() -> list[str]:
         return [c.name for e in engines.values() for c in e.containers.list(all=True) if c.name.endswith("-previous")]
 
     # A rolling update whose new server fails its gate (the stand-in answers completions 500: the smoke request
     # fails). The Ray play leaves the old cluster serving (deferred to the replica's wave); the wave drains and
-    # stops the server, sets both old nodes aside and starts new ones, the new server fails, and the old cluster
-    # and its server come back: the same containers, serving again, nothing left aside.
+    # stops the server (it leaves the router first), sets both old nodes aside and starts new ones, the new server
+    # fails (it never joins the router), and the old cluster and its server come back: the same containers, serving
+    # again, in the router again, nothing left aside.
     inventory("present", {"STANDIN_FAIL": "completions"})
-    proc = fleet.play("converge.yml", timeout=600)
+    with RouterWatch(gateway) as watch:
+        proc = fleet.play("converge.yml", timeout=600)
     assert proc.returncode != 0, proc.stdout[-4000:]
+    assert watch.seen == [[row["endpoint"]], [], [row["endpoint"]]], watch.seen
     (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
     assert row["status"] == "failed" and row["failure_class"] == "smoke_failed", row
     assert row["hint"].endswith("rolled back to the previous Ray cluster (serving again)"), row
     assert [n[4] for n in nodes(row)] == ["rolled back", "rolled back"], row
     assert ours() == before and aside() == [] and set(states().values()) == {"running"}
-    assert serves(row["endpoint"])
+    assert serves(row["endpoint"]) and serves(row["endpoint"], via=gateway)
 
     # The same update without the fault: a new cluster (new containers on both hosts) under the new server.
     inventory("present", {"GPUFLEET_TEST_REVISION": "2"})
-    proc = fleet.play("converge.yml", timeout=600)
+    with RouterWatch(gateway) as watch:
+        proc = fleet.play("converge.yml", timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
+    assert watch.seen == [[row["endpoint"]], [], [row["endpoint"]]], watch.seen  # left, then the new server joined
     (row,) = fleet.summary()["deployments"]["wide"]["replicas"]
     assert row["status"] == "changed" and [n[4:] for n in nodes(row)] == [("replaced", "changed")] * 2, row
     after = ours()
     assert set(after) == set(WIDE) and not set(after.values()) & set(before.values()) and aside() == []
     assert serves(row["endpoint"]) and set(states().values()) == {"running"}
+    assert serves(row["endpoint"], via=gateway)
     before = after
+
+    # The gateway stopped (gateway_state: stopped), the rest without one.
+    proc = stop_gateway()
+    assert proc is not None and proc.returncode == 0, proc and proc.stdout[-3000:]
+    assert listed(gateway) is None
+    inventory("present", {"GPUFLEET_TEST_REVISION": "2"}, with_gateway=False)
 
     # stop.yml state=stopped by the replica's name: its server, then its Ray nodes (the head on gpu-a, the worker on
     # gpu-b: each host its own), stopped and kept; --check --diff first reports it and changes nothing.
@@ -323,7 +400,7 @@ def test_converge_of_a_two_host_replica_serves_stays_shows_one_row_and_removes_e
     with urllib.request.urlopen(f"{row['endpoint']}/v1/models", timeout=10) as resp:
         assert resp.status == 200
 
-    inventory("absent")
+    inventory("absent", {"GPUFLEET_TEST_REVISION": "2"}, with_gateway=False)
     proc = fleet.play("converge.yml", timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert ours() == {}
