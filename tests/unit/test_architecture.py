@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "_utc": 1,
     "_labels": 1,
     "_failures": 1,
+    "_supervisor": 1,
     "_gpu": 2,
     "_engine": 2,
     "_vllm": 2,

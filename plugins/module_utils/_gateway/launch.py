@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The gateway's program on a gateway host: runs one vllm-router for one deployment.
 
-The role ``gpufleet.vllm.gateway`` copies this one file (it imports only the standard library and, at run time,
-``vllm_router``) next to the router's venv and runs it under systemd or as its own supervised process:
+The role ``gpufleet.vllm.gateway`` copies this file and ``_supervisor.py`` (both import only the standard library;
+this one, at run time, ``vllm_router`` too) next to the router's venv and runs it under systemd or as its own supervised process:
 
     <venv>/bin/python launch.py @<dir>/router.args [--api-key-file F] [--workers-file W]
     <venv>/bin/python launch.py @<dir>/router.args --pidfile P --log L --daemonize | --stop | --restart
@@ -26,13 +26,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 from typing import Any
+
+try:  # in the collection (the tests, a controller)
+    from ansible_collections.gpufleet.vllm.plugins.module_utils import _supervisor
+except ImportError:  # on a gateway host: the role ships _supervisor.py beside this file (the same bytes)
+    import _supervisor  # type: ignore[no-redef]
 
 SUPERVISE = "--supervise-internal"
 ADD_WORKERS = "--add-workers-internal"  # argv[1] of the helper process that adds the workers file's URLs
@@ -123,111 +127,23 @@ def run_router(argv: list[str], api_key_file: str, workers_file: str) -> None:
     launch_router(router_args)
 
 
-# --- supervision without systemd ---------------------------------------------------------------------------------
-
-
-def _read_pid(pidfile: str) -> int | None:
-    try:
-        with open(pidfile, encoding="ascii") as fh:
-            pid = int(fh.read().strip() or "0")
-    except (OSError, ValueError):
-        return None
-    return pid if pid > 0 else None
+# --- supervision without systemd: _supervisor (shipped beside this file) -------------------------------------------
 
 
 def running_pid(pidfile: str) -> int | None:
     """The pid of the live supervisor of ``pidfile``, else None."""
-    pid = _read_pid(pidfile)
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    return pid if MARK in cmdline and pidfile in cmdline else None
+    return _supervisor.live_pid(pidfile, (MARK, pidfile))
 
 
 def stop(pidfile: str, timeout: float = 20.0) -> bool:
     """SIGTERM the supervisor (it stops the router); True when one was running."""
-    pid = running_pid(pidfile)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and running_pid(pidfile) == pid:
-        time.sleep(0.1)
-    if running_pid(pidfile) == pid:
-        os.kill(pid, signal.SIGKILL)
-    try:
-        os.unlink(pidfile)
-    except OSError:
-        pass
-    return True
-
-
-def supervise(worker: list[str], pidfile: str) -> None:
-    """Run the worker, start it again when it dies (1 s doubling to 60 s), stop it on SIGTERM."""
-    stopping = threading.Event()
-    proc: list[subprocess.Popen[bytes]] = []
-
-    def on_term(_signum: int, _frame: Any) -> None:
-        stopping.set()
-        for p in proc:
-            if p.poll() is None:
-                p.terminate()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    delay = 1.0
-    while not stopping.is_set():
-        started = time.monotonic()
-        p = subprocess.Popen(worker)
-        proc[:] = [p]
-        p.wait()
-        if stopping.is_set():
-            break
-        delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 60.0)
-        stopping.wait(delay)
-    if _read_pid(pidfile) == os.getpid():
-        try:
-            os.unlink(pidfile)
-        except OSError:
-            pass
+    return _supervisor.stop(pidfile, (MARK, pidfile), timeout)
 
 
 def daemonize(worker: list[str], pidfile: str, log_path: str) -> tuple[bool, int]:
     """Start a supervisor of ``worker`` (double fork, new session) unless one runs: (started, pid)."""
-    pid = running_pid(pidfile)
-    if pid is not None:
-        return False, pid
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(r)
-        os.setsid()
-        if os.fork() != 0:
-            os._exit(0)
-        try:
-            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            tmp = f"{pidfile}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="ascii") as fh:
-                fh.write(f"{os.getpid()}\n")
-            os.replace(tmp, pidfile)
-            os.write(w, str(os.getpid()).encode())
-            os.close(w)
-            os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), SUPERVISE, MARK, pidfile, *worker])
-        except BaseException:  # nothing can be reported from here but the exit code
-            os._exit(1)
-    os.close(w)
-    os.waitpid(child, 0)
-    with os.fdopen(r, "rb") as fh:
-        got = fh.read().decode() or "0"
-    return True, int(got)
+    supervisor = [sys.executable, os.path.abspath(__file__), SUPERVISE, MARK, pidfile, *worker]
+    return _supervisor.daemonize(supervisor, pidfile, log_path, (MARK, pidfile))
 
 
 def _say(text: str, stream: Any = None) -> None:
@@ -258,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [SUPERVISE]:
-        supervise(argv[3:], argv[2])
+        _supervisor.supervise(argv[3:], argv[2])
         return 0
     if argv[:1] == [ADD_WORKERS]:
         add_workers_when_up(argv[1], read_lines(argv[2]))
