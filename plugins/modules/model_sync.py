@@ -422,17 +422,17 @@ download_backend:
   type: str
   sample: builtin
 would_download:
-  description: Hub files a real run would fetch.
-  returned: in check mode, source hf, when changed
+  description: Files a real run would fetch (source hf or s3) or hard-link from the cache (source hf_cache).
+  returned: in check mode, source hf, s3 or hf_cache, when changed
   type: list
   elements: str
 download_bytes:
-  description: Bytes a real run would download.
-  returned: in check mode, source hf or url, when changed
+  description: Bytes a real run would download (0 for hf_cache, which hard-links).
+  returned: in check mode, source hf, s3, hf_cache or url, when changed
   type: int
 free_bytes:
   description: Free bytes under models_root.
-  returned: in check mode, source hf, when changed
+  returned: in check mode, source hf or s3, when changed
   type: int
 would_copy:
   description: Files a real run would copy from the local source.

@@ -189,6 +189,7 @@ def test_check_mode_writes_nothing(fake_hub, model_sync, tmp_path):
     assert r["changed"] is True and r["commit"] == sha
     assert "model-00002-of-00002.safetensors" in r["would_download"]
     assert r["download_bytes"] == r["size_bytes"] > 4096
+    assert r["download_backend"] in ("builtin", "huggingface_hub") and r["free_bytes"] > 0
     assert not root.exists()
     real = model_sync.ansible(_hf("c", repo, root)).result
     assert real["changed"] is True and real["size_bytes"] == r["download_bytes"]

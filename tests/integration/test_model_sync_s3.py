@@ -61,6 +61,10 @@ def test_s3_sync_noop_and_changed_object(s3_server, model_sync, model_gen, tmp_p
     bucket, files = _bucket(s3_server, model_gen)
     etags = {o["Key"]: o["ETag"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]}
     assert any("-" in e for e in etags.values()), "one object is multipart (its ETag is not an MD5)"
+    check = model_sync.direct(_args(s3_server, bucket, tmp_path), tmp_path / "w", check=True).result
+    assert check["changed"] and check["download_bytes"] == check["size_bytes"] > 0 and check["free_bytes"] > 0, check
+    assert check["would_download"] == sorted(files)
+    assert not (tmp_path / "m").exists()
     run = model_sync.direct(_args(s3_server, bucket, tmp_path), tmp_path / "w")
     r = run.result
     assert not r.get("failed"), run.output

@@ -21,6 +21,7 @@ import errno
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
@@ -429,76 +430,31 @@ def _sync_hf(p: dict[str, Any], root: str, name: str, check_mode: bool) -> dict[
             f"no file of {repo_id}@{revision} matches allow_patterns={allow} / ignore_patterns={ignore}",
             failure_class="bad_args",
         )
-    total = sum(wanted.values())
     ident = _identity(p, commit=sha)
-    rev = revision_id(ident)
-    dest = os.path.join(root, name, rev)
-    settled = _settle(p, root, name, rev, ident, manifest)
-    if settled is not None:
-        return settled if not settled["changed"] else _make_current(p, root, name, settled, check_mode)
-    if gated:
-        # Gated/private content fails on the first file; find out before creating anything.
-        hub.check_access(endpoint, repo_id, sha, sorted(wanted, key=lambda f: wanted[f])[0], token)
-
     backend = hub.choose_backend(p.get("download_backend") or "auto", wanted, xet)
     workers = int(p.get("max_workers") or 8)  # 1..MAX_WORKERS (check_params)
-    base = _result(dest, "hf", revision=revision, commit=sha, files=sorted(wanted), size_bytes=total, changed=True)
-    base.update(download_backend=backend, revision_id=rev)
-    base["diff"] = _diff(manifest, rev, sha, list(wanted))
-    if check_mode:
-        base["would_download"] = sorted(wanted)
-        base["download_bytes"] = total
-        base["free_bytes"] = fs.free_bytes(root)
-        base["msg"] = f"would download {len(wanted)} files ({total} bytes) of {repo_id}@{sha[:12]}"
-        return base
 
-    os.makedirs(root, exist_ok=True)
-    with fs.model_lock(root, name, float(p.get("lock_timeout", 600))):
-        manifest = fs.read_manifest(root, name)  # another run may have finished while we waited
-        if manifest and not force and _manifest_noop(manifest, ident, root, name):
-            return _noop_result(root, name, p, manifest)
-        fs.recover(root, name)
-        staging = fs.staging_path(root, name, sha[:16])
-        if force:
-            shutil.rmtree(staging, ignore_errors=True)
-        hub.clean_partial(staging)
-        resumable = os.path.exists(os.path.join(staging, fs.STAGING_MARKER))
-        already = _staged_bytes(staging, wanted) if resumable else 0
-        fs.check_free_space(root, total - already, f"{repo_id}@{sha[:12]}")  # before any byte is written
-        staging = fs.staging_dir(root, name, sha[:16])
-        progress = fs.Progress(root, name)
-        progress.watch(staging, total, writeback=WRITEBACK_INTERVAL)
-        t_download = time.monotonic()
-        try:
-            if backend == "huggingface_hub":
-                hub.download(endpoint, repo_id, sha, token, staging, allow, ignore, workers)
-            else:
-                hub.download_builtin(endpoint, repo_id, sha, token, staging, wanted, workers)
-            bad = {f: s for f, s in wanted.items() if _size(os.path.join(staging, f)) != s}
-            if bad:
-                raise GpufleetError(
-                    f"downloaded files have the wrong size: {', '.join(sorted(bad))}", failure_class="download_error"
-                )
-        except GpufleetError as err:
-            progress.stop("failed", error=err.msg)
-            raise
-        except OSError as err:
-            progress.stop("failed", error=str(err))
-            if err.errno == errno.ENOSPC:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise GpufleetError(
-                    f"disk full while downloading {repo_id} into {root}: {err}; the installed model was left as it was",
-                    failure_class="disk_full",
-                ) from None
-            raise GpufleetError(f"download of {repo_id} failed: {err}", failure_class="download_error") from None
-        except BaseException:
-            progress.stop("failed", error="interrupted")
-            raise
+    def check_access() -> None:  # gated/private content fails on the first file: find out before creating anything
+        if gated:
+            hub.check_access(endpoint, repo_id, sha, sorted(wanted, key=lambda f: wanted[f])[0], token)
+
+    def fetch(staging: str) -> dict[str, Any]:
+        if backend == "huggingface_hub":
+            hub.download(endpoint, repo_id, sha, token, staging, allow, ignore, workers)
+        else:
+            hub.download_builtin(endpoint, repo_id, sha, token, staging, wanted, workers)
         for junk in (".cache", ".gpufleet-partial"):
             shutil.rmtree(os.path.join(staging, junk), ignore_errors=True)
-        base["timings"] = {"download": round(time.monotonic() - t_download, 3)}
-        result = _finish(p, root, name, dest, staging, progress, base, ident, manifest)
-    return result
+        return {}
+
+    return _sync_staged(
+        p, root, name, check_mode, ident, wanted, f"{repo_id}@{sha[:12]}", fetch,
+        extra={"revision": revision, "commit": sha},
+        fetch_extra={"download_backend": backend},
+        key=sha[:16],  # the staging directory of this commit: an interrupted download resumes there
+        precheck=check_access,
+        prepare=hub.clean_partial,
+    )  # fmt: skip
 
 
 def _size(path: str) -> int | None:
@@ -778,9 +734,15 @@ def _sync_staged(
     fetch: Any,
     extra: dict[str, Any],
     need_space: bool = True,
+    fetch_extra: dict[str, Any] | None = None,
+    key: str | None = None,
+    precheck: Callable[[], None] | None = None,
+    prepare: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The common path of a source that fills a staging directory (s3, hf_cache): settle (no-op, reuse) → check mode
-    → lock → free space → ``fetch(staging)`` → sizes → validate, flush, swap (_finish)."""
+    """The common path of a source that fills a staging directory (hf, s3, hf_cache): settle (no-op, reuse) →
+    ``precheck()`` → check mode → lock → ``prepare(staging)`` → free space → ``fetch(staging)`` → sizes → validate,
+    flush, swap (_finish). ``extra`` goes into every answer but a no-op's, ``fetch_extra`` into those that fetch (or
+    would); ``key`` names the staging directory (default: from the revision id)."""
     rev = revision_id(ident)
     dest = os.path.join(root, name, rev)
     manifest = fs.read_manifest(root, name)
@@ -788,12 +750,17 @@ def _sync_staged(
     if settled is not None:
         settled.update({k: v for k, v in extra.items() if k != "snapshot"})
         return settled if not settled["changed"] else _make_current(p, root, name, settled, check_mode)
+    if precheck is not None:
+        precheck()
     total = sum(files.values())
     base = _result(dest, p["source"], files=sorted(files), size_bytes=total, changed=True, revision_id=rev, **extra)
+    base.update(fetch_extra or {})
     base["diff"] = _diff(manifest, rev, extra.get("commit"), list(files))
     if check_mode:
         base["would_download"] = sorted(files)
         base["download_bytes"] = total if need_space else 0
+        if need_space:
+            base["free_bytes"] = fs.free_bytes(root)
         base["msg"] = f"would {'download' if need_space else 'hard-link'} {len(files)} files ({total} bytes) of {what}"
         return base
     os.makedirs(root, exist_ok=True)
@@ -802,9 +769,11 @@ def _sync_staged(
         if manifest and not p.get("force") and _manifest_noop(manifest, ident, root, name):
             return _noop_result(root, name, p, manifest)
         fs.recover(root, name)
-        key = rev[:64] if p["source"] != "hf_cache" else "hfc-" + rev[:40]
+        key = key or (rev[:64] if p["source"] != "hf_cache" else "hfc-" + rev[:40])
         if p.get("force") or not need_space:
             shutil.rmtree(fs.staging_path(root, name, key), ignore_errors=True)
+        if prepare is not None:
+            prepare(fs.staging_path(root, name, key))
         if need_space:
             path = fs.staging_path(root, name, key)
             already = _staged_bytes(path, files) if os.path.exists(os.path.join(path, fs.STAGING_MARKER)) else 0
