@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -39,6 +39,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._ray import ports, s
 from docker.types import DeviceRequest
 from fixtures.gateway import add_gateway_host, ensure_wheelhouse, gateway_vars
 from fixtures.hosts import SimFleet, recap
+from fixtures.paths import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
@@ -52,18 +53,6 @@ RAY_ENV = {**SLOW_BED_ENV, "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": "1000000
 WIDE_PORT = 8392
 WIDE = ["gpufleet-wide-0", "gpufleet-wide-0-ray-head", "gpufleet-wide-0-ray-worker"]
 GW_PORT = 30700  # the deployment's gateway (vllm-router on gpu-a); + 1000 and + 2000 too, below the ephemeral range
-
-
-def wait_for(what: str, check: Callable[[], object], limit: float = 300) -> object:
-    """Poll until ``check()`` is truthy; the limit only turns a hang into a failure that says what never came."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {limit:g} s")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 """The gateway's program on a gateway host: runs one vllm-router for one deployment.
 
 The role ``gpufleet.vllm.gateway`` copies this file and ``_supervisor.py`` (both import only the standard library;
-this one, at run time, ``vllm_router`` too) next to the router's venv and runs it under systemd or as its own supervised process:
+this one, at run time, ``vllm_router`` too) next to the router's venv and runs it under systemd or as its own
+supervised process:
 
     <venv>/bin/python launch.py @<dir>/router.args [--api-key-file F] [--workers-file W]
     <venv>/bin/python launch.py @<dir>/router.args --pidfile P --log L --daemonize | --stop | --restart

@@ -770,12 +770,12 @@ def _sync_staged(
             return _noop_result(root, name, p, manifest)
         fs.recover(root, name)
         key = key or (rev[:64] if p["source"] != "hf_cache" else "hfc-" + rev[:40])
+        path = fs.staging_path(root, name, key)
         if p.get("force") or not need_space:
-            shutil.rmtree(fs.staging_path(root, name, key), ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
         if prepare is not None:
-            prepare(fs.staging_path(root, name, key))
+            prepare(path)
         if need_space:
-            path = fs.staging_path(root, name, key)
             already = _staged_bytes(path, files) if os.path.exists(os.path.join(path, fs.STAGING_MARKER)) else 0
             fs.check_free_space(root, total - already, what)  # before any byte is written
         staging = fs.staging_dir(root, name, key)

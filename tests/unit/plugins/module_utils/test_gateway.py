@@ -32,6 +32,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.workers imp
     normalize_url,
     write_workers_file,
 )
+from fixtures.paths import ROOT
 
 ASSIGNMENTS = [
     {"deployment": "chat", "replica": 0, "host": "gpu-a", "port": 8000},
@@ -39,7 +40,6 @@ ASSIGNMENTS = [
     {"deployment": "embed", "replica": 0, "host": "gpu-b", "port": 8100},
     {"deployment": "gone", "replica": 0, "host": "gpu-a", "port": 8200},  # not declared any more
 ]
-ROOT = Path(__file__).resolve().parents[4]
 ADDR = {"gpu-a": "10.0.0.11", "gpu-b": "10.0.0.12"}
 
 

@@ -9,13 +9,11 @@ import os
 import signal
 import stat
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from ansible_collections.gpufleet.vllm.plugins.module_utils import _supervisor
+from fixtures.paths import wait_for
 
 SUPERVISOR = """import sys
 sys.path.insert(0, {dir!r})
@@ -27,16 +25,6 @@ with open(sys.argv[1], "a") as fh:
     fh.write(f"{os.getpid()}\\n")
 time.sleep(300)
 """
-
-
-def wait_for(what: str, check: Callable[[], object], limit: float = 60) -> object:
-    """Poll until ``check()`` is truthy; the limit only turns a hang into a failure that says what never came."""
-    deadline = time.monotonic() + limit
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {limit:g} s")
-        time.sleep(0.05)
-    return value
 
 
 def alive(pid: int) -> bool:
@@ -66,16 +54,16 @@ def test_a_supervised_worker_is_started_again_when_it_dies_and_stopped_with_its_
         # a session of its own, not the caller's (an SSH session, a module run), and not its leader (double fork)
         assert os.getsid(pid) not in (os.getsid(0), pid)
         assert stat.S_IMODE(log.stat().st_mode) == 0o640
-        (first,) = wait_for("the first worker", workers)
+        (first,) = wait_for("the first worker", workers, limit=60, every=0.05)
         os.kill(first, signal.SIGKILL)
-        wait_for("the worker started again", lambda: len(workers()) == 2)
+        wait_for("the worker started again", lambda: len(workers()) == 2, limit=60, every=0.05)
         second = workers()[1]
         assert second != first and alive(second) and alive(pid)
     finally:
         stopped = _supervisor.stop(str(pidfile), (mark,))
     assert stopped is True and not pidfile.exists()
     assert _supervisor.live_pid(str(pidfile), (mark,)) is None
-    wait_for("the worker stopped with its supervisor", lambda: not alive(second))
+    wait_for("the worker stopped with its supervisor", lambda: not alive(second), limit=60, every=0.05)
     assert not alive(pid) and _supervisor.stop(str(pidfile), (mark,)) is False
 
 
