@@ -104,6 +104,28 @@ def test_utc_stamps_from_the_engine_times():
         "2023-11-14T22:13:20.000001Z INFO up",
     )
     assert logs.file_line("x", T0 + 2)[1] == "2023-11-14T22:13:22.000000Z x"  # no engine time: stamped now
+
+
+@pytest.mark.parametrize(
+    "started,stamp",
+    [
+        # nanoseconds that a float sum (10-digit epoch + fraction) rounded to the wrong microsecond
+        ("2026-12-04T12:57:48.284132521Z", "2026-12-04T12:57:48.284133Z"),
+        ("2026-12-04T12:57:30.737654501Z", "2026-12-04T12:57:30.737655Z"),
+        ("2026-12-04T12:57:33.977071496Z", "2026-12-04T12:57:33.977071Z"),
+        # half a microsecond: to the even one, as datetime rounds
+        ("2026-12-04T12:57:33.000001500Z", "2026-12-04T12:57:33.000002Z"),
+        ("2026-12-04T12:57:33.000002500Z", "2026-12-04T12:57:33.000002Z"),
+        ("2026-12-04T12:57:59.999999700Z", "2026-12-04T12:58:00.000000Z"),
+    ],
+)
+def test_a_runs_header_has_the_engines_start_rounded_exactly(started, stamp):
+    # The header is how the agent (and a person) tells runs apart: it must be the engine's StartedAt, to the
+    # microsecond, whatever its nanoseconds.
+    c = ContainerState("a" * 64, "gpufleet-x", "running", True, 0, 0, {}, started_at=started)
+    run = logs.Run.of(c)
+    assert run is not None and run.started_at == stamp
+    assert logs.Run.of(ContainerState("a" * 64, "gpufleet-x", "running", True, 0, 0, {}, started_at=stamp)) == run
     assert logs.line_time("2023-11-14T22:13:20.500000Z text") == pytest.approx(T0 + 0.5)
 
 
