@@ -36,6 +36,19 @@ cpu_busy() {
   awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%d%%", (t > 0 ? 100 * b / t : 0) }'
 }
 CPU_START=$(cpu_ticks)
+# gauge: the CPU seconds of a fixed pure-Python loop, the same work every time: how fast this machine's CPUs are now.
+# The run is CPU-bound, and that speed differs between machines and over time (on this project's test machine the
+# same tests took 1.6-1.9x the CPU seconds in the afternoon that they took in the morning), so the table prints it at
+# the start and at the end: compare runs' times only with their gauges beside them.
+gauge() {
+  python3 -c 'import time
+t = time.process_time()
+n = 0
+for i in range(5_000_000):
+    n += i
+print(f"{time.process_time() - t:.2f}")' 2>/dev/null || echo "-"
+}
+GAUGE_START=$(gauge)
 # timed CPUFILE COMMAND...: run COMMAND (in a subshell) and write the CPU seconds (user + system) of the processes it
 # ran and waited for into CPUFILE: what the phase itself costs, whatever else runs beside it.
 timed() {
@@ -145,6 +158,8 @@ print_table() {
   done
   printf '%-22s %9s %5s\n' total "$total" "$(cpu_busy "$CPU_START")"
   printf '(cpu: the whole machine busy during the phase; cpu s: CPU seconds of the phase'"'"'s own processes)\n'
+  printf 'machine gauge: %s CPU-s at the start, %s at the end (a 5M-step Python loop; lower is faster)\n' \
+    "$GAUGE_START" "$(gauge)"
 }
 trap 'failures; print_table' EXIT
 
