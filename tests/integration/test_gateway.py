@@ -146,7 +146,11 @@ def burst(base: str, n: int = 40, concurrency: int = 8) -> list[int]:
 
 
 def router_workers(fleet: GatewayFleet) -> list[dict[str, Any]]:
-    return httpx.get(fleet.gateway + "/workers", timeout=5).json()["workers"]
+    """The router's worker list through the gateway; an HTTP error status (HAProxy's 503 while the router
+    restarts) raises httpx.HTTPStatusError instead of failing to parse HAProxy's HTML page as JSON."""
+    answer = httpx.get(fleet.gateway + "/workers", timeout=5)
+    answer.raise_for_status()
+    return answer.json()["workers"]
 
 
 def module(fleet: GatewayFleet, args: dict[str, Any]) -> dict[str, Any]:

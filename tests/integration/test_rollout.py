@@ -102,7 +102,9 @@ class RolloutFleet(SimFleet):
         return set(self.sim.in_host(host, "ls", f"{HOST_MODELS}/chat").stdout.split())
 
     def router_workers(self, deployment: str) -> list[str]:
-        return sorted(httpx.get(self.gateway(deployment) + "/list_workers", timeout=5).json()["urls"])
+        answer = httpx.get(self.gateway(deployment) + "/list_workers", timeout=5)
+        answer.raise_for_status()  # HAProxy's 503 page is HTML: say the status, not a JSON error
+        return sorted(answer.json()["urls"])
 
 
 def up(url: str) -> bool:
