@@ -7,7 +7,7 @@ import os
 import re
 import socket
 import subprocess
-import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fixtures.hosts import BASE_IMAGE, BUILD, HOSTS_SH, ROOT, SimHosts
+from fixtures.paths import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
@@ -56,14 +57,20 @@ def test_each_host_has_its_own_dockerd(sim_hosts: SimHosts) -> None:
     assert len(set(daemon_ids.values()) | {main.stdout.strip()}) == len(sim_hosts.names) + 1, daemon_ids
 
 
-def _http_get(url: str, attempts: int = 50) -> int:
-    for _attempt in range(attempts):
+def _http_get(url: str) -> int:
+    """The status of GET ``url`` once it answers: the container's server may still be starting (a busy machine takes
+    its time), so wait for the answer; the limit only turns a hang into a failure."""
+
+    def status() -> int | None:
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 return resp.status
+        except urllib.error.HTTPError as err:  # it answered: with an error status
+            return err.code
         except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer")
+            return None
+
+    return int(wait_for(f"{url} to answer", status, limit=180, every=0.2))
 
 
 def test_container_on_one_host_is_invisible_elsewhere(sim_hosts: SimHosts, sim_hosts_image: str) -> None:
