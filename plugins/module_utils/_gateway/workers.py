@@ -27,7 +27,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ansible.module_utils.urls import open_url
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
 from ansible_collections.gpufleet.vllm.plugins.module_utils._files import write_if_changed
 
@@ -86,6 +85,10 @@ class RouterClient:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _call(self, method: str, path: str, timeout: float | None = None) -> tuple[int, str]:
+        # Imported here: ansible.module_utils.urls (http.client, ssl, ...) is ~0.15 s of CPU per module run, and
+        # fleet_apply, which imports this file, mostly runs without a router to call. It honours proxy env and CAs.
+        from ansible.module_utils.urls import open_url
+
         try:
             with open_url(
                 self.url + path,
