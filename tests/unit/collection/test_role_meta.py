@@ -45,3 +45,25 @@ def test_role_variables_carry_the_role_prefix_and_name_their_public_default(role
                     assert all(str(x) in text for x in literal), (key, text)
                 else:
                     assert f"V({str(literal).lower() if isinstance(literal, bool) else literal})" in text, (key, text)
+
+
+def _tasks(tasks: list | None):
+    for task in tasks or []:
+        yield task
+        for part in ("block", "rescue", "always"):
+            yield from _tasks(task.get(part))
+
+
+@pytest.mark.parametrize(
+    "path", sorted(ROOT.glob("roles/*/tasks/*.yml")), ids=lambda p: f"{p.parent.parent.name}/{p.name}"
+)
+def test_a_tagged_include_passes_its_tags_to_the_included_tasks(path: Path) -> None:
+    """The tags of an include_tasks apply to the include only, never to the tasks it includes, unless `apply` names
+    them: `--tags preflight,facts,plan,apply` (docs/playbooks.md) would include wave.yml and run none of it."""
+    for task in _tasks(yaml.safe_load(path.read_text())):
+        include = task.get("ansible.builtin.include_tasks")
+        tags = set(task.get("tags") or []) - {"always"}
+        if include is None or not tags:
+            continue
+        passed = set((include.get("apply") or {}).get("tags") or []) if isinstance(include, dict) else set()
+        assert tags <= passed, f"{path.name}: {task.get('name')!r} tags {sorted(tags)} but applies {sorted(passed)}"
