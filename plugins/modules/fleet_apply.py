@@ -223,6 +223,12 @@ options:
         (C(gpufleet_max_xid_age_s); after a GPU reset without a reboot, for example). Unset, it counts until the host
         reboots, as C(gpufleet.vllm.gpu_facts)' O(gpufleet.vllm.gpu_facts#module:max_xid_age_s).
     type: int
+  replica_guard_config:
+    description:
+      - With O(state=gathered), the path of the replica guard's HAProxy configuration (role C(deployments)); its
+        existence is returned as RV(replica_guard_config_exists), so the role knows a guard of an earlier run is there
+        to stop without a module run of its own.
+    type: path
   drain_timeout:
     description:
       - Seconds a replica that left its routers may take to finish its requests in flight before its container stops
@@ -315,6 +321,10 @@ model_sizes:
   type: dict
   sample: {chat: {weight_bytes: 988097824, source: hf, repo_id: Qwen/Qwen2.5-0.5B-Instruct, revision: main,
            commit: 7ae557604adf67be50417f59c2c2f167def9a775, src: null, url: null}}
+replica_guard_config_exists:
+  description: Whether O(replica_guard_config) exists on the host (a replica guard of an earlier run).
+  returned: O(state=gathered) with O(replica_guard_config)
+  type: bool
 fleet_state:
   description:
     - The fleet's placements this host keeps (O(fleet_state) of the last apply on it); null when it keeps none.
@@ -396,6 +406,7 @@ ARGUMENT_SPEC = dict(
     models_root=dict(type="path", default="/var/lib/gpufleet/models"),
     agent_state_dir=dict(type="path"),
     max_xid_age_s=dict(type="int"),
+    replica_guard_config=dict(type="path"),
     gateway_api_key=dict(type="str", no_log=True),
 )
 

@@ -606,4 +606,6 @@ def gather_host(params: Mapping[str, Any], runtime: Runtime | None = None) -> di
     out["fleet_state"] = fleet_state.read(params["manifest_dir"])
     # What model_sync installed here, with its weight bytes: the plan's VRAM estimate without hand-typed sizes.
     out["model_sizes"] = installed_sizes(params.get("models_root") or DEFAULT_MODELS_ROOT)
+    if params.get("replica_guard_config"):  # a guard of an earlier run to stop (role deployments, replica_guard.yml)
+        out["replica_guard_config_exists"] = os.path.exists(params["replica_guard_config"])
     return out

@@ -190,6 +190,19 @@ def test_gathered_lists_what_the_apply_left(tmp: Path, fake_runtime: Any) -> Non
     sizes = gather_host({**p, "models_root": str(tmp / "root")}, runtime=fake_runtime)["model_sizes"]
     assert sorted(sizes) == ["chat", "emb"] and sizes["chat"]["source"] == "local"
     assert sizes["chat"]["src"] == str(tmp / "models" / "chat") and sizes["chat"]["weight_bytes"] > 0
+    # A replica guard of an earlier run (role deployments stops it): its configuration's existence, asked for only.
+    assert "replica_guard_config_exists" not in got
+    guard = tmp / "replica-guard" / "haproxy.cfg"
+    assert (
+        gather_host({**p, "replica_guard_config": str(guard)}, runtime=fake_runtime)["replica_guard_config_exists"]
+        is False
+    )
+    guard.parent.mkdir()
+    guard.write_text("global\n")
+    assert (
+        gather_host({**p, "replica_guard_config": str(guard)}, runtime=fake_runtime)["replica_guard_config_exists"]
+        is True
+    )
 
 
 def test_the_revision_model_sync_installed_is_served_and_hashed():
