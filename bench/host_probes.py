@@ -34,11 +34,15 @@ INVENTORY = ROOT / ".build" / "hosts" / "inventory.yml"
 IMPORTS = yaml.safe_load((ROOT / "roles" / "gpu_host" / "vars" / "main.yml").read_text())
 MODULES = IMPORTS["gpu_host_python_imports"]
 FIND_SCRIPT = IMPORTS["gpu_host_find_modules_script"]
-HAPROXY = "/usr/sbin/haproxy"
-PROBE = (
-    "if [ -d /run/systemd/system ]; then echo 'systemd: true'; else echo 'systemd: false'; fi; "
-    f"if [ -x {HAPROXY} ]; then echo 'haproxy: true'; else echo 'haproxy: false'; fi"
-)
+DEPLOYMENTS = ROOT / "roles" / "deployments"
+
+
+def guard_probe_argv() -> list[str]:
+    """The replica guard's probe command as the role runs it (its task's argv, the binary's path filled in)."""
+    tasks = yaml.safe_load((DEPLOYMENTS / "tasks" / "replica_guard_run.yml").read_text())
+    (task,) = [t for t in tasks if t["name"].startswith("Find out what the host has")]
+    haproxy = yaml.safe_load((DEPLOYMENTS / "vars" / "main.yml").read_text())["_deployments_guard_bin"]
+    return [a.replace("{{ _deployments_guard_bin }}", haproxy) for a in task["ansible.builtin.command"]["argv"]]
 
 
 def busy_ticks() -> int:
@@ -84,7 +88,7 @@ def main() -> int:
         ),
         "HAProxy present": (
             ("ansible.builtin.package", "name=haproxy state=present"),
-            ("ansible.builtin.command", json.dumps({"argv": ["sh", "-c", PROBE]})),
+            ("ansible.builtin.command", json.dumps({"argv": guard_probe_argv()})),
         ),
     }
     run(opts.host, "ansible.builtin.ping", "")  # the SSH master connection and caches, not counted
