@@ -7,8 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
+from ansible.utils.display import Display
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
-from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config import admin_url, router_argv, routers
+from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config import (
+    admin_url,
+    router_argv,
+    routers,
+    unused_ports,
+)
 
 DOCUMENTATION = r"""
 name: gateway_routers
@@ -24,6 +30,9 @@ description:
     with O(settings.admin_guard), the router's own address otherwise).
   - Ports - O(ports) when it names the deployment, else O(base_port) + the position of its name among O(names)
     sorted. The metrics port is the port + O(metrics_offset). See C(docs/gateway.md).
+  - An entry of O(ports) for a deployment not in O(names) gets no router and is no error (a pinned port outlives its
+    deployment); when O(known) is given, entries whose name is not in O(known) either give a warning (a typo, or a
+    deployment removed from the inventory whose port entry can go).
 options:
   _input:
     description: The plan's assignments.
@@ -35,6 +44,13 @@ options:
     type: list
     elements: str
     required: true
+  known:
+    description:
+      - Every deployment name of the inventory, those with C(state=absent) included. O(ports) entries for other names
+        give a warning.
+      - Not given - no warning.
+    type: list
+    elements: str
   addresses:
     description: Inventory host to the address the gateway reaches its replicas at.
     type: dict
@@ -86,7 +102,16 @@ def gateway_routers(
     base_port: int = 30000,
     metrics_offset: int = 1000,
     settings: dict[str, Any] | None = None,
+    known: list[str] | None = None,
 ) -> list[dict[str, Any]]:
+    if known is not None:
+        stray = unused_ports(ports, [*names, *known])
+        if stray:
+            Display().warning(
+                f"gateway ports name deployment(s) not in the inventory's deployments: {', '.join(stray)}; they get "
+                "no router (a typo? a deployment removed from the inventory: remove its entry from "
+                "gpufleet_gateway_ports)"
+            )
     try:
         out = []
         for r in routers(names, assignments or [], addresses, ports, int(base_port), int(metrics_offset)):

@@ -6,7 +6,10 @@
 hosts' addresses into one ``Router`` per deployment; ``router_argv()`` is the router's command line (no secret: the
 API key goes through a file, see launch.py). Ports: ``ports[name]`` when given, else ``base_port`` + the position of
 the deployment's name among all declared names, sorted (stable while the set of names does not change; pin ports in
-``ports`` for deployments that come and go). The Prometheus port is the router's port + ``metrics_offset``.
+``ports`` for deployments that come and go). An entry of ``ports`` for a deployment that is not declared (``absent``,
+pruned, or a typo: ``unused_ports()`` names them) gets no router and is no error: a pinned port outlives its deployment,
+and a converge that removes a deployment must not fail at its gateway after its replicas are gone. The Prometheus port
+is the router's port + ``metrics_offset``.
 
 The admin guard (``admin_guard``, docs/gateway.md "The admin API"): vllm-router serves its worker API (``/add_worker``,
 ``/remove_worker``, ...) on the clients' port without any authentication and has no flag to move or guard it, so with
@@ -82,13 +85,11 @@ def routers(
 
     ``addresses`` maps an inventory host to the address the gateway reaches its replicas at (the host's
     ``gpufleet_advertise_address``, else ``ansible_host``, else its name). An assignment without a port, or on a
-    host with no address, is an error: a gateway that silently drops a replica hides a broken plan."""
+    host with no address, is an error: a gateway that silently drops a replica hides a broken plan. ``ports`` of names
+    not declared are left out (see the module's docstring and ``unused_ports()``)."""
     ports = dict(ports or {})
     all_names = sorted(set(names))
     index = {n: i for i, n in enumerate(all_names)}
-    unknown = sorted(set(ports) - set(all_names))
-    if unknown:
-        raise GpufleetError(f"gateway ports given for undeclared deployment(s): {', '.join(unknown)}")
     workers: dict[str, set[str]] = {n: set() for n in all_names}
     for asg in assignments:
         dep = str(asg["deployment"])
@@ -110,6 +111,11 @@ def routers(
             used[p] = name
         out.append(Router(name, port, metrics, tuple(sorted(workers[name]))))
     return out
+
+
+def unused_ports(ports: Mapping[str, Any] | None, names: Iterable[str]) -> list[str]:
+    """The names in ``ports`` that are not among ``names`` (sorted): ports ``routers()`` gives no router."""
+    return sorted(set(ports or {}) - {str(n) for n in names})
 
 
 def router_argv(router: Router, bind: str, settings: Mapping[str, Any]) -> list[str]:

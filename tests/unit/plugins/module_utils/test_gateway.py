@@ -23,6 +23,7 @@ from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.config impo
     Router,
     router_argv,
     routers,
+    unused_ports,
     worker_url,
 )
 from ansible_collections.gpufleet.vllm.plugins.module_utils._gateway.workers import (
@@ -58,6 +59,16 @@ def test_ports_pinned_and_stable() -> None:
     assert {r.deployment: r.port for r in again}["embed"] == 9000
 
 
+def test_a_pinned_port_of_a_deployment_not_declared_gets_no_router_and_no_error() -> None:
+    """A deployment set absent or pruned keeps its entry in the ports: the gateway drops its router (the converge that
+    removed its replicas must not fail at the gateway) and the entry keeps nobody else off the port."""
+    ports = {"gone": 30000, "embed": 9000}
+    out = routers(["chat", "embed"], ASSIGNMENTS, ADDR, ports=ports)
+    assert [(r.deployment, r.port) for r in out] == [("chat", 30000), ("embed", 9000)]
+    assert unused_ports(ports, ["chat", "embed"]) == ["gone"]
+    assert unused_ports(None, ["chat"]) == [] and unused_ports({"chat": 1}, ["chat"]) == []
+
+
 def test_declared_without_replicas_has_no_workers_and_host_without_address_uses_its_name() -> None:
     out = routers(["chat", "idle"], ASSIGNMENTS, {"gpu-a": "10.0.0.11"})
     assert out[0].workers == ("http://10.0.0.11:8000", "http://gpu-b:8000")
@@ -67,7 +78,6 @@ def test_declared_without_replicas_has_no_workers_and_host_without_address_uses_
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"ports": {"nope": 1}}, "undeclared"),
         ({"ports": {"chat": 30001}}, "already used"),
         ({"ports": {"chat": 65000}}, "not in 1..65535"),
     ],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ansible.utils.display import Display
 from ansible_collections.gpufleet.vllm.plugins.filter.gateway_haproxy_config import gateway_haproxy_config
 from ansible_collections.gpufleet.vllm.plugins.filter.gateway_routers import gateway_routers
 from ansible_collections.gpufleet.vllm.plugins.module_utils._errors import GpufleetError
@@ -80,6 +81,22 @@ def test_filters_give_the_role_what_it_needs() -> None:
     assert out[0]["admin_url"] == "http://127.0.0.1:32000" and "--host=127.0.0.1" in out[0]["argv"]
     text = gateway_haproxy_config(out, bind="10.0.0.5", admin_sources=["10.0.0.11"], settings=GUARD)
     assert "bind 10.0.0.5:30000" in text and "server router 127.0.0.1:32000" in text
+
+
+def test_filter_warns_of_ports_named_nowhere_in_the_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ports entry of an absent deployment is quiet; one whose name is nowhere in the inventory's deployments (a
+    typo, or a deployment removed from it) gives one warning, and neither stops the run."""
+    warnings: list[str] = []
+    monkeypatch.setattr(Display, "warning", lambda self, msg, *a, **k: warnings.append(msg))
+    plan = [{"deployment": "chat", "replica": 0, "host": "gpu-a", "port": 8000}]
+    kwargs = {"addresses": {"gpu-a": "10.0.0.11"}, "bind": "10.0.0.5", "ports": {"chat": 9000, "old": 9001}}
+    out = gateway_routers(plan, names=["chat"], known=["chat", "old"], **kwargs)
+    assert [(r["deployment"], r["port"]) for r in out] == [("chat", 9000)] and warnings == []
+    out = gateway_routers(plan, names=["chat"], known=["chat"], **kwargs)
+    assert [(r["deployment"], r["port"]) for r in out] == [("chat", 9000)]
+    assert len(warnings) == 1 and "old" in warnings[0] and "gpufleet_gateway_ports" in warnings[0]
+    gateway_routers(plan, names=["chat"], **kwargs)  # the filter's callers that do not pass known: no warning
+    assert len(warnings) == 1
 
 
 def test_status_reports_the_clients_endpoint(tmp_path: Path) -> None:
