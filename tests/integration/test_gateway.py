@@ -7,7 +7,9 @@ getting requests (waited for, no fixed sleep), gateway_workers removes a worker 
 finish) and puts it back, then status shows the gateway.
 Last, the replica guard and a paused replica: pause.yml puts both replicas to sleep, a request through the gateway
 is held by the replica until one tick of the node agent on its host wakes it (woken), and vLLM's dev endpoints on the
-hosts' addresses answer 403.
+hosts' addresses answer 403. Then the deployment is no longer declared: a converge with gpufleet_prune=true
+removes its replicas, stops both hosts' guards and removes their configuration, and the gateway drops its router
+and stops its admin guard; the next converge changes nothing.
 """
 
 from __future__ import annotations
@@ -90,10 +92,26 @@ def gw(sim_hosts: Any, sim_fleet_lock: None, tmp_path_factory: pytest.TempPathFa
     f.play("gateway.yml")
     f.write([])
     f.play("stop.yml", "-e", f"names={NAME}", "-e", "state=absent")
-    for h in HOSTS:  # the replica guards (a converge without sleep-mode replicas would stop them)
-        sim_hosts.in_host(h, "sh", "-c", 'kill "$(cat /run/gpufleet-replica-guard.pid)"')
+    for h in HOSTS:  # the replica guards, where the last test did not stop them (by their configuration's path: the
+        # hosts share one PID namespace, and a stale pidfile may name another process)
+        sim_hosts.in_host(h, "pkill", "-f", "--", guard_config(h))
         sim_hosts.in_host(h, "rm", "-rf", f"/opt/gpufleet/replica-guard-{h}")
     sim_hosts.in_host("gpu-a", "rm", "-rf", "/opt/gpufleet/gateway/routers")
+
+
+def guard_config(host: str) -> str:
+    """The replica guard's configuration on a simulated host (each has its own guard directory: they share /opt)."""
+    return f"/opt/gpufleet/replica-guard-{host}/haproxy.cfg"
+
+
+def guard(fleet: GatewayFleet, host: str) -> tuple[bool, bool]:
+    """(HAProxy runs with the host's guard configuration, that configuration exists)."""
+    runs = fleet.sim.in_host(
+        host, "sh", "-c",
+        'pid=$(cat /run/gpufleet-replica-guard.pid) && tr "\\0" " " < "/proc/$pid/cmdline" | grep -q -- "$1"',
+        "sh", guard_config(host),
+    )  # fmt: skip
+    return runs.returncode == 0, fleet.sim.in_host(host, "test", "-f", guard_config(host)).returncode == 0
 
 
 def gateway_changes(stdout: str) -> list[str]:
@@ -417,3 +435,28 @@ def test_a_request_through_the_gateway_wakes_a_paused_replica(gw: GatewayFleet) 
     assert len(woken) == 1 and woken[0]["container"].startswith(f"gpufleet-{NAME}-"), events
     assert woken[0]["reason"] == "request" and woken[0]["waiting"] >= 1, events
     assert not sleeping(host)
+
+
+def test_a_converge_without_sleep_mode_replicas_stops_the_replica_guard(gw: GatewayFleet) -> None:
+    """The guard of an earlier run (docs/node_agent.md, "A request to a paused replica"): once no sleep-mode replica is
+    planned on a host, the next converge stops its HAProxy and removes its configuration. Nothing of this run asks for
+    a guard; the converge finds the old one from the host's facts (fleet_apply state=gathered,
+    replica_guard_config_exists). Here the deployment is no longer declared and pruned (gpufleet_prune=true), its
+    gateway port still pinned; the converge after that has nothing to do for the guards (the include is skipped)."""
+    assert {h: guard(gw, h) for h in HOSTS} == {h: (True, True) for h in HOSTS}
+    assert gw.sim.in_host("gpu-a", "pgrep", "-f", "/opt/gpufleet/gateway/haproxy.cfg").returncode == 0
+    gw.write([])
+    proc = gw.play("converge.yml", "-e", "gpufleet_prune=true", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert not gw.managed(NAME), "the pruned deployment's replicas are still there"
+    assert {h: guard(gw, h) for h in HOSTS} == {h: (False, False) for h in HOSTS}, proc.stdout[-4000:]
+    # Its gateway port is still pinned in the inventory (gpufleet_gateway_ports): its router goes, with a warning
+    # that names the entry, and the converge does not fail at the gateway after the replicas are gone.
+    assert gw.sim.in_host("gpu-a", "test", "-e", f"/opt/gpufleet/gateway/routers/{NAME}").returncode == 1
+    # ... and the admin guard's HAProxy, with no router left to guard, stops (it refuses a configuration without one)
+    assert gw.sim.in_host("gpu-a", "pgrep", "-f", "/opt/gpufleet/gateway/haproxy.cfg").returncode == 1
+    assert f"not in the inventory's deployments: {NAME}" in " ".join(proc.stdout.split()), proc.stdout[-4000:]
+    again = gw.play("converge.yml", "-e", "gpufleet_prune=true", timeout=900)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "replica_guard_run.yml" not in again.stdout, again.stdout[-4000:]
+    assert all(r["changed"] == 0 for h, r in recap(again.stdout).items() if h in HOSTS), again.stdout[-4000:]
